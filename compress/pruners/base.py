@@ -1,0 +1,63 @@
+"""The pruner contract: accumulate statistics per batch, then decide a mask.
+
+A pruner sees one weight matrix ``(out_features, in_features)`` and the inputs that reach it; it
+knows nothing about blocks, models or module types (the block adapter hands it a view of an
+``nn.Linear`` weight, or the transpose of a GPT-2 ``Conv1D`` weight, sharing storage). The engine feeds it with :meth:`Pruner.add_batch` (one call per calibration batch), may
+all-reduce :meth:`Pruner.statistics` across processes, then calls :meth:`Pruner.prune`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from compress.masks import SparsityPattern
+
+
+@dataclass
+class PruneResult:
+    """What a pruner decided for one layer."""
+
+    mask: torch.Tensor  # bool, weight-shaped, True = kept
+    seconds: float
+
+
+class Pruner(ABC):
+    """Base of all pruners. Subclasses set ``needs_data`` and implement the two verbs."""
+
+    needs_data: bool = True
+
+    def __init__(self, weight: torch.Tensor, name: str = "layer") -> None:
+        self.weight = weight  # (out, in), shares storage with the module's parameter
+        self.name = name
+        self.nsamples = 0  # calibration tokens seen
+
+    def add_batch(self, inp: torch.Tensor) -> None:
+        """Accumulate statistics from one batch of the layer's inputs ``(..., in_features)``."""
+
+    def statistics(self) -> list[torch.Tensor]:
+        """Tensors summed across processes before :meth:`prune` (distributed calibration)."""
+        return []
+
+    @abstractmethod
+    def prune(self, sparsity: float, pattern: SparsityPattern) -> PruneResult:
+        """Return the keep-mask; may update ``self.weight`` in place (SparseGPT does). Pruned weights
+        are left exactly zero."""
+
+    def free(self) -> None:
+        """Release accumulated statistics."""
+
+
+PRUNERS: dict[str, type[Pruner]] = {}
+
+
+def register(name: str) -> Callable[[type[Pruner]], type[Pruner]]:
+    """Class decorator adding a pruner to :data:`PRUNERS` under ``name``."""
+
+    def add(cls: type[Pruner]) -> type[Pruner]:
+        PRUNERS[name] = cls
+        return cls
+
+    return add

@@ -1,0 +1,121 @@
+"""SparseGPT (Frantar & Alistarh, arXiv 2301.00774, Algorithm 1).
+
+Symbols, as in the paper:
+    H       Hessian of the layer-wise loss, ``(2/n) * sum_tokens x x^T``   (in, in)
+    Hinv    upper Cholesky factor of ``H^-1``                                (in, in)
+    W       weights being pruned, float32 copy                               (out, in)
+    Err1    scaled errors ``(w - q) / [Hinv]_cc`` of one lazy block          (out, blocksize)
+
+The columns are visited in lazy blocks of ``blocksize``. Inside a block the mask is chosen by
+``w^2 / [Hinv]_cc^2`` (unstructured: the lowest ``s`` share of the whole block; N:M: the M-N
+lowest per row every M columns), and each pruned weight's error is pushed into the columns not
+yet visited (the OBS update), so the kept weights compensate. Damping starts at
+``percdamp * mean(diag H)`` and grows tenfold on a failed Cholesky.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from compress.errors import NumericsError
+from compress.masks import SparsityPattern, flatten_inputs
+from compress.pruners.base import PruneResult, Pruner, register
+
+MAX_DAMPING_TRIES = 5
+
+
+@register("sparsegpt")
+class SparseGPTPruner(Pruner):
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        name: str = "layer",
+        blocksize: int = 128,
+        percdamp: float = 0.01,
+    ) -> None:
+        super().__init__(weight, name)
+        self.blocksize = blocksize
+        self.percdamp = percdamp
+        cols = weight.shape[1]
+        self.xxt = torch.zeros(cols, cols, dtype=torch.float32, device=weight.device)
+        self.count = torch.zeros((), dtype=torch.float64, device=weight.device)
+
+    @torch.no_grad()
+    def add_batch(self, inp: torch.Tensor) -> None:
+        x = flatten_inputs(inp).to(self.xxt.device)
+        self.xxt.addmm_(x.t(), x)
+        self.count += x.shape[0]
+        self.nsamples += x.shape[0]
+
+    def statistics(self) -> list[torch.Tensor]:
+        return [self.xxt, self.count]
+
+    def _inverse_hessian_factor(self, H: torch.Tensor) -> torch.Tensor:
+        """Upper Cholesky factor of ``H^-1``, raising the damping until it succeeds."""
+        diag = torch.arange(H.shape[0], device=H.device)
+        damp = self.percdamp * H.diagonal().mean()
+        for _ in range(MAX_DAMPING_TRIES):
+            Hd = H.clone()
+            Hd[diag, diag] += damp
+            L, info = torch.linalg.cholesky_ex(Hd)
+            if info == 0:
+                Hinv = torch.cholesky_inverse(L)
+                U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
+                if info == 0:
+                    return U
+            damp = damp * 10
+        raise NumericsError(
+            f"{self.name}: Hessian is not positive definite even with damping {damp / 10:.3g}; "
+            f"use more calibration samples or --method wanda for this model"
+        )
+
+    @torch.no_grad()
+    def prune(self, sparsity: float, pattern: SparsityPattern) -> PruneResult:
+        start = time.perf_counter()
+        W = self.weight.detach().float().clone()
+        rows, cols = W.shape
+        H = self.xxt * (2.0 / max(float(self.count), 1.0))
+        dead = H.diagonal() == 0
+        H[dead, dead] = 1.0
+        W[:, dead] = 0.0
+        Hinv = self._inverse_hessian_factor(H)
+        pruned = torch.zeros_like(W, dtype=torch.bool)
+
+        for i1 in range(0, cols, self.blocksize):
+            i2 = min(i1 + self.blocksize, cols)
+            count = i2 - i1
+            W1 = W[:, i1:i2].clone()
+            Q1 = torch.zeros_like(W1)
+            Err1 = torch.zeros_like(W1)
+            Hinv1 = Hinv[i1:i2, i1:i2]
+            d2 = Hinv1.diagonal().pow(2)
+            prune1 = torch.zeros_like(W1, dtype=torch.bool)
+            if not pattern.structured:
+                n_prune = int(round(sparsity * W1.numel()))
+                if n_prune:
+                    score = (W1.pow(2) / d2).flatten()
+                    prune1.view(-1)[torch.topk(score, n_prune, largest=False).indices] = True
+            for i in range(count):
+                if pattern.structured and i % pattern.m == 0:
+                    score = W1[:, i : i + pattern.m].pow(2) / d2[i : i + pattern.m]
+                    low = torch.topk(score, pattern.m - pattern.n, dim=1, largest=False).indices
+                    prune1.scatter_(1, i + low, True)
+                w = W1[:, i]
+                d = Hinv1[i, i]
+                q = w.masked_fill(prune1[:, i], 0.0)
+                Q1[:, i] = q
+                err1 = (w - q) / d
+                W1[:, i:] -= err1.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+                Err1[:, i] = err1
+            W[:, i1:i2] = Q1
+            pruned[:, i1:i2] = prune1
+            W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+
+        mask = ~pruned
+        self.weight.data.copy_((W * mask).to(self.weight.dtype))
+        return PruneResult(mask, time.perf_counter() - start)
+
+    def free(self) -> None:
+        self.xxt = torch.empty(0)

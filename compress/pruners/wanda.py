@@ -1,0 +1,44 @@
+"""Wanda (Sun et al., arXiv 2306.11695): score ``S_ij = |W_ij| * ||X_j||_2``.
+
+``||X_j||_2`` is the L2 norm of input feature j over all calibration tokens; scores are
+compared within each output row (or each N:M group). No weight update.
+We accumulate ``sum_tokens x_j^2`` (``scaler_row``) in float32 so batches can be summed
+across processes before the square root.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from compress.masks import SparsityPattern, apply_mask, flatten_inputs, select_mask
+from compress.pruners.base import PruneResult, Pruner, register
+
+
+@register("wanda")
+class WandaPruner(Pruner):
+    def __init__(self, weight: torch.Tensor, name: str = "layer") -> None:
+        super().__init__(weight, name)
+        self.scaler_row = torch.zeros(weight.shape[1], dtype=torch.float32, device=weight.device)
+
+    @torch.no_grad()
+    def add_batch(self, inp: torch.Tensor) -> None:
+        x = flatten_inputs(inp).to(self.scaler_row.device)
+        self.scaler_row += x.pow(2).sum(dim=0)
+        self.nsamples += x.shape[0]
+
+    def statistics(self) -> list[torch.Tensor]:
+        return [self.scaler_row]
+
+    @torch.no_grad()
+    def prune(self, sparsity: float, pattern: SparsityPattern) -> PruneResult:
+        start = time.perf_counter()
+        weight = self.weight
+        score = weight.abs().float() * self.scaler_row.sqrt().unsqueeze(0)
+        mask = select_mask(score, sparsity, pattern)
+        apply_mask(weight, mask)
+        return PruneResult(mask, time.perf_counter() - start)
+
+    def free(self) -> None:
+        self.scaler_row = torch.empty(0)
