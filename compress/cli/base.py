@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -14,7 +13,7 @@ from compress.errors import CompressError
 class ErrorReportingGroup(TyperGroup):
     """Turns a :class:`CompressError` anywhere below into one stderr line and exit code 2."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except CompressError as exc:
