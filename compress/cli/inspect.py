@@ -1,0 +1,101 @@
+"""``compress eval ppl`` and ``compress info``: read-only views of models and outputs."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from compress.cli.render import table
+
+
+def ppl(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Hub id, local folder, .gguf file; omitted: the embedded model."),
+    ] = None,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="wikipedia, lambada, boolq (offline), wikitext2, c4 (Hub), or a .txt/.jsonl path."
+        ),
+    ] = "wikipedia",
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    seqlen: Annotated[
+        int,
+        typer.Option(
+            help="Window length in tokens (the protocol uses the model's context, e.g. 2048)."
+        ),
+    ] = 2048,
+    max_windows: Annotated[int, typer.Option(help="At most this many windows (0: all).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 1,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the result to this JSON file.")
+    ] = None,
+) -> None:
+    """Perplexity over non-overlapping windows of a text's split (the SparseGPT/Wanda protocol)."""
+    from compress.calibration import load_texts
+    from compress.models import load_model
+    from compress.pipeline import check_seqlen
+    from compress.report import write_json_atomic
+    from evaluators.perplexity import perplexity
+
+    loaded = load_model(model, device, dtype)
+    check_seqlen(loaded, seqlen)
+    texts = load_texts(dataset, split)
+    result = perplexity(
+        loaded.model,
+        loaded.tokenizer,
+        texts,
+        seqlen,
+        max_windows or None,
+        batch_size,
+        progress=True,
+    )
+    result = {"model": loaded.source, "dataset": dataset, "split": split, **result}
+    if json_out:
+        write_json_atomic(json_out, result)
+    typer.echo(
+        table(
+            ["dataset", "split", "windows x seqlen", "perplexity"],
+            [[dataset, split, f"{result['windows']}x{seqlen}", result["perplexity"]]],
+        )
+    )
+
+
+def info(
+    folder: Annotated[Path, typer.Argument(help="An output folder written by compress prune.")],
+    layers: Annotated[
+        bool,
+        typer.Option("--layers/--by-type", help="One row per layer instead of per layer type."),
+    ] = False,
+) -> None:
+    """Print the recipe and the measured sparsity of a pruned model folder."""
+    from compress.report import read_report
+
+    report = read_report(folder)
+    typer.echo(json.dumps(report["recipe"], indent=2))
+    rows = layer_rows(report["layers"], per_layer=layers)
+    typer.echo(table(["layer" if layers else "layer type", "count", "target", "measured"], rows))
+
+
+def layer_rows(layers: dict[str, dict], per_layer: bool) -> list[list]:
+    """Sparsity rows, one per layer or aggregated by the layer's last name (q_proj, fc1, ...)."""
+    if per_layer:
+        return [
+            [name, 1, entry["target_sparsity"], entry["sparsity"]] for name, entry in layers.items()
+        ]
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for name, entry in layers.items():
+        groups[name.rsplit(".", 1)[-1]].append(entry)
+    rows = []
+    for kind, entries in groups.items():
+        numel = sum(e["numel"] for e in entries)
+        target = sum(e["target_sparsity"] * e["numel"] for e in entries) / numel
+        rows.append([kind, len(entries), target, sum(e["zeros"] for e in entries) / numel])
+    return rows

@@ -1,0 +1,153 @@
+"""``compress prune``: thin wrapper over :func:`compress.pipeline.run_prune`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from compress.cli.render import gib, table
+from compress.config import Method
+
+
+def prune(
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="Hub id, local folder or .gguf file; omitted: the embedded SmolLM2-135M-Instruct."
+        ),
+    ] = None,
+    method: Annotated[
+        Method,
+        typer.Option(help="Pruner: magnitude (|W|), wanda (|W|·‖X‖₂) or sparsegpt (OBS update)."),
+    ] = Method.wanda,
+    sparsity: Annotated[
+        float,
+        typer.Option(
+            help="Target sparsity s in [0, 1): share of zeros per layer (ignored for N:M)."
+        ),
+    ] = 0.5,
+    pattern: Annotated[
+        str,
+        typer.Option(help="'unstructured' or N:M such as 2:4 or 4:8 (keep N of every M weights)."),
+    ] = "unstructured",
+    calib: Annotated[
+        str,
+        typer.Option(
+            help="Calibration text: wikipedia, lambada, boolq (offline), wikitext2, c4 (Hub), or a .txt/.jsonl file or folder."
+        ),
+    ] = "wikipedia",
+    nsamples: Annotated[int, typer.Option(help="Number N of calibration sequences.")] = 128,
+    seqlen: Annotated[
+        int, typer.Option(help="Length T of each calibration sequence, in tokens.")
+    ] = 2048,
+    batch_size: Annotated[int, typer.Option(help="Calibration sequences per forward pass.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for choosing calibration windows.")] = 0,
+    output: Annotated[Path, typer.Option(help="Output folder (written atomically).")] = Path(
+        "out/pruned"
+    ),
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing non-empty output folder.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[
+        str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16.")
+    ] = "auto",
+    skip: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Glob of layer names to leave dense, e.g. '*.mlp.down_proj' (repeatable). LM head and embeddings are never pruned."
+        ),
+    ] = None,
+    layer_sparsity: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Per-layer override PATTERN=S, e.g. '*.down_proj=0.3' (repeatable; last match wins)."
+        ),
+    ] = None,
+    eval: Annotated[
+        bool, typer.Option("--eval/--no-eval", help="Measure perplexity before and after pruning.")
+    ] = False,
+    eval_dataset: Annotated[
+        str, typer.Option(help="Text whose test split --eval measures (same names as --calib).")
+    ] = "wikipedia",
+    eval_seqlen: Annotated[
+        int | None, typer.Option(help="Window length for --eval; default: --seqlen.")
+    ] = None,
+    eval_windows: Annotated[
+        int | None, typer.Option(help="At most this many windows for --eval (0: all).")
+    ] = 40,
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Allow model code from the Hub repository to run.")
+    ] = False,
+) -> None:
+    """Prune a causal LM block by block and write model, tokenizer, recipe.json and report.json."""
+    from compress.config import CalibrationConfig, EvalConfig, PruneConfig, parse_layer_sparsity
+    from compress.pipeline import run_prune
+
+    config = PruneConfig(
+        model=model,
+        method=method,
+        sparsity=sparsity,
+        pattern=pattern,
+        skip=skip or [],
+        layer_sparsity=parse_layer_sparsity(layer_sparsity or []),
+        calibration=CalibrationConfig(calib, nsamples, seqlen, seed, batch_size),
+        evaluation=EvalConfig(eval, eval_dataset, eval_seqlen, eval_windows or None),
+        device=device,
+        dtype=dtype,
+        output=str(output),
+        overwrite=overwrite,
+        trust_remote_code=trust_remote_code,
+    )
+    report = run_prune(config, on_block=_progress(), log=lambda m: typer.echo(m, err=True))
+    typer.echo(summary_table(report))
+    typer.echo(f"wrote {output}")
+
+
+def _progress():
+    """A one-line progress display over blocks with elapsed time, ETA and tokens/s."""
+    start = time.perf_counter()
+
+    def show(done: int, total: int, tokens_per_second: float) -> None:
+        nonlocal start
+        if done == 0:
+            start = time.perf_counter()
+            return
+        elapsed = time.perf_counter() - start
+        eta = elapsed / done * (total - done)
+        end = "\n" if done == total else "\r"
+        typer.echo(
+            f"blocks {done}/{total}  elapsed {elapsed:5.0f}s  eta {eta:5.0f}s  {tokens_per_second:,.0f} tok/s",
+            err=True,
+            nl=False,
+        )
+        typer.echo(end, err=True, nl=False)
+
+    return show
+
+
+def summary_table(report: dict) -> str:
+    """Method, sparsity, time, peak memory, perplexity before -> after."""
+    s = report["summary"]
+    ppl = report.get("evaluation", {}).get("perplexity")
+    rows = [
+        ["method", s["method"]],
+        ["pattern", s["pattern"]],
+        ["sparsity (pruned layers)", f"{s['sparsity']:.2%}"],
+        ["sparsity (all parameters)", f"{s['model_sparsity']:.2%}"],
+        ["pruning time", f"{s['prune_seconds']:.1f} s"],
+        ["total time", f"{s['seconds']:.1f} s"],
+        ["peak RSS", gib(s["peak_rss_bytes"])],
+        ["peak accelerator memory", gib(s["peak_accelerator_bytes"])],
+    ]
+    if ppl:
+        rows.append(
+            [
+                f"perplexity {ppl['dataset']} ({ppl['windows']}x{ppl['seqlen']})",
+                f"{ppl['before']:.2f} -> {ppl['after']:.2f}",
+            ]
+        )
+    return table(["", "value"], rows)

@@ -1,0 +1,159 @@
+"""``compress prune`` as a library call: load, calibrate, prune, evaluate, save.
+
+Every stage writes what it measured into the report; the CLI only renders it.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from compress.calibration import load_texts, load_windows
+from compress.config import PruneConfig
+from compress.engine import prune_model
+from compress.errors import BadInputError
+from compress.models import LoadedModel, load_model
+from compress.outputs import check_target, publish, staging_folder
+from compress.report import (
+    RECIPE_NAME,
+    REPORT_FORMAT,
+    REPORT_NAME,
+    now_iso,
+    package_versions,
+    write_json_atomic,
+)
+
+ProgressFn = Callable[[int, int, float], None]
+
+
+def context_length(config) -> int | None:
+    """The longest sequence the model's positions allow, when the config says."""
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def check_seqlen(loaded: LoadedModel, seqlen: int, flag: str = "--seqlen") -> None:
+    limit = context_length(loaded.model.config)
+    if limit is not None and seqlen > limit:
+        raise BadInputError(
+            f"{flag} {seqlen} exceeds the model's context of {limit} tokens; use {flag} {limit} or less"
+        )
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def evaluate_perplexity(loaded: LoadedModel, config: PruneConfig, texts: list[str]) -> dict:
+    from evaluators.perplexity import perplexity
+
+    seqlen = config.evaluation.seqlen or config.calibration.seqlen
+    return perplexity(loaded.model, loaded.tokenizer, texts, seqlen, config.evaluation.max_windows)
+
+
+def model_summary(loaded: LoadedModel) -> dict:
+    model = loaded.model
+    return {
+        "source": loaded.source,
+        "base_model": loaded.base_model,
+        "license": loaded.license,
+        "model_type": model.config.model_type,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+    }
+
+
+def sparsity_summary(model: torch.nn.Module, layers: dict[str, dict]) -> dict:
+    zeros = sum(layer["zeros"] for layer in layers.values())
+    numel = sum(layer["numel"] for layer in layers.values())
+    params = {id(p): p for p in model.parameters()}.values()  # tied weights counted once
+    all_zeros = sum(int((p == 0).sum()) for p in params)
+    all_numel = sum(p.numel() for p in params)
+    return {"sparsity": zeros / numel if numel else 0.0, "model_sparsity": all_zeros / all_numel}
+
+
+def run_prune(
+    config: PruneConfig, on_block: ProgressFn | None = None, log: Callable[[str], None] = print
+) -> dict:
+    """Prune ``config.model`` as configured and write the output folder; return the report.
+
+    Raises:
+        BadInputError: any invalid input, before heavy work where it can be known then.
+    """
+    target = Path(config.output)
+    check_target(target, config.overwrite)
+    started = time.perf_counter()
+    log(f"loading {config.model or 'the embedded SmolLM2-135M-Instruct'}")
+    loaded = load_model(config.model, config.device, config.dtype, config.trust_remote_code)
+    calib = config.calibration
+    check_seqlen(loaded, calib.seqlen)
+    if config.evaluation.seqlen:
+        check_seqlen(loaded, config.evaluation.seqlen, "--eval-seqlen")
+    windows = load_windows(loaded.tokenizer, calib.source, calib.nsamples, calib.seqlen, calib.seed)
+    evaluation: dict = {}
+    if config.evaluation.enabled:
+        eval_texts = load_texts(config.evaluation.dataset, "test")
+        log(f"perplexity before pruning on {config.evaluation.dataset} (test split)")
+        before = evaluate_perplexity(loaded, config, eval_texts)
+
+    log(f"pruning {config.method.value} {config.pattern} at {config.sparsity:.0%}")
+    outcome = prune_model(loaded.model, windows.ids, config, on_block)
+
+    if config.evaluation.enabled:
+        log("perplexity after pruning")
+        after = evaluate_perplexity(loaded, config, eval_texts)
+        evaluation["perplexity"] = {
+            "dataset": config.evaluation.dataset,
+            "split": "test",
+            "protocol": "non-overlapping windows, mean token NLL, exp",
+            **{k: before[k] for k in ("seqlen", "windows", "tokens")},
+            "before": before["perplexity"],
+            "after": after["perplexity"],
+        }
+
+    report = {
+        "format": REPORT_FORMAT,
+        "model": model_summary(loaded),
+        "recipe": config.to_dict(),
+        "calibration": {"sources": [windows.describe("real")]},
+        "layers": outcome.layers,
+        "blocks": outcome.blocks,
+        "summary": {
+            "method": config.method.value,
+            "pattern": config.pattern,
+            "target_sparsity": config.sparsity,
+            **sparsity_summary(loaded.model, outcome.layers),
+            "prune_seconds": round(outcome.seconds, 2),
+            "seconds": round(time.perf_counter() - started, 2),
+            "peak_rss_bytes": peak_rss_bytes(),
+            "peak_accelerator_bytes": max(
+                (b["peak_accelerator_bytes"] or 0 for b in outcome.blocks), default=0
+            )
+            or None,
+            "device": str(next(loaded.model.parameters()).device),
+        },
+        "evaluation": evaluation,
+        "versions": package_versions(),
+        "created": now_iso(),
+    }
+    save_output(loaded, config, report, target)
+    return report
+
+
+def save_output(loaded: LoadedModel, config: PruneConfig, report: dict, target: Path) -> None:
+    """Write model, tokenizer, recipe and report to a staging folder, then publish it."""
+    staging = staging_folder(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    loaded.model.save_pretrained(staging, safe_serialization=True)
+    loaded.tokenizer.save_pretrained(staging)
+    write_json_atomic(staging / RECIPE_NAME, {**config.to_dict(), "versions": report["versions"]})
+    write_json_atomic(staging / REPORT_NAME, report)
+    publish(staging, target)
