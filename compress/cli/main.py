@@ -7,6 +7,7 @@ import typer
 from compress import __version__
 from compress.cli import eval_tasks, export, finetune, inspect, prune, sharpness
 from compress.cli.base import new_app
+from compress.cli.cbm import app as cbm_app
 
 app = new_app("Prune, reconstruct, fine-tune, evaluate and ship causal language models.")
 eval_app = new_app("Evaluate a model: perplexity, zero-shot tasks, sharpness.")
@@ -23,6 +24,7 @@ app.command("run-onnx")(export.run_onnx)
 app.command("card")(export.card)
 app.command("push")(export.push)
 app.command("finetune")(finetune.finetune)
+app.add_typer(cbm_app, name="cbm")
 
 
 def _version(value: bool) -> None:

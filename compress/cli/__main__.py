@@ -1,0 +1,5 @@
+"""``python -m compress.cli``: the same as the ``compress`` console script."""
+
+from compress.cli.main import app
+
+app()

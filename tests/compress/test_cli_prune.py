@@ -1,0 +1,119 @@
+"""`compress prune` end to end on a tiny local model, and every bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from compress.cli.main import app
+
+runner = CliRunner()
+FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--device", "cpu"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_prune_tiny_model_writes_everything(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    result = run(
+        "prune",
+        tiny_model_dir,
+        "--method",
+        "sparsegpt",
+        "--pattern",
+        "2:4",
+        "--output",
+        out,
+        "--eval",
+        "--eval-windows",
+        "2",
+        *FAST,
+    )
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in out.iterdir()}
+    assert {
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "recipe.json",
+        "report.json",
+    } <= names
+    report = json.loads((out / "report.json").read_text())
+    assert report["summary"]["sparsity"] == 0.5 and report["summary"]["pattern"] == "2:4"
+    assert all(layer["sparsity"] == 0.5 for layer in report["layers"].values())
+    ppl = report["evaluation"]["perplexity"]
+    assert 0 < ppl["before"] < float("inf") and ppl["windows"] == 2
+    assert report["calibration"]["sources"][0]["tokens"] == 4 * 32
+    assert json.loads((out / "recipe.json").read_text())["calibration"]["seed"] == 0
+    assert not (tmp_path / ".out.partial").exists()
+    info = run("info", out)
+    assert info.exit_code == 0 and "q_proj" in info.output
+
+
+def bad_inputs(tiny_model_dir, tmp_path):
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(
+        json.dumps({"model_type": "bert", "architectures": ["BertModel"]})
+    )
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("finished work")
+    short = tmp_path / "short.txt"
+    short.write_text("only a few words here")
+    return {
+        "offline-id": (["some-org/no-such-model"], "could not be found"),
+        "missing-path": (["./no/such/folder"], "does not exist"),
+        "architecture": ([bert], "not supported; supported: gemma"),
+        "sparsity": ([tiny_model_dir, "--sparsity", "1.0"], "must lie in [0, 1)"),
+        "n-ge-m": ([tiny_model_dir, "--pattern", "4:4"], "0 < N < M"),
+        "width": ([tiny_model_dir, "--pattern", "3:7"], "not divisible by M=7"),
+        "short-calib": ([tiny_model_dir, "--calib", short], "fewer than nsamples x seqlen"),
+        "seqlen": ([tiny_model_dir, "--seqlen", "512"], "exceeds the model's context of 256"),
+        "output-exists": ([tiny_model_dir, "--output", full], "exists and is not empty"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "offline-id",
+        "missing-path",
+        "architecture",
+        "sparsity",
+        "n-ge-m",
+        "width",
+        "short-calib",
+        "seqlen",
+        "output-exists",
+    ],
+)
+def test_bad_input_one_line_exit_2(case, tiny_model_dir, tmp_path):
+    args, message = bad_inputs(tiny_model_dir, tmp_path)[case]
+    out = tmp_path / "out"
+    if "--output" not in args:
+        args = [*args, "--output", out]
+    result = run("prune", *FAST, *args)  # later flags win, so the case overrides FAST
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+    assert not out.exists() and not (tmp_path / ".out.partial").exists()
+    if case == "output-exists":
+        assert (tmp_path / "full" / "keep.txt").read_text() == "finished work"
+
+
+@pytest.mark.parametrize("command", [[], ["prune"], ["info"], ["eval", "ppl"]])
+def test_help_in_subprocess(command):
+    result = subprocess.run(
+        [sys.executable, "-m", "compress.cli", *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout

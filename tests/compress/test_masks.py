@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from compress.errors import BadInputError
+from compress.masks import SparsityPattern, measured_sparsity, n_m_mask, rowwise_mask
+
+
+def test_rowwise_mask_drops_lowest_per_row():
+    score = torch.tensor([[4.0, 1.0, 3.0, 2.0], [0.5, 0.7, 0.1, 0.9]])
+    mask = rowwise_mask(score, 0.5)
+    assert mask.tolist() == [[True, False, True, False], [False, True, False, True]]
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.25, 0.5, 0.7, 0.9])
+def test_rowwise_mask_exact_per_row(sparsity):
+    score = torch.rand(16, 40)
+    mask = rowwise_mask(score, sparsity)
+    assert (mask.sum(dim=1) == 40 - round(sparsity * 40)).all()
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (4, 8), (1, 4)])
+def test_n_m_mask_keeps_n_per_group(n, m):
+    score = torch.rand(8, 32)
+    mask = n_m_mask(score, n, m)
+    assert (mask.reshape(8, -1, m).sum(dim=2) == n).all()
+    kept = score.reshape(8, -1, m)[mask.reshape(8, -1, m)].reshape(8, -1, n)
+    dropped = score.reshape(8, -1, m)[~mask.reshape(8, -1, m)].reshape(8, -1, m - n)
+    assert (kept.min(dim=2).values >= dropped.max(dim=2).values).all()
+
+
+def test_pattern_parse():
+    assert str(SparsityPattern.parse("unstructured")) == "unstructured"
+    pattern = SparsityPattern.parse("2:4")
+    assert (pattern.n, pattern.m, pattern.sparsity) == (2, 4, 0.5)
+
+
+@pytest.mark.parametrize("text", ["4:4", "5:4", "0:4", "2-4", "half"])
+def test_pattern_parse_rejects(text):
+    with pytest.raises(BadInputError):
+        SparsityPattern.parse(text)
+
+
+def test_width_not_divisible_by_m():
+    with pytest.raises(BadInputError, match="not divisible by M=8"):
+        SparsityPattern.parse("4:8").check_width(36, "model.layers.0.mlp.down_proj")
+
+
+def test_measured_sparsity():
+    assert measured_sparsity(torch.tensor([[0.0, 1.0], [0.0, 0.0]])) == 0.75
