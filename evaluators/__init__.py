@@ -1,0 +1,1 @@
+"""Evaluators: perplexity, zero-shot tasks, sharpness and concept-bottleneck interventions."""
