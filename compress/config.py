@@ -20,6 +20,61 @@ class Method(str, Enum):
     sparsegpt = "sparsegpt"
 
 
+class Technique(str, Enum):
+    """Reconstruction: none (mask only), lr (the pruner's own layer update), br (block-wise),
+    gp (targets from the dense model's stream), cr (windows of two blocks)."""
+
+    none = "none"
+    lr = "lr"
+    br = "br"
+    br_gp = "br+gp"
+    br_gp_cr = "br+gp+cr"
+    br_cr = "br+cr"
+
+    @property
+    def trains(self) -> bool:
+        return self.value.startswith("br")
+
+    @property
+    def global_targets(self) -> bool:
+        return "gp" in self.value
+
+    @property
+    def cross_block(self) -> bool:
+        return self.value.endswith("cr")
+
+
+@dataclass
+class ReconstructConfig:
+    technique: Technique = Technique.lr
+    epochs: int = 10
+    lr: float = 2e-4
+    optimizer: str = "adam"  # adam | sam
+    rho: float = 2e-4
+    early_stop: bool = False
+    holdout: str | None = None  # None: the test split of the calibration source
+    holdout_nsamples: int = 16
+    measure_errors: bool | None = None  # None: on when the technique trains
+    activations_dtype: str = "auto"  # auto (the model's) | float32 | bfloat16 | float16
+
+    def __post_init__(self) -> None:
+        self.technique = Technique(self.technique)
+        if self.optimizer not in ("adam", "sam"):
+            raise BadInputError(f"--recon-optimizer {self.optimizer!r}: choose adam or sam")
+        if self.epochs < 0 or self.lr <= 0 or self.holdout_nsamples < 1:
+            raise BadInputError(
+                "--recon-epochs must be >= 0, --recon-lr > 0 and --holdout-nsamples >= 1"
+            )
+        if self.activations_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise BadInputError(
+                f"--activations-dtype {self.activations_dtype!r}: choose auto, float32, bfloat16 or float16"
+            )
+
+    @property
+    def errors(self) -> bool:
+        return self.technique.trains if self.measure_errors is None else self.measure_errors
+
+
 @dataclass
 class CalibrationConfig:
     source: str = "wikipedia"
@@ -51,11 +106,13 @@ class PruneConfig:
     skip: list[str] = field(default_factory=list)  # fnmatch patterns of layers left dense
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # fnmatch pattern -> sparsity
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     device: str = "auto"
     dtype: str = "auto"
     output: str = "out/pruned"
     overwrite: bool = False
+    resume: bool = False
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -79,6 +136,7 @@ class PruneConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["method"] = self.method.value
+        data["reconstruct"]["technique"] = self.reconstruct.technique.value
         return data
 
 

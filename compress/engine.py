@@ -1,13 +1,20 @@
-"""The sequential pruning engine: one decoder block at a time.
+"""The sequential engine: prune and reconstruct one decoder block (or window of two) at a time.
 
 Per block ``i``, in this order:
-  1. collect statistics: run block ``i`` on its inputs (the outputs of the already pruned
-     blocks before it) with a pre-hook on every prunable layer feeding its pruner;
-  2. prune: each pruner returns a keep-mask for its layer (SparseGPT also updates the weights);
-  3. propagate: run the pruned block to produce the inputs of block ``i + 1``.
+  1. targets: run the still-dense block on the dense stream (GP: the dense model's own
+     activations) or on the sparse stream (BR: the dense block on the sparse inputs);
+  2. statistics: run block ``i`` on the sparse stream with a pre-hook on every prunable layer
+     feeding its pruner (stopping each batch once the last layer has seen its input);
+  3. prune: each pruner returns a keep-mask (SparseGPT also updates the weights: LR);
+  4. reconstruct (BR variants): train the window — block ``i``, or blocks ``i-1, i`` for CR —
+     against the targets, masks held exact;
+  5. propagate the sparse stream (and the held-out streams) through the updated window;
+  6. measure the normalized error against the dense model before and after step 4;
+  7. checkpoint the changed blocks, the streams and the outcome so far (``--resume``).
 
-The engine knows blocks and layers only through :class:`~compress.blocks.BlockAdapter`, and
-pruners only through :class:`~compress.pruners.base.Pruner`.
+The engine reaches models only through :class:`~compress.blocks.BlockAdapter`, pruners only
+through :class:`~compress.pruners.base.Pruner`, and training only through
+:func:`~compress.reconstruct.reconstruct`.
 """
 
 from __future__ import annotations
@@ -15,14 +22,20 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from compress.blocks import BlockAdapter, BlockCall, weight_view
+from compress.checkpoint import load_step, save_step
 from compress.config import PruneConfig
 from compress.masks import measured_sparsity
 from compress.pruners import PRUNERS, Pruner
+from compress.reconstruct import Batches, ReconSettings, reconstruct
+
+Stream = list[torch.Tensor]  # one activation tensor (B, T, H) per batch
+ProgressFn = Callable[[int, int, float], None]
 
 
 class _StopBlock(Exception):
@@ -39,89 +52,44 @@ class PruneOutcome:
     seconds: float = 0.0
 
 
+@dataclass
+class Streams:
+    """The activations of one data set (calibration or held-out) entering the current block."""
+
+    calls: list[list[BlockCall]]  # per batch, per block
+    sparse: Stream  # through the pruned blocks
+    dense: Stream | None = None  # through the dense model (GP targets, error measurement)
+    prev_sparse: Stream | None = None  # entering block i - 1 (CR windows)
+    prev_local: Stream | None = None  # BR target of block i - 1 (BR+CR windows)
+    dense_out: Stream | None = None  # set during a step
+    local: Stream | None = None
+    cross: Stream | None = None
+
+    def state(self, prefix: str) -> dict[str, Stream | None]:
+        return {
+            f"{prefix}.sparse": self.sparse,
+            f"{prefix}.dense": self.dense,
+            f"{prefix}.prev_sparse": self.prev_sparse,
+            f"{prefix}.prev_local": self.prev_local,
+        }
+
+
+@torch.no_grad()
+def stream_error(outputs: Stream, targets: Stream | None) -> float | None:
+    """The paper's normalized error ``sum ||out - y||² / sum ||y||²`` (None without targets)."""
+    if targets is None:
+        return None
+    num = sum(float((o.float() - y.float()).pow(2).sum()) for o, y in zip(outputs, targets))
+    den = sum(float(y.float().pow(2).sum()) for y in targets)
+    return num / max(den, 1e-30)
+
+
 def split_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(ids.split(batch_size))
 
 
 def peak_accelerator_bytes(device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-
-
-@torch.no_grad()
-def collect_statistics(
-    adapter: BlockAdapter,
-    index: int,
-    pruners: dict[str, Pruner],
-    layers: dict[str, nn.Module],
-    hidden: list[torch.Tensor],
-    calls: list[BlockCall],
-) -> None:
-    """Feed every pruner the inputs its layer receives, stopping each batch early once the
-    last hooked layer has seen its input (the rest of the block is not needed)."""
-    seen: set[str] = set()
-
-    def hook_for(name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            pruners[name].add_batch(args[0])
-            seen.add(name)
-            if len(seen) == len(pruners):
-                raise _StopBlock
-
-        return hook
-
-    handles = [layers[name].register_forward_pre_hook(hook_for(name)) for name in pruners]
-    try:
-        for state, call in zip(hidden, calls):
-            seen.clear()
-            try:
-                adapter.run_block(index, state, call)
-            except _StopBlock:
-                pass
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def prune_block(
-    adapter: BlockAdapter,
-    index: int,
-    config: PruneConfig,
-    hidden: list[torch.Tensor],
-    calls: list[BlockCall],
-    outcome: PruneOutcome,
-) -> None:
-    """Steps 1-2 for block ``index``: statistics, then a mask per prunable layer."""
-    layers = adapter.prunable_layers(index, config.skip)
-    pattern = config.parsed_pattern
-    pruner_cls = PRUNERS[config.method.value]
-    pruners = {}
-    for name, module in layers.items():
-        pruners[name] = pruner_cls(weight_view(module), name)
-    if pruner_cls.needs_data and pruners:
-        collect_statistics(adapter, index, pruners, layers, hidden, calls)
-    for name, pruner in pruners.items():
-        target = config.sparsity_for(name)
-        result = pruner.prune(target, pattern)
-        pruner.free()
-        weight = weight_view(layers[name])
-        outcome.masks[name] = result.mask
-        zeros = int((weight == 0).sum())
-        outcome.layers[name] = {
-            "shape": list(weight.shape),
-            "target_sparsity": target,
-            "sparsity": measured_sparsity(weight),
-            "zeros": zeros,
-            "numel": weight.numel(),
-            "seconds": round(result.seconds, 4),
-        }
-
-
-@torch.no_grad()
-def propagate(
-    adapter: BlockAdapter, index: int, hidden: list[torch.Tensor], calls: list[BlockCall]
-) -> list[torch.Tensor]:
-    """Step 3: the block's outputs, which are the next block's inputs."""
-    return [adapter.run_block(index, state, call) for state, call in zip(hidden, calls)]
 
 
 def check_widths(adapter: BlockAdapter, config: PruneConfig) -> None:
@@ -131,47 +99,306 @@ def check_widths(adapter: BlockAdapter, config: PruneConfig) -> None:
             config.parsed_pattern.check_width(weight_view(module).shape[1], name)
 
 
+class Engine:
+    """Runs the per-block steps listed in the module docstring over a whole model."""
+
+    def __init__(self, model: nn.Module, config: PruneConfig, work: Path | None = None) -> None:
+        self.model = model
+        self.config = config
+        self.recon = config.reconstruct
+        self.technique = config.reconstruct.technique
+        self.adapter = BlockAdapter(model)
+        self.work = work
+        self.device = model.get_input_embeddings().weight.device
+        self.dtype = next(model.parameters()).dtype
+        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        self.act_dtype = dtypes.get(self.recon.activations_dtype, self.dtype)
+        self.outcome = PruneOutcome()
+        check_widths(self.adapter, config)
+
+    # -- running blocks on streams -------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, window: list[int], stream: Stream, calls: list[list[BlockCall]]) -> Stream:
+        return [self._run(window, calls, b, x) for b, x in enumerate(stream)]
+
+    def _run(
+        self, window: list[int], calls: list[list[BlockCall]], b: int, x: torch.Tensor
+    ) -> torch.Tensor:
+        x = x.to(self.dtype) if not torch.is_autocast_enabled() else x
+        for index in window:
+            x = self.adapter.run_block(index, x, calls[b][index])
+        return x.to(self.act_dtype)
+
+    def _store(self, batches: list[torch.Tensor]) -> Stream:
+        return [x.to(self.act_dtype) for x in batches]
+
+    # -- the steps -------------------------------------------------------------------------
+    def _targets(self, i: int, s: Streams) -> None:
+        """Step 1, with block ``i`` still dense."""
+        window = [i]
+        s.dense_out = self.forward(window, s.dense, s.calls) if s.dense is not None else None
+        if self.technique.trains and not self.technique.global_targets:
+            s.local = self.forward(window, s.sparse, s.calls)
+            s.cross = (
+                self.forward(window, s.prev_local, s.calls) if s.prev_local is not None else None
+            )
+
+    def _collect(
+        self, i: int, pruners: dict[str, Pruner], layers: dict[str, nn.Module], s: Streams
+    ) -> None:
+        """Step 2."""
+        seen: set[str] = set()
+
+        def hook_for(name: str):
+            def hook(module: nn.Module, args: tuple) -> None:
+                pruners[name].add_batch(args[0])
+                seen.add(name)
+                if len(seen) == len(pruners):
+                    raise _StopBlock
+
+            return hook
+
+        handles = [layers[name].register_forward_pre_hook(hook_for(name)) for name in pruners]
+        try:
+            with torch.no_grad():
+                for b, x in enumerate(s.sparse):
+                    seen.clear()
+                    try:
+                        self._run([i], s.calls, b, x)
+                    except _StopBlock:
+                        pass
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _prune(self, i: int, s: Streams) -> None:
+        """Steps 2-3 for block ``i``."""
+        layers = self.adapter.prunable_layers(i, self.config.skip)
+        pruner_cls = PRUNERS[self.config.method.value]
+        dense = (
+            {name: weight_view(m).detach().clone() for name, m in layers.items()}
+            if self.technique.value == "none"
+            else {}
+        )
+        pruners = {name: pruner_cls(weight_view(module), name) for name, module in layers.items()}
+        if pruner_cls.needs_data and pruners:
+            self._collect(i, pruners, layers, s)
+        for name, pruner in pruners.items():
+            target = self.config.sparsity_for(name)
+            result = pruner.prune(target, self.config.parsed_pattern)
+            pruner.free()
+            weight = weight_view(layers[name])
+            if name in dense:  # "none": keep the mask, undo the pruner's weight update
+                with torch.no_grad():
+                    weight.copy_(dense[name] * result.mask)
+            self.outcome.masks[name] = result.mask
+            self.outcome.layers[name] = {
+                "shape": list(weight.shape),
+                "target_sparsity": target,
+                "sparsity": measured_sparsity(weight),
+                "zeros": int((weight == 0).sum()),
+                "numel": weight.numel(),
+                "seconds": round(result.seconds, 4),
+            }
+
+    def _param_masks(self, window: list[int]) -> dict[nn.Parameter, torch.Tensor]:
+        masks = {}
+        for i in window:
+            for name, module in self.adapter.prunable_layers(i, self.config.skip).items():
+                mask = self.outcome.masks[name]
+                masks[module.weight] = mask if isinstance(module, nn.Linear) else mask.t()
+        return masks
+
+    def _train(self, i: int, window: list[int], sets: dict[str, Streams]) -> dict:
+        """Step 4 on ``window`` (ending at block ``i``)."""
+        cr = len(window) == 2
+
+        def inputs_targets(s: Streams) -> tuple[Stream, Stream]:
+            x = s.prev_sparse if cr else s.sparse
+            if self.technique.global_targets:
+                return x, s.dense_out
+            return x, (s.cross if cr else s.local)
+
+        blocks = [self.adapter.blocks[j] for j in window]
+        for block in blocks:
+            block.float()
+        params = [p for block in blocks for p in block.parameters()]
+        calib, holdout = sets["calibration"], sets.get("holdout")
+        x, y = inputs_targets(calib)
+        watch = None
+        if holdout is not None:
+            hx, hy = inputs_targets(holdout)
+            watch = (
+                lambda b, xb: self._run_train(window, holdout.calls, b, xb),
+                Batches(hx),
+                Batches(hy),
+            )
+        settings = ReconSettings(
+            epochs=self.recon.epochs,
+            lr=self.recon.lr,
+            optimizer=self.recon.optimizer,
+            rho=self.recon.rho,
+            early_stop=self.recon.early_stop,
+            autocast_dtype=self.dtype if self.dtype != torch.float32 else None,
+        )
+        generator = torch.Generator().manual_seed(
+            self.config.calibration.seed * 100_003 + i * 2 + int(cr)
+        )
+        result = reconstruct(
+            params,
+            self._param_masks(window),
+            lambda b, xb: self._run_train(window, calib.calls, b, xb),
+            Batches(x),
+            Batches(y),
+            settings,
+            generator,
+            holdout=watch,
+        )
+        for block in blocks:
+            block.to(self.dtype)
+        return {"window": window, **result}
+
+    def _run_train(
+        self, window: list[int], calls: list[list[BlockCall]], b: int, x: torch.Tensor
+    ) -> torch.Tensor:
+        for index in window:
+            x = self.adapter.run_block(index, x, calls[b][index])
+        return x
+
+    def _propagate(self, window: list[int], s: Streams) -> tuple[Stream, Stream]:
+        """Step 5: (input of the window's last block, output of the window), updated weights."""
+        x = s.sparse
+        if len(window) == 2:
+            x = self.forward(window[:1], s.prev_sparse, s.calls)
+        return x, self.forward(window[-1:], x, s.calls)
+
+    def _advance(self, s: Streams, last_input: Stream, output: Stream) -> None:
+        """The streams entering the next block."""
+        s.prev_sparse = last_input if self.technique.cross_block else None
+        s.prev_local = s.local if self.technique.cross_block else None
+        s.sparse, s.dense = output, s.dense_out
+        s.dense_out = s.local = s.cross = None
+
+    def _stream_errors(self, outputs: dict[str, Stream], sets: dict[str, Streams]) -> dict:
+        return {name: stream_error(outputs[name], s.dense_out) for name, s in sets.items()}
+
+    def step(self, i: int, sets: dict[str, Streams]) -> dict:
+        """Steps 1-6 for block ``i`` on the calibration (and held-out) streams."""
+        start = time.perf_counter()
+        for s in sets.values():
+            self._targets(i, s)
+        self._prune(i, sets["calibration"])
+        entry: dict = {"index": i}
+        window = [i - 1, i] if self.technique.cross_block and i > 0 else [i]
+        if self.recon.errors:
+            pruned = {name: self.forward([i], s.sparse, s.calls) for name, s in sets.items()}
+            before = self._stream_errors(pruned, sets)
+        trained = []
+        if self.technique.trains:
+            trained.append(self._train(i, window, sets))
+        ends = {name: self._propagate(window, s) for name, s in sets.items()}
+        if self.technique.trains and len(window) == 2 and i == len(self.adapter) - 1:
+            for name, s in sets.items():  # the paper's last window: the final block alone
+                s.sparse, s.prev_sparse = ends[name][0], None
+            trained.append(self._train(i, [i], sets))
+            ends = {name: self._propagate([i], s) for name, s in sets.items()}
+        if self.recon.errors:
+            after = self._stream_errors({name: end[1] for name, end in ends.items()}, sets)
+            entry["errors"] = {
+                "before_reconstruction": before,
+                "after_reconstruction": after,
+                "reference": "dense model activations",
+            }
+        if trained:
+            entry["reconstruction"] = trained
+        for name, s in sets.items():
+            self._advance(s, *ends[name])
+        entry["seconds"] = round(time.perf_counter() - start, 3)
+        entry["peak_accelerator_bytes"] = peak_accelerator_bytes(self.device)
+        return entry
+
+    # -- the whole model -------------------------------------------------------------------
+    def _streams(self, ids: torch.Tensor) -> Streams:
+        hidden, calls = self.adapter.capture(split_batches(ids, self.config.calibration.batch_size))
+        hidden = self._store(hidden)
+        need_dense = self.technique.global_targets or self.recon.errors
+        return Streams(calls, hidden, [h.clone() for h in hidden] if need_dense else None)
+
+    def _checkpoint(self, i: int, sets: dict[str, Streams], recipe: dict) -> None:
+        window = [i - 1, i] if self.technique.cross_block and i > 0 else [i]
+        blocks = {j: self.adapter.blocks[j].state_dict() for j in window}
+        prefix = self.adapter.block_name(i) + "."  # masks a later CR window still trains
+        live = {name: mask for name, mask in self.outcome.masks.items() if name.startswith(prefix)}
+        outcome = {"layers": self.outcome.layers, "blocks": self.outcome.blocks}
+        streams = {key: value for name, s in sets.items() for key, value in s.state(name).items()}
+        save_step(self.work, i, blocks, streams, live, outcome, recipe)
+
+    def _restore(self, recipe: dict, sets: dict[str, Streams]) -> int:
+        loaded = load_step(self.work, recipe)
+        if loaded is None:
+            return 0
+        state, blocks, streams, masks = loaded
+        for index, block_state in blocks.items():
+            self.adapter.blocks[index].load_state_dict(block_state)
+        for prefix, s in sets.items():
+            for name in ("sparse", "dense", "prev_sparse", "prev_local"):
+                saved = streams.get(f"{prefix}.{name}")
+                setattr(s, name, None if saved is None else [t.to(self.device) for t in saved])
+        self.outcome.masks.update({k: v.to(self.device) for k, v in masks.items()})
+        self.outcome.layers = state["outcome"]["layers"]
+        self.outcome.blocks = state["outcome"]["blocks"]
+        return state["next_block"]
+
+    def run(
+        self,
+        calib_ids: torch.Tensor,
+        holdout_ids: torch.Tensor | None = None,
+        recipe: dict | None = None,
+        resume: bool = False,
+        on_block: ProgressFn | None = None,
+    ) -> PruneOutcome:
+        """Prune (and reconstruct) every block; checkpoint after each when a work folder is set.
+
+        ``holdout_ids`` (optional) get their own streams: held-out errors and early stopping.
+        ``recipe`` identifies the run in checkpoints; ``resume`` continues from the last one.
+        """
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start = time.perf_counter()
+        sets = {"calibration": self._streams(calib_ids)}
+        if holdout_ids is not None:
+            sets["holdout"] = self._streams(holdout_ids)
+        recipe = recipe or {}
+        first = self._restore(recipe, sets) if resume and self.work else 0
+        total = len(self.adapter)
+        if on_block:
+            on_block(first, total, 0.0)
+        for i in range(first, total):
+            block_start = time.perf_counter()
+            self.outcome.blocks.append(self.step(i, sets))
+            if self.work is not None:
+                self._checkpoint(i, sets, recipe)
+            if on_block:
+                on_block(i + 1, total, calib_ids.numel() / (time.perf_counter() - block_start))
+        self.outcome.seconds = time.perf_counter() - start
+        return self.outcome
+
+
 def prune_model(
     model: nn.Module,
     calibration_ids: torch.Tensor,
     config: PruneConfig,
-    on_block: Callable[[int, int, float], None] | None = None,
+    on_block: ProgressFn | None = None,
+    holdout_ids: torch.Tensor | None = None,
 ) -> PruneOutcome:
-    """Prune every decoder block of ``model`` in place, sequentially.
+    """Prune every decoder block of ``model`` in place, without checkpoints (see :class:`Engine`).
 
     Args:
         model: a supported causal LM (see :data:`compress.blocks.BLOCK_PATHS`).
         calibration_ids: token ids ``(N, T)``.
-        config: method, sparsity, pattern, skips and overrides.
+        config: method, sparsity, pattern, skips, overrides and reconstruction.
         on_block: called as ``on_block(done, total, tokens_per_second)`` before the first
-            block (done = 0) and after each block.
+            block (done = blocks already finished) and after each block.
+        holdout_ids: held-out token ids ``(N', T)`` for held-out errors and early stopping.
     """
-    adapter = BlockAdapter(model)
-    check_widths(adapter, config)
-    device = model.get_input_embeddings().weight.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    batches = split_batches(calibration_ids, config.calibration.batch_size)
-    hidden, calls_per_batch = adapter.capture(batches)
-    outcome = PruneOutcome()
-    tokens = calibration_ids.numel()
-    if on_block:
-        on_block(0, len(adapter), 0.0)
-    for index in range(len(adapter)):
-        block_start = time.perf_counter()
-        calls = [batch_calls[index] for batch_calls in calls_per_batch]
-        prune_block(adapter, index, config, hidden, calls, outcome)
-        hidden = propagate(adapter, index, hidden, calls)
-        seconds = time.perf_counter() - block_start
-        outcome.blocks.append(
-            {
-                "index": index,
-                "seconds": round(seconds, 3),
-                "peak_accelerator_bytes": peak_accelerator_bytes(device),
-            }
-        )
-        if on_block:
-            on_block(index + 1, len(adapter), tokens / seconds)
-    outcome.seconds = time.perf_counter() - start
-    return outcome
+    return Engine(model, config).run(calibration_ids, holdout_ids, on_block=on_block)

@@ -25,8 +25,13 @@ def check_target(target: Path, overwrite: bool) -> None:
 
 
 def staging_folder(target: Path) -> Path:
-    """The folder a run writes into before :func:`publish` (kept between runs for resuming)."""
+    """The folder the finished output is written into before :func:`publish`."""
     return target.parent / f".{target.name}.partial"
+
+
+def work_folder(target: Path) -> Path:
+    """Per-block checkpoints of an unfinished run (removed once the output is published)."""
+    return target.parent / f".{target.name}.work"
 
 
 def publish(staging: Path, target: Path) -> None:

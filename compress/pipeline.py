@@ -13,12 +13,12 @@ from pathlib import Path
 
 import torch
 
-from compress.calibration import load_texts, load_windows
+from compress.calibration import Windows, load_texts, load_windows, sample_windows, tokenize_stream
 from compress.config import PruneConfig
-from compress.engine import prune_model
+from compress.engine import Engine
 from compress.errors import BadInputError
 from compress.models import LoadedModel, load_model
-from compress.outputs import check_target, publish, staging_folder
+from compress.outputs import check_target, publish, staging_folder, work_folder
 from compress.report import (
     RECIPE_NAME,
     REPORT_FORMAT,
@@ -80,6 +80,34 @@ def sparsity_summary(model: torch.nn.Module, layers: dict[str, dict]) -> dict:
     return {"sparsity": zeros / numel if numel else 0.0, "model_sparsity": all_zeros / all_numel}
 
 
+def holdout_windows(loaded: LoadedModel, config: PruneConfig) -> Windows | None:
+    """Held-out windows for errors and early stopping (the test split of --holdout), or None
+    when nothing asks for them. Uses fewer windows than asked when the split is short."""
+    recon, calib = config.reconstruct, config.calibration
+    if not (recon.errors or recon.early_stop):
+        return None
+    source = recon.holdout or calib.source
+    texts = load_texts(source, "test")
+    available = len(tokenize_stream(loaded.tokenizer, texts)) // calib.seqlen
+    if available == 0:
+        raise BadInputError(
+            f"held-out text {source!r} (test split) is shorter than --seqlen {calib.seqlen}; "
+            "pass --holdout with a longer source"
+        )
+    nsamples = min(recon.holdout_nsamples, available)
+    return sample_windows(
+        loaded.tokenizer, texts, nsamples, calib.seqlen, calib.seed, source, "test"
+    )
+
+
+def checkpoint_recipe(config: PruneConfig) -> dict:
+    """The settings a checkpoint must match to be resumed (flags about this attempt excluded)."""
+    recipe = config.to_dict()
+    for name in ("resume", "overwrite", "evaluation"):
+        recipe.pop(name)
+    return recipe
+
+
 def run_prune(
     config: PruneConfig, on_block: ProgressFn | None = None, log: Callable[[str], None] = print
 ) -> dict:
@@ -98,14 +126,28 @@ def run_prune(
     if config.evaluation.seqlen:
         check_seqlen(loaded, config.evaluation.seqlen, "--eval-seqlen")
     windows = load_windows(loaded.tokenizer, calib.source, calib.nsamples, calib.seqlen, calib.seed)
+    holdout = holdout_windows(loaded, config)
     evaluation: dict = {}
     if config.evaluation.enabled:
         eval_texts = load_texts(config.evaluation.dataset, "test")
         log(f"perplexity before pruning on {config.evaluation.dataset} (test split)")
         before = evaluate_perplexity(loaded, config, eval_texts)
 
-    log(f"pruning {config.method.value} {config.pattern} at {config.sparsity:.0%}")
-    outcome = prune_model(loaded.model, windows.ids, config, on_block)
+    log(
+        f"pruning {config.method.value} {config.pattern} at {config.sparsity:.0%}, reconstruction {config.reconstruct.technique.value}"
+    )
+    work = work_folder(target)
+    if work.exists() and not config.resume:
+        log(f"starting over: removing the unfinished run in {work} (pass --resume to continue it)")
+        shutil.rmtree(work)
+    engine = Engine(loaded.model, config, work)
+    outcome = engine.run(
+        windows.ids,
+        None if holdout is None else holdout.ids,
+        checkpoint_recipe(config),
+        config.resume,
+        on_block,
+    )
 
     if config.evaluation.enabled:
         log("perplexity after pruning")
@@ -123,7 +165,10 @@ def run_prune(
         "format": REPORT_FORMAT,
         "model": model_summary(loaded),
         "recipe": config.to_dict(),
-        "calibration": {"sources": [windows.describe("real")]},
+        "calibration": {
+            "sources": [windows.describe("real")],
+            "holdout": None if holdout is None else holdout.describe("real"),
+        },
         "layers": outcome.layers,
         "blocks": outcome.blocks,
         "summary": {
@@ -145,6 +190,7 @@ def run_prune(
         "created": now_iso(),
     }
     save_output(loaded, config, report, target)
+    shutil.rmtree(work, ignore_errors=True)
     return report
 
 

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from compress.cli.render import gib, table
-from compress.config import Method
+from compress.config import Method, Technique
 
 
 def prune(
@@ -43,7 +43,14 @@ def prune(
     seqlen: Annotated[
         int, typer.Option(help="Length T of each calibration sequence, in tokens.")
     ] = 2048,
-    batch_size: Annotated[int, typer.Option(help="Calibration sequences per forward pass.")] = 8,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            "--recon-batch",
+            help="Sequences per forward pass and per reconstruction step.",
+        ),
+    ] = 8,
     seed: Annotated[int, typer.Option(help="Seed for choosing calibration windows.")] = 0,
     output: Annotated[Path, typer.Option(help="Output folder (written atomically).")] = Path(
         "out/pruned"
@@ -67,6 +74,58 @@ def prune(
             help="Per-layer override PATTERN=S, e.g. '*.down_proj=0.3' (repeatable; last match wins)."
         ),
     ] = None,
+    reconstruct: Annotated[
+        Technique,
+        typer.Option(
+            help="none (mask only), lr (the pruner's layer update), br (block-wise), br+gp (dense-model targets), br+gp+cr / br+cr (two-block windows)."
+        ),
+    ] = Technique.lr,
+    recon_epochs: Annotated[
+        int, typer.Option(help="Reconstruction epochs over the calibration set.")
+    ] = 10,
+    recon_lr: Annotated[
+        float, typer.Option(help="Adam learning rate (decays linearly to 0, no warm-up).")
+    ] = 2e-4,
+    recon_optimizer: Annotated[
+        str, typer.Option(help="adam, or sam (sharpness-aware, around Adam).")
+    ] = "adam",
+    recon_rho: Annotated[
+        float, typer.Option(help="SAM radius rho for --recon-optimizer sam.")
+    ] = 2e-4,
+    recon_early_stop: Annotated[
+        bool,
+        typer.Option(
+            help="Stop a block's reconstruction when its held-out error rises; keep the best weights."
+        ),
+    ] = False,
+    holdout: Annotated[
+        str | None,
+        typer.Option(
+            help="Held-out text for errors and early stopping (its test split); default: the calibration source."
+        ),
+    ] = None,
+    holdout_nsamples: Annotated[
+        int, typer.Option(help="Held-out sequences (fewer if the split is short).")
+    ] = 16,
+    errors: Annotated[
+        bool | None,
+        typer.Option(
+            "--errors/--no-errors",
+            help="Measure per-block normalized error vs the dense model; default: on for br*.",
+        ),
+    ] = None,
+    activations_dtype: Annotated[
+        str,
+        typer.Option(
+            help="Storage dtype of activations: auto (the model's), float32, bfloat16, float16."
+        ),
+    ] = "auto",
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue an interrupted run of the same settings from its last finished block."
+        ),
+    ] = False,
     eval: Annotated[
         bool, typer.Option("--eval/--no-eval", help="Measure perplexity before and after pruning.")
     ] = False,
@@ -84,7 +143,13 @@ def prune(
     ] = False,
 ) -> None:
     """Prune a causal LM block by block and write model, tokenizer, recipe.json and report.json."""
-    from compress.config import CalibrationConfig, EvalConfig, PruneConfig, parse_layer_sparsity
+    from compress.config import (
+        CalibrationConfig,
+        EvalConfig,
+        PruneConfig,
+        ReconstructConfig,
+        parse_layer_sparsity,
+    )
     from compress.pipeline import run_prune
 
     config = PruneConfig(
@@ -95,11 +160,24 @@ def prune(
         skip=skip or [],
         layer_sparsity=parse_layer_sparsity(layer_sparsity or []),
         calibration=CalibrationConfig(calib, nsamples, seqlen, seed, batch_size),
+        reconstruct=ReconstructConfig(
+            reconstruct,
+            recon_epochs,
+            recon_lr,
+            recon_optimizer,
+            recon_rho,
+            recon_early_stop,
+            holdout,
+            holdout_nsamples,
+            errors,
+            activations_dtype,
+        ),
         evaluation=EvalConfig(eval, eval_dataset, eval_seqlen, eval_windows or None),
         device=device,
         dtype=dtype,
         output=str(output),
         overwrite=overwrite,
+        resume=resume,
         trust_remote_code=trust_remote_code,
     )
     report = run_prune(config, on_block=_progress(), log=lambda m: typer.echo(m, err=True))

@@ -77,9 +77,9 @@ def test_sequential_inputs_come_from_pruned_blocks():
     model = build("llama")
     ids = torch.randint(0, 256, (2, 8))
     adapter = BlockAdapter(model)
-    seen = {}
+    seen = []
     layer = model.model.layers[1].self_attn.q_proj
-    handle = layer.register_forward_pre_hook(lambda m, a: seen.setdefault("x", a[0].clone()))
+    handle = layer.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
     config = PruneConfig(
         method="wanda", calibration=CalibrationConfig(nsamples=2, seqlen=8, batch_size=2)
     )
@@ -89,4 +89,4 @@ def test_sequential_inputs_come_from_pruned_blocks():
         hidden, calls = adapter.capture([ids])
         out0 = adapter.run_block(0, hidden[0], calls[0][0])
         expected = model.model.layers[1].input_layernorm(out0)
-    torch.testing.assert_close(seen["x"], expected)
+    torch.testing.assert_close(seen[0], expected)  # the statistics pass, the first to run it

@@ -1,0 +1,92 @@
+"""Reconstruction techniques on tiny random models."""
+
+import torch
+from conftest import tiny_llama_config
+from transformers import LlamaForCausalLM
+
+from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
+from compress.engine import Engine, prune_model
+
+
+def tiny(layers: int = 3):
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config(vocab_size=256, layers=layers)).eval()
+
+
+def ids(n: int = 8, seed: int = 0):
+    return torch.randint(0, 256, (n, 32), generator=torch.Generator().manual_seed(seed))
+
+
+def config(technique: str, method: str = "wanda", epochs: int = 4, **recon) -> PruneConfig:
+    return PruneConfig(
+        method=method,
+        calibration=CalibrationConfig(nsamples=8, seqlen=32, batch_size=4),
+        reconstruct=ReconstructConfig(
+            technique, epochs=epochs, lr=1e-3, measure_errors=True, **recon
+        ),
+    )
+
+
+def last_errors(technique: str, **kwargs) -> dict:
+    outcome = prune_model(tiny(), ids(), config(technique, **kwargs), holdout_ids=ids(4, seed=1))
+    return outcome.blocks[-1]["errors"]["after_reconstruction"]
+
+
+def test_br_beats_lr_and_gp_beats_br_on_calibration():
+    lr, br, gp = (last_errors(t)["calibration"] for t in ("lr", "br", "br+gp"))
+    assert br < lr
+    assert gp < br
+
+
+def test_masks_exact_after_reconstruction():
+    model = tiny()
+    outcome = prune_model(model, ids(), config("br+gp+cr"))
+    for name, mask in outcome.masks.items():
+        weight = model.get_submodule(name).weight
+        assert torch.equal(weight != 0, mask), name
+        assert outcome.layers[name]["sparsity"] == 0.5
+
+
+def test_gp_targets_are_dense_model_activations(monkeypatch):
+    model = tiny()
+    calib = ids()
+    with torch.no_grad():
+        reference = model(input_ids=calib, output_hidden_states=True).hidden_states
+    seen = []
+    original = Engine._targets
+
+    def spy(self, i, streams):
+        original(self, i, streams)
+        if streams.dense_out is not None and len(streams.sparse) == 2:  # the calibration set
+            seen.append(torch.cat(streams.dense_out))
+
+    monkeypatch.setattr(Engine, "_targets", spy)
+    prune_model(model, calib, config("br+gp", epochs=1))
+    for i, target in enumerate(seen[:-1]):  # the last hidden state is after the final norm
+        torch.testing.assert_close(target, reference[i + 1])
+
+
+def test_cross_block_windows_follow_the_paper():
+    outcome = prune_model(tiny(layers=4), ids(), config("br+gp+cr", epochs=1))
+    windows = [r["window"] for block in outcome.blocks for r in block["reconstruction"]]
+    assert windows == [[0], [0, 1], [1, 2], [2, 3], [3]]
+
+
+def test_none_keeps_dense_values_of_kept_weights():
+    model = tiny()
+    dense = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    outcome = prune_model(model, ids(), config("none", method="sparsegpt"))
+    mask = outcome.masks["model.layers.0.mlp.up_proj"]
+    torch.testing.assert_close(model.model.layers[0].mlp.up_proj.weight, dense * mask)
+
+
+def test_early_stop_records_holdout_and_never_ends_worse():
+    outcome = prune_model(
+        tiny(), ids(), config("br", epochs=6, early_stop=True), holdout_ids=ids(4, seed=1)
+    )
+    for block in outcome.blocks:
+        run = block["reconstruction"][0]
+        errors = run["holdout_error_per_epoch"]
+        assert len(errors) == run["epochs_run"] + 1
+        if run["stopped_early"]:
+            assert errors[-1] >= min(errors[:-1])
