@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 
 from compress.errors import BadInputError
-from compress.masks import SparsityPattern
+from compress.patterns import SparsityPattern
 
 
 class Method(str, Enum):

@@ -74,14 +74,97 @@ def info(
         bool,
         typer.Option("--layers/--by-type", help="One row per layer instead of per layer type."),
     ] = False,
+    errors: Annotated[
+        bool,
+        typer.Option("--errors", help="Print per-block normalized reconstruction errors instead."),
+    ] = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Draw per-block errors (calibration vs held-out) to this PNG."),
+    ] = None,
 ) -> None:
-    """Print the recipe and the measured sparsity of a pruned model folder."""
+    """Print the recipe and measured sparsity of a pruned model folder (or its per-block errors)."""
+    from compress.errors import BadInputError
     from compress.report import read_report
 
     report = read_report(folder)
+    if errors or plot:
+        rows = error_rows(report["blocks"])
+        if not rows:
+            raise BadInputError(
+                f"{folder} has no per-block errors: prune with --errors or a br* --reconstruct"
+            )
+        if errors:
+            typer.echo(
+                table(
+                    [
+                        "block",
+                        "calib before",
+                        "calib after",
+                        "held-out before",
+                        "held-out after",
+                        "seconds",
+                    ],
+                    rows,
+                )
+            )
+        if plot:
+            plot_errors(rows, plot, report["recipe"])
+            typer.echo(f"wrote {plot}")
+        return
     typer.echo(json.dumps(report["recipe"], indent=2))
     rows = layer_rows(report["layers"], per_layer=layers)
     typer.echo(table(["layer" if layers else "layer type", "count", "target", "measured"], rows))
+
+
+def error_rows(blocks: list[dict]) -> list[list]:
+    """Per block: normalized error vs the dense model, before/after reconstruction."""
+    rows = []
+    for block in blocks:
+        if "errors" not in block:
+            continue
+        before, after = (
+            block["errors"]["before_reconstruction"],
+            block["errors"]["after_reconstruction"],
+        )
+        rows.append(
+            [
+                block["index"],
+                before["calibration"],
+                after["calibration"],
+                before.get("holdout"),
+                after.get("holdout"),
+                block["seconds"],
+            ]
+        )
+    return rows
+
+
+def plot_errors(rows: list[list], path: Path, recipe: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = [row[0] for row in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(blocks, [row[2] for row in rows], marker="o", label="calibration (after)")
+    if all(row[4] is not None for row in rows):
+        ax.plot(blocks, [row[4] for row in rows], marker="s", label="held-out (after)")
+    ax.plot(
+        blocks, [row[1] for row in rows], linestyle=":", color="gray", label="calibration (before)"
+    )
+    ax.set_xlabel("block")
+    ax.set_ylabel("normalized error vs dense model")
+    ax.set_yscale("log")
+    ax.set_title(
+        f"{recipe['method']} {recipe['pattern']} {recipe['sparsity']:.0%}, {recipe['reconstruct']['technique']}"
+    )
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def layer_rows(layers: dict[str, dict], per_layer: bool) -> list[list]:

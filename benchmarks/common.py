@@ -1,0 +1,44 @@
+"""Shared helpers for the benchmark scripts: machine description, tables, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def machine() -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+    }
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_isolated(script: str, args: list[str]) -> dict:
+    """Run ``script --one ...`` in a fresh process (for a clean peak RSS); parse its last JSON line."""
+    out = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, check=False
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{script} {' '.join(args)} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def save(path: Path, data: dict) -> None:
+    from compress.report import write_json_atomic
+
+    write_json_atomic(path, data)
+    print(f"wrote {path}")
