@@ -1,0 +1,102 @@
+"""``compress eval all``: perplexity and zero-shot tasks for a pruned folder, into report.json.
+
+Perplexity follows the folder's recipe (dataset, window length, window count) unless told
+otherwise. When report.json already holds the pruned model's perplexity and no other protocol
+is asked for, it is kept rather than measured again: the report is the record, and a second
+measurement of the same thing would only be a chance to disagree with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from compress.models import LoadedModel
+from compress.report import read_report, update_report
+from evaluators.tasks.registry import Source
+from evaluators.tasks.runner import RESULTS_NAME, TaskSettings, evaluate_tasks, silent
+
+PROTOCOL = "non-overlapping windows, mean token NLL, exp"
+
+
+@dataclass(frozen=True)
+class PerplexityRequest:
+    """Protocol overrides; None takes the recipe's value (``max_windows`` 0 = every window)."""
+
+    dataset: str | None = None
+    seqlen: int | None = None
+    max_windows: int | None = None
+
+
+def _protocol(report: dict, request: PerplexityRequest) -> tuple[str, int, int | None]:
+    recipe = report.get("recipe") or {}
+    evaluation = recipe.get("evaluation") or {}
+    dataset = request.dataset or evaluation.get("dataset") or "wikipedia"
+    calibration_seqlen = (recipe.get("calibration") or {}).get("seqlen")
+    seqlen = request.seqlen or evaluation.get("seqlen") or calibration_seqlen or 2048
+    windows = request.max_windows
+    if windows is None:
+        windows = evaluation.get("max_windows", 40)
+    return dataset, seqlen, windows or None
+
+
+def perplexity_section(
+    loaded: LoadedModel, report: dict, request: PerplexityRequest, log: Callable[[str], None]
+) -> dict:
+    """report.json's ``evaluation.perplexity`` for the loaded (pruned) model."""
+    from compress.calibration import load_texts
+    from compress.pipeline import check_seqlen
+    from evaluators.perplexity import perplexity
+
+    recorded = (report.get("evaluation") or {}).get("perplexity") or {}
+    if recorded.get("after") is not None and request == PerplexityRequest():
+        log("perplexity: recorded in report.json already, kept (pass --dataset/--seqlen to redo)")
+        return recorded
+    dataset, seqlen, max_windows = _protocol(report, request)
+    check_seqlen(loaded, seqlen)
+    log(f"perplexity on {dataset} (test split), windows of {seqlen} tokens")
+    texts = load_texts(dataset, "test")
+    result = perplexity(loaded.model, loaded.tokenizer, texts, seqlen, max_windows, progress=True)
+    section = {"dataset": dataset, "split": "test", "protocol": PROTOCOL}
+    section |= {key: result[key] for key in ("seqlen", "windows", "tokens")}
+    same = all(recorded.get(key) == section[key] for key in ("dataset", "seqlen", "windows"))
+    if same and recorded.get("before") is not None:
+        section["before"] = recorded["before"]  # the dense figure, same protocol
+    section["after"] = result["perplexity"]
+    return section
+
+
+def evaluate_folder(
+    folder: Path,
+    loaded: LoadedModel,
+    tasks: str,
+    settings: TaskSettings,
+    request: PerplexityRequest,
+    source: Source = Source.auto,
+    batch_size: int = 8,
+    overwrite: bool = False,
+    log: Callable[[str], None] = silent,
+) -> dict:
+    """Measure perplexity and tasks for ``folder``, merge them into its report; return both.
+
+    Raises:
+        BadInputError: no report.json in ``folder``, a bad task or setting.
+    """
+    report = read_report(folder)
+    section = perplexity_section(loaded, report, request, log)
+    record = evaluate_tasks(
+        loaded.model,
+        loaded.tokenizer,
+        tasks,
+        Path(folder) / RESULTS_NAME,
+        settings,
+        source=source,
+        model_name=str(Path(folder)),
+        batch_size=batch_size,
+        overwrite=overwrite,
+        log=log,
+    )
+    summary = {key: value for key, value in record.items() if key not in ("format", "model")}
+    update_report(folder, "evaluation", {"perplexity": section, "tasks": summary})
+    return {"perplexity": section, "tasks": record}
