@@ -102,9 +102,18 @@ def check_widths(adapter: BlockAdapter, config: PruneConfig) -> None:
 class Engine:
     """Runs the per-block steps listed in the module docstring over a whole model."""
 
-    def __init__(self, model: nn.Module, config: PruneConfig, work: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: PruneConfig,
+        work: Path | None = None,
+        stats_samples: int | None = None,
+    ) -> None:
+        """``stats_samples``: only the first this many calibration sequences feed the pruners'
+        statistics (real text first, self-generated after it); all of them reconstruct."""
         self.model = model
         self.config = config
+        self.stats_samples = stats_samples
         self.recon = config.reconstruct
         self.technique = config.reconstruct.technique
         self.adapter = BlockAdapter(model)
@@ -146,12 +155,19 @@ class Engine:
     def _collect(
         self, i: int, pruners: dict[str, Pruner], layers: dict[str, nn.Module], s: Streams
     ) -> None:
-        """Step 2."""
+        """Step 2 (statistics from the first ``stats_samples`` sequences only, when set)."""
         seen: set[str] = set()
+        batch_size = self.config.calibration.batch_size
+        limit = self.stats_samples
+        current = 0  # index of the batch being run
 
         def hook_for(name: str):
             def hook(module: nn.Module, args: tuple) -> None:
-                pruners[name].add_batch(args[0])
+                x = args[0]
+                if limit is not None:
+                    x = x[: max(limit - current * batch_size, 0)]
+                if len(x):
+                    pruners[name].add_batch(x)
                 seen.add(name)
                 if len(seen) == len(pruners):
                     raise _StopBlock
@@ -162,7 +178,10 @@ class Engine:
         try:
             with torch.no_grad():
                 for b, x in enumerate(s.sparse):
+                    if limit is not None and b * batch_size >= limit:
+                        break
                     seen.clear()
+                    current = b
                     try:
                         self._run([i], s.calls, b, x)
                     except _StopBlock:

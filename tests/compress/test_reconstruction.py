@@ -90,3 +90,13 @@ def test_early_stop_records_holdout_and_never_ends_worse():
         assert len(errors) == run["epochs_run"] + 1
         if run["stopped_early"]:
             assert errors[-1] >= min(errors[:-1])
+
+
+def test_statistics_from_the_first_samples_only():
+    """Self-generated windows reconstruct but, by default, do not feed the pruner."""
+    calib = ids(8)
+    cfg = PruneConfig(method="wanda", calibration=CalibrationConfig(nsamples=8, seqlen=32, batch_size=3))
+    mixed = Engine(tiny(), cfg, stats_samples=4).run(calib).masks
+    real_only = prune_model(tiny(), calib[:4], cfg).masks
+    for name in [n for n in real_only if n.startswith("model.layers.0.")]:
+        assert torch.equal(mixed[name], real_only[name]), name
