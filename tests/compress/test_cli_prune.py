@@ -117,3 +117,20 @@ def test_help_in_subprocess(command):
     )
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout
+
+
+def test_reconstruction_errors_table_and_plot(tiny_model_dir, tmp_path):
+    out = tmp_path / "br"
+    result = run("prune", tiny_model_dir, "--reconstruct", "br+gp", "--recon-epochs", "1", "--holdout-nsamples", "2", "--output", out, *FAST)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    errors = report["blocks"][0]["errors"]
+    assert set(errors["after_reconstruction"]) == {"calibration", "holdout"}
+    assert report["calibration"]["holdout"]["split"] == "test"
+    table = run("info", out, "--errors", "--plot", tmp_path / "errors.png")
+    assert table.exit_code == 0 and "held-out after" in table.output
+    assert (tmp_path / "errors.png").stat().st_size > 1000
+    plain = tmp_path / "plain"
+    assert run("prune", tiny_model_dir, "--output", plain, *FAST).exit_code == 0
+    missing = run("info", plain, "--errors")
+    assert missing.exit_code == 2 and "no per-block errors" in missing.stderr
