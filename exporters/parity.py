@@ -1,0 +1,115 @@
+"""Does the ONNX export compute what the PyTorch model computes?
+
+Two checks, both on the same fixed prompts, in float32:
+
+- logits: max |logit_torch - logit_ort| over every position of every prompt (the prefill path),
+  and over the decode steps of greedy generation while both runs still agree on the tokens (the
+  past-key-values path when the export has one);
+- tokens: greedy generation gives the same new tokens in ONNX Runtime as in PyTorch.
+
+Both models only need ``__call__(input_ids=, attention_mask=) -> .logits`` and ``generate``, which
+``transformers`` models and ``optimum``'s ``ORTModelForCausalLM`` share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+# Plain English, code and digits: different token statistics, all short enough for tiny models.
+PROMPTS = (
+    "The capital of France is",
+    "Pruning removes weights from a neural network so that",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n",
+    "In 1905 Albert Einstein published four papers, and 2 + 2 =",
+)
+
+
+@dataclass
+class ParityResult:
+    """What the check measured; ``passed`` is derived from the numbers and the tolerance."""
+
+    atol: float
+    max_abs_logit_diff: float  # prefill logits, every position of every prompt
+    max_abs_decode_logit_diff: float  # greedy decode steps, up to the first token mismatch
+    prompts: int
+    prompt_tokens: int
+    max_new_tokens: int
+    tokens_equal: bool
+    mismatches: list[dict]  # {"prompt": i, "torch": [...], "ort": [...]} for each differing prompt
+
+    @property
+    def passed(self) -> bool:
+        worst = max(self.max_abs_logit_diff, self.max_abs_decode_logit_diff)
+        return worst <= self.atol and self.tokens_equal
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def encode_prompts(tokenizer, prompts: tuple[str, ...] = PROMPTS) -> list[torch.Tensor]:
+    """One ``(1, T)`` id tensor per prompt; no token_type_ids (ORT decoders take none)."""
+    return [
+        tokenizer(p, return_tensors="pt", return_token_type_ids=False)["input_ids"] for p in prompts
+    ]
+
+
+@torch.no_grad()
+def _greedy(model, input_ids: torch.Tensor, max_new_tokens: int, pad_token_id: int):
+    out = model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad_token_id,
+        return_dict_in_generate=True,
+        output_logits=True,
+    )
+    new_tokens = out.sequences[0, input_ids.shape[1] :].tolist()
+    return new_tokens, [step.float() for step in out.logits]
+
+
+def _decode_diff(torch_steps, ort_steps, torch_tokens, ort_tokens) -> float:
+    """Max logit difference over the steps both runs took from the same context."""
+    worst = 0.0
+    for step, (a, b) in enumerate(zip(torch_steps, ort_steps, strict=True)):
+        worst = max(worst, (a - b).abs().max().item())
+        if torch_tokens[step] != ort_tokens[step]:
+            break  # later steps see different contexts; their logits are not comparable
+    return worst
+
+
+@torch.no_grad()
+def check_parity(
+    torch_model,
+    ort_model,
+    prompts: list[torch.Tensor],
+    max_new_tokens: int,
+    atol: float,
+    pad_token_id: int,
+) -> ParityResult:
+    """Compare ``ort_model`` against ``torch_model`` on ``prompts`` (each ``(1, T)``)."""
+    prefill = decode = 0.0
+    mismatches = []
+    for index, ids in enumerate(prompts):
+        mask = torch.ones_like(ids)
+        expected = torch_model(input_ids=ids, attention_mask=mask).logits.float()
+        got = ort_model(input_ids=ids, attention_mask=mask).logits.float()
+        prefill = max(prefill, (expected - got).abs().max().item())
+        torch_tokens, torch_steps = _greedy(torch_model, ids, max_new_tokens, pad_token_id)
+        ort_tokens, ort_steps = _greedy(ort_model, ids, max_new_tokens, pad_token_id)
+        decode = max(decode, _decode_diff(torch_steps, ort_steps, torch_tokens, ort_tokens))
+        if torch_tokens != ort_tokens:
+            mismatches.append({"prompt": index, "torch": torch_tokens, "ort": ort_tokens})
+    return ParityResult(
+        atol=atol,
+        max_abs_logit_diff=prefill,
+        max_abs_decode_logit_diff=decode,
+        prompts=len(prompts),
+        prompt_tokens=sum(ids.shape[1] for ids in prompts),
+        max_new_tokens=max_new_tokens,
+        tokens_equal=not mismatches,
+        mismatches=mismatches,
+    )
