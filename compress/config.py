@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import asdict, dataclass, field
 from enum import Enum
+from pathlib import Path
 
 from compress.errors import BadInputError
 from compress.patterns import SparsityPattern
@@ -113,10 +114,14 @@ class PruneConfig:
     output: str = "out/pruned"
     overwrite: bool = False
     resume: bool = False
+    push_to_hub: bool = False
+    hub_repo_id: str | None = None  # None: the output folder's name
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         self.method = Method(self.method)
+        if self.push_to_hub and not self.hub_repo_id:
+            self.hub_repo_id = Path(self.output).name
         self.parsed_pattern = SparsityPattern.parse(self.pattern)
         self.pattern = str(self.parsed_pattern)
         if self.parsed_pattern.structured:

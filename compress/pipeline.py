@@ -103,7 +103,7 @@ def holdout_windows(loaded: LoadedModel, config: PruneConfig) -> Windows | None:
 def checkpoint_recipe(config: PruneConfig) -> dict:
     """The settings a checkpoint must match to be resumed (flags about this attempt excluded)."""
     recipe = config.to_dict()
-    for name in ("resume", "overwrite", "evaluation"):
+    for name in ("resume", "overwrite", "evaluation", "push_to_hub", "hub_repo_id"):
         recipe.pop(name)
     return recipe
 
@@ -191,15 +191,26 @@ def run_prune(
     }
     save_output(loaded, config, report, target)
     shutil.rmtree(work, ignore_errors=True)
+    if config.push_to_hub:
+        from exporters.hub import push_folder
+
+        log(f"pushing {target} to the Hub as {config.hub_repo_id}")
+        report["hub"] = {
+            "repo_id": config.hub_repo_id,
+            "commit": push_folder(target, config.hub_repo_id),
+        }
     return report
 
 
 def save_output(loaded: LoadedModel, config: PruneConfig, report: dict, target: Path) -> None:
-    """Write model, tokenizer, recipe and report to a staging folder, then publish it."""
+    """Write model, tokenizer, recipe, report and model card to a staging folder, then publish."""
     staging = staging_folder(target)
     shutil.rmtree(staging, ignore_errors=True)
     loaded.model.save_pretrained(staging, safe_serialization=True)
     loaded.tokenizer.save_pretrained(staging)
     write_json_atomic(staging / RECIPE_NAME, {**config.to_dict(), "versions": report["versions"]})
     write_json_atomic(staging / REPORT_NAME, report)
+    from cards.builder import write_card
+
+    write_card(staging, config.hub_repo_id if config.push_to_hub else None)
     publish(staging, target)

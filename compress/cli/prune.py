@@ -138,6 +138,18 @@ def prune(
     eval_windows: Annotated[
         int | None, typer.Option(help="At most this many windows for --eval (0: all).")
     ] = 40,
+    push_to_hub: Annotated[
+        bool,
+        typer.Option(
+            help="Upload the output folder (model, card, report) to the Hugging Face Hub when done."
+        ),
+    ] = False,
+    hub_repo_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Hub repository for --push-to-hub (default: the output folder's name under your account)."
+        ),
+    ] = None,
     trust_remote_code: Annotated[
         bool, typer.Option(help="Allow model code from the Hub repository to run.")
     ] = False,
@@ -178,11 +190,15 @@ def prune(
         output=str(output),
         overwrite=overwrite,
         resume=resume,
+        push_to_hub=push_to_hub,
+        hub_repo_id=hub_repo_id,
         trust_remote_code=trust_remote_code,
     )
     report = run_prune(config, on_block=_progress(), log=lambda m: typer.echo(m, err=True))
     typer.echo(summary_table(report))
     typer.echo(f"wrote {output}")
+    if "hub" in report:
+        typer.echo(f"pushed to {report['hub']['commit']}")
 
 
 def _progress():

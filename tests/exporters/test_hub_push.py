@@ -229,3 +229,29 @@ def test_retry_command_quotes_what_the_shell_needs():
         "--revision", "dev", "--commit-message", "first cut",
     ]  # fmt: skip
     assert ".*" in IGNORE_PATTERNS
+
+
+def test_prune_push_to_hub_uploads_model_and_card(tiny_model_dir, hub, tmp_path):
+    out = tmp_path / "pruned"
+    args = [
+        "prune",
+        str(tiny_model_dir),
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+        "--nsamples",
+        "2",
+        "--seqlen",
+        "32",
+        "--push-to-hub",
+        "--hub-repo-id",
+        "user/pushed",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    files = hub.store.files("user/pushed")
+    assert files["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    assert files["README.md"] == (out / "README.md").read_bytes()
+    assert "wanda" in files["README.md"].decode() and "report.json" in files
+    assert TOKEN not in result.output
