@@ -1,0 +1,478 @@
+"""Causal-LM fine-tuning of a pruned model folder, with AdamW, SAM-AdamW or ASAM-AdamW.
+
+All parameters train. The sparsity pattern is read from the saved model itself: every exact
+zero in a prunable Linear weight of the decoder blocks is pruned and stays zero (gradients are
+masked before each step and the weights re-masked after it, see :mod:`compress.sam`), so the
+measured sparsity after fine-tuning equals the sparsity before.
+
+Per step: ``batch × grad_accum`` token windows of ``seqlen`` tokens (the train split of
+``data``, windows reshuffled each epoch), one optimizer step, a cosine learning-rate schedule
+after ``warmup`` linear steps. Held-out loss on the test split every ``eval_every`` steps; a
+checkpoint (model, optimizer, scheduler, history) every ``save_every`` steps for ``--resume``.
+The run writes into a staging folder beside ``output`` (checkpoint included) and publishes it
+as ``output`` at the end: model, tokenizer, recipe and the source report with a ``finetune``
+section (see :func:`save_output`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from enum import Enum
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.errors import BadInputError
+from compress.outputs import check_target, publish, staging_folder
+from compress.report import (
+    RECIPE_NAME,
+    REPORT_FORMAT,
+    REPORT_NAME,
+    now_iso,
+    update_report,
+    write_json_atomic,
+)
+from compress.sam import SAM, accumulated_step, mask_gradients, mask_weights
+
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "state.pt"
+# fields that may change between a run and its --resume
+RESUMABLE_CHANGES = ("resume", "overwrite", "eval_every", "save_every", "device")
+
+
+class Optimizer(str, Enum):
+    adamw = "adamw"
+    sam_adamw = "sam-adamw"
+    asam_adamw = "asam-adamw"
+
+
+class Precision(str, Enum):
+    auto = "auto"  # bf16 autocast on a GPU that supports it, else fp32
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
+@dataclass
+class FinetuneConfig:
+    model: str  # a folder written by compress prune (or any saved causal-LM folder)
+    data: str = "wikipedia"
+    output: str = "out/finetuned"
+    steps: int = 100
+    lr: float = 1e-5
+    optimizer: Optimizer = Optimizer.adamw
+    rho: float | None = None  # None: 0.05 for SAM, 0.5 for ASAM (it wants ~10x larger)
+    eta: float = 0.01
+    weight_decay: float = 0.0
+    warmup: int = 0
+    seqlen: int = 256
+    batch: int = 4
+    grad_accum: int = 1
+    eval_every: int = 50
+    eval_windows: int = 16
+    save_every: int = 50
+    seed: int = 0
+    device: str = "auto"
+    precision: Precision = Precision.auto
+    resume: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.optimizer = Optimizer(self.optimizer)
+        self.precision = Precision(self.precision)
+        if self.rho is None:
+            self.rho = 0.5 if self.optimizer is Optimizer.asam_adamw else 0.05
+        for name in ("steps", "seqlen", "batch", "grad_accum", "eval_every", "save_every"):
+            if getattr(self, name) < 1:
+                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.lr <= 0 or self.rho < 0 or self.eta < 0 or self.warmup < 0:
+            raise BadInputError("--lr must be positive and --rho, --eta, --warmup non-negative")
+        if self.eval_windows < 0:
+            raise BadInputError("--eval-windows must be non-negative (0 turns held-out loss off)")
+
+    @property
+    def uses_sam(self) -> bool:
+        return self.optimizer is not Optimizer.adamw
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["optimizer"] = self.optimizer.value
+        data["precision"] = self.precision.value
+        return data
+
+
+def sparsity_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
+    """Keep-masks (``weight != 0``) of the block Linear weights that hold exact zeros."""
+    from compress.blocks import BlockAdapter
+
+    adapter = BlockAdapter(model)
+    masks = {}
+    for index in range(len(adapter)):
+        for module in adapter.prunable_layers(index).values():
+            if (module.weight == 0).any():
+                masks[module.weight] = module.weight.detach() != 0
+    return masks
+
+
+def count_zeros(masks: dict[nn.Parameter, torch.Tensor]) -> int:
+    return sum(int((p == 0).sum()) for p in masks)
+
+
+def training_windows(tokenizer, config: FinetuneConfig) -> tuple[torch.Tensor, dict]:
+    """All the train windows one run needs (or every window the text holds, reused by epoch)."""
+    from compress.calibration import load_texts, sample_windows, tokenize_stream
+
+    texts = load_texts(config.data, "train")
+    slots = len(tokenize_stream(tokenizer, texts)) // config.seqlen
+    per_step = config.batch * config.grad_accum
+    if slots < config.batch:
+        raise BadInputError(
+            f"--data {config.data} holds {slots} train windows of {config.seqlen} tokens, "
+            f"fewer than --batch {config.batch}; lower --seqlen/--batch or add text"
+        )
+    windows = sample_windows(
+        tokenizer,
+        texts,
+        min(slots, config.steps * per_step),
+        config.seqlen,
+        config.seed,
+        config.data,
+        "train",
+    )
+    return windows.ids, windows.describe()
+
+
+def window_order(available: int, needed: int, seed: int) -> torch.Tensor:
+    """Indices of ``needed`` windows: a fresh seeded permutation of all ``available`` per epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    epochs = math.ceil(needed / available)
+    return torch.cat([torch.randperm(available, generator=generator) for _ in range(epochs)])
+
+
+def heldout_windows(tokenizer, config: FinetuneConfig) -> tuple[torch.Tensor | None, dict | None]:
+    if config.eval_windows == 0:
+        return None, None
+    from compress.calibration import load_windows
+
+    windows = load_windows(
+        tokenizer, config.data, config.eval_windows, config.seqlen, config.seed, "test"
+    )
+    return windows.ids, windows.describe()
+
+
+def build_optimizer(model: nn.Module, masks: dict, config: FinetuneConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not config.uses_sam:
+        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    return SAM(
+        params,
+        torch.optim.AdamW,
+        rho=config.rho,
+        adaptive=config.optimizer is Optimizer.asam_adamw,
+        eta=config.eta,
+        masks=masks,
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+
+
+def lr_lambda(config: FinetuneConfig) -> Callable[[int], float]:
+    """Linear warmup over ``warmup`` steps, then cosine decay to zero at ``steps``."""
+
+    def factor(step: int) -> float:
+        if step < config.warmup:
+            return (step + 1) / config.warmup
+        progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def resolve_autocast(config: FinetuneConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None = plain fp32)."""
+    if config.precision is Precision.bf16:
+        return torch.bfloat16
+    if config.precision is Precision.auto and device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return None
+
+
+@torch.no_grad()
+def heldout_loss(model: nn.Module, ids: torch.Tensor, batch: int, autocast) -> float:
+    """Mean token loss over the held-out windows (all windows have the same length)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total = 0.0
+    for chunk in ids.split(batch):
+        chunk = chunk.to(device)
+        with autocast():
+            total += float(model(input_ids=chunk, labels=chunk, use_cache=False).loss) * len(chunk)
+    model.train(was_training)
+    return total / len(ids)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    masks: dict,
+    micro_batches: list[torch.Tensor],
+    autocast,
+) -> float:
+    """One optimizer step over equal micro-batches; returns the mean loss at the start point."""
+
+    def micro_loss(ids: torch.Tensor) -> torch.Tensor:
+        with autocast():
+            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+        return loss / len(micro_batches)
+
+    if isinstance(optimizer, SAM):
+        closures = [lambda ids=ids: micro_loss(ids) for ids in micro_batches]
+        return float(accumulated_step(optimizer, closures))
+    optimizer.zero_grad()
+    total = 0.0
+    for ids in micro_batches:
+        loss = micro_loss(ids)
+        loss.backward()
+        total += float(loss.detach())
+    mask_gradients(masks)
+    optimizer.step()
+    mask_weights(masks)
+    return total
+
+
+def prepare_output(config: FinetuneConfig) -> Path:
+    """Check the folders; return the staging folder the run writes into (see compress.outputs).
+
+    The checkpoint lives in the staging folder, so it survives a crash for --resume; without
+    --resume an old staging folder is cleared.
+    """
+    output, source = Path(config.output), Path(config.model)
+    if not (source / "config.json").is_file():
+        raise BadInputError(
+            f"{source} is not a model folder (no config.json): point to a compress prune output"
+        )
+    if output.resolve() == source.resolve():
+        raise BadInputError("--output must differ from the input folder; pick a new folder")
+    check_target(output, config.overwrite)
+    staging = staging_folder(output)
+    if not config.resume:
+        shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True, exist_ok=True)
+    return staging
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, config: FinetuneConfig) -> dict | None:
+    """The saved state when resuming and one exists; refuses a run with other settings."""
+    if not (config.resume and path.is_file()):
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    saved, now = state["config"], config.to_dict()
+    changed = [k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]]
+    if changed:
+        name = changed[0]
+        raise BadInputError(
+            f"--resume: {name} was {saved.get(name)!r} in the checkpoint, now {now[name]!r}; "
+            "use the original settings or start over with --overwrite"
+        )
+    return state
+
+
+def save_output(
+    model: nn.Module, tokenizer, config: FinetuneConfig, output: Path, section: dict
+) -> None:
+    """Model (in the source folder's dtype), tokenizer, recipe and report with ``finetune``.
+
+    The source report's ``evaluation`` measured the model before fine-tuning, so it moves into
+    ``finetune.source_evaluation``; evaluators fill a fresh one for this model.
+    """
+    source = Path(config.model)
+    saved_config = json.loads((source / "config.json").read_text())
+    name = saved_config.get("dtype") or saved_config.get("torch_dtype")  # renamed in 4.56
+    saved = getattr(torch, name, None) if isinstance(name, str) else None
+    model.to(saved if isinstance(saved, torch.dtype) else torch.float32)
+    model.save_pretrained(output, safe_serialization=True)
+    tokenizer.save_pretrained(output)
+    if (source / RECIPE_NAME).is_file():
+        shutil.copyfile(source / RECIPE_NAME, output / RECIPE_NAME)
+    if (source / REPORT_NAME).is_file():
+        report = json.loads((source / REPORT_NAME).read_text())
+    else:
+        report = {"format": REPORT_FORMAT, "model": {"source": str(source)}, "created": now_iso()}
+    if "evaluation" in report:
+        section = {**section, "source_evaluation": report.pop("evaluation")}
+    write_json_atomic(output / REPORT_NAME, report)
+    update_report(output, "finetune", section)
+
+
+def perplexity_entry(step: int, loss: float) -> dict:
+    return {"step": step, "loss": loss, "perplexity": math.exp(loss)}
+
+
+class FinetuneRun:
+    """One fine-tuning run: model, data, optimizer and schedule, and what was measured."""
+
+    def __init__(self, config: FinetuneConfig) -> None:
+        from compress.models import load_model
+
+        self.config = config
+        self.staging = prepare_output(config)
+        loaded = load_model(config.model, device=config.device, dtype="float32")
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.device = next(self.model.parameters()).device
+        self.masks = sparsity_masks(self.model)
+        self.zeros_before = count_zeros(self.masks)
+        self.train_ids, self.train_info = training_windows(self.tokenizer, config)
+        self.eval_ids, self.eval_info = heldout_windows(self.tokenizer, config)
+        self.per_step = config.batch * config.grad_accum
+        self.order = window_order(len(self.train_ids), config.steps * self.per_step, config.seed)
+        self.optimizer = build_optimizer(self.model, self.masks, config)
+        base = self.optimizer.base_optimizer if config.uses_sam else self.optimizer
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(base, lr_lambda(config))
+        self.dtype = resolve_autocast(config, self.device)
+        self.checkpoint = self.staging / CHECKPOINT_DIR / CHECKPOINT_FILE
+        self.history: dict = {"train": [], "heldout": []}
+        self.step, self.train_seconds, self.resumed_from = 0, 0.0, None
+
+    def autocast(self):
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def evaluate(self) -> float | None:
+        """Held-out loss now, appended to the history (None when turned off)."""
+        if self.eval_ids is None:
+            return None
+        loss = heldout_loss(self.model, self.eval_ids, self.config.batch, self.autocast)
+        self.history["heldout"].append(perplexity_entry(self.step, loss))
+        return loss
+
+    def restore(self) -> None:
+        """Continue from the checkpoint under --resume, else measure the starting point."""
+        state = load_checkpoint(self.checkpoint, self.config)
+        if state is None:
+            self.evaluate()
+            return
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history, self.step = state["history"], state["step"]
+        self.train_seconds = state["train_seconds"]
+        self.resumed_from = self.step
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": self.history,
+            "train_seconds": self.train_seconds,
+            "config": self.config.to_dict(),
+        }
+        save_checkpoint(self.checkpoint, state)
+
+    def train_one(self) -> float:
+        """One optimizer step on the next ``batch x grad_accum`` windows; returns seconds."""
+        cfg = self.config
+        chosen = self.order[self.step * self.per_step : (self.step + 1) * self.per_step]
+        micro = [self.train_ids[i].to(self.device) for i in chosen.split(cfg.batch)]
+        began = time.perf_counter()
+        loss = train_step(self.model, self.optimizer, self.masks, micro, self.autocast)
+        self.scheduler.step()
+        seconds = time.perf_counter() - began
+        self.train_seconds += seconds
+        self.step += 1
+        self.history["train"].append(
+            {"step": self.step, "loss": loss, "lr": self.scheduler.get_last_lr()[0]}
+        )
+        return seconds
+
+    def train(self, progress: bool = True) -> None:
+        """Steps until ``config.steps``, with held-out loss and checkpoints on their schedules."""
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        self.model.train()
+        with tqdm(
+            total=cfg.steps, initial=self.step, disable=not progress, desc="finetune", unit="step"
+        ) as bar:
+            while self.step < cfg.steps:
+                seconds = self.train_one()
+                loss = self.history["train"][-1]["loss"]
+                tok_s = self.per_step * cfg.seqlen / seconds
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:.0f}")
+                bar.update()
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    held = self.evaluate()
+                    if held is not None:
+                        bar.write(
+                            f"step {self.step}: held-out loss {held:.4f}, "
+                            f"perplexity {math.exp(held):.2f}"
+                        )
+                if self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.save_checkpoint()
+        self.model.eval()
+
+    def section(self) -> dict:
+        """The report's ``finetune`` section; checks that no pruned weight came back."""
+        zeros_after = count_zeros(self.masks)
+        if zeros_after != self.zeros_before:
+            raise RuntimeError(
+                f"fine-tuning changed the pruned zeros: {self.zeros_before} -> {zeros_after}"
+            )
+        heldout = self.history["heldout"]
+        tokens = self.config.steps * self.per_step * self.config.seqlen
+        return {
+            "config": self.config.to_dict(),
+            "tokens": tokens,
+            "train_data": self.train_info,
+            "heldout_data": self.eval_info,
+            "heldout": {
+                "before": heldout[0] if heldout else None,
+                "after": heldout[-1] if heldout else None,
+            },
+            "sparsity": {
+                "masked_parameters": len(self.masks),
+                "zeros_before": self.zeros_before,
+                "zeros_after": zeros_after,
+            },
+            "train_seconds": round(self.train_seconds, 3),
+            "tokens_per_second": round(tokens / self.train_seconds, 1),
+            "device": str(self.device),
+            "autocast": str(self.dtype).removeprefix("torch.") if self.dtype else None,
+            "resumed_from_step": self.resumed_from,
+            "history": self.history,
+            "created": now_iso(),
+        }
+
+
+def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
+    """Fine-tune ``config.model`` into ``config.output``; returns the report's ``finetune`` section.
+
+    Raises:
+        BadInputError: bad folder, data too short, output not empty, or --resume with changed
+            settings.
+    """
+    run = FinetuneRun(config)
+    run.restore()
+    run.train(progress)
+    section = run.section()
+    save_output(run.model, run.tokenizer, config, run.staging, section)
+    shutil.rmtree(run.staging / CHECKPOINT_DIR, ignore_errors=True)
+    publish(run.staging, Path(config.output))
+    return section
