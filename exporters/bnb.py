@@ -1,0 +1,167 @@
+"""bitsandbytes weights for a pruned model folder: NF4 (4-bit NormalFloat) or LLM.int8().
+
+Quantization comes after pruning: pruning needs the dense weights (the prune command refuses
+8-/4-bit loading), while a pruned folder saved for transformers loads with a
+``BitsAndBytesConfig`` and saves again as a bitsandbytes checkpoint. Both codes keep exact zeros
+(NF4 has a 0 level; int8 absmax scaling maps 0 to 0), so the pruned sparsity survives; it is
+measured on the dequantized weights, beside the perplexity of the quantized model.
+Dettmers et al., QLoRA (arXiv 2305.14314) for NF4; LLM.int8() (arXiv 2208.07339).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from compress.errors import BadInputError
+from compress.outputs import check_target, publish, staging_folder
+from compress.report import RECIPE_NAME, REPORT_NAME, read_report, update_report
+
+SCHEMES = {
+    "bnb-nf4": "bitsandbytes 4-bit NormalFloat weights, double-quantized, blocks of 64",
+    "bnb-int8": "bitsandbytes LLM.int8(): int8 weights per output row, outlier threshold 6.0",
+}
+
+
+def quantization_config(scheme: str, compute_dtype: torch.dtype):
+    """The ``BitsAndBytesConfig`` of ``scheme`` (see :data:`SCHEMES`)."""
+    from transformers import BitsAndBytesConfig
+
+    if scheme == "bnb-nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype,
+        )
+    if scheme == "bnb-int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise BadInputError(f"--quantize {scheme!r} is not known: choose {', '.join(SCHEMES)}")
+
+
+def load_quantized(folder: Path, scheme: str, device: torch.device) -> nn.Module:
+    """``folder`` loaded through bitsandbytes on ``device`` (bf16 compute on GPU, fp32 on CPU).
+
+    Raises:
+        BadInputError: unknown scheme, or bitsandbytes is not installed.
+    """
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    config = quantization_config(scheme, dtype)
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise BadInputError(
+            f"--quantize {scheme} needs bitsandbytes: pip install 'compress[bnb]'"
+        ) from exc
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, quantization_config=config, device_map={"": device}, dtype=dtype
+    )
+    return model.eval()
+
+
+def dequantized(module: nn.Module) -> torch.Tensor | None:
+    """The float weight a bitsandbytes Linear computes with, or None for other modules."""
+    import bitsandbytes as bnb
+
+    if isinstance(module, bnb.nn.Linear4bit):
+        return bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+    if isinstance(module, bnb.nn.Linear8bitLt):  # row scales move to ``state`` after a forward
+        scb = module.weight.SCB if module.weight.SCB is not None else module.state.SCB
+        return module.weight.data.float() * scb.unsqueeze(1) / 127.0
+    return None
+
+
+def quantized_sparsity(model: nn.Module) -> dict:
+    """Share of exact zeros in the dequantized weights of the quantized Linears."""
+    zeros = numel = layers = 0
+    for module in model.modules():
+        weight = dequantized(module)
+        if weight is not None:
+            zeros += int((weight == 0).sum())
+            numel += weight.numel()
+            layers += 1
+    return {"layers": layers, "sparsity": zeros / numel if numel else 0.0}
+
+
+def baseline_perplexity(report: dict, dataset: str, seqlen: int, windows: int | None):
+    """The pruned model's perplexity already in its report, when measured the same way."""
+    recorded = (report.get("evaluation") or {}).get("perplexity") or {}
+    same = (recorded.get("dataset"), recorded.get("seqlen")) == (dataset, seqlen)
+    if same and (windows is None or recorded.get("windows") == windows):
+        return recorded.get("after")
+    return None
+
+
+def quantize_folder(
+    source: Path,
+    target: Path,
+    scheme: str,
+    device: str = "auto",
+    eval_dataset: str = "wikipedia",
+    eval_seqlen: int = 512,
+    eval_windows: int | None = 40,
+    overwrite: bool = False,
+) -> dict:
+    """Quantize the pruned folder ``source`` into ``target``; measure and record the result.
+
+    ``target`` gets the bitsandbytes checkpoint, the tokenizer, the source's recipe and its
+    report extended with ``quantization`` (scheme, sizes, sparsity kept, perplexity before and
+    after on ``eval_dataset``'s test split). The pre-quantization perplexity is taken from the
+    source report when it was measured with the same protocol, else measured here.
+
+    Raises:
+        BadInputError: not a pruned folder, bad scheme or target, bitsandbytes missing.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from compress.calibration import load_texts
+    from compress.models import resolve_device
+    from evaluators.perplexity import perplexity
+
+    source, target = Path(source), Path(target)
+    report = read_report(source)
+    check_target(target, overwrite)
+    quantization_config(scheme, torch.float32)
+    place = resolve_device(device)
+    texts = load_texts(eval_dataset, "test")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    before = baseline_perplexity(report, eval_dataset, eval_seqlen, eval_windows)
+    if before is None:
+        dense = AutoModelForCausalLM.from_pretrained(source).to(place).eval()
+        before = perplexity(dense, tokenizer, texts, eval_seqlen, eval_windows)["perplexity"]
+        del dense
+    model = load_quantized(source, scheme, place)
+    measured = perplexity(model, tokenizer, texts, eval_seqlen, eval_windows)
+
+    staging = staging_folder(target)
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    for name in (REPORT_NAME, RECIPE_NAME):
+        if (source / name).is_file():
+            shutil.copy2(source / name, staging / name)
+    result = {
+        "scheme": scheme,
+        "description": SCHEMES[scheme],
+        "source": str(source),
+        "device": str(place),
+        "bytes": sum(f.stat().st_size for f in staging.glob("*.safetensors")),
+        "source_bytes": sum(f.stat().st_size for f in source.glob("*.safetensors")),
+        "dequantized": quantized_sparsity(model),
+        "perplexity": {
+            "dataset": eval_dataset,
+            "split": "test",
+            "seqlen": eval_seqlen,
+            "windows": measured["windows"],
+            "before": before,
+            "after": measured["perplexity"],
+        },
+    }
+    update_report(staging, "quantization", result)
+    publish(staging, target)
+    return result

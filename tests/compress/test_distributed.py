@@ -1,0 +1,193 @@
+"""Two gloo processes (torchrun, CPU) give the single-process statistics, masks and weights.
+
+This file is also the worker: ``torchrun --nproc-per-node 2 test_distributed.py OUT`` runs
+:func:`compute` on each rank and rank 0 saves the results. The test runs the same function in
+one process and compares.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+NSAMPLES, SEQLEN, BATCH = 8, 16, 4  # BATCH is the global batch; each of 2 ranks runs 2
+
+
+def tiny_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def prune_block0(model, batches, method: str) -> dict[str, torch.Tensor]:
+    """Statistics of block 0's Linears on this rank's batches, summed over ranks, then pruned."""
+    from compress.blocks import BlockAdapter, weight_view
+    from compress.distributed import all_reduce_
+    from compress.masks import SparsityPattern
+    from compress.pruners import PRUNERS
+
+    layers = BlockAdapter(model).prunable_layers(0)
+    pruners = {name: PRUNERS[method](weight_view(m), name) for name, m in layers.items()}
+    handles = [
+        layers[name].register_forward_pre_hook(lambda _m, args, p=p: p.add_batch(args[0]))
+        for name, p in pruners.items()
+    ]
+    with torch.no_grad():
+        for ids in batches:
+            model(input_ids=ids, use_cache=False)
+    for handle in handles:
+        handle.remove()
+    masks = {}
+    for name, pruner in pruners.items():
+        all_reduce_(pruner.statistics())
+        masks[name] = pruner.prune(0.5, SparsityPattern.parse("unstructured")).mask
+    return masks
+
+
+def reconstruct_block0(model, batches) -> None:
+    """Wanda on block 0, then two epochs of block-wise reconstruction towards the dense block's
+    outputs, gradients synced over ranks."""
+    from compress.blocks import BlockAdapter
+    from compress.distributed import synced_gradients
+    from compress.reconstruct import Batches, ReconSettings, reconstruct
+
+    adapter = BlockAdapter(model)
+    block = adapter.blocks[0]
+    hidden, calls = adapter.capture(batches)
+    with torch.no_grad():
+        targets = [adapter.run_block(0, x, calls[b][0]) for b, x in enumerate(hidden)]
+    masks = prune_block0(model, batches, "wanda")
+    layers = adapter.prunable_layers(0)
+    params = list(block.parameters())
+    param_masks = {layers[name].weight: mask for name, mask in masks.items()}
+    with synced_gradients(params):
+        reconstruct(
+            params,
+            param_masks,
+            lambda b, x: adapter.run_block(0, x, calls[b][0]),
+            Batches(hidden),
+            Batches(targets),
+            ReconSettings(epochs=2, lr=1e-3),
+            torch.Generator().manual_seed(0),
+        )
+
+
+def gradients(batch: torch.Tensor) -> list[torch.Tensor]:
+    """Gradient of a mean loss on this rank's rows, averaged over ranks."""
+    from compress.distributed import average_gradients
+
+    torch.manual_seed(1)
+    layer = torch.nn.Linear(6, 3)
+    layer(batch).pow(2).mean().backward()
+    average_gradients(layer.parameters())
+    return [p.grad for p in layer.parameters()]
+
+
+def compute() -> dict:
+    """Everything compared, computed on this rank's shard of the calibration samples."""
+    from compress.distributed import shard, world_size
+
+    ids = torch.randint(0, 256, (NSAMPLES, SEQLEN), generator=torch.Generator().manual_seed(0))
+    local = shard(ids, BATCH)
+    batches = list(local.split(BATCH // world_size()))
+    result: dict = {"rows": local.shape[0]}
+    for method in ("wanda", "sparsegpt"):
+        model = tiny_model()
+        masks = prune_block0(model, batches, method)
+        result[method] = {"masks": masks, "weights": model.model.layers[0].state_dict()}
+    model = tiny_model()
+    reconstruct_block0(model, batches)
+    result["reconstructed"] = model.model.layers[0].state_dict()
+    result["pruned"] = result["wanda"]["weights"]
+    features = torch.randn(BATCH * 2, 6, generator=torch.Generator().manual_seed(2))
+    result["grads"] = gradients(shard(features, BATCH))
+    return result
+
+
+def worker(out: Path) -> None:
+    from compress.distributed import barrier, init_from_env, is_main
+
+    torch.set_num_threads(1)
+    init_from_env()
+    result = compute()
+    if is_main():
+        torch.save(result, out / "distributed.pt")
+    barrier()
+
+
+def test_shard_interleaves_global_batches(monkeypatch):
+    from compress import distributed
+
+    ids = torch.arange(8).unsqueeze(1)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    assert distributed.shard(ids, batch_size=4).flatten().tolist() == [2, 3, 6, 7]
+    assert distributed.shard(ids).flatten().tolist() == [4, 5, 6, 7]
+
+
+def test_shard_refuses_sizes_that_do_not_divide(monkeypatch):
+    from compress import distributed
+    from compress.errors import BadInputError
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    with pytest.raises(BadInputError, match="multiple of 2"):
+        distributed.shard(torch.zeros(8, 1), batch_size=3)
+    with pytest.raises(BadInputError, match="below the 2 processes"):
+        distributed.shard(torch.zeros(1, 1))
+
+
+def test_single_process_helpers_are_no_ops():
+    from compress import distributed
+    from compress.errors import BadInputError
+
+    t = torch.ones(3)
+    distributed.all_reduce_([t])
+    assert t.tolist() == [1, 1, 1] and distributed.world_size() == 1 and distributed.is_main()
+    assert distributed.sum_floats([1.5, 2.0]) == [1.5, 2.0]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "environ", env)
+        with pytest.raises(BadInputError, match="torchrun"):
+            distributed.init_from_env()
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    done = subprocess.run(
+        [*launch, __file__, str(tmp_path)], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    dist_result = torch.load(tmp_path / "distributed.pt")
+    single = compute()
+    assert dist_result["rows"] == NSAMPLES // 2 and single["rows"] == NSAMPLES
+    for method in ("wanda", "sparsegpt"):
+        for name, mask in single[method]["masks"].items():
+            assert torch.equal(mask, dist_result[method]["masks"][name]), (method, name)
+        for key, value in single[method]["weights"].items():
+            torch.testing.assert_close(dist_result[method]["weights"][key], value)
+    for key, value in single["reconstructed"].items():
+        assert not torch.equal(value, single["pruned"][key]), key  # training moved it
+        torch.testing.assert_close(dist_result["reconstructed"][key], value, rtol=1e-4, atol=1e-6)
+    for got, want in zip(dist_result["grads"], single["grads"]):
+        torch.testing.assert_close(got, want)
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))
