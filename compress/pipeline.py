@@ -9,16 +9,19 @@ import resource
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from compress import distributed
 from compress.calibration import Windows, load_texts, load_windows, sample_windows, tokenize_stream
 from compress.config import PruneConfig
-from compress.engine import Engine
+from compress.engine import Engine, PruneOutcome
 from compress.errors import BadInputError
-from compress.models import LoadedModel, load_model
+from compress.models import LoadedModel, load_model, resolve_device
 from compress.outputs import check_target, publish, staging_folder, work_folder
+from compress.placement import Placement
 from compress.report import (
     RECIPE_NAME,
     REPORT_FORMAT,
@@ -113,43 +116,45 @@ def run_prune(
 ) -> dict:
     """Prune ``config.model`` as configured and write the output folder; return the report.
 
+    Under ``config.distributed`` every rank calibrates on its shard of the windows, statistics
+    and gradients are summed across ranks, and rank 0 alone evaluates and writes.
+
     Raises:
         BadInputError: any invalid input, before heavy work where it can be known then.
     """
     target = Path(config.output)
     check_target(target, config.overwrite)
     started = time.perf_counter()
+    device = distributed.init_from_env() if config.distributed else None
+    main = distributed.is_main()
+    if not main:
+        log, on_block = (lambda message: None), None
     log(f"loading {config.model or 'the embedded SmolLM2-135M-Instruct'}")
-    loaded = load_model(config.model, config.device, config.dtype, config.trust_remote_code)
+    placement = Placement.from_flags(config.device_map, config.max_memory, config.offload_folder)
+    device_name = str(device) if device is not None else config.device
+    loaded = load_model(
+        config.model, device_name, config.dtype, config.trust_remote_code, placement
+    )
     calib = config.calibration
     check_seqlen(loaded, calib.seqlen)
     if config.evaluation.seqlen:
         check_seqlen(loaded, config.evaluation.seqlen, "--eval-seqlen")
     windows = load_windows(loaded.tokenizer, calib.source, calib.nsamples, calib.seqlen, calib.seed)
     holdout = holdout_windows(loaded, config)
-    evaluation: dict = {}
-    if config.evaluation.enabled:
-        eval_texts = load_texts(config.evaluation.dataset, "test")
+    eval_texts = load_texts(config.evaluation.dataset, "test") if config.evaluation.enabled else []
+    if eval_texts and main:
         log(f"perplexity before pruning on {config.evaluation.dataset} (test split)")
         before = evaluate_perplexity(loaded, config, eval_texts)
 
     log(
         f"pruning {config.method.value} {config.pattern} at {config.sparsity:.0%}, reconstruction {config.reconstruct.technique.value}"
     )
-    work = work_folder(target)
-    if work.exists() and not config.resume:
-        log(f"starting over: removing the unfinished run in {work} (pass --resume to continue it)")
-        shutil.rmtree(work)
-    engine = Engine(loaded.model, config, work)
-    outcome = engine.run(
-        windows.ids,
-        None if holdout is None else holdout.ids,
-        checkpoint_recipe(config),
-        config.resume,
-        on_block,
+    outcome = run_engine(
+        loaded, config, windows, holdout, target, resolve_device(device_name), on_block, log
     )
 
-    if config.evaluation.enabled:
+    evaluation: dict = {}
+    if eval_texts and main:
         log("perplexity after pruning")
         after = evaluate_perplexity(loaded, config, eval_texts)
         evaluation["perplexity"] = {
@@ -160,14 +165,68 @@ def run_prune(
             "before": before["perplexity"],
             "after": after["perplexity"],
         }
+    report = build_report(loaded, config, windows, holdout, outcome, evaluation, started)
+    if main:
+        save_output(loaded, config, report, target)
+        shutil.rmtree(work_folder(target), ignore_errors=True)
+        if config.push_to_hub:
+            from exporters.hub import push_folder
 
-    report = {
+            log(f"pushing {target} to the Hub as {config.hub_repo_id}")
+            report["hub"] = {
+                "repo_id": config.hub_repo_id,
+                "commit": push_folder(target, config.hub_repo_id),
+            }
+    distributed.barrier()
+    return report
+
+
+def run_engine(
+    loaded: LoadedModel,
+    config: PruneConfig,
+    windows: Windows,
+    holdout: Windows | None,
+    target: Path,
+    accelerator: torch.device,
+    on_block: ProgressFn | None,
+    log: Callable[[str], None],
+) -> PruneOutcome:
+    """Run the engine, checkpointing into the work folder (one process) or sharding the
+    windows across ranks (``--distributed``; then no checkpoints)."""
+    calib_ids, holdout_ids = windows.ids, None if holdout is None else holdout.ids
+    work: Path | None = work_folder(target)
+    if distributed.world_size() > 1:
+        world = distributed.world_size()
+        calib_ids = distributed.shard(calib_ids, config.calibration.batch_size)
+        holdout_ids = None if holdout_ids is None else distributed.shard(holdout_ids)
+        local = replace(config.calibration, batch_size=config.calibration.batch_size // world)
+        config, work = replace(config, calibration=local), None
+    elif work.exists() and not config.resume:
+        log(f"starting over: removing the unfinished run in {work} (pass --resume to continue it)")
+        shutil.rmtree(work)
+    engine = Engine(loaded.model, config, work, accelerator=accelerator)
+    return engine.run(calib_ids, holdout_ids, checkpoint_recipe(config), config.resume, on_block)
+
+
+def build_report(
+    loaded: LoadedModel,
+    config: PruneConfig,
+    windows: Windows,
+    holdout: Windows | None,
+    outcome: PruneOutcome,
+    evaluation: dict,
+    started: float,
+) -> dict:
+    """report.json: what was done and measured (schema in :mod:`compress.report`)."""
+    peaks = [b["peak_accelerator_bytes"] or 0 for b in outcome.blocks]
+    return {
         "format": REPORT_FORMAT,
         "model": model_summary(loaded),
         "recipe": config.to_dict(),
         "calibration": {
             "sources": [windows.describe("real")],
             "holdout": None if holdout is None else holdout.describe("real"),
+            "processes": distributed.world_size(),
         },
         "layers": outcome.layers,
         "blocks": outcome.blocks,
@@ -179,27 +238,13 @@ def run_prune(
             "prune_seconds": round(outcome.seconds, 2),
             "seconds": round(time.perf_counter() - started, 2),
             "peak_rss_bytes": peak_rss_bytes(),
-            "peak_accelerator_bytes": max(
-                (b["peak_accelerator_bytes"] or 0 for b in outcome.blocks), default=0
-            )
-            or None,
+            "peak_accelerator_bytes": max(peaks, default=0) or None,
             "device": str(next(loaded.model.parameters()).device),
         },
         "evaluation": evaluation,
         "versions": package_versions(),
         "created": now_iso(),
     }
-    save_output(loaded, config, report, target)
-    shutil.rmtree(work, ignore_errors=True)
-    if config.push_to_hub:
-        from exporters.hub import push_folder
-
-        log(f"pushing {target} to the Hub as {config.hub_repo_id}")
-        report["hub"] = {
-            "repo_id": config.hub_repo_id,
-            "commit": push_folder(target, config.hub_repo_id),
-        }
-    return report
 
 
 def save_output(loaded: LoadedModel, config: PruneConfig, report: dict, target: Path) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from compress.distributed import sum_floats
 from compress.sam import SAM, mask_gradients, mask_weights
 
 RunFn = Callable[[int, torch.Tensor], torch.Tensor]  # (batch index, inputs) -> outputs
@@ -72,6 +73,7 @@ def normalized_error(
         out = run(b, inputs.get(b, device, dtype)).float()
         num += float((out - y).pow(2).sum())
         den += float(y.pow(2).sum())
+    num, den = sum_floats([num, den])  # ranks stop early together
     return num / max(den, 1e-30)
 
 

@@ -7,6 +7,7 @@ import typer
 from compress import __version__
 from compress.cli import eval_tasks, export, finetune, inspect, prune, sharpness
 from compress.cli.base import new_app
+from compress.cli.calib import app as calib_app
 from compress.cli.cbm import app as cbm_app
 
 app = new_app("Prune, reconstruct, fine-tune, evaluate and ship causal language models.")
@@ -25,6 +26,7 @@ app.command("card")(export.card)
 app.command("push")(export.push)
 app.command("finetune")(finetune.finetune)
 app.add_typer(cbm_app, name="cbm")
+app.add_typer(calib_app, name="calib")
 
 
 def _version(value: bool) -> None:

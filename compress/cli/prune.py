@@ -138,6 +138,39 @@ def prune(
     eval_windows: Annotated[
         int | None, typer.Option(help="At most this many windows for --eval (0: all).")
     ] = 40,
+    device_map: Annotated[
+        str | None,
+        typer.Option(
+            help="Spread the model with accelerate: auto, balanced, sequential, or a JSON map; blocks whose weights wait on CPU/disk are onloaded to --device for their turn."
+        ),
+    ] = None,
+    max_memory: Annotated[
+        str | None,
+        typer.Option(
+            help="Memory budget per device for --device-map, e.g. '0=20GiB,1=20GiB,cpu=64GiB'."
+        ),
+    ] = None,
+    offload_folder: Annotated[
+        str | None, typer.Option(help="Folder for weights offloaded to disk by --device-map.")
+    ] = None,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            help="Data-parallel calibration across the processes of torchrun / accelerate launch (rank 0 writes)."
+        ),
+    ] = False,
+    load_in_8bit: Annotated[
+        bool,
+        typer.Option(
+            help="Refused: pruning needs the dense weights (quantize the result with compress export bnb)."
+        ),
+    ] = False,
+    load_in_4bit: Annotated[
+        bool,
+        typer.Option(
+            help="Refused: pruning needs the dense weights (quantize the result with compress export bnb)."
+        ),
+    ] = False,
     push_to_hub: Annotated[
         bool,
         typer.Option(
@@ -163,6 +196,9 @@ def prune(
         parse_layer_sparsity,
     )
     from compress.pipeline import run_prune
+    from compress.placement import refuse_quantized
+
+    refuse_quantized(load_in_8bit, load_in_4bit)
 
     config = PruneConfig(
         model=model,
@@ -187,6 +223,10 @@ def prune(
         evaluation=EvalConfig(eval, eval_dataset, eval_seqlen, eval_windows or None),
         device=device,
         dtype=dtype,
+        device_map=device_map,
+        max_memory=max_memory,
+        offload_folder=offload_folder,
+        distributed=distributed,
         output=str(output),
         overwrite=overwrite,
         resume=resume,
