@@ -7,6 +7,7 @@ one process and compares.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -191,3 +192,68 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 if __name__ == "__main__":
     worker(Path(sys.argv[1]))
+
+
+def test_cli_prune_distributed_matches_one_process(tiny_model_dir, tmp_path):
+    """`compress prune --distributed` under torchrun (2 gloo ranks) = one process."""
+    from safetensors.torch import load_file
+
+    common = [
+        "prune",
+        str(tiny_model_dir),
+        "--device",
+        "cpu",
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "32",
+        "--batch-size",
+        "2",
+        "--reconstruct",
+        "br",
+        "--recon-epochs",
+        "2",
+        "--no-errors",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, "-m", "compress.cli", *common, "--output", str(tmp_path / "one")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+    ]
+    double = subprocess.run(
+        [
+            *launcher,
+            "-m",
+            "compress.cli",
+            *common,
+            "--distributed",
+            "--output",
+            str(tmp_path / "two"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert double.returncode == 0, double.stderr[-2000:]
+    one, two = (
+        load_file(tmp_path / "one" / "model.safetensors"),
+        load_file(tmp_path / "two" / "model.safetensors"),
+    )
+    for name, tensor in one.items():
+        assert torch.equal(tensor == 0, two[name] == 0), name  # identical masks
+        torch.testing.assert_close(two[name], tensor, rtol=1e-4, atol=1e-6)
+    report = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert report["calibration"]["processes"] == 2
