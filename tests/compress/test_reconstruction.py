@@ -95,8 +95,24 @@ def test_early_stop_records_holdout_and_never_ends_worse():
 def test_statistics_from_the_first_samples_only():
     """Self-generated windows reconstruct but, by default, do not feed the pruner."""
     calib = ids(8)
-    cfg = PruneConfig(method="wanda", calibration=CalibrationConfig(nsamples=8, seqlen=32, batch_size=3))
+    cfg = PruneConfig(
+        method="wanda", calibration=CalibrationConfig(nsamples=8, seqlen=32, batch_size=3)
+    )
     mixed = Engine(tiny(), cfg, stats_samples=4).run(calib).masks
     real_only = prune_model(tiny(), calib[:4], cfg).masks
     for name in [n for n in real_only if n.startswith("model.layers.0.")]:
         assert torch.equal(mixed[name], real_only[name]), name
+
+
+def test_sam_inside_reconstruction_keeps_masks_and_lowers_error():
+    model = tiny()
+    outcome = prune_model(
+        model, ids(), config("br", optimizer="sam", rho=1e-3), holdout_ids=ids(4, seed=1)
+    )
+    for name, mask in outcome.masks.items():
+        assert torch.equal(model.get_submodule(name).weight != 0, mask), name
+    errors = outcome.blocks[-1]["errors"]
+    assert (
+        errors["after_reconstruction"]["calibration"]
+        < errors["before_reconstruction"]["calibration"]
+    )
