@@ -76,15 +76,37 @@ class ReconstructConfig:
         return self.technique.trains if self.measure_errors is None else self.measure_errors
 
 
+class StatsFrom(str, Enum):
+    """Which calibration windows feed the pruners' statistics (the paper: real text only)."""
+
+    real = "real"
+    all = "all"
+
+
 @dataclass
 class CalibrationConfig:
-    source: str = "wikipedia"
+    source: str = "wikipedia"  # "none": self-generated text only (needs self_gen)
     nsamples: int = 128
     seqlen: int = 2048
     seed: int = 0
     batch_size: int = 8
+    self_gen: str | None = None  # N texts to generate now, or a .jsonl from `calib generate`
+    stats_from: StatsFrom = StatsFrom.real
 
     def __post_init__(self) -> None:
+        self.stats_from = StatsFrom(self.stats_from)
+        if (
+            self.self_gen is not None
+            and not (self.self_gen.isdigit() and int(self.self_gen) > 0)
+            and not Path(self.self_gen).is_file()
+        ):
+            raise BadInputError(
+                f"--self-gen {self.self_gen!r}: give a number of texts or an existing .jsonl from compress calib generate"
+            )
+        if self.source == "none" and self.self_gen is None:
+            raise BadInputError(
+                "--calib none needs --self-gen N|FILE: there would be no calibration text"
+            )
         for name in ("nsamples", "seqlen", "batch_size"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"--{name} must be at least 1, got {getattr(self, name)}")
@@ -146,6 +168,7 @@ class PruneConfig:
         data = asdict(self)
         data["method"] = self.method.value
         data["reconstruct"]["technique"] = self.reconstruct.technique.value
+        data["calibration"]["stats_from"] = self.calibration.stats_from.value
         return data
 
 

@@ -90,6 +90,8 @@ def holdout_windows(loaded: LoadedModel, config: PruneConfig) -> Windows | None:
     if not (recon.errors or recon.early_stop):
         return None
     source = recon.holdout or calib.source
+    if source == "none":  # self-generated text only and no --holdout: errors on calibration only
+        return None
     texts = load_texts(source, "test")
     available = len(tokenize_stream(loaded.tokenizer, texts)) // calib.seqlen
     if available == 0:
@@ -139,7 +141,16 @@ def run_prune(
     check_seqlen(loaded, calib.seqlen)
     if config.evaluation.seqlen:
         check_seqlen(loaded, config.evaluation.seqlen, "--eval-seqlen")
-    windows = load_windows(loaded.tokenizer, calib.source, calib.nsamples, calib.seqlen, calib.seed)
+    work = work_folder(target)
+    if work.exists() and not config.resume and main:
+        log(f"starting over: removing the unfinished run in {work} (pass --resume to continue it)")
+        shutil.rmtree(work)
+    windows = (
+        None
+        if calib.source == "none"
+        else load_windows(loaded.tokenizer, calib.source, calib.nsamples, calib.seqlen, calib.seed)
+    )
+    generated = self_generated_windows(loaded, config, work, log)
     holdout = holdout_windows(loaded, config)
     eval_texts = load_texts(config.evaluation.dataset, "test") if config.evaluation.enabled else []
     if eval_texts and main:
@@ -149,9 +160,8 @@ def run_prune(
     log(
         f"pruning {config.method.value} {config.pattern} at {config.sparsity:.0%}, reconstruction {config.reconstruct.technique.value}"
     )
-    outcome = run_engine(
-        loaded, config, windows, holdout, target, resolve_device(device_name), on_block, log
-    )
+    accelerator = resolve_device(device_name)
+    outcome = run_engine(loaded, config, windows, generated, holdout, work, accelerator, on_block)
 
     evaluation: dict = {}
     if eval_texts and main:
@@ -165,9 +175,9 @@ def run_prune(
             "before": before["perplexity"],
             "after": after["perplexity"],
         }
-    report = build_report(loaded, config, windows, holdout, outcome, evaluation, started)
+    report = build_report(loaded, config, windows, generated, holdout, outcome, evaluation, started)
     if main:
-        save_output(loaded, config, report, target)
+        save_output(loaded, config, report, target, work)
         shutil.rmtree(work_folder(target), ignore_errors=True)
         if config.push_to_hub:
             from exporters.hub import push_folder
@@ -181,37 +191,72 @@ def run_prune(
     return report
 
 
+def self_generated_windows(
+    loaded: LoadedModel, config: PruneConfig, work: Path, log: Callable[[str], None]
+) -> Windows | None:
+    """Windows of self-generated text (the paper's recipe), generated now into the work folder
+    (so ``--resume`` reuses them) or read from a ``compress calib generate`` file."""
+    calib = config.calibration
+    if calib.self_gen is None:
+        return None
+    from compress.selfgen import Recipe, generate_long_texts, selfgen_windows
+
+    if calib.self_gen.isdigit():
+        count, path = int(calib.self_gen), work / "selfgen.jsonl"
+        max_len = min(2 * calib.seqlen, context_length(loaded.model.config) or 2 * calib.seqlen)
+        log(f"generating {count} calibration texts of up to {max_len} tokens with the model itself")
+        work.mkdir(parents=True, exist_ok=True)
+        generate_long_texts(
+            loaded.model,
+            loaded.tokenizer,
+            path,
+            count,
+            calib.seqlen,
+            Recipe(max_len=max_len),
+            seed=calib.seed,
+            batch_size=calib.batch_size,
+        )
+    else:
+        count, path = None, Path(calib.self_gen)
+    return selfgen_windows(loaded.tokenizer, path, count, calib.seqlen, calib.seed)
+
+
 def run_engine(
     loaded: LoadedModel,
     config: PruneConfig,
-    windows: Windows,
+    windows: Windows | None,
+    generated: Windows | None,
     holdout: Windows | None,
-    target: Path,
+    work: Path | None,
     accelerator: torch.device,
     on_block: ProgressFn | None,
-    log: Callable[[str], None],
 ) -> PruneOutcome:
     """Run the engine, checkpointing into the work folder (one process) or sharding the
-    windows across ranks (``--distributed``; then no checkpoints)."""
-    calib_ids, holdout_ids = windows.ids, None if holdout is None else holdout.ids
-    work: Path | None = work_folder(target)
+    windows across ranks (``--distributed``; then no checkpoints). Real windows come first;
+    with ``--stats-from real`` only they feed the pruners' statistics."""
+    parts = [w.ids for w in (windows, generated) if w is not None]
+    calib_ids, holdout_ids = torch.cat(parts), None if holdout is None else holdout.ids
+    real_only = (
+        config.calibration.stats_from == "real" and windows is not None and generated is not None
+    )
+    stats_samples = len(windows.ids) if real_only else None
     if distributed.world_size() > 1:
+        if stats_samples is not None:
+            raise BadInputError("--distributed with self-generated text needs --stats-from all")
         world = distributed.world_size()
         calib_ids = distributed.shard(calib_ids, config.calibration.batch_size)
         holdout_ids = None if holdout_ids is None else distributed.shard(holdout_ids)
         local = replace(config.calibration, batch_size=config.calibration.batch_size // world)
         config, work = replace(config, calibration=local), None
-    elif work.exists() and not config.resume:
-        log(f"starting over: removing the unfinished run in {work} (pass --resume to continue it)")
-        shutil.rmtree(work)
-    engine = Engine(loaded.model, config, work, accelerator=accelerator)
+    engine = Engine(loaded.model, config, work, stats_samples, accelerator)
     return engine.run(calib_ids, holdout_ids, checkpoint_recipe(config), config.resume, on_block)
 
 
 def build_report(
     loaded: LoadedModel,
     config: PruneConfig,
-    windows: Windows,
+    windows: Windows | None,
+    generated: Windows | None,
     holdout: Windows | None,
     outcome: PruneOutcome,
     evaluation: dict,
@@ -224,7 +269,12 @@ def build_report(
         "model": model_summary(loaded),
         "recipe": config.to_dict(),
         "calibration": {
-            "sources": [windows.describe("real")],
+            "sources": [
+                w.describe(kind)
+                for w, kind in ((windows, "real"), (generated, "self-generated"))
+                if w is not None
+            ],
+            "stats_from": config.calibration.stats_from.value,
             "holdout": None if holdout is None else holdout.describe("real"),
             "processes": distributed.world_size(),
         },
@@ -247,7 +297,9 @@ def build_report(
     }
 
 
-def save_output(loaded: LoadedModel, config: PruneConfig, report: dict, target: Path) -> None:
+def save_output(
+    loaded: LoadedModel, config: PruneConfig, report: dict, target: Path, work: Path
+) -> None:
     """Write model, tokenizer, recipe, report and model card to a staging folder, then publish."""
     staging = staging_folder(target)
     shutil.rmtree(staging, ignore_errors=True)
@@ -255,6 +307,8 @@ def save_output(loaded: LoadedModel, config: PruneConfig, report: dict, target: 
     loaded.tokenizer.save_pretrained(staging)
     write_json_atomic(staging / RECIPE_NAME, {**config.to_dict(), "versions": report["versions"]})
     write_json_atomic(staging / REPORT_NAME, report)
+    if (work / "selfgen.jsonl").is_file():  # the texts behind the self-generated tokens
+        shutil.copy2(work / "selfgen.jsonl", staging / "selfgen.jsonl")
     from cards.builder import write_card
 
     write_card(staging, config.hub_repo_id if config.push_to_hub else None)

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from compress.cli.render import gib, table
-from compress.config import Method, Technique
+from compress.config import Method, StatsFrom, Technique
 
 
 def prune(
@@ -39,6 +39,19 @@ def prune(
             help="Calibration text: wikipedia, lambada, boolq (offline), wikitext2, c4 (Hub), or a .txt/.jsonl file or folder."
         ),
     ] = "wikipedia",
+    self_gen: Annotated[
+        str | None,
+        typer.Option(
+            "--self-gen",
+            help="Add self-generated calibration text: N texts the model writes now (the paper's recipe; kept as selfgen.jsonl in the output), or a .jsonl from `compress calib generate`. With --calib none it is the only source.",
+        ),
+    ] = None,
+    stats_from: Annotated[
+        StatsFrom,
+        typer.Option(
+            help="Pruner statistics (Wanda ‖X‖, SparseGPT H) from real windows only (the paper) or from all windows."
+        ),
+    ] = StatsFrom.real,
     nsamples: Annotated[int, typer.Option(help="Number N of calibration sequences.")] = 128,
     seqlen: Annotated[
         int, typer.Option(help="Length T of each calibration sequence, in tokens.")
@@ -207,7 +220,9 @@ def prune(
         pattern=pattern,
         skip=skip or [],
         layer_sparsity=parse_layer_sparsity(layer_sparsity or []),
-        calibration=CalibrationConfig(calib, nsamples, seqlen, seed, batch_size),
+        calibration=CalibrationConfig(
+            calib, nsamples, seqlen, seed, batch_size, self_gen, stats_from
+        ),
         reconstruct=ReconstructConfig(
             reconstruct,
             recon_epochs,

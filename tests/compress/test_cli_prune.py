@@ -121,7 +121,19 @@ def test_help_in_subprocess(command):
 
 def test_reconstruction_errors_table_and_plot(tiny_model_dir, tmp_path):
     out = tmp_path / "br"
-    result = run("prune", tiny_model_dir, "--reconstruct", "br+gp", "--recon-epochs", "1", "--holdout-nsamples", "2", "--output", out, *FAST)
+    result = run(
+        "prune",
+        tiny_model_dir,
+        "--reconstruct",
+        "br+gp",
+        "--recon-epochs",
+        "1",
+        "--holdout-nsamples",
+        "2",
+        "--output",
+        out,
+        *FAST,
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "report.json").read_text())
     errors = report["blocks"][0]["errors"]
@@ -134,3 +146,48 @@ def test_reconstruction_errors_table_and_plot(tiny_model_dir, tmp_path):
     assert run("prune", tiny_model_dir, "--output", plain, *FAST).exit_code == 0
     missing = run("info", plain, "--errors")
     assert missing.exit_code == 2 and "no per-block errors" in missing.stderr
+
+
+def test_self_generated_windows_mix_with_real(tiny_model_dir, tmp_path):
+    from compress.calibration import load_texts
+
+    texts = load_texts("wikipedia", "test")[:6]
+    lines = [
+        {"text": text, "seed": i, "tokens": 0, "lang": "en", "lang_score": 1.0}
+        for i, text in enumerate(texts)
+    ]
+    selfgen = tmp_path / "selfgen.jsonl"
+    selfgen.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "mixed"
+    result = run(
+        "prune",
+        tiny_model_dir,
+        "--self-gen",
+        selfgen,
+        "--reconstruct",
+        "br",
+        "--recon-epochs",
+        "1",
+        "--output",
+        out,
+        *FAST,
+    )
+    assert result.exit_code == 0, result.output
+    calibration = json.loads((out / "report.json").read_text())["calibration"]
+    kinds = {source["kind"]: source for source in calibration["sources"]}
+    assert kinds["real"]["nsamples"] == 4 and kinds["self-generated"]["nsamples"] == 6
+    assert calibration["stats_from"] == "real"
+    only = run(
+        "prune",
+        tiny_model_dir,
+        "--calib",
+        "none",
+        "--self-gen",
+        selfgen,
+        "--output",
+        tmp_path / "only",
+        *FAST,
+    )
+    assert only.exit_code == 0, only.output
+    bad = run("prune", tiny_model_dir, "--calib", "none", "--output", tmp_path / "bad", *FAST)
+    assert bad.exit_code == 2 and "needs --self-gen" in bad.stderr
