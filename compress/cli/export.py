@@ -153,3 +153,48 @@ def push(
 
     url = push_folder(folder, repo_id, private, revision, commit_message)
     typer.echo(f"pushed {folder} to {repo_id}: {url}")
+
+
+class BnbScheme(str, Enum):
+    nf4 = "bnb-nf4"
+    int8 = "bnb-int8"
+
+
+@export_app.command("bnb")
+def export_bnb(
+    folder: FolderArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the quantized model.")],
+    quantize: Annotated[
+        BnbScheme,
+        typer.Option(
+            help="bitsandbytes scheme: bnb-nf4 (4-bit NormalFloat) or bnb-int8 (LLM.int8)."
+        ),
+    ] = BnbScheme.nf4,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    eval_dataset: Annotated[
+        str, typer.Option(help="Held-out text for the perplexity before/after.")
+    ] = "wikipedia",
+    eval_seqlen: Annotated[int, typer.Option(help="Tokens per perplexity window.")] = 512,
+    eval_windows: Annotated[int, typer.Option(help="Perplexity windows (0: all).")] = 40,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Quantize a pruned model folder with bitsandbytes for transformers; measure its perplexity."""
+    from exporters.bnb import quantize_folder
+
+    result = quantize_folder(
+        folder,
+        output,
+        quantize.value,
+        device,
+        eval_dataset,
+        eval_seqlen,
+        eval_windows or None,
+        overwrite,
+    )
+    ppl = result["perplexity"]
+    before = "-" if ppl["before"] is None else f"{ppl['before']:.2f}"
+    typer.echo(
+        f"{result['scheme']}: {result['source_bytes'] / 2**20:.1f} MiB -> {result['bytes'] / 2**20:.1f} MiB; "
+        f"perplexity {ppl['dataset']} ({ppl['windows']}x{ppl['seqlen']}) {before} -> {ppl['after']:.2f}"
+    )
+    typer.echo(f"wrote {output}")

@@ -61,3 +61,32 @@ def test_bad_scheme_and_unpruned_folder_are_refused(pruned, tmp_path):
         quantize_folder(pruned, tmp_path / "q", "bnb-fp8", "cpu")
     with pytest.raises(BadInputError, match="no report.json"):
         quantize_folder(tmp_path, tmp_path / "q", "bnb-nf4", "cpu")
+
+
+def test_cli_export_bnb(pruned, texts, tmp_path):
+    from typer.testing import CliRunner
+
+    from compress.cli.main import app
+
+    out = tmp_path / "nf4"
+    args = [
+        "export",
+        "bnb",
+        str(pruned),
+        "--output",
+        str(out),
+        "--quantize",
+        "bnb-nf4",
+        "--device",
+        "cpu",
+        "--eval-dataset",
+        texts,
+        "--eval-seqlen",
+        "16",
+        "--eval-windows",
+        "2",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "bnb-nf4" in result.output and (out / "report.json").is_file()
+    assert "quantization" in json.loads((out / "report.json").read_text())
