@@ -30,7 +30,7 @@ import typer
 
 from compress.calibration import load_texts, tokenize_stream
 from compress.cli.render import table
-from compress.config import CalibrationConfig, EvalConfig, PruneConfig
+from compress.config import CalibrationConfig, EvalConfig, PruneConfig, ReconstructConfig
 from compress.models import embedded_model_dir, load_model
 from compress.pipeline import run_prune
 from compress.report import read_report, write_json_atomic
@@ -44,6 +44,7 @@ from exporters.timing import machine, measure_latency
 def prune_embedded(folder: Path, nsamples: int, seqlen: int, eval_windows: int) -> dict:
     config = PruneConfig(
         calibration=CalibrationConfig(nsamples=nsamples, seqlen=seqlen),
+        reconstruct=ReconstructConfig("lr"),
         evaluation=EvalConfig(enabled=True, seqlen=seqlen, max_windows=eval_windows),
         device="cpu",
         output=str(folder),

@@ -37,7 +37,7 @@ def load(nsamples: int, seqlen: int):
 
 def one(method: str, pattern: str, args) -> dict:
     """Prune once (in this fresh process) and measure."""
-    from compress.config import CalibrationConfig, PruneConfig
+    from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
     from compress.engine import prune_model
     from evaluators.perplexity import perplexity
 
@@ -46,6 +46,7 @@ def one(method: str, pattern: str, args) -> dict:
         method=method,
         pattern=pattern,
         calibration=CalibrationConfig("wikipedia", args.nsamples, args.seqlen, 0, 8),
+        reconstruct=ReconstructConfig("lr"),  # one-shot pruning speed
     )
     start = time.perf_counter()
     outcome = prune_model(loaded.model, windows.ids, config)

@@ -47,7 +47,7 @@ class Technique(str, Enum):
 
 @dataclass
 class ReconstructConfig:
-    technique: Technique = Technique.lr
+    technique: Technique = Technique.br_gp  # beat lr on the embedded model (issue 3 note)
     epochs: int = 10
     lr: float = 2e-4
     optimizer: str = "adam"  # adam | sam

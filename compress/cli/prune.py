@@ -92,7 +92,7 @@ def prune(
         typer.Option(
             help="none (mask only), lr (the pruner's layer update), br (block-wise), br+gp (dense-model targets), br+gp+cr / br+cr (two-block windows)."
         ),
-    ] = Technique.lr,
+    ] = Technique.br_gp,
     recon_epochs: Annotated[
         int, typer.Option(help="Reconstruction epochs over the calibration set.")
     ] = 10,

@@ -6,7 +6,7 @@ from conftest import family_configs
 from transformers import AutoModelForCausalLM
 
 from compress.blocks import SUPPORTED_MODEL_TYPES, BlockAdapter
-from compress.config import CalibrationConfig, PruneConfig
+from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.engine import prune_model
 
 FAMILIES = family_configs()
@@ -42,7 +42,9 @@ def test_pruned_family_runs_and_reloads(model_type, tmp_path):
     model = build(model_type)
     ids = torch.randint(0, 256, (4, 16))
     config = PruneConfig(
-        method="wanda", calibration=CalibrationConfig(nsamples=4, seqlen=16, batch_size=2)
+        method="wanda",
+        calibration=CalibrationConfig(nsamples=4, seqlen=16, batch_size=2),
+        reconstruct=ReconstructConfig("lr"),
     )
     outcome = prune_model(model, ids, config)
     assert outcome.layers and all(entry["sparsity"] == 0.5 for entry in outcome.layers.values())
@@ -64,6 +66,7 @@ def test_skip_and_layer_override():
         skip=["*.mlp.down_proj"],
         layer_sparsity={"*.self_attn.*": 0.25},
         calibration=CalibrationConfig(nsamples=2, seqlen=8),
+        reconstruct=ReconstructConfig("lr"),
     )
     outcome = prune_model(model, torch.randint(0, 256, (2, 8)), config)
     assert not any(name.endswith("down_proj") for name in outcome.layers)
@@ -81,7 +84,9 @@ def test_sequential_inputs_come_from_pruned_blocks():
     layer = model.model.layers[1].self_attn.q_proj
     handle = layer.register_forward_pre_hook(lambda m, a: seen.append(a[0].clone()))
     config = PruneConfig(
-        method="wanda", calibration=CalibrationConfig(nsamples=2, seqlen=8, batch_size=2)
+        method="wanda",
+        calibration=CalibrationConfig(nsamples=2, seqlen=8, batch_size=2),
+        reconstruct=ReconstructConfig("lr"),
     )
     prune_model(model, ids, config)
     handle.remove()

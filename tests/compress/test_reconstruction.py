@@ -96,7 +96,9 @@ def test_statistics_from_the_first_samples_only():
     """Self-generated windows reconstruct but, by default, do not feed the pruner."""
     calib = ids(8)
     cfg = PruneConfig(
-        method="wanda", calibration=CalibrationConfig(nsamples=8, seqlen=32, batch_size=3)
+        method="wanda",
+        calibration=CalibrationConfig(nsamples=8, seqlen=32, batch_size=3),
+        reconstruct=ReconstructConfig("lr"),
     )
     mixed = Engine(tiny(), cfg, stats_samples=4).run(calib).masks
     real_only = prune_model(tiny(), calib[:4], cfg).masks
