@@ -143,7 +143,9 @@ def test_reconstruction_errors_table_and_plot(tiny_model_dir, tmp_path):
     assert table.exit_code == 0 and "held-out after" in table.output
     assert (tmp_path / "errors.png").stat().st_size > 1000
     plain = tmp_path / "plain"
-    assert run("prune", tiny_model_dir, "--reconstruct", "lr", "--output", plain, *FAST).exit_code == 0
+    assert (
+        run("prune", tiny_model_dir, "--reconstruct", "lr", "--output", plain, *FAST).exit_code == 0
+    )
     missing = run("info", plain, "--errors")
     assert missing.exit_code == 2 and "no per-block errors" in missing.stderr
 
