@@ -57,6 +57,9 @@ class ReconstructConfig:
     holdout_nsamples: int = 16
     measure_errors: bool | None = None  # None: on when the technique trains
     activations_dtype: str = "auto"  # auto (the model's) | float32 | bfloat16 | float16
+    activations_device: str = (
+        "auto"  # auto (accelerator if they fit, else pinned CPU) | accelerator | cpu
+    )
 
     def __post_init__(self) -> None:
         self.technique = Technique(self.technique)
@@ -65,6 +68,10 @@ class ReconstructConfig:
         if self.epochs < 0 or self.lr <= 0 or self.holdout_nsamples < 1:
             raise BadInputError(
                 "--recon-epochs must be >= 0, --recon-lr > 0 and --holdout-nsamples >= 1"
+            )
+        if self.activations_device not in ("auto", "accelerator", "cpu"):
+            raise BadInputError(
+                f"--activations-device {self.activations_device!r}: choose auto, accelerator or cpu"
             )
         if self.activations_dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise BadInputError(

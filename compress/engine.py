@@ -87,6 +87,22 @@ def stream_error(outputs: Stream, targets: Stream | None) -> float | None:
     return num / max(den, 1e-30)
 
 
+def activation_device(
+    setting: str, accelerator: torch.device, home: torch.device, nbytes: int
+) -> torch.device:
+    """Where the activation streams live: on the accelerator when they fit in half of its free
+    memory (``auto``), else on the CPU (pinned there when CUDA is present, so batches stream to
+    the GPU asynchronously); ``home`` (the embeddings' device) without an accelerator."""
+    if setting == "cpu":
+        return torch.device("cpu")
+    if accelerator.type != "cuda":
+        return home
+    if setting == "accelerator":
+        return accelerator
+    free, _ = torch.cuda.mem_get_info(accelerator)
+    return accelerator if nbytes < free // 2 else torch.device("cpu")
+
+
 def split_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(ids.split(batch_size))
 
@@ -125,6 +141,7 @@ class Engine:
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
         self.act_dtype = dtypes.get(self.recon.activations_dtype, self.dtype)
         self.accelerator = accelerator or self.device
+        self.store = self.device  # where activation streams live; decided in run()
         self.outcome = PruneOutcome()
         check_widths(self.adapter, config)
 
@@ -139,10 +156,15 @@ class Engine:
         x = x.to(self.dtype) if not torch.is_autocast_enabled() else x
         for index in window:
             x = self.adapter.run_block(index, x, calls[b][index])
-        return x.to(device=self.device, dtype=self.act_dtype)  # streams live with the embeddings
+        return self._keep(x)
+
+    def _keep(self, x: torch.Tensor) -> torch.Tensor:
+        """One activation batch moved to the stream storage (pinned on CPU next to a GPU)."""
+        x = x.to(device=self.store, dtype=self.act_dtype)
+        return x.pin_memory() if self.store.type == "cpu" and torch.cuda.is_available() else x
 
     def _store(self, batches: list[torch.Tensor]) -> Stream:
-        return [x.to(self.act_dtype) for x in batches]
+        return [self._keep(x) for x in batches]
 
     # -- the steps -------------------------------------------------------------------------
     def _targets(self, i: int, s: Streams) -> None:
@@ -370,7 +392,7 @@ class Engine:
         for prefix, s in sets.items():
             for name in ("sparse", "dense", "prev_sparse", "prev_local"):
                 saved = streams.get(f"{prefix}.{name}")
-                setattr(s, name, None if saved is None else [t.to(self.device) for t in saved])
+                setattr(s, name, None if saved is None else self._store(saved))
         self.outcome.masks.update({k: v.to(self.device) for k, v in masks.items()})
         self.outcome.layers = state["outcome"]["layers"]
         self.outcome.blocks = state["outcome"]["blocks"]
@@ -390,6 +412,13 @@ class Engine:
         ``recipe`` identifies the run in checkpoints; ``resume`` continues from the last one.
         """
         start = time.perf_counter()
+        hidden = self.model.get_input_embeddings().embedding_dim
+        tokens = calib_ids.numel() + (0 if holdout_ids is None else holdout_ids.numel())
+        streams = 3 if self.technique.trains else 2  # sparse, dense, and targets or CR inputs
+        nbytes = streams * tokens * hidden * torch.finfo(self.act_dtype).bits // 8
+        self.store = activation_device(
+            self.recon.activations_device, self.accelerator, self.device, nbytes
+        )
         sets = {"calibration": self._streams(calib_ids)}
         if holdout_ids is not None:
             sets["holdout"] = self._streams(holdout_ids)

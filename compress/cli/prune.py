@@ -133,6 +133,12 @@ def prune(
             help="Storage dtype of activations: auto (the model's), float32, bfloat16, float16."
         ),
     ] = "auto",
+    activations_device: Annotated[
+        str,
+        typer.Option(
+            help="Where activation streams live: auto (the accelerator if they fit in half its free memory, else pinned CPU memory streamed per batch), accelerator, cpu."
+        ),
+    ] = "auto",
     resume: Annotated[
         bool,
         typer.Option(
@@ -234,6 +240,7 @@ def prune(
             holdout_nsamples,
             errors,
             activations_dtype,
+            activations_device,
         ),
         evaluation=EvalConfig(eval, eval_dataset, eval_seqlen, eval_windows or None),
         device=device,

@@ -118,3 +118,14 @@ def test_sam_inside_reconstruction_keeps_masks_and_lowers_error():
         errors["after_reconstruction"]["calibration"]
         < errors["before_reconstruction"]["calibration"]
     )
+
+
+def test_activation_storage_choice():
+    from compress.engine import activation_device
+
+    cpu = torch.device("cpu")
+    assert activation_device("auto", cpu, cpu, 10**12) == cpu  # no accelerator: with the embeddings
+    assert activation_device("cpu", torch.device("cuda", 0), torch.device("cuda", 0), 1) == cpu
+    model = tiny()
+    outcome = prune_model(model, ids(), config("br+gp", epochs=1, activations_device="cpu"))
+    assert outcome.blocks[-1]["errors"]["after_reconstruction"]["calibration"] > 0
