@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 from pathlib import Path
 
 import torch
+
+from compress.pipeline import peak_rss_bytes  # noqa: F401  (re-exported for the scripts)
 
 
 def machine() -> dict:
@@ -21,10 +22,6 @@ def machine() -> dict:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
     }
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_isolated(script: str, args: list[str]) -> dict:

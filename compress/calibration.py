@@ -213,7 +213,20 @@ def sample_windows(
     Raises:
         BadInputError: the text holds fewer than ``nsamples * seqlen`` tokens.
     """
-    stream = tokenize_stream(tokenizer, texts)
+    return windows_from_stream(
+        tokenize_stream(tokenizer, texts), nsamples, seqlen, seed, source, split
+    )
+
+
+def windows_from_stream(
+    stream: torch.Tensor,
+    nsamples: int,
+    seqlen: int,
+    seed: int,
+    source: str = "text",
+    split: str = "train",
+) -> Windows:
+    """:func:`sample_windows` on an already tokenized 1-D stream."""
     slots = len(stream) // seqlen
     if slots < nsamples:
         raise BadInputError(

@@ -34,7 +34,7 @@ from compress.config import PruneConfig
 from compress.masks import measured_sparsity
 from compress.placement import execution_device, measure_peak, onloaded
 from compress.pruners import PRUNERS, Pruner
-from compress.reconstruct import Batches, ReconSettings, reconstruct
+from compress.reconstruct import Batches, ReconSettings, normalized_error, reconstruct
 
 Stream = list[torch.Tensor]  # one activation tensor (B, T, H) per batch
 ProgressFn = Callable[[int, int, float], None]
@@ -81,10 +81,10 @@ def stream_error(outputs: Stream, targets: Stream | None) -> float | None:
     """The paper's normalized error ``sum ||out - y||² / sum ||y||²`` (None without targets)."""
     if targets is None:
         return None
-    num = sum(float((o.float() - y.float()).pow(2).sum()) for o, y in zip(outputs, targets))
-    den = sum(float(y.float().pow(2).sum()) for y in targets)
-    num, den = distributed.sum_floats([num, den])  # every rank holds a shard
-    return num / max(den, 1e-30)
+    device = outputs[0].device
+    return normalized_error(
+        lambda b, out: out, Batches(outputs), Batches(targets), device, torch.float32
+    )
 
 
 def activation_device(
@@ -153,10 +153,7 @@ class Engine:
     def _run(
         self, window: list[int], calls: list[list[BlockCall]], b: int, x: torch.Tensor
     ) -> torch.Tensor:
-        x = x.to(self.dtype) if not torch.is_autocast_enabled() else x
-        for index in window:
-            x = self.adapter.run_block(index, x, calls[b][index])
-        return self._keep(x)
+        return self._keep(self._run_blocks(window, calls, b, x.to(self.dtype)))
 
     def _keep(self, x: torch.Tensor) -> torch.Tensor:
         """One activation batch moved to the stream storage (pinned on CPU next to a GPU)."""
@@ -275,7 +272,7 @@ class Engine:
         if holdout is not None:
             hx, hy = inputs_targets(holdout)
             watch = (
-                lambda b, xb: self._run_train(window, holdout.calls, b, xb),
+                lambda b, xb: self._run_blocks(window, holdout.calls, b, xb),
                 Batches(hx),
                 Batches(hy),
             )
@@ -294,7 +291,7 @@ class Engine:
             result = reconstruct(
                 params,
                 self._param_masks(window),
-                lambda b, xb: self._run_train(window, calib.calls, b, xb),
+                lambda b, xb: self._run_blocks(window, calib.calls, b, xb),
                 Batches(x),
                 Batches(y),
                 settings,
@@ -305,7 +302,7 @@ class Engine:
             block.to(self.dtype)
         return {"window": window, **result}
 
-    def _run_train(
+    def _run_blocks(
         self, window: list[int], calls: list[list[BlockCall]], b: int, x: torch.Tensor
     ) -> torch.Tensor:
         for index in window:

@@ -15,7 +15,13 @@ from pathlib import Path
 import torch
 
 from compress import distributed
-from compress.calibration import Windows, load_texts, load_windows, sample_windows, tokenize_stream
+from compress.calibration import (
+    Windows,
+    load_texts,
+    load_windows,
+    tokenize_stream,
+    windows_from_stream,
+)
 from compress.config import PruneConfig
 from compress.engine import Engine, PruneOutcome
 from compress.errors import BadInputError
@@ -92,17 +98,15 @@ def holdout_windows(loaded: LoadedModel, config: PruneConfig) -> Windows | None:
     source = recon.holdout or calib.source
     if source == "none":  # self-generated text only and no --holdout: errors on calibration only
         return None
-    texts = load_texts(source, "test")
-    available = len(tokenize_stream(loaded.tokenizer, texts)) // calib.seqlen
+    stream = tokenize_stream(loaded.tokenizer, load_texts(source, "test"))
+    available = len(stream) // calib.seqlen
     if available == 0:
         raise BadInputError(
             f"held-out text {source!r} (test split) is shorter than --seqlen {calib.seqlen}; "
             "pass --holdout with a longer source"
         )
     nsamples = min(recon.holdout_nsamples, available)
-    return sample_windows(
-        loaded.tokenizer, texts, nsamples, calib.seqlen, calib.seed, source, "test"
-    )
+    return windows_from_stream(stream, nsamples, calib.seqlen, calib.seed, source, "test")
 
 
 def checkpoint_recipe(config: PruneConfig) -> dict:
