@@ -56,6 +56,15 @@ def _default_output(model: str | None) -> Path:
     return Path("out") / f"eval-{name}" / "eval_tasks.json"
 
 
+def _dense_source(folder: str | None) -> str:
+    """The model a pruned folder was made from, as its report.json records it."""
+    from compress.report import read_report
+
+    if not folder or not Path(folder).is_dir():
+        raise BadInputError("--dense needs a model folder written by compress prune")
+    return read_report(Path(folder))["model"]["source"]
+
+
 def _log(line: str) -> None:
     typer.echo(line, err=True)
 
@@ -79,15 +88,30 @@ def tasks(
         typer.Option(help="Results JSON (default: MODEL/eval_tasks.json or out/eval-NAME/)."),
     ] = None,
     overwrite: OverwriteOpt = False,
+    dense: Annotated[
+        bool,
+        typer.Option(
+            help="Score the base model MODEL (a pruned folder) was made from, into "
+            "MODEL/eval_tasks_dense.json: the card's dense column."
+        ),
+    ] = False,
 ) -> None:
     """Zero-shot accuracy on the paper's tasks through lm-eval; resumes finished tasks."""
     from compress.models import load_model
-    from evaluators.tasks.runner import TaskSettings, check_batch_size, evaluate_tasks
+    from evaluators.tasks.runner import (
+        DENSE_RESULTS_NAME,
+        TaskSettings,
+        check_batch_size,
+        evaluate_tasks,
+    )
     from evaluators.tasks.tables import results_table
 
     resolve_tasks(tasks)
     check_batch_size(batch_size)
     settings = TaskSettings(limit=limit, sample=sample, num_fewshot=num_fewshot, seed=seed)
+    if dense:
+        folder, model = model, _dense_source(model)
+        output = output or Path(str(folder)) / DENSE_RESULTS_NAME
     loaded = load_model(model, device=device, dtype=dtype)
     output = output or _default_output(model)
     record = evaluate_tasks(

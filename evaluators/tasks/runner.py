@@ -38,6 +38,7 @@ from evaluators.tasks.registry import PAPER_TASKS, Source, TaskSpec, resolve_tas
 
 FORMAT = "compress.eval_tasks/1"
 RESULTS_NAME = "eval_tasks.json"
+DENSE_RESULTS_NAME = "eval_tasks_dense.json"  # a pruned folder's base model, same settings
 METRICS = ("acc", "acc_norm", "perplexity")
 _TRUE = {"1", "true", "yes", "on"}
 _OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")

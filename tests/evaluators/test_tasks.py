@@ -431,3 +431,18 @@ def test_cli_compare_names_the_items_and_warns_when_they_differ(tmp_path):
     assert "dense: random 50 per task (seed 1)" in result.stdout
     assert "pruned: first 50 per task" in result.stdout
     assert "warning" in result.stderr and "different items" in result.stderr
+
+
+def test_cli_dense_scores_the_base_model_into_the_folder(tmp_path, tiny_llama, tokenizer, few_docs):
+    base = _save(tiny_llama, tokenizer, tmp_path / "base")
+    folder = _save(tiny_llama, tokenizer, tmp_path / "pruned")
+    report = {"format": "compress.report/1", "model": {"source": str(base)}}
+    (folder / "report.json").write_text(json.dumps(report))
+    args = ["eval", "tasks", str(folder), "--dense", "--tasks", "rte", "--sample", "2"]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    dense = json.loads((folder / "eval_tasks_dense.json").read_text())
+    assert dense["model"] == str(base) and dense["settings"]["sample"] == 2
+    assert not (folder / "eval_tasks.json").exists()
+    result = CliRunner().invoke(app, ["eval", "tasks", str(base), "--dense"])
+    assert result.exit_code == 2 and "has no report.json" in result.stderr
