@@ -25,6 +25,7 @@ README = "README.md"
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 TEMPLATE = "model_card.md.j2"
 EVAL_TASKS = "eval_tasks.json"
+EVAL_TASKS_DENSE = "eval_tasks_dense.json"  # the base model's, from compress eval tasks --dense
 EXPORT_REPORT = "export_report.json"
 DEFAULT_ONNX = "onnx"
 
@@ -37,19 +38,24 @@ class Records:
     eval_tasks: dict | None
     export: dict | None
     onnx_path: str | None  # the export folder, relative to the model folder when inside it
+    dense_tasks: dict | None = None  # the base model's eval_tasks record, when measured
 
 
 def load_records(folder: Path) -> Records:
-    """report.json, plus eval_tasks.json and the ONNX export report when they exist."""
+    """report.json, plus the task records (this model's, the dense one's) and the ONNX export
+    report when they exist."""
     folder = Path(folder)
     report = read_report(folder)
-    tasks_file = folder / EVAL_TASKS
-    eval_tasks = json.loads(tasks_file.read_text()) if tasks_file.is_file() else None
+    eval_tasks, dense = (_optional_json(folder / name) for name in (EVAL_TASKS, EVAL_TASKS_DENSE))
     onnx_path = report.get("export", {}).get("onnx") or DEFAULT_ONNX
     export_file = folder / onnx_path / EXPORT_REPORT
     if Path(onnx_path).is_absolute() or not export_file.is_file():  # outside: not shipped here
-        return Records(report, eval_tasks, None, None)
-    return Records(report, eval_tasks, json.loads(export_file.read_text()), onnx_path)
+        return Records(report, eval_tasks, None, None, dense)
+    return Records(report, eval_tasks, json.loads(export_file.read_text()), onnx_path, dense)
+
+
+def _optional_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def eval_results(records: Records) -> list:
@@ -134,6 +140,7 @@ def render_card(folder: Path, repo_id: str | None = None):
         reproduce_command,
         sharpness_aware,
         sparsity_by_type,
+        task_comparison,
         task_rows,
     )
 
@@ -162,6 +169,9 @@ def render_card(folder: Path, repo_id: str | None = None):
         ppl=perplexity_row(report.get("evaluation", {})),
         tasks=task_rows(records.eval_tasks),
         eval_tasks=records.eval_tasks,
+        task_table=task_comparison(records.eval_tasks, records.dense_tasks),
+        task_record=records.eval_tasks or records.dense_tasks,
+        dense_tasks=records.dense_tasks,
         export=records.export,
         onnx_path=records.onnx_path,
         repo=repo_id or str(folder),

@@ -14,6 +14,8 @@ from __future__ import annotations
 import shlex
 from collections import defaultdict
 
+from evaluators.tasks.registry import describe_subset
+
 # Hub dataset ids of the packaged text sources (where the text comes from).
 DATASET_IDS = {
     "wikipedia": "wikimedia/wikipedia",
@@ -38,6 +40,11 @@ def signed(x: float) -> str:
 
 def signed_pct(x: float) -> str:
     return f"{100 * x:+.2f}%"
+
+
+def signed_pp(x: float) -> str:
+    """A change of a fraction, in percentage points."""
+    return f"{100 * x:+.2f} pp"
 
 
 def sci(x: float) -> str:
@@ -88,6 +95,7 @@ FORMATS = {
     "fixed": fixed,
     "signed": signed,
     "signed_pct": signed_pct,
+    "signed_pp": signed_pp,
     "sci": sci,
     "mib": mib,
     "count": count,
@@ -165,6 +173,43 @@ def task_rows(eval_tasks: dict | None) -> list[dict]:
         for name, entry in eval_tasks.get("tasks", {}).items()
         if entry.get("acc") is not None
     ]
+
+
+def _items(record: dict, entry: dict) -> tuple:
+    """What decides which documents a task entry scored, and how it prompted them."""
+    settings = record.get("settings") or {}
+    chosen = tuple(settings.get(key) for key in ("limit", "sample", "seed", "num_fewshot"))
+    return entry["source"], entry.get("subset"), entry["samples"], chosen
+
+
+def task_comparison(compressed: dict | None, dense: dict | None) -> list[dict]:
+    """One row per task either model finished: both accuracies when they were scored on the same
+    documents, else the measured side only (``dense_note`` says why the dense cell is empty).
+    ``change`` is compressed minus dense accuracy."""
+    after = {row["task"]: row for row in task_rows(compressed)}
+    before = {row["task"]: row for row in task_rows(dense)}
+    rows = []
+    for name in dict.fromkeys([*after, *before]):
+        mine, base = after.get(name), before.get(name)
+        if mine and base and _items(compressed, mine) != _items(dense, base):
+            base, note = None, "other items"
+        else:
+            note = "not measured"
+        shown = mine or base
+        rows.append(
+            {
+                "task": name,
+                "harness_task": shown["harness_task"],
+                "source": shown["source"],
+                "documents": describe_subset(shown.get("subset"), shown["samples"]),
+                "head": (shown.get("subset") or {}).get("kind") == "first",
+                "dense": base,
+                "dense_note": note,
+                "compressed": mine,
+                "change": mine["acc"] - base["acc"] if mine and base else None,
+            }
+        )
+    return rows
 
 
 def tags(report: dict, export: dict | None) -> list[str]:

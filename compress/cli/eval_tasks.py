@@ -19,13 +19,24 @@ TasksOpt = Annotated[
     ),
 ]
 LimitOpt = Annotated[
-    int | None, typer.Option(help="Score only the first N documents of each task (all if unset).")
+    int | None,
+    typer.Option(
+        help="Score the first N documents of each task: the head of a set, not representative "
+        "(BoolQ's first 50 are 78% yes); prefer --sample."
+    ),
+]
+SampleOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Score N documents of each task drawn at random with --seed, recorded per task "
+        "(all if neither this nor --limit is set)."
+    ),
 ]
 BatchOpt = Annotated[int, typer.Option(help="Requests per forward pass.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option(help="auto (bfloat16 on GPU, float32 on CPU), float32, …")]
 FewshotOpt = Annotated[int, typer.Option(help="Examples in the prompt (the paper uses 0).")]
-SeedOpt = Annotated[int, typer.Option(help="lm-eval's seeds (few-shot sampling).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of --sample's draw and of lm-eval (few-shot).")]
 SourceOpt = Annotated[
     Source,
     typer.Option(
@@ -45,6 +56,15 @@ def _default_output(model: str | None) -> Path:
     return Path("out") / f"eval-{name}" / "eval_tasks.json"
 
 
+def _dense_source(folder: str | None) -> str:
+    """The model a pruned folder was made from, as its report.json records it."""
+    from compress.report import read_report
+
+    if not folder or not Path(folder).is_dir():
+        raise BadInputError("--dense needs a model folder written by compress prune")
+    return read_report(Path(folder))["model"]["source"]
+
+
 def _log(line: str) -> None:
     typer.echo(line, err=True)
 
@@ -55,6 +75,7 @@ def tasks(
         typer.Argument(help="Hub id, model folder or .gguf file; the embedded model if omitted."),
     ] = None,
     tasks: TasksOpt = "paper",
+    sample: SampleOpt = None,
     limit: LimitOpt = None,
     batch_size: BatchOpt = 8,
     device: DeviceOpt = "auto",
@@ -67,15 +88,30 @@ def tasks(
         typer.Option(help="Results JSON (default: MODEL/eval_tasks.json or out/eval-NAME/)."),
     ] = None,
     overwrite: OverwriteOpt = False,
+    dense: Annotated[
+        bool,
+        typer.Option(
+            help="Score the base model MODEL (a pruned folder) was made from, into "
+            "MODEL/eval_tasks_dense.json: the card's dense column."
+        ),
+    ] = False,
 ) -> None:
     """Zero-shot accuracy on the paper's tasks through lm-eval; resumes finished tasks."""
     from compress.models import load_model
-    from evaluators.tasks.runner import TaskSettings, check_batch_size, evaluate_tasks
+    from evaluators.tasks.runner import (
+        DENSE_RESULTS_NAME,
+        TaskSettings,
+        check_batch_size,
+        evaluate_tasks,
+    )
     from evaluators.tasks.tables import results_table
 
     resolve_tasks(tasks)
     check_batch_size(batch_size)
-    settings = TaskSettings(limit=limit, num_fewshot=num_fewshot, seed=seed)
+    settings = TaskSettings(limit=limit, sample=sample, num_fewshot=num_fewshot, seed=seed)
+    if dense:
+        folder, model = model, _dense_source(model)
+        output = output or Path(str(folder)) / DENSE_RESULTS_NAME
     loaded = load_model(model, device=device, dtype=dtype)
     output = output or _default_output(model)
     record = evaluate_tasks(
@@ -97,6 +133,7 @@ def tasks(
 def run_all(
     folder: Annotated[Path, typer.Argument(help="A model folder written by compress prune.")],
     tasks: TasksOpt = "paper",
+    sample: SampleOpt = None,
     limit: LimitOpt = None,
     batch_size: BatchOpt = 8,
     device: DeviceOpt = "auto",
@@ -125,7 +162,7 @@ def run_all(
     read_report(folder)
     resolve_tasks(tasks)
     check_batch_size(batch_size)
-    settings = TaskSettings(limit=limit, num_fewshot=num_fewshot, seed=seed)
+    settings = TaskSettings(limit=limit, sample=sample, num_fewshot=num_fewshot, seed=seed)
     loaded = load_model(str(folder), device=device, dtype=dtype)
     result = evaluate_folder(
         folder,
@@ -153,12 +190,17 @@ def compare(
     ],
 ) -> None:
     """Models side by side, with each one's recovery % of the first (dense) model."""
-    from evaluators.tasks.tables import compare_table, load_results
+    from evaluators.tasks.tables import compare_table, describe_items, load_results
 
     if len(paths) < 2:
         raise BadInputError("compare needs at least two folders: the dense one first")
     models: dict[str, dict[str, float]] = {}
+    items: dict[str, str] = {}
     for path in paths:
         label = path.name if path.is_dir() else path.stem
-        models[str(path) if label in models else label] = load_results(path)
+        label = str(path) if label in models else label
+        models[label], items[label] = load_results(path), describe_items(path)
     typer.echo(compare_table(models))
+    typer.echo("items: " + "; ".join(f"{label}: {text}" for label, text in items.items()))
+    if len(set(items.values())) > 1:
+        _log("warning: the models were scored on different items; recovery compares unlike sets")

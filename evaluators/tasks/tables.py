@@ -12,6 +12,7 @@ from pathlib import Path
 
 from compress.errors import BadInputError
 from compress.report import REPORT_NAME
+from evaluators.tasks.registry import describe_subset
 from evaluators.tasks.runner import RESULTS_NAME
 
 LOWER_IS_BETTER = ("perplexity",)
@@ -33,7 +34,7 @@ def _render(header: list[str], rows: list[list[str]]) -> str:
 
 
 def results_table(record: dict) -> str:
-    """One model's tasks: samples, acc and acc_norm (% ± stderr), perplexity where measured."""
+    """One model's tasks: items, acc and acc_norm (% ± stderr), perplexity where measured."""
     rows = []
     for name, entry in record["tasks"].items():
         ppl = entry.get("perplexity")
@@ -41,7 +42,7 @@ def results_table(record: dict) -> str:
             [
                 name,
                 entry["source"],
-                str(entry["samples"]),
+                describe_subset(entry.get("subset"), entry["samples"]),
                 _cell(entry["acc"], entry["acc_stderr"]),
                 _cell(entry["acc_norm"], entry["acc_norm_stderr"]),
                 _cell(ppl, scale=1.0),
@@ -51,7 +52,7 @@ def results_table(record: dict) -> str:
     if summary["mean_over"]:
         label = "mean (paper 7)" if summary["complete"] else f"mean ({len(summary['mean_over'])})"
         rows.append([label, "", "", _cell(summary["mean_acc"]), "", ""])
-    return _render(["task", "source", "n", "acc %", "acc_norm %", "ppl"], rows)
+    return _render(["task", "source", "items", "acc %", "acc_norm %", "ppl"], rows)
 
 
 def load_results(path: Path) -> dict[str, float]:
@@ -81,6 +82,28 @@ def load_results(path: Path) -> dict[str, float]:
     if task_file.is_file():
         metrics.update(_task_metrics(json.loads(task_file.read_text())))
     return metrics
+
+
+def _task_record(path: Path) -> dict:
+    """The task record of a folder (eval_tasks.json, else report.json's) or of a JSON file."""
+    path = Path(path)
+    if not path.is_dir():
+        return json.loads(path.read_text())
+    if (path / RESULTS_NAME).is_file():
+        return json.loads((path / RESULTS_NAME).read_text())
+    if (path / REPORT_NAME).is_file():
+        return json.loads((path / REPORT_NAME).read_text()).get("evaluation", {}).get("tasks", {})
+    return {}
+
+
+def describe_items(path: Path) -> str:
+    """Which documents a model's tasks were scored on, from its recorded settings."""
+    settings = _task_record(path).get("settings") or {}
+    if settings.get("sample") is not None:
+        return f"random {settings['sample']} per task (seed {settings['seed']})"
+    if settings.get("limit") is not None:
+        return f"first {settings['limit']} per task"
+    return "every item" if settings else "unrecorded"
 
 
 def _task_metrics(record: dict) -> dict[str, float]:

@@ -394,3 +394,77 @@ def test_recipe_fields_without_a_flag_are_named_not_dropped(tmp_path):
         "| Sharpness-aware minimization (SAM) | optimizer=sam, rho=0.05, adaptive=False |" in text
     )
     assert "sam" in yaml.safe_load(text.split("---")[1])["tags"]
+
+
+def _subset(population: int, seed: int = 1234) -> dict:
+    return {"kind": "random", "seed": seed, "size": 50, "population": population,
+            "indices": list(range(0, population, population // 50))[:50]}  # fmt: skip
+
+
+def sampled_records(dense_seed: int = 1234) -> tuple[dict, dict]:
+    """The compressed and dense records of boolq and arc_easy, scored on one random sample."""
+    compressed = eval_tasks_record()
+    compressed["settings"] = {"limit": None, "sample": 50, "num_fewshot": 0, "seed": 1234}
+    for name, population in (("arc_easy", 570), ("boolq", 3270)):
+        compressed["tasks"][name] |= {"samples": 50, "subset": _subset(population)}
+    dense = json.loads(json.dumps(compressed))
+    dense["tasks"]["boolq"] |= {"acc": 0.68, "acc_stderr": 0.0666}
+    dense["tasks"]["boolq"]["subset"] = _subset(3270, dense_seed)
+    del dense["tasks"]["arc_easy"]
+    dense["tasks"]["rte"] = {"harness_task": "rte", "source": "offline", "samples": 50,
+                             "acc": 0.54, "acc_stderr": 0.0712, "acc_norm": None,
+                             "acc_norm_stderr": None, "subset": _subset(277)}  # fmt: skip
+    return compressed, dense
+
+
+def test_card_puts_dense_and_compressed_accuracy_side_by_side(tmp_path):
+    folder = make_folder(tmp_path)
+    compressed, dense = sampled_records()
+    write_json_atomic(folder / "eval_tasks.json", compressed)
+    write_json_atomic(folder / "eval_tasks_dense.json", dense)
+    text = str(render_card(folder))
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if "accuracy ↑" in line}
+    assert rows["| boolq accuracy ↑"].endswith("| 68.00% ± 6.66% | 60.21% ± 0.85% | -7.79 pp |")
+    assert "random 50 of 3270, seed 1234" in rows["| boolq accuracy ↑"]
+    assert "| not measured | 51.23% ± 2.09% | n/a |" in rows["| arc_easy accuracy ↑"]
+    assert "| 54.00% ± 7.12% | not measured | n/a |" in rows["| rte accuracy ↑"]
+    assert "eval_tasks_dense.json" in text
+    # the model-index carries this model's results only, never the dense baseline's
+    meta = yaml.safe_load(text.split("---")[1])
+    names = [r["dataset"]["name"] for r in meta["model-index"][0]["results"]]
+    assert "rte" not in names and names.count("boolq") == 1
+    records = [
+        json.loads((folder / name).read_text())
+        for name in ("report.json", "eval_tasks.json", "onnx/export_report.json")
+    ]
+    allowed = allowed_numbers(records[0], [records[1], dense], records[2])
+    allowed |= {"-7.79"}  # 60.21 - 68.00, in percentage points
+    assert [f for f in NUMBER.findall(prose(text)) if f not in allowed] == []
+
+
+def test_card_compares_only_tasks_scored_on_the_same_items(tmp_path):
+    folder = make_folder(tmp_path)
+    compressed, dense = sampled_records(dense_seed=99)
+    write_json_atomic(folder / "eval_tasks.json", compressed)
+    write_json_atomic(folder / "eval_tasks_dense.json", dense)
+    text = str(render_card(folder))
+    (boolq,) = [line for line in text.splitlines() if line.startswith("| boolq accuracy")]
+    assert "68.00%" not in boolq and boolq.endswith("| other items | 60.21% ± 0.85% | n/a |")
+
+
+def test_card_with_the_dense_side_only(tmp_path):
+    folder = make_folder(tmp_path, tasks=False)
+    write_json_atomic(folder / "eval_tasks_dense.json", sampled_records()[1])
+    text = str(render_card(folder))
+    assert "| 68.00% ± 6.66% | not measured | n/a |" in text
+    assert "accuracy" not in text.split("\n---\n")[0]  # no model-index entry for the baseline
+
+
+def test_card_warns_when_tasks_took_the_first_items(tmp_path):
+    folder = make_folder(tmp_path)
+    record = eval_tasks_record()
+    record["tasks"]["boolq"] |= {"samples": 50, "subset": {"kind": "first", "size": 50,
+                                                           "population": 3270}}  # fmt: skip
+    write_json_atomic(folder / "eval_tasks.json", record)
+    text = str(render_card(folder))
+    assert "first 50 of 3270" in text and "not a random sample" in text

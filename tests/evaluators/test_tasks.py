@@ -23,6 +23,7 @@ from evaluators.tasks.runner import (
     make_lm,
     resolve_source,
     run_harness,
+    sample_indices,
     task_entry,
 )
 from evaluators.tasks.tables import compare_table, load_results, recovery, results_table
@@ -189,6 +190,10 @@ def test_hub_probe_follows_hf_endpoint(monkeypatch):
 def test_settings_are_checked():
     with pytest.raises(BadInputError, match="--limit"):
         TaskSettings(limit=0)
+    with pytest.raises(BadInputError, match="--sample"):
+        TaskSettings(sample=0)
+    with pytest.raises(BadInputError, match="--limit or --sample"):
+        TaskSettings(limit=5, sample=5)
     with pytest.raises(BadInputError, match="--num-fewshot"):
         TaskSettings(num_fewshot=-1)
 
@@ -319,7 +324,7 @@ def test_cli_all_merges_perplexity_and_tasks_into_report(tmp_path, tiny_llama, t
     recipe = {"evaluation": {"dataset": "wikipedia", "seqlen": 32, "max_windows": 2}}
     report = {"format": "compress.report/1", "recipe": recipe}
     (folder / "report.json").write_text(json.dumps(report))
-    args = ["eval", "all", str(folder), "--tasks", "rte", "--limit", "2", "--device", "cpu"]
+    args = ["eval", "all", str(folder), "--tasks", "rte", "--sample", "2", "--device", "cpu"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     evaluation = json.loads((folder / "report.json").read_text())["evaluation"]
@@ -335,8 +340,109 @@ def test_cli_all_merges_perplexity_and_tasks_into_report(tmp_path, tiny_llama, t
         list(evaluation["tasks"]["tasks"]) == ["rte"]
         and "mean_acc" in evaluation["tasks"]["summary"]
     )
+    assert evaluation["tasks"]["settings"]["sample"] == 2
+    assert evaluation["tasks"]["tasks"]["rte"]["subset"]["kind"] == "random"
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "kept" in again.stderr and "skipped" in again.stderr
     assert json.loads((folder / "report.json").read_text())["evaluation"]["perplexity"] == ppl
     result = CliRunner().invoke(app, ["eval", "all", str(tmp_path)])
+    assert result.exit_code == 2 and "has no report.json" in result.stderr
+
+
+def test_sample_is_seeded_and_drawn_from_the_whole_set():
+    first = sample_indices(3270, 50, seed=1234)
+    assert first == sample_indices(3270, 50, seed=1234)  # same seed, same items
+    assert first != sample_indices(3270, 50, seed=1235)  # another seed, other items
+    assert len(set(first)) == 50 and first == sorted(first) and 0 <= first[0] <= first[-1] < 3270
+    assert first != list(range(50))
+    assert first[-1] > 3270 // 2 and first[0] < 3270 // 2  # spread over the set, not its head
+    assert sample_indices(3, 50, seed=1) == [0, 1, 2]  # more than the set holds: every item
+
+
+@pytest.fixture
+def full_rte(tmp_path, monkeypatch) -> list[dict]:
+    """A cache holding RTE's whole validation set (277 documents); returns the documents."""
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "cache"))
+    return offline.read_docs(TASKS["rte"])
+
+
+def test_harness_scores_exactly_the_sampled_documents(tiny_llama, tokenizer, full_rte):
+    spec = TASKS["rte"]
+    settings = TaskSettings(sample=4, seed=7)
+    raw = run_harness(make_lm(tiny_llama, tokenizer, 2), spec, Source.offline, settings, True)
+    chosen = sample_indices(len(full_rte), 4, seed=7)
+    logged = sorted(raw["samples"]["rte"], key=lambda sample: sample["doc_id"])
+    assert [sample["doc_id"] for sample in logged] == chosen
+    assert [sample["doc"] for sample in logged] == [full_rte[i] for i in chosen]
+    entry = task_entry(raw, spec, Source.offline, 0.0)
+    assert entry["samples"] == 4
+    assert entry["subset"] == {
+        "kind": "random",
+        "seed": 7,
+        "size": 4,
+        "population": 277,
+        "indices": chosen,
+    }
+    head = run_harness(
+        make_lm(tiny_llama, tokenizer, 2), spec, Source.offline, TaskSettings(limit=3)
+    )
+    assert task_entry(head, spec, Source.offline, 0.0)["subset"] == {
+        "kind": "first",
+        "size": 3,
+        "population": 277,
+    }
+
+
+def test_cli_sample_is_recorded_and_exclusive_with_limit(tmp_path, tiny_llama, tokenizer, full_rte):
+    folder = _save(tiny_llama, tokenizer, tmp_path / "model")
+    args = ["eval", "tasks", str(folder), "--tasks", "rte", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--sample", "3", "--seed", "5"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((folder / "eval_tasks.json").read_text())
+    assert saved["settings"]["sample"] == 3 and saved["settings"]["seed"] == 5
+    subset = saved["tasks"]["rte"]["subset"]
+    assert (subset["kind"], subset["seed"], subset["size"]) == ("random", 5, 3)
+    assert subset["indices"] == sample_indices(277, 3, seed=5)
+    assert "random 3 of 277" in result.stdout
+    both = CliRunner().invoke(app, [*args, "--sample", "3", "--limit", "3", "--overwrite"])
+    assert both.exit_code == 2 and both.stderr.count("\n") == 1
+    assert "--limit or --sample" in both.stderr
+
+
+def test_records_from_before_sampling_still_resume(tmp_path, tiny_llama, tokenizer, few_docs):
+    output = tmp_path / "eval_tasks.json"
+    evaluate_tasks(tiny_llama, tokenizer, "rte", output, TaskSettings(limit=2), model_name="m")
+    old = json.loads(output.read_text())
+    del old["settings"]["sample"]  # written before --sample existed
+    output.write_text(json.dumps(old))
+    record = evaluate_tasks(
+        tiny_llama, tokenizer, "rte", output, TaskSettings(limit=2), model_name="m"
+    )
+    assert list(record["tasks"]) == ["rte"]
+
+
+def test_cli_compare_names_the_items_and_warns_when_they_differ(tmp_path):
+    for name, settings in (("dense", {"sample": 50, "seed": 1}), ("pruned", {"limit": 50})):
+        record = _record(0.5) | {"settings": {"limit": None, "sample": None, **settings}}
+        (tmp_path / f"{name}.json").write_text(json.dumps(record))
+    paths = [str(tmp_path / "dense.json"), str(tmp_path / "pruned.json")]
+    result = CliRunner().invoke(app, ["eval", "compare", *paths])
+    assert result.exit_code == 0, result.output
+    assert "dense: random 50 per task (seed 1)" in result.stdout
+    assert "pruned: first 50 per task" in result.stdout
+    assert "warning" in result.stderr and "different items" in result.stderr
+
+
+def test_cli_dense_scores_the_base_model_into_the_folder(tmp_path, tiny_llama, tokenizer, few_docs):
+    base = _save(tiny_llama, tokenizer, tmp_path / "base")
+    folder = _save(tiny_llama, tokenizer, tmp_path / "pruned")
+    report = {"format": "compress.report/1", "model": {"source": str(base)}}
+    (folder / "report.json").write_text(json.dumps(report))
+    args = ["eval", "tasks", str(folder), "--dense", "--tasks", "rte", "--sample", "2"]
+    result = CliRunner().invoke(app, [*args, "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    dense = json.loads((folder / "eval_tasks_dense.json").read_text())
+    assert dense["model"] == str(base) and dense["settings"]["sample"] == 2
+    assert not (folder / "eval_tasks.json").exists()
+    result = CliRunner().invoke(app, ["eval", "tasks", str(base), "--dense"])
     assert result.exit_code == 2 and "has no report.json" in result.stderr
