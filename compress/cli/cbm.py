@@ -74,6 +74,12 @@ Costs = Annotated[
     Path | None, typer.Option(help="JSON per-concept costs: a list, or {concept: cost}.")
 ]
 Seed = Annotated[int, typer.Option(help="Seed for RAND and sampled concepts.")]
+Rescore = Annotated[
+    bool,
+    typer.Option(
+        help="Re-score concepts after every intervention (default: rank once, unintervened)."
+    ),
+]
 
 
 def _intervention_config(
@@ -85,6 +91,7 @@ def _intervention_config(
     conceptualisation: ConceptualisationName,
     batch_size: int,
     seed: int,
+    rescore: bool = False,
 ) -> Any:
     from evaluators.cbm.criteria import NAMES
     from evaluators.cbm.intervene import Granularity, InterventionConfig
@@ -103,6 +110,7 @@ def _intervention_config(
         conceptualisation=conceptualisation.value,
         batch_size=batch_size,
         seed=seed,
+        rescore=rescore,
     )
 
 
@@ -204,13 +212,15 @@ def intervene(
     batch_size: BatchSize = 64,
     costs: Costs = None,
     seed: Seed = 0,
+    rescore: Rescore = False,
 ) -> None:
     """Task error vs concepts revealed, per criterion; writes FOLDER/interventions/."""
     from evaluators.cbm.workflows import intervene_folder
 
     cfg = _intervention_config(
-        criteria, level, scope, max_interventions, values, conceptualisation, batch_size, seed
-    )
+        criteria, level, scope, max_interventions, values, conceptualisation, batch_size, seed,
+        rescore,
+    )  # fmt: skip
     curves, paths = intervene_folder(folder, cfg, costs)
     _print_curves({folder.name: curves})
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -230,13 +240,15 @@ def compare(
     batch_size: BatchSize = 64,
     costs: Costs = None,
     seed: Seed = 0,
+    rescore: Rescore = False,
 ) -> None:
     """Overlay the intervention curves of two models trained on the same data."""
     from evaluators.cbm.workflows import compare_folders
 
     cfg = _intervention_config(
-        criteria, level, scope, max_interventions, values, conceptualisation, batch_size, seed
-    )
+        criteria, level, scope, max_interventions, values, conceptualisation, batch_size, seed,
+        rescore,
+    )  # fmt: skip
     models, paths = compare_folders(folder_a, folder_b, output, cfg, costs)
     _print_curves(models)
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

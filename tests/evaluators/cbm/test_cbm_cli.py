@@ -125,3 +125,13 @@ def test_group_help_in_a_subprocess():
     assert done.returncode == 0, done.stderr
     for command in ("train", "intervene", "compare", "prune"):
         assert command in done.stdout
+
+
+@pytest.mark.parametrize("flag, rescore", [([], False), (["--rescore"], True)])
+def test_intervene_records_the_ranking_protocol(tiny_folder, flag, rescore):
+    result = invoke(
+        "intervene", str(tiny_folder), "--criteria", "ectp", "--max-interventions", "2", *flag
+    )
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tiny_folder / "interventions" / "curves.json").read_text())
+    assert saved["config"]["rescore"] is rescore
