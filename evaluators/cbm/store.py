@@ -21,6 +21,7 @@ from evaluators.cbm.models import CBMConfig, ConceptBottleneckModel, build_cbm
 FORMAT = "compress.cbm/1"
 META_NAME = "cbm.json"
 WEIGHTS_NAME = "model.pt"
+LEGACY_SYNTHETIC_Z_STD = 2.0
 
 
 def prepare_output(folder: Path, overwrite: bool) -> Path:
@@ -67,4 +68,13 @@ def load_cbm(folder: Path) -> tuple[ConceptBottleneckModel, dict[str, Any], Data
     if not weights.is_file():
         raise BadInputError(f"{folder} has no {WEIGHTS_NAME}: retrain with compress cbm train")
     model.load_state_dict(torch.load(weights, weights_only=True))
-    return model.eval(), meta, DataSpec(**meta["data"])
+    return model.eval(), meta, saved_spec(meta["data"])
+
+
+def saved_spec(data: dict[str, Any]) -> DataSpec:
+    """The data spec of a saved model. Folders trained before synthetic knobs were recorded
+    (:func:`~evaluators.cbm.data.recorded`) used the generator's old ``z_std`` default, 2.0."""
+    spec = DataSpec(**data)
+    if spec.name == "synthetic" and "z_std" not in spec.options:
+        spec.options["z_std"] = LEGACY_SYNTHETIC_Z_STD
+    return spec

@@ -16,7 +16,7 @@ from typing import Any
 from compress.errors import BadInputError
 from compress.masks import SparsityPattern
 from compress.report import write_json_atomic
-from evaluators.cbm.data import DataSpec, load_dataset
+from evaluators.cbm.data import DataSpec, load_dataset, recorded
 from evaluators.cbm.intervene import Curve, InterventionConfig, evaluate_interventions
 from evaluators.cbm.models import CBMConfig, Variant, build_cbm
 from evaluators.cbm.plots import plot_curves
@@ -38,6 +38,7 @@ def train_to_folder(
 ) -> dict[str, Any]:
     """Train a CBM on ``spec``'s data and save it; return the saved metadata."""
     folder = prepare_output(output, overwrite)
+    spec = recorded(spec)
     data = load_dataset(spec)
     config = CBMConfig(
         data.input_dim, data.n_concepts, data.n_classes, variant, concept_hidden, label_hidden

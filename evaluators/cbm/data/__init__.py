@@ -50,6 +50,15 @@ class DataSpec:
         return asdict(self)
 
 
+def recorded(spec: DataSpec) -> DataSpec:
+    """``spec`` with every synthetic knob written out, so a saved model keeps its data even if a
+    default changes (``z_std`` did: 2.0 -> 1.0); other datasets are returned unchanged."""
+    if spec.name != "synthetic":
+        return spec
+    knobs = {k: v for k, v in asdict(SyntheticConfig()).items() if k != "seed"}
+    return DataSpec(spec.name, spec.path, spec.seed, {**knobs, **spec.options})
+
+
 def load_dataset(spec: DataSpec) -> ConceptDataset:
     """Build the dataset a spec names; loader options that do not exist are a one-line error."""
     path = Path(spec.path) if spec.path else None
@@ -70,4 +79,5 @@ __all__ = [
     "class_majority",
     "generate_synthetic",
     "load_dataset",
+    "recorded",
 ]
