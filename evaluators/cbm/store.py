@@ -24,8 +24,9 @@ WEIGHTS_NAME = "model.pt"
 LEGACY_SYNTHETIC_Z_STD = 2.0
 
 
-def prepare_output(folder: Path, overwrite: bool) -> Path:
-    """Create ``folder``; refuse to reuse one holding a CBM unless ``overwrite``."""
+def check_output(folder: Path, overwrite: bool) -> Path:
+    """Refuse a folder holding a CBM unless ``overwrite`` (or a file in its place), before any
+    work; nothing is created until :func:`save_cbm`, so a failed command leaves no folder."""
     folder = Path(folder)
     if (folder / META_NAME).exists() and not overwrite:
         raise BadInputError(
@@ -33,13 +34,13 @@ def prepare_output(folder: Path, overwrite: bool) -> Path:
         )
     if folder.exists() and not folder.is_dir():
         raise BadInputError(f"--output {folder} is a file: choose a folder")
-    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def save_cbm(folder: Path, model: ConceptBottleneckModel, meta: dict[str, Any]) -> None:
     """Write the weights, then the metadata (atomically; its presence marks a complete folder)."""
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / WEIGHTS_NAME)
     write_json_atomic(folder / META_NAME, {"format": FORMAT, **meta})
 
