@@ -208,14 +208,15 @@ def evaluate_interventions(
     b = make_bottleneck(
         model, split.x, cfg.conceptualisation, cfg.samples, cfg.percentiles, cfg.seed
     )
+    truth = split.own_c  # each sample's own labels: instance values, LCP, mispredicted bins
     targets = replacement_targets(
-        cfg.values, split.c, split.y, data.train.c, data.train.y, data.n_classes
+        cfg.values, truth, split.y, data.train.c, data.train.y, data.n_classes
     )
     rows, values = torch.arange(len(split)), b.value_of(targets)
     everything = torch.ones_like(targets, dtype=torch.bool)
     error_all = (b.predict(rows, values, everything).argmax(1) != split.y).float().mean().item()
     before = b.predict(rows, values, ~everything).argmax(dim=1) == split.y
-    mispredicted = ((b.probs > 0.5).float() != split.c).sum(dim=1)
+    mispredicted = ((b.probs > 0.5).float() != truth).sum(dim=1)
     curves = []
     for level in cfg.levels:
         groups = (
@@ -225,7 +226,7 @@ def evaluate_interventions(
         for index, name in enumerate(cfg.criteria):
             start = time.perf_counter()
             revealed, spent, error, after = run_curve(
-                b, split.c, targets, split.y, CRITERIA[name](), units, costs,
+                b, truth, targets, split.y, CRITERIA[name](), units, costs,
                 cfg.max_interventions, cfg.scope, cfg.batch_size, cfg.seed + index, cfg.rescore,
             )  # fmt: skip
             curves.append(
