@@ -168,11 +168,12 @@ def heldout_windows(tokenizer, config: FinetuneConfig) -> tuple[torch.Tensor | N
 
 
 def build_optimizer(model: nn.Module, masks: dict, config: FinetuneConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not config.uses_sam:
+        params = [p for _, p in named]
         return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     return SAM(
-        params,
+        named,  # names tell ASAM which parameters are biases (left unscaled)
         torch.optim.AdamW,
         rho=config.rho,
         adaptive=config.optimizer is Optimizer.asam_adamw,

@@ -12,6 +12,11 @@ SAM minimises ``max_{||ε||₂ ≤ ρ} L(w + ε)``; one step is
 Symbols: ``ρ`` = ``rho``, ``η`` = ``eta``, ``T`` = the ASAM scaling, ``ε`` = ``e_w``. ``ρ``, ASAM
 on/off and ``η`` may differ per parameter group; ``||·||`` is one norm over all groups.
 
+ASAM scales weights only, as the official ASAM code does (it applies ``T`` to parameters whose
+name contains ``weight``): biases keep ``T = 1``. Parameters passed with names
+(``model.named_parameters()``) follow that rule exactly; unnamed parameters are scaled when they
+have two or more dimensions, so 1-D ones (biases, but also norm gains) get ``T = 1``.
+
 Sparse models: pruned weights are zero but still receive gradients. With ``masks`` (parameter ->
 bool keep-mask) the gradient is masked before the norm and before the descent, and the weights
 are re-masked after the base step, so the set of zeros never changes.
@@ -57,7 +62,8 @@ class SAM(torch.optim.Optimizer):
     """Wraps a base optimizer class; ``step(closure)`` runs both SAM passes.
 
     Args:
-        params: parameters or parameter groups (groups may set ``rho``, ``adaptive``, ``eta``).
+        params: parameters, named parameters or parameter groups (groups may set ``rho``,
+            ``adaptive``, ``eta``); names tell ASAM which parameters are biases.
         base_optimizer: a ``torch.optim.Optimizer`` class, e.g. ``torch.optim.AdamW``.
         rho: radius ``ρ`` of the neighbourhood.
         adaptive: ASAM (scale-invariant ``ε`` with ``T = |w| + η``).
@@ -93,11 +99,13 @@ class SAM(torch.optim.Optimizer):
                     f"got {mask.dtype} {tuple(mask.shape)}"
                 )
 
-    def _params_with_grad(self) -> Iterable[tuple[dict, torch.Tensor]]:
+    def _named_params_with_grad(self) -> Iterable[tuple[dict, str | None, torch.Tensor]]:
+        """(group, name or None, parameter) for every parameter holding a gradient."""
         for group in self.param_groups:
-            for p in group["params"]:
+            names = group.get("param_names") or [None] * len(group["params"])
+            for name, p in zip(names, group["params"], strict=True):
                 if p.grad is not None:
-                    yield group, p
+                    yield group, name, p
 
     @torch.no_grad()
     def _all_reduce_gradients(self) -> None:
@@ -105,7 +113,7 @@ class SAM(torch.optim.Optimizer):
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
             return
         by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-        for _, p in self._params_with_grad():
+        for _, _, p in self._named_params_with_grad():
             by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
         for grads in by_dtype.values():
             flat = torch.cat([g.reshape(-1) for g in grads])
@@ -114,15 +122,19 @@ class SAM(torch.optim.Optimizer):
             for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
                 g.copy_(part.view_as(g))
 
-    def _scaling(self, group: dict, p: torch.Tensor) -> torch.Tensor | float:
-        """ASAM's ``T = |w| + η``; 1 for plain SAM."""
-        return p.abs() + group["eta"] if group["adaptive"] else 1.0
+    @staticmethod
+    def _scaling(group: dict, name: str | None, p: torch.Tensor) -> torch.Tensor | float:
+        """ASAM's ``T = |w| + η`` for weights; 1 for biases and for plain SAM."""
+        if not group["adaptive"]:
+            return 1.0
+        is_weight = "weight" in name if name is not None else p.ndim >= 2
+        return p.abs() + group["eta"] if is_weight else 1.0
 
     def _grad_norm(self) -> torch.Tensor:
         """``||T g||₂`` over every parameter with a gradient, in float32."""
         norms = [
-            (self._scaling(group, p) * p.grad.float()).norm()
-            for group, p in self._params_with_grad()
+            (self._scaling(group, name, p) * p.grad.float()).norm()
+            for group, name, p in self._named_params_with_grad()
         ]
         if not norms:
             return torch.zeros(())
@@ -135,9 +147,9 @@ class SAM(torch.optim.Optimizer):
         if self.global_epsilon:
             self._all_reduce_gradients()
         grad_norm = self._grad_norm()
-        for group, p in self._params_with_grad():
+        for group, name, p in self._named_params_with_grad():
             scale = group["rho"] / (grad_norm.to(p.device) + TINY)
-            t = self._scaling(group, p)
+            t = self._scaling(group, name, p)
             e_w = (t * t * p.grad.float() * scale).to(p.dtype)
             self.state[p]["old_p"] = p.detach().clone()
             p.add_(e_w)  # w -> w + e(w)

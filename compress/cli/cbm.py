@@ -23,6 +23,7 @@ class DataName(str, Enum):
     led7digit = "led7digit"
     zoo = "zoo"
     cub = "cub"
+    table = "table"
 
 
 class VariantName(str, Enum):
@@ -74,6 +75,12 @@ Costs = Annotated[
     Path | None, typer.Option(help="JSON per-concept costs: a list, or {concept: cost}.")
 ]
 Seed = Annotated[int, typer.Option(help="Seed for RAND and sampled concepts.")]
+Rescore = Annotated[
+    bool,
+    typer.Option(
+        help="Re-score concepts after every intervention (default: rank once, unintervened)."
+    ),
+]
 
 
 def _intervention_config(
@@ -85,6 +92,7 @@ def _intervention_config(
     conceptualisation: ConceptualisationName,
     batch_size: int,
     seed: int,
+    rescore: bool = False,
 ) -> Any:
     from evaluators.cbm.criteria import NAMES
     from evaluators.cbm.intervene import Granularity, InterventionConfig
@@ -103,6 +111,7 @@ def _intervention_config(
         conceptualisation=conceptualisation.value,
         batch_size=batch_size,
         seed=seed,
+        rescore=rescore,
     )
 
 
@@ -133,6 +142,25 @@ def _options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
+def _table_columns(
+    data: DataName, concepts: str | None, label: str | None, features: str | None
+) -> dict[str, Any]:
+    """Loader options of ``--data table`` from its column flags; the flags fit no other data."""
+    given = {"concepts": concepts, "label": label, "features": features}
+    if data is not DataName.table:
+        used = [f"--{name}" for name, value in given.items() if value is not None]
+        if used:
+            raise BadInputError(f"{', '.join(used)} apply to --data table only")
+        return {}
+    if concepts is None or label is None:
+        raise BadInputError("--data table needs --concepts COLS and --label COL")
+    return {
+        "concepts": _split(concepts),
+        "label": label.strip(),
+        "features": _split(features or ""),
+    }
+
+
 def _print_curves(models: dict[str, list[Any]]) -> None:
     for model, curves in models.items():
         for c in curves:
@@ -149,7 +177,16 @@ def train(
     output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the model.")],
     data: Annotated[DataName, typer.Option(help="Dataset.")] = DataName.synthetic,
     data_path: Annotated[
-        Path | None, typer.Option(help="Data file/folder (Zoo.rda, a KEEL .dat, CUB_200_2011/).")
+        Path | None,
+        typer.Option(help="Data file/folder (Zoo.rda, a KEEL .dat, CUB_200_2011/, a CSV table)."),
+    ] = None,
+    concepts: Annotated[
+        str | None, typer.Option(help="--data table: comma list of concept columns.")
+    ] = None,
+    label: Annotated[str | None, typer.Option(help="--data table: the class column.")] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(help="--data table: comma list of numeric input columns (default: none)."),
     ] = None,
     variant: Annotated[VariantName, typer.Option(help="Training variant.")] = VariantName.IND,
     option: Annotated[
@@ -174,7 +211,8 @@ def train(
 
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "concept_weight": concept_weight}
     train_cfg = TrainConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})
-    spec = DataSpec(data.value, str(data_path) if data_path else None, seed, _options(option or []))
+    options = {**_options(option or []), **_table_columns(data, concepts, label, features)}
+    spec = DataSpec(data.value, str(data_path) if data_path else None, seed, options)
     meta = train_to_folder(
         output,
         spec,
@@ -204,13 +242,15 @@ def intervene(
     batch_size: BatchSize = 64,
     costs: Costs = None,
     seed: Seed = 0,
+    rescore: Rescore = False,
 ) -> None:
     """Task error vs concepts revealed, per criterion; writes FOLDER/interventions/."""
     from evaluators.cbm.workflows import intervene_folder
 
     cfg = _intervention_config(
-        criteria, level, scope, max_interventions, values, conceptualisation, batch_size, seed
-    )
+        criteria, level, scope, max_interventions, values, conceptualisation, batch_size, seed,
+        rescore,
+    )  # fmt: skip
     curves, paths = intervene_folder(folder, cfg, costs)
     _print_curves({folder.name: curves})
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -230,13 +270,15 @@ def compare(
     batch_size: BatchSize = 64,
     costs: Costs = None,
     seed: Seed = 0,
+    rescore: Rescore = False,
 ) -> None:
     """Overlay the intervention curves of two models trained on the same data."""
     from evaluators.cbm.workflows import compare_folders
 
     cfg = _intervention_config(
-        criteria, level, scope, max_interventions, values, conceptualisation, batch_size, seed
-    )
+        criteria, level, scope, max_interventions, values, conceptualisation, batch_size, seed,
+        rescore,
+    )  # fmt: skip
     models, paths = compare_folders(folder_a, folder_b, output, cfg, costs)
     _print_curves(models)
     typer.echo(f"wrote {', '.join(str(p) for p in paths.values())}")

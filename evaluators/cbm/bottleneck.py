@@ -40,6 +40,7 @@ class Bottleneck:
     high: torch.Tensor  # (k,) value for concept = 1
     mode: Conceptualisation = Conceptualisation.SOFT
     uniforms: torch.Tensor | None = None  # (S, N, k) fixed draws for sampled conceptualisation
+    logit: bool = False  # f reads logits (JNT), not probabilities
 
     def value_of(self, target: torch.Tensor) -> torch.Tensor:
         """f-input values for binary targets (..., k)."""
@@ -114,6 +115,7 @@ def make_bottleneck(
         high=high,
         mode=Conceptualisation(mode),
         uniforms=uniforms,
+        logit=model.bottleneck == "logit",
     )
 
 

@@ -8,6 +8,10 @@ Shin et al. (ICML 2023, Sec. 3.2). Levels are granularity × scope:
   (sample, unit) pairs of a batch of B samples together and reveals the top B, so after n steps
   the batch has spent exactly n × B units, unevenly across its samples).
 
+Protocol: by default (as the official code does) each criterion scores the concepts once, from
+the unintervened predictions, and units are revealed in that order; with ``rescore`` the scores
+are recomputed from the current state after every step (a different, stronger method).
+
 Curves record, per step, the mean number of *concepts* revealed per sample (so group and
 individual curves compare on what the expert revealed, not on actions), the mean cost of what
 was revealed (per-concept costs, 1 each by default) and the task error.
@@ -58,6 +62,7 @@ class InterventionConfig:
     costs: list[float] | None = None
     split: str = "test"
     seed: int = 0
+    rescore: bool = False
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.criteria if name not in CRITERIA]
@@ -141,8 +146,10 @@ def run_curve(
     scope: Scope = Scope.SINGLE,
     batch_size: int = 64,
     seed: int = 0,
+    rescore: bool = False,
 ) -> tuple[list[float], list[float], list[float], torch.Tensor]:
-    """Reveal ``steps`` units per sample (single) or per batch slot (batch).
+    """Reveal ``steps`` units per sample (single) or per batch slot (batch), ranked once from
+    the unintervened state, or re-scored after every step with ``rescore``.
 
     Returns mean concepts revealed, mean cost and task error per step (``steps + 1`` points) and
     the final predictions' correctness (N,) bool.
@@ -154,6 +161,7 @@ def run_curve(
     done = torch.zeros(n, units.shape[0], dtype=torch.bool)
     generator = torch.Generator().manual_seed(seed)
     revealed, spent, error = [], [], []
+    ranking = None
     for step in range(steps + 1):
         correct = bottleneck.predict(rows, values, mask).argmax(dim=1) == labels
         revealed.append(mask.sum(dim=1).float().mean().item())
@@ -161,8 +169,9 @@ def run_curve(
         error.append(1.0 - correct.float().mean().item())
         if step == steps:
             break
-        ctx = ScoreContext(bottleneck, concepts, values, mask, generator)
-        scores = unit_scores(criterion.score(ctx), units, done)
+        if rescore or ranking is None:
+            ranking = criterion.score(ScoreContext(bottleneck, concepts, values, mask, generator))
+        scores = unit_scores(ranking, units, done)
         chosen = (
             select_single(scores) if scope is Scope.SINGLE else select_batch(scores, batch_size)
         )
@@ -199,14 +208,15 @@ def evaluate_interventions(
     b = make_bottleneck(
         model, split.x, cfg.conceptualisation, cfg.samples, cfg.percentiles, cfg.seed
     )
+    truth = split.own_c  # each sample's own labels: instance values, LCP, mispredicted bins
     targets = replacement_targets(
-        cfg.values, split.c, split.y, data.train.c, data.train.y, data.n_classes
+        cfg.values, truth, split.y, data.train.c, data.train.y, data.n_classes
     )
     rows, values = torch.arange(len(split)), b.value_of(targets)
     everything = torch.ones_like(targets, dtype=torch.bool)
     error_all = (b.predict(rows, values, everything).argmax(1) != split.y).float().mean().item()
     before = b.predict(rows, values, ~everything).argmax(dim=1) == split.y
-    mispredicted = ((b.probs > 0.5).float() != split.c).sum(dim=1)
+    mispredicted = ((b.probs > 0.5).float() != truth).sum(dim=1)
     curves = []
     for level in cfg.levels:
         groups = (
@@ -216,8 +226,8 @@ def evaluate_interventions(
         for index, name in enumerate(cfg.criteria):
             start = time.perf_counter()
             revealed, spent, error, after = run_curve(
-                b, split.c, targets, split.y, CRITERIA[name](), units, costs,
-                cfg.max_interventions, cfg.scope, cfg.batch_size, cfg.seed + index,
+                b, truth, targets, split.y, CRITERIA[name](), units, costs,
+                cfg.max_interventions, cfg.scope, cfg.batch_size, cfg.seed + index, cfg.rescore,
             )  # fmt: skip
             curves.append(
                 Curve(

@@ -21,10 +21,12 @@ from evaluators.cbm.models import CBMConfig, ConceptBottleneckModel, build_cbm
 FORMAT = "compress.cbm/1"
 META_NAME = "cbm.json"
 WEIGHTS_NAME = "model.pt"
+LEGACY_SYNTHETIC_Z_STD = 2.0
 
 
-def prepare_output(folder: Path, overwrite: bool) -> Path:
-    """Create ``folder``; refuse to reuse one holding a CBM unless ``overwrite``."""
+def check_output(folder: Path, overwrite: bool) -> Path:
+    """Refuse a folder holding a CBM unless ``overwrite`` (or a file in its place), before any
+    work; nothing is created until :func:`save_cbm`, so a failed command leaves no folder."""
     folder = Path(folder)
     if (folder / META_NAME).exists() and not overwrite:
         raise BadInputError(
@@ -32,13 +34,13 @@ def prepare_output(folder: Path, overwrite: bool) -> Path:
         )
     if folder.exists() and not folder.is_dir():
         raise BadInputError(f"--output {folder} is a file: choose a folder")
-    folder.mkdir(parents=True, exist_ok=True)
     return folder
 
 
 def save_cbm(folder: Path, model: ConceptBottleneckModel, meta: dict[str, Any]) -> None:
     """Write the weights, then the metadata (atomically; its presence marks a complete folder)."""
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), folder / WEIGHTS_NAME)
     write_json_atomic(folder / META_NAME, {"format": FORMAT, **meta})
 
@@ -67,4 +69,13 @@ def load_cbm(folder: Path) -> tuple[ConceptBottleneckModel, dict[str, Any], Data
     if not weights.is_file():
         raise BadInputError(f"{folder} has no {WEIGHTS_NAME}: retrain with compress cbm train")
     model.load_state_dict(torch.load(weights, weights_only=True))
-    return model.eval(), meta, DataSpec(**meta["data"])
+    return model.eval(), meta, saved_spec(meta["data"])
+
+
+def saved_spec(data: dict[str, Any]) -> DataSpec:
+    """The data spec of a saved model. Folders trained before synthetic knobs were recorded
+    (:func:`~evaluators.cbm.data.recorded`) used the generator's old ``z_std`` default, 2.0."""
+    spec = DataSpec(**data)
+    if spec.name == "synthetic" and "z_std" not in spec.options:
+        spec.options["z_std"] = LEGACY_SYNTHETIC_Z_STD
+    return spec

@@ -16,12 +16,12 @@ from typing import Any
 from compress.errors import BadInputError
 from compress.masks import SparsityPattern
 from compress.report import write_json_atomic
-from evaluators.cbm.data import DataSpec, load_dataset
+from evaluators.cbm.data import DataSpec, load_dataset, recorded
 from evaluators.cbm.intervene import Curve, InterventionConfig, evaluate_interventions
 from evaluators.cbm.models import CBMConfig, Variant, build_cbm
 from evaluators.cbm.plots import plot_curves
 from evaluators.cbm.prune import prune_linears
-from evaluators.cbm.store import load_cbm, prepare_output, save_cbm
+from evaluators.cbm.store import check_output, load_cbm, save_cbm
 from evaluators.cbm.training import TrainConfig, evaluate, finetune_sam, train_cbm
 
 RESULTS = "interventions"
@@ -37,7 +37,8 @@ def train_to_folder(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train a CBM on ``spec``'s data and save it; return the saved metadata."""
-    folder = prepare_output(output, overwrite)
+    folder = check_output(output, overwrite)
+    spec = recorded(spec)
     data = load_dataset(spec)
     config = CBMConfig(
         data.input_dim, data.n_concepts, data.n_classes, variant, concept_hidden, label_hidden
@@ -165,7 +166,7 @@ def prune_folder(
     pruned, _, _ = load_cbm(folder)
     data = load_dataset(spec)
     variant = Variant(meta["model"]["variant"])
-    out = prepare_output(output, overwrite)
+    out = check_output(output, overwrite)
     layers, masks = prune_linears(pruned.g, data.train.x, method, sparsity, pattern)
     record: dict[str, Any] = {
         "source": str(folder),

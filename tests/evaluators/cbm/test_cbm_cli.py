@@ -125,3 +125,36 @@ def test_group_help_in_a_subprocess():
     assert done.returncode == 0, done.stderr
     for command in ("train", "intervene", "compare", "prune"):
         assert command in done.stdout
+
+
+@pytest.mark.parametrize("flag, rescore", [([], False), (["--rescore"], True)])
+def test_intervene_records_the_ranking_protocol(tiny_folder, flag, rescore):
+    result = invoke(
+        "intervene", str(tiny_folder), "--criteria", "ectp", "--max-interventions", "2", *flag
+    )
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tiny_folder / "interventions" / "curves.json").read_text())
+    assert saved["config"]["rescore"] is rescore
+
+
+KEEL_IRIS = (
+    "@relation iris\n@attribute SepalLength real [4.3, 7.9]\n@inputs SepalLength\n@data\n"
+    "5.1, 3.5, 1.4, 0.2, Iris-setosa\n4.9, 3.0, 1.4, 0.2, Iris-setosa\n"
+)
+KEEL_EIGHT = "85.0, 92.0, 45.0, 27.0, 31.0, 0.0, 1.0, 1\n"  # 8 numbers, but not segments
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [(KEEL_IRIS, "line 5 has 5 columns"), (KEEL_IRIS.replace(", Iris-setosa", ", a, b, c, d"),
+     "non-numbers"), (KEEL_EIGHT, "out of range"), ("@relation empty\n", "no data rows")],
+)  # fmt: skip
+def test_led7digit_file_of_another_shape_is_one_error_line(tmp_path, text, message):
+    keel = tmp_path / "other.dat"
+    keel.write_text(text)
+    out = tmp_path / "model"
+    result = invoke("train", "-o", str(out), "--data", "led7digit", "--data-path", str(keel))
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert not out.exists()  # nothing half-written

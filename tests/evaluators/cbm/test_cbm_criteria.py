@@ -97,3 +97,16 @@ def test_rand_is_seeded_uniform():
 def test_every_criterion_is_registered_and_tested():
     assert sorted(CRITERIA) == sorted(NAMES)
     assert set(NAMES) == {"rand", "ucp", "lcp", "cctp", "ectp", "eudtp"}
+
+
+def test_cctp_on_a_logit_bottleneck_weighs_by_the_sigmoid():
+    # official code: CCTP reads σ(logit) as ĉ, not the logit itself (which may be negative)
+    logits = torch.tensor([[2.0, -1.5, 0.3]])
+    bottleneck = Bottleneck(
+        f=linear_f(), probs=torch.sigmoid(logits), soft=logits, low=-torch.ones(3),
+        high=torch.ones(3), logit=True,
+    )  # fmt: skip
+    mask = torch.zeros(1, 3, dtype=torch.bool)
+    ctx = ScoreContext(bottleneck, torch.ones(1, 3), torch.zeros(1, 3), mask, torch.Generator())
+    column_sums = torch.tensor(W).abs().sum(dim=0)
+    torch.testing.assert_close(CRITERIA["cctp"]().score(ctx), torch.sigmoid(logits) * column_sums)

@@ -146,7 +146,8 @@ def make_fake_cub(root, with_features: bool = False):
             on = a in present[cls]
             if image_id % 4 == 1:  # one noisy image per class: its votes are outvoted
                 on = not on
-            attrs.append(f"{image_id} {a + 1} {int(on)} 3 1.5{' 0' if a == 4 else ''}\n")
+            sure = 1 if (image_id, a) == (2, 2) else 3  # one attribute not visible
+            attrs.append(f"{image_id} {a + 1} {int(on)} {sure} 1.5{' 0' if a == 4 else ''}\n")
     (root / "images.txt").write_text("".join(images))
     (root / "image_class_labels.txt").write_text("".join(labels))
     (root / "train_test_split.txt").write_text("".join(split))
@@ -157,8 +158,8 @@ def make_fake_cub(root, with_features: bool = False):
 
 def test_cub_fake_folder(tmp_path):
     root = tmp_path / "CUB_200_2011"
-    make_fake_cub(root)
-    data = load_cub(root, min_classes=1, image_size=4)
+    make_fake_cub(root, with_features=True)
+    data = load_cub(root, min_classes=1)
     # has_wing::grey is never present after voting, so it is dropped
     assert data.concept_names == [
         "has_bill::dagger",
@@ -168,12 +169,97 @@ def test_cub_fake_folder(tmp_path):
     ]
     assert data.group_names == ["has_bill", "has_wing"] and data.groups == [[0, 1], [2, 3]]
     assert len(data.test) == 3 and len(data.train) + len(data.val) == 9
-    assert data.input_dim == 4 * 4 * 3
     majority = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1], [0, 1, 1, 0]]).float()
     for split in (data.train, data.val, data.test):
-        assert torch.equal(split.c, majority[split.y])  # class-level labels, noise voted away
-    two_classes = load_cub(root, min_classes=2, image_size=4)
+        assert torch.equal(split.c, majority[split.y])  # g learns class-level labels
+    two_classes = load_cub(root, min_classes=2)
     assert two_classes.concept_names == ["has_bill::cone", "has_wing::red"]
+
+
+def test_cub_keeps_instance_labels_and_certainty(tmp_path):
+    root = tmp_path / "CUB_200_2011"
+    make_fake_cub(root, with_features=True)
+    data = load_cub(root, min_classes=1)
+    majority = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 1], [0, 1, 1, 0]]).float()
+    whole_c = torch.cat([s.c_instance for s in (data.train, data.val, data.test)])
+    whole_y = torch.cat([s.y for s in (data.train, data.val, data.test)])
+    noisy = (whole_c != majority[whole_y]).all(dim=1)  # image 4k + 1 flips every attribute
+    assert noisy.sum() == 3 and (whole_c[~noisy] == majority[whole_y[~noisy]]).all()
+    certainty = torch.cat([s.certainty for s in (data.train, data.val, data.test)])
+    assert set(certainty.unique().tolist()) == {1, 3}  # attribute 2 of image 2 is not visible
+    # revealing everything: instance values are the image's own labels (the noisy images then
+    # look like another class to f), class values the class majority (always right here)
+    from evaluators.cbm.intervene import InterventionConfig, evaluate_interventions
+    from evaluators.cbm.models import CBMConfig, build_cbm
+
+    model = build_cbm(CBMConfig(data.input_dim, data.n_concepts, data.n_classes, "IND", [4]))
+    with torch.no_grad():
+        model.f[0].weight.copy_(10 * majority)
+        model.f[0].bias.zero_()
+    wrong = {}
+    for values in ("instance", "class"):
+        wrong[values] = 0.0
+        for split in ("train", "val"):
+            cfg = InterventionConfig(["lcp"], max_interventions=0, values=values, split=split)
+            curve = evaluate_interventions(model, data, cfg)[0]
+            wrong[values] += curve.error_all_revealed * len(data.split(split))
+    assert wrong["class"] == 0 and wrong["instance"] == pytest.approx(3)
+
+
+def write_backbone(path) -> torch.nn.Module:
+    """A tiny TorchScript feature extractor: 1x1 conv to 2 channels, global mean pool."""
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+    torch.jit.script(net).save(str(path))
+    return net
+
+
+def test_cub_features_from_a_backbone_file(tmp_path, monkeypatch):
+    from evaluators.cbm.data import cub
+
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "CUB_200_2011"
+    make_fake_cub(root)
+    net = write_backbone(tmp_path / "backbone.pt")
+    data = load_cub(root, min_classes=1, backbone=str(tmp_path / "backbone.pt"), image_size=8)
+    assert data.input_dim == 2
+    first = cub.preprocess(root / "images" / "000" / "img1.png", 8)
+    assert first.shape == (3, 8, 8)
+    with torch.no_grad():
+        want = net(first.unsqueeze(0))[0]
+    x = torch.cat([data.train.x, data.val.x, data.test.x])
+    assert torch.isclose(x, want, atol=1e-5).all(dim=1).any()  # image 1's features are there
+    assert len(list((tmp_path / "cache" / "cub-features").glob("*.pt"))) == 1
+    monkeypatch.setattr(cub, "load_backbone", lambda *a: pytest.fail("cache not used"))
+    again = load_cub(root, min_classes=1, backbone=str(tmp_path / "backbone.pt"), image_size=8)
+    assert torch.equal(again.train.x, data.train.x)
+
+
+def test_cub_backbone_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "CUB_200_2011"
+    make_fake_cub(root)
+    with pytest.raises(BadInputError, match="no features.pt: pass --option backbone="):
+        load_cub(root, min_classes=1)  # raw pixels are no longer an input
+    state = tmp_path / "resnet18.pth"
+    torch.save(torch.nn.Linear(2, 2).state_dict(), state)
+    with pytest.raises(BadInputError, match="backbone_arch=NAME"):
+        load_cub(root, min_classes=1, backbone=str(state))
+    with pytest.raises(BadInputError, match="does not exist"):
+        load_cub(root, min_classes=1, backbone=str(tmp_path / "none.pt"))
+
+
+def test_cub_named_architecture_without_torchvision(tmp_path, monkeypatch):
+    import sys
+
+    from evaluators.cbm.data.cub import load_backbone
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # import fails, as it does here
+    state = tmp_path / "resnet18.pth"
+    torch.save({}, state)
+    with pytest.raises(BadInputError, match="backbone_arch=resnet18 needs torchvision"):
+        load_backbone(state, "resnet18")
 
 
 def test_cub_features_and_bad_folder(tmp_path):

@@ -11,7 +11,7 @@ from evaluators.cbm.bottleneck import (
     make_bottleneck,
     replacement_targets,
 )
-from evaluators.cbm.criteria import CRITERIA
+from evaluators.cbm.criteria import CRITERIA, Criterion, ScoreContext
 from evaluators.cbm.data.base import class_majority
 from evaluators.cbm.intervene import (
     InterventionConfig,
@@ -130,6 +130,7 @@ def test_logit_bottleneck_uses_percentiles_of_predicted_logits():
     torch.testing.assert_close(b.low, torch.quantile(logits, 0.05, dim=0))
     torch.testing.assert_close(b.high, torch.quantile(logits, 0.95, dim=0))
     torch.testing.assert_close(b.soft, logits)
+    assert b.logit and not make_bottleneck(build_cbm(CBMConfig(4, 3, 2)), x).logit
 
 
 def test_hard_and_sampled_conceptualisation():
@@ -172,3 +173,30 @@ def test_informed_criteria_beat_random_on_a_trained_model(tiny_folder):
     assert lcp[0] == rand[0]
     assert lcp[-1] < rand[-1]
     assert curves[0].error_all_revealed <= 0.1
+
+
+class StateDependent(Criterion):
+    """Ranks 0 > 1 > 2 unintervened; once concept 0 is revealed, concept 2 jumps to the top."""
+
+    calls = 0
+
+    def score(self, ctx: ScoreContext) -> torch.Tensor:
+        StateDependent.calls += 1
+        base = torch.tensor([3.0, 2.0, 1.0]).expand_as(ctx.mask).clone()
+        base[:, 2] += 10.0 * ctx.mask[:, 0]
+        return base
+
+
+@pytest.mark.parametrize("rescore, cost, calls", [(False, 11.0, 1), (True, 101.0, 2)])
+def test_static_ranking_by_default_rescoring_as_an_option(rescore, cost, calls):
+    probs = torch.tensor([[0.4, 0.6, 0.7]])
+    b = Bottleneck(torch.nn.Linear(3, 2), probs, probs, torch.zeros(3), torch.ones(3))
+    concepts, StateDependent.calls = torch.ones(1, 3), 0
+    kwargs = {"rescore": True} if rescore else {}  # the default is the paper's static protocol
+    _, spent, _, _ = run_curve(
+        b, concepts, concepts, torch.zeros(1, dtype=torch.long), StateDependent(),
+        membership([[0], [1], [2]], 3), torch.tensor([1.0, 10.0, 100.0]), steps=2, **kwargs,
+    )  # fmt: skip
+    # static: ranked once from the unintervened state -> 0 then 1 (cost 11); re-scored -> 0, 2
+    assert spent[-1] == cost and StateDependent.calls == calls
+    assert InterventionConfig().rescore is False

@@ -79,3 +79,22 @@ def test_sam_finetuning_keeps_pruned_weights_zero(tiny_data):
         assert weight[mask].ne(0).any()
     assert losses[-1] < losses[0]
     assert evaluate(model, tiny_data.train)["concept_error"] <= pruned_error
+
+
+def test_trained_folder_records_every_synthetic_knob(tmp_path, tiny_options):
+    import json
+
+    from evaluators.cbm.data import DataSpec
+    from evaluators.cbm.store import load_cbm
+    from evaluators.cbm.workflows import train_to_folder
+
+    options = {k: v for k, v in tiny_options.items() if k != "z_std"}  # noise left at default
+    folder = tmp_path / "m"
+    train_to_folder(folder, DataSpec("synthetic", options=options), Variant.IND,
+                    TrainConfig(epochs=1), [8], [])  # fmt: skip
+    meta = json.loads((folder / "cbm.json").read_text())
+    assert meta["data"]["options"]["z_std"] == 1.0 and meta["data"]["options"]["wx_std"] == 0.1
+    # a folder saved before the knobs were recorded was generated with the old default
+    del meta["data"]["options"]["z_std"]
+    (folder / "cbm.json").write_text(json.dumps(meta))
+    assert load_cbm(folder)[2].options["z_std"] == 2.0
