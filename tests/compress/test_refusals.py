@@ -15,7 +15,7 @@ from compress import pipeline
 from compress.cli.main import app
 
 FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--device", "cpu"]
-NOT_UTF8 = bytes(range(128, 256)) * 8  # every byte >= 0x80: no valid UTF-8 sequence starts here
+NOT_UTF8 = bytes(range(128, 256)) * 8  # opens with 0x80, a continuation byte: invalid UTF-8
 
 
 def snapshot(folder: Path) -> dict[str, int]:
@@ -80,7 +80,8 @@ def test_prune_refuses_damaged_safetensors(damaged, tmp_path):
 
 def test_eval_ppl_refuses_damaged_safetensors(damaged, tmp_path):
     args = ["eval", "ppl", damaged, "--seqlen", "32", "--max-windows", "1", "--device", "cpu"]
-    refused([*args, "--json", tmp_path / "ppl.json"], tmp_path, str(damaged), "damaged")
+    words = (str(damaged / "model.safetensors"), "damaged")
+    refused([*args, "--json", tmp_path / "ppl.json"], tmp_path, *words)
 
 
 def test_export_onnx_refuses_damaged_safetensors(damaged, tmp_path):
