@@ -102,6 +102,16 @@ def _split(documents: tuple[str, ...] | list[str], split: str) -> list[str]:
     return [doc for doc, test in zip(documents, held_out) if test == (split == "test")]
 
 
+def _read_utf8(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInputError(
+            f"{file} is not UTF-8 text (undecodable byte at offset {exc.start}); "
+            "convert it to UTF-8 or pass another .txt/.jsonl file"
+        ) from exc
+
+
 def _local_documents(path: Path) -> list[str]:
     files = (
         sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl"))
@@ -113,7 +123,7 @@ def _local_documents(path: Path) -> list[str]:
     documents: list[str] = []
     for file in files:
         if file.suffix == ".jsonl":
-            for number, line in enumerate(file.read_text().splitlines(), 1):
+            for number, line in enumerate(_read_utf8(file).splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
@@ -123,7 +133,7 @@ def _local_documents(path: Path) -> list[str]:
                         f"{file}:{number} is not a JSON object with a 'text' field"
                     ) from exc
         elif file.suffix == ".txt":
-            documents += [part.strip() for part in file.read_text().split("\n\n") if part.strip()]
+            documents += [part.strip() for part in _read_utf8(file).split("\n\n") if part.strip()]
         else:
             raise BadInputError(f"{file}: use a .txt or .jsonl file, or a folder of them")
     return documents

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from compress.errors import BadInputError
@@ -125,6 +126,79 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
         raise
 
 
+def _read_config(spec: str | None, folder: str, trust_remote_code: bool, kwargs: dict):
+    """The model's config; a GGUF file that fails to parse is called damaged, not missing."""
+    from transformers import AutoConfig
+
+    if "gguf_file" in kwargs:
+        try:
+            return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
+        except (ValueError, IndexError) as exc:  # what the gguf reader raises on a cut file
+            raise _gguf_error(Path(folder) / kwargs["gguf_file"], exc) from exc
+    try:
+        return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise BadInputError(
+            f"model {spec!r} could not be found locally or on the Hub ({type(exc).__name__}); "
+            "check the id, your network, or pass a local folder"
+        ) from exc
+
+
+def _gguf_error(path: Path, exc: Exception) -> BadInputError:
+    """Damaged when the gguf reader itself fails on ``path``, else transformers' refusal."""
+    from gguf import GGUFReader
+
+    try:
+        GGUFReader(path)
+    except (ValueError, IndexError):
+        return BadInputError(
+            f"GGUF file {path} ({path.stat().st_size:,} bytes) is damaged or truncated: it does not "
+            "parse as GGUF; download or convert it again"
+        )
+    return BadInputError(f"GGUF file {path} could not be loaded: {exc}")
+
+
+def _damaged_safetensors(folder: str) -> str:
+    """The first ``*.safetensors`` file in ``folder`` that fails to open (safetensors' error
+    names none), else ``folder`` itself (e.g. a Hub id)."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except SafetensorError:
+            return str(file)
+    return folder
+
+
+def _load_weights(
+    folder: str,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    placement: Placement | None,
+    kwargs: dict,
+) -> nn.Module:
+    """``from_pretrained`` on the CPU, or spread as ``placement`` says; safetensors only, unless
+    ``kwargs`` name a GGUF file."""
+    from transformers import AutoModelForCausalLM
+
+    from compress.placement import load_placed
+
+    safetensors = None if kwargs else True
+    if placement is not None:
+        return load_placed(
+            folder, placement, dtype, trust_remote_code, use_safetensors=safetensors, **kwargs
+        )
+    return AutoModelForCausalLM.from_pretrained(
+        folder,
+        dtype=dtype,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=safetensors,
+        **kwargs,
+    )
+
+
 def _check_architecture(config: object) -> None:
     from compress.blocks import SUPPORTED_MODEL_TYPES
 
@@ -149,13 +223,14 @@ def load_model(
     spread as ``placement`` says (accelerate device map, CPU/disk offload).
 
     Raises:
-        BadInputError: missing path, unknown id while offline, unsupported architecture, or
-            8-/4-bit loading (pruning needs the dense weights).
+        BadInputError: missing path, unknown id while offline, unsupported architecture, a
+            damaged safetensors or GGUF file, or 8-/4-bit loading (pruning needs the dense
+            weights).
     """
-    from compress.placement import load_placed, refuse_quantized
+    from compress.placement import refuse_quantized
 
     refuse_quantized(load_in_8bit, load_in_4bit)
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     target = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, target)
@@ -179,28 +254,19 @@ def load_model(
     else:
         folder = spec
 
-    try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise BadInputError(
-            f"model {spec!r} could not be found locally or on the Hub ({type(exc).__name__}); "
-            "check the id, your network, or pass a local folder"
-        ) from exc
+    config = _read_config(spec, folder, trust_remote_code, kwargs)
     _check_architecture(config)
     refuse_quantized(config=config)
-    safetensors = None if kwargs else True
-    if placement is not None:
-        model = load_placed(
-            folder, placement, torch_dtype, trust_remote_code, use_safetensors=safetensors, **kwargs
-        )
-    else:
-        model = AutoModelForCausalLM.from_pretrained(
-            folder,
-            dtype=torch_dtype,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=safetensors,
-            **kwargs,
-        )
+    try:
+        model = _load_weights(folder, torch_dtype, trust_remote_code, placement, kwargs)
+    except SafetensorError as exc:
+        fix = "save or download the model again"
+        if source == "embedded":
+            fix = f"delete {folder} to convert it again"
+        raise BadInputError(
+            f"{_damaged_safetensors(folder)} is damaged or truncated ({exc}); {fix}"
+        ) from exc
+    if placement is None:
         model.to(target)
     model.eval()
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import resource
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -58,7 +59,9 @@ def check_seqlen(loaded: LoadedModel, seqlen: int, flag: str = "--seqlen") -> No
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory: ``ru_maxrss`` is bytes on macOS, KiB on Linux."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def evaluate_perplexity(loaded: LoadedModel, config: PruneConfig, texts: list[str]) -> dict:

@@ -1,0 +1,165 @@
+"""Damaged inputs a new user may hand the CLI: each is one ``error:`` line, exit 2, no traceback,
+and nothing written (no output folder, no partial folder, existing folders left as they were)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from compress import pipeline
+from compress.cli.main import app
+
+FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--device", "cpu"]
+NOT_UTF8 = bytes(range(128, 256)) * 8  # opens with 0x80, a continuation byte: invalid UTF-8
+
+
+def snapshot(folder: Path) -> dict[str, int]:
+    """Every file and folder under ``folder`` (hidden ones too) with its size (-1: a folder)."""
+    return {
+        str(p.relative_to(folder)): p.stat().st_size if p.is_file() else -1
+        for p in folder.rglob("*")
+    }
+
+
+def refused(args: list, root: Path, *words: str) -> None:
+    """``compress *args`` exits 2 with one error line holding ``words`` and leaves ``root`` as it
+    was (any output it was asked to write is neither created nor half-created)."""
+    before = snapshot(root)
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, result.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    assert snapshot(root) == before
+
+
+def damage_truncate(file: Path) -> None:
+    with file.open("r+b") as handle:
+        handle.truncate(file.stat().st_size // 2)
+
+
+def damage_header(file: Path) -> None:
+    """Overwrite bytes inside the JSON header (its 8-byte length prefix stays right)."""
+    with file.open("r+b") as handle:
+        handle.seek(8)
+        handle.write(b"\x00garbage")
+
+
+def damage_length(file: Path) -> None:
+    """Overwrite the 8-byte little-endian header length."""
+    with file.open("r+b") as handle:
+        handle.write(b"\xff" * 8)
+
+
+DAMAGES = {"truncated": damage_truncate, "header": damage_header, "length": damage_length}
+
+
+@pytest.fixture(params=sorted(DAMAGES))
+def damaged(request, tiny_model_dir, tmp_path):
+    """A copy of the tiny model folder with its model.safetensors damaged one way."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    DAMAGES[request.param](folder / "model.safetensors")
+    return folder
+
+
+def test_prune_refuses_damaged_safetensors(damaged, tmp_path):
+    out = tmp_path / "out"
+    words = (str(damaged / "model.safetensors"), "damaged")
+    refused(["prune", damaged, "--output", out, *FAST], tmp_path, *words)
+    out.mkdir()
+    (out / "keep.txt").write_text("finished work")
+    refused(["prune", damaged, "--output", out, "--overwrite", *FAST], tmp_path, *words)
+
+
+def test_eval_ppl_refuses_damaged_safetensors(damaged, tmp_path):
+    args = ["eval", "ppl", damaged, "--seqlen", "32", "--max-windows", "1", "--device", "cpu"]
+    words = (str(damaged / "model.safetensors"), "damaged")
+    refused([*args, "--json", tmp_path / "ppl.json"], tmp_path, *words)
+
+
+def test_export_onnx_refuses_damaged_safetensors(damaged, tmp_path):
+    out = tmp_path / "onnx"
+    words = (str(damaged / "model.safetensors"), "damaged")
+    refused(["export", "onnx", damaged, "--output", out], tmp_path, *words)
+    out.mkdir()
+    (out / "keep.txt").write_text("finished work")
+    refused(["export", "onnx", damaged, "--output", out, "--overwrite"], tmp_path, *words)
+
+
+@pytest.mark.parametrize("name", ["calib.txt", "calib.jsonl"])
+def test_prune_refuses_binary_calibration_file(name, tiny_model_dir, tmp_path):
+    calib = tmp_path / name
+    calib.write_bytes(NOT_UTF8)
+    args = ["prune", tiny_model_dir, "--calib", calib, "--output", tmp_path / "out", *FAST]
+    refused(args, tmp_path, str(calib), "UTF-8")
+
+
+def test_eval_ppl_refuses_binary_dataset(tiny_model_dir, tmp_path):
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "good.txt").write_text("a readable paragraph\n\nand another one")
+    (texts / "bad.txt").write_bytes(b"readable start, then " + NOT_UTF8)
+    args = ["eval", "ppl", tiny_model_dir, "--dataset", texts, "--seqlen", "32", "--device", "cpu"]
+    refused([*args, "--json", tmp_path / "ppl.json"], tmp_path, str(texts / "bad.txt"), "UTF-8")
+
+
+def write_gguf(path: Path, architecture: str) -> Path:
+    """A small GGUF file: some metadata (a token list) and two float32 tensors."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), architecture)
+    writer.add_block_count(1)
+    writer.add_token_list([f"t{i}" for i in range(64)])
+    writer.add_tensor("token_embd.weight", np.ones((64, 8), dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.ones((8,), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+# Cut in the header, in the token list (the reader raises IndexError: a traceback before), in the
+# token list again (ValueError) and in the last tensor (ValueError: "could not be found ... on the
+# Hub" before).
+@pytest.mark.parametrize("cut", [20, 200, 600, -1])
+def test_truncated_gguf_is_called_damaged(cut, tmp_path):
+    from gguf import GGUFReader
+
+    whole = GGUFReader(write_gguf(tmp_path / "whole.gguf", "llama"))
+    assert len(whole.tensors) == 2  # the file parses before it is cut
+    path = tmp_path / "model.gguf"
+    path.write_bytes((tmp_path / "whole.gguf").read_bytes()[:cut])
+    args = ["eval", "ppl", path, "--seqlen", "32", "--max-windows", "1", "--device", "cpu"]
+    refused([*args, "--json", tmp_path / "ppl.json"], tmp_path, str(path), "damaged")
+
+
+def test_prune_calls_a_cut_download_of_the_embedded_gguf_damaged(tmp_path):
+    from compress.models import embedded_gguf
+
+    path = tmp_path / "SmolLM2.gguf"
+    with embedded_gguf().open("rb") as whole:
+        path.write_bytes(whole.read(1_000))
+    args = ["prune", path, "--output", tmp_path / "out", *FAST]
+    refused(args, tmp_path, str(path), "damaged", "download")
+
+
+def test_gguf_that_parses_but_transformers_refuses_is_not_called_damaged(tmp_path):
+    path = write_gguf(tmp_path / "bert.gguf", "bert")
+    refused(["eval", "ppl", path, "--device", "cpu"], tmp_path, str(path), "architecture bert")
+
+
+@pytest.mark.parametrize(("platform", "factor"), [("darwin", 1), ("linux", 1024)])
+def test_peak_rss_unit_follows_the_platform(platform, factor, monkeypatch):
+    usage = types.SimpleNamespace(ru_maxrss=123_456)
+    monkeypatch.setattr(pipeline.resource, "getrusage", lambda who: usage)
+    monkeypatch.setattr(sys, "platform", platform)
+    assert pipeline.peak_rss_bytes() == 123_456 * factor
