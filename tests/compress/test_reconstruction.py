@@ -1,16 +1,14 @@
 """Reconstruction techniques on tiny random models."""
 
 import torch
-from conftest import tiny_llama_config
-from transformers import LlamaForCausalLM
 
 from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.engine import Engine, prune_model
+from tests.tiny_models import random_llama
 
 
 def tiny(layers: int = 3):
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config(vocab_size=256, layers=layers)).eval()
+    return random_llama(vocab_size=256, layers=layers)
 
 
 def ids(n: int = 8, seed: int = 0):

@@ -9,12 +9,11 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_llama_config
 from safetensors.torch import load_file
-from transformers import LlamaForCausalLM
 from typer.testing import CliRunner
 
 from compress.cli.main import app
+from tests.tiny_models import random_llama
 
 LAYERS = 4
 
@@ -22,8 +21,7 @@ LAYERS = 4
 @pytest.fixture(scope="module")
 def six_block_model(tmp_path_factory, tokenizer):
     folder = tmp_path_factory.mktemp("six-blocks")
-    torch.manual_seed(0)
-    LlamaForCausalLM(tiny_llama_config(layers=LAYERS)).save_pretrained(folder)
+    random_llama(layers=LAYERS).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
