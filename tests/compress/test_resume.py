@@ -49,6 +49,7 @@ def prune_args(model, out):
     ]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(six_block_model, tmp_path):
     reference = tmp_path / "reference"
     assert CliRunner().invoke(app, prune_args(six_block_model, reference)).exit_code == 0
@@ -87,6 +88,7 @@ def test_resume_after_sigkill_matches_uninterrupted(six_block_model, tmp_path):
     assert [b["index"] for b in report["blocks"]] == list(range(LAYERS))
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused(six_block_model, tmp_path):
     from compress.checkpoint import save_step
 

@@ -13,6 +13,7 @@ from compress.cli.main import app
 FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--device", "cpu"]
 BLOCK_LINEAR = re.compile(r"model\.layers\.\d+\.(self_attn|mlp)\.\w+_proj\.weight")
 PER_BLOCK = 7  # q, k, v, o, gate, up, down
+pytestmark = pytest.mark.slow  # four CLI runs with reconstruction
 
 
 @pytest.mark.parametrize(
