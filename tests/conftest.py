@@ -1,4 +1,5 @@
-"""Shared fixtures: offline tiny random models and the embedded tokenizer."""
+"""Shared fixtures: offline tiny random models (built by tests/tiny_models.py) and the embedded
+tokenizer."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 
 import pytest
 import torch
+
+from tests.tiny_models import random_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -38,70 +41,22 @@ def tokenizer(embedded_dir):
     return AutoTokenizer.from_pretrained(embedded_dir)
 
 
-def tiny_llama_config(vocab_size: int = 49152, layers: int = 2):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-
-
 @pytest.fixture
 def tiny_llama():
     """A 2-block random Llama with the embedded tokenizer's vocabulary, in eval mode."""
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config()).eval()
+    return random_llama()
 
 
 @pytest.fixture
 def tiny_llama_1k():
     """The tiny random Llama with a 1,000-token vocabulary, for cheap second-order tests."""
-    from transformers import LlamaForCausalLM
-
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config(vocab_size=1000)).eval()
-
-
-def family_configs(vocab_size: int = 256) -> dict:
-    """One tiny random config per supported model_type (hidden 64, 2 blocks)."""
-    import transformers as tf
-
-    common = dict(vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4)
-    gqa = dict(common, intermediate_size=128, num_key_value_heads=2)
-    gemma = dict(gqa, head_dim=16)
-    return {
-        "llama": tf.LlamaConfig(**gqa),
-        "mistral": tf.MistralConfig(**gqa),
-        "mixtral": tf.MixtralConfig(**gqa, num_local_experts=2, num_experts_per_tok=1),
-        "qwen2": tf.Qwen2Config(**gqa),
-        "qwen3": tf.Qwen3Config(**gqa, head_dim=16),
-        "gemma": tf.GemmaConfig(**gemma),
-        "gemma2": tf.Gemma2Config(**gemma, sliding_window=8),
-        "gemma3_text": tf.Gemma3TextConfig(**gemma, sliding_window=8),
-        "phi": tf.PhiConfig(**common, intermediate_size=128),
-        "phi3": tf.Phi3Config(**common, intermediate_size=128, pad_token_id=0),
-        "opt": tf.OPTConfig(**common, ffn_dim=128, word_embed_proj_dim=64),
-        "gpt2": tf.GPT2Config(vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4),
-        "gpt_neox": tf.GPTNeoXConfig(**common, intermediate_size=128),
-    }
+    return random_llama(vocab_size=1000)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tokenizer):
     """A saved 2-block random Llama with the embedded tokenizer (a local model folder)."""
-    from transformers import LlamaForCausalLM
-
     folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    LlamaForCausalLM(tiny_llama_config()).save_pretrained(folder)
+    random_llama().save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from conftest import family_configs
 from transformers import AutoModelForCausalLM
 
 from compress.blocks import SUPPORTED_MODEL_TYPES, BlockAdapter
 from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.engine import prune_model
+from tests.tiny_models import family_configs, random_model
 
 FAMILIES = family_configs()
 
@@ -17,8 +17,7 @@ def test_all_supported_families_tested():
 
 
 def build(model_type: str):
-    torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(FAMILIES[model_type]).eval()
+    return random_model(FAMILIES[model_type])
 
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))

@@ -17,6 +17,7 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_prune_tiny_model_writes_everything(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     result = run(
@@ -119,6 +120,7 @@ def test_help_in_subprocess(command):
     assert "Usage" in result.stdout
 
 
+@pytest.mark.slow
 def test_reconstruction_errors_table_and_plot(tiny_model_dir, tmp_path):
     out = tmp_path / "br"
     result = run(
@@ -150,6 +152,7 @@ def test_reconstruction_errors_table_and_plot(tiny_model_dir, tmp_path):
     assert missing.exit_code == 2 and "no per-block errors" in missing.stderr
 
 
+@pytest.mark.slow
 def test_self_generated_windows_mix_with_real(tiny_model_dir, tmp_path):
     from compress.calibration import load_texts
 

@@ -21,19 +21,9 @@ NSAMPLES, SEQLEN, BATCH = 8, 16, 4  # BATCH is the global batch; each of 2 ranks
 
 
 def tiny_model():
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from tests.tiny_models import random_llama
 
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=256,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config).eval()
+    return random_llama(vocab_size=256)
 
 
 def prune_block0(model, batches, method: str) -> dict[str, torch.Tensor]:

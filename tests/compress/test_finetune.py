@@ -131,6 +131,7 @@ def test_finetune_keeps_sparsity_exactly_and_extends_the_report(
         finetune(cfg, progress=False)
 
 
+@pytest.mark.slow
 def test_bf16_folder_stays_bf16_with_bf16_autocast(pruned_dir, text_file, tmp_path):
     from safetensors.torch import load_file
 
@@ -150,12 +151,14 @@ def test_bf16_folder_stays_bf16_with_bf16_autocast(pruned_dir, text_file, tmp_pa
         assert torch.equal(zeros, before[name]), name
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss(pruned_dir, text_file, tmp_path):
     cfg = config(pruned_dir, text_file, tmp_path, steps=6, lr=3e-3, eval_every=6)
     section = finetune(cfg, progress=False)
     assert section["heldout"]["after"]["loss"] < section["heldout"]["before"]["loss"]
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_gives_the_uninterrupted_result(
     pruned_dir, text_file, tmp_path, monkeypatch
 ):

@@ -22,7 +22,7 @@ from compress.placement import (
     parse_max_memory,
     refuse_quantized,
 )
-from tests.conftest import tiny_llama_config
+from tests.tiny_models import random_llama, tiny_llama_config
 
 GIB = 2**30
 DISK_MAP = {
@@ -61,8 +61,7 @@ def calibration() -> torch.Tensor:
 
 
 def fresh() -> LlamaForCausalLM:
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config(vocab_size=1000)).eval()
+    return random_llama(vocab_size=1000)
 
 
 @pytest.fixture(scope="module")

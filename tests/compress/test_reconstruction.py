@@ -1,16 +1,14 @@
 """Reconstruction techniques on tiny random models."""
 
 import torch
-from conftest import tiny_llama_config
-from transformers import LlamaForCausalLM
 
 from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.engine import Engine, prune_model
+from tests.tiny_models import random_llama
 
 
 def tiny(layers: int = 3):
-    torch.manual_seed(0)
-    return LlamaForCausalLM(tiny_llama_config(vocab_size=256, layers=layers)).eval()
+    return random_llama(vocab_size=256, layers=layers)
 
 
 def ids(n: int = 8, seed: int = 0):
@@ -129,3 +127,43 @@ def test_activation_storage_choice():
     model = tiny()
     outcome = prune_model(model, ids(), config("br+gp", epochs=1, activations_device="cpu"))
     assert outcome.blocks[-1]["errors"]["after_reconstruction"]["calibration"] > 0
+
+
+def test_early_stop_restores_the_best_epoch_bit_for_bit():
+    """Training pulls the weights from 0 towards 1; the held-out targets sit at the first
+    epoch's weights (Adam's first step is ``lr`` per entry), so held-out error falls once, then
+    rises: the run must stop and hand back exactly the first epoch's weights."""
+    from compress.reconstruct import Batches, ReconSettings, normalized_error, reconstruct
+
+    layer = torch.nn.Linear(4, 4, bias=False)
+    torch.nn.init.zeros_(layer.weight)
+    mask = torch.rand(4, 4, generator=torch.Generator().manual_seed(0)) > 0.5
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1))
+    inputs = Batches([x])
+    targets = Batches([x @ mask.float().T])  # pruned weights at 1
+    held_out = Batches([x @ (0.1 * mask.float()).T])  # ... at lr = 0.1
+    snapshots = []  # the weights at each held-out measurement, in order
+
+    def run_held_out(b: int, inp: torch.Tensor) -> torch.Tensor:
+        snapshots.append(layer.weight.detach().clone())
+        return layer(inp)
+
+    settings = ReconSettings(epochs=5, lr=0.1, early_stop=True)
+    outcome = reconstruct(
+        [layer.weight],
+        {layer.weight: mask},
+        lambda b, inp: layer(inp),
+        inputs,
+        targets,
+        settings,
+        torch.Generator().manual_seed(0),
+        holdout=(run_held_out, inputs, held_out),
+    )
+    errors = outcome["holdout_error_per_epoch"]
+    assert outcome["stopped_early"] and outcome["epochs_run"] == 2
+    assert errors[1] < errors[0] and errors[2] > errors[1]  # the construction holds
+    assert len(snapshots) == len(errors) == 3
+    assert torch.equal(layer.weight.detach(), snapshots[1])  # the best epoch's, bit for bit
+    assert not torch.equal(layer.weight.detach(), snapshots[2])
+    final = normalized_error(lambda b, inp: layer(inp), inputs, held_out, x.device, x.dtype)
+    assert final == min(errors)

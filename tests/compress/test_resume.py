@@ -9,12 +9,11 @@ import time
 
 import pytest
 import torch
-from conftest import tiny_llama_config
 from safetensors.torch import load_file
-from transformers import LlamaForCausalLM
 from typer.testing import CliRunner
 
 from compress.cli.main import app
+from tests.tiny_models import random_llama
 
 LAYERS = 4
 
@@ -22,8 +21,7 @@ LAYERS = 4
 @pytest.fixture(scope="module")
 def six_block_model(tmp_path_factory, tokenizer):
     folder = tmp_path_factory.mktemp("six-blocks")
-    torch.manual_seed(0)
-    LlamaForCausalLM(tiny_llama_config(layers=LAYERS)).save_pretrained(folder)
+    random_llama(layers=LAYERS).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 
@@ -51,6 +49,7 @@ def prune_args(model, out):
     ]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted(six_block_model, tmp_path):
     reference = tmp_path / "reference"
     assert CliRunner().invoke(app, prune_args(six_block_model, reference)).exit_code == 0
@@ -89,6 +88,7 @@ def test_resume_after_sigkill_matches_uninterrupted(six_block_model, tmp_path):
     assert [b["index"] for b in report["blocks"]] == list(range(LAYERS))
 
 
+@pytest.mark.slow
 def test_resume_with_other_settings_is_refused(six_block_model, tmp_path):
     from compress.checkpoint import save_step
 

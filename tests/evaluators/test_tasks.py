@@ -319,6 +319,7 @@ def test_lambada_perplexity_is_exp_of_mean_nll():
     assert lambada_perplexity(scores) == pytest.approx(math.exp(2.0))
 
 
+@pytest.mark.slow
 def test_cli_all_merges_perplexity_and_tasks_into_report(tmp_path, tiny_llama, tokenizer, few_docs):
     folder = _save(tiny_llama, tokenizer, tmp_path / "pruned")
     recipe = {"evaluation": {"dataset": "wikipedia", "seqlen": 32, "max_windows": 2}}

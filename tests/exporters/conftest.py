@@ -10,29 +10,7 @@ import torch
 from compress.masks import SparsityPattern, measured_sparsity
 from compress.pruners import PRUNERS
 from compress.report import REPORT_FORMAT, write_json_atomic
-
-
-def tiny_configs(vocab_size: int = 49152) -> dict:
-    """Two families with different block layouts: Llama (Linear, GQA, RoPE) and GPT-2 (Conv1D,
-    learned positions). The root conftest's tiny Llama is function-scoped; these are built once
-    per module because an export takes seconds."""
-    from transformers import GPT2Config, LlamaConfig
-
-    return {
-        "llama": LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            tie_word_embeddings=True,
-        ),
-        "gpt2": GPT2Config(
-            vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=256, n_inner=128
-        ),
-    }
+from tests.tiny_models import family_configs, random_model
 
 
 def prunable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -112,10 +90,9 @@ def one_thread():
 
 
 def make_pruned_dir(tmp_path_factory, tokenizer, family: str) -> Path:
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_configs()[family]).eval()
+    """Two families with different block layouts: Llama (Linear, GQA, RoPE) and GPT-2 (Conv1D,
+    learned positions), built once per module because an export takes seconds."""
+    model = random_model(family_configs(tokenizer.vocab_size)[family])
     folder = tmp_path_factory.mktemp(f"pruned-{family}")
     prune_and_save(model, tokenizer, folder)
     return folder

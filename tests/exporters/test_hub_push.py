@@ -231,6 +231,7 @@ def test_retry_command_quotes_what_the_shell_needs():
     assert ".*" in IGNORE_PATTERNS
 
 
+@pytest.mark.slow
 def test_prune_push_to_hub_uploads_model_and_card(tiny_model_dir, hub, tmp_path):
     out = tmp_path / "pruned"
     args = [

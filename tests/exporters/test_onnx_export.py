@@ -47,6 +47,7 @@ def gpt2_export(pruned_gpt2_dir, tmp_path_factory):
     return output, export_onnx(pruned_gpt2_dir, output, OnnxExportConfig(**FAST))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama_export", "gpt2_export"])
 def test_parity_and_greedy_tokens(family, request):
     output, report = request.getfixturevalue(family)
@@ -60,11 +61,13 @@ def test_parity_and_greedy_tokens(family, request):
     assert (output / "model.onnx").is_file() and (output / "tokenizer.json").is_file()
 
 
+@pytest.mark.slow
 def test_export_is_recorded_in_the_model_report(llama_export, pruned_llama_dir):
     report = json.loads((pruned_llama_dir / "report.json").read_text())
     assert report["export"] == {"onnx": "onnx"}
 
 
+@pytest.mark.slow
 def test_size_note_counts_the_zeros_it_exported(llama_export, pruned_llama_dir):
     _, report = llama_export
     layers = json.loads((pruned_llama_dir / "report.json").read_text())["layers"]
@@ -75,6 +78,7 @@ def test_size_note_counts_the_zeros_it_exported(llama_export, pruned_llama_dir):
     assert "stores every one of them as a dense float" in size["note"]
 
 
+@pytest.mark.slow
 def test_int8_is_smaller_and_its_perplexity_is_reported(llama_export):
     _, report = llama_export
     int8 = report["int8"]
@@ -89,6 +93,7 @@ def test_int8_is_smaller_and_its_perplexity_is_reported(llama_export):
     assert report["files"]["model_int8.onnx"] == int8["bytes"]["int8"]
 
 
+@pytest.mark.slow
 def test_weight_only_int8_keeps_activations_float(llama_export, tmp_path):
     import onnx
 
@@ -107,6 +112,7 @@ def test_weight_only_int8_keeps_activations_float(llama_export, tmp_path):
     assert abs(int8 - fp32) / fp32 < 0.05
 
 
+@pytest.mark.slow
 def test_parity_miss_raises_and_marks_the_report(
     pruned_llama_dir, eval_text, tmp_path, monkeypatch
 ):
@@ -146,6 +152,7 @@ def test_bad_inputs(tmp_path, pruned_llama_dir):
         OnnxExportConfig(opset=11)
 
 
+@pytest.mark.slow
 def test_cli_export_no_past_then_run(pruned_gpt2_dir, tmp_path):
     runner = CliRunner()
     output = tmp_path / "no-past"
@@ -164,6 +171,7 @@ def test_cli_export_no_past_then_run(pruned_gpt2_dir, tmp_path):
     assert result.output.strip()
 
 
+@pytest.mark.slow
 def test_cli_run_onnx_int8(llama_export):
     output, _ = llama_export
     result = CliRunner().invoke(
