@@ -321,5 +321,5 @@ def save_output(
         shutil.copy2(work / SELFGEN, staging / SELFGEN)
     from cards.builder import write_card
 
-    write_card(staging, config.hub_repo_id if config.push_to_hub else None)
+    write_card(staging, config.hub_repo_id if config.push_to_hub else None, published_as=target)
     publish(staging, target)

@@ -124,7 +124,7 @@ def test_one_rank_writes_the_self_generated_texts(tiny_model_dir, tmp_path, monk
 def test_card_names_the_final_folder_not_the_staging_one(tiny_model_dir, tmp_path):
     out = tmp_path / "demo"
     args = ["prune", str(tiny_model_dir), "--reconstruct", "lr", "--output", str(out), *FAST]
-    result = CliRunner().invoke(app, args)
+    result = CliRunner().invoke(app, [*args, "--eval", "--eval-windows", "1"])  # a model-index
     assert result.exit_code == 0, result.output
     text = (out / "README.md").read_text()
     assert ".partial" not in text
