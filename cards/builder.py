@@ -122,12 +122,14 @@ def card_data(records: Records, model_name: str):
     )
 
 
-def render_card(folder: Path, repo_id: str | None = None):
+def render_card(folder: Path, repo_id: str | None = None, published_as: Path | None = None):
     """The model card of ``folder`` as a ``huggingface_hub.ModelCard`` (not written).
 
     Args:
         repo_id: the Hub repo the card will live in (used in the loading snippets); None uses
             the folder path.
+        published_as: the folder ``folder`` becomes once published, when it is a staging
+            folder; the card names the model by it, never by the staging folder.
     """
     import jinja2
     from huggingface_hub import ModelCard
@@ -147,7 +149,8 @@ def render_card(folder: Path, repo_id: str | None = None):
     folder = Path(folder)
     records = load_records(folder)
     report = records.report
-    model_name = (repo_id or folder.resolve().name).split("/")[-1]
+    final = Path(published_as or folder)
+    model_name = (repo_id or final.resolve().name).split("/")[-1]
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
         undefined=jinja2.StrictUndefined,
@@ -174,16 +177,17 @@ def render_card(folder: Path, repo_id: str | None = None):
         dense_tasks=records.dense_tasks,
         export=records.export,
         onnx_path=records.onnx_path,
-        repo=repo_id or str(folder),
+        repo=repo_id or str(final),
         command=reproduce_command(report),
     )
     return ModelCard(text)
 
 
-def write_card(folder: Path, repo_id: str | None = None) -> Path:
-    """Render the card and write ``folder/README.md`` atomically; return its path."""
+def write_card(folder: Path, repo_id: str | None = None, published_as: Path | None = None) -> Path:
+    """Render the card (see :func:`render_card`) and write ``folder/README.md`` atomically;
+    return its path."""
     path = Path(folder) / README
-    text = str(render_card(folder, repo_id))
+    text = str(render_card(folder, repo_id, published_as))
     fd, tmp = tempfile.mkstemp(prefix=f".{README}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:

@@ -224,76 +224,19 @@ def tags(report: dict, export: dict | None) -> list[str]:
     return result
 
 
-# recipe field -> `compress prune` flag (compress/cli/prune.py); "model" is the positional argument.
-PRUNE_FLAGS = {
-    "method": "--method",
-    "sparsity": "--sparsity",
-    "pattern": "--pattern",
-    "device": "--device",
-    "dtype": "--dtype",
-    "output": "--output",
-}
-CALIBRATION_FLAGS = {
-    "source": "--calib",
-    "nsamples": "--nsamples",
-    "seqlen": "--seqlen",
-    "batch_size": "--batch-size",
-    "seed": "--seed",
-}
-RECONSTRUCT_FLAGS = {
-    "technique": "--reconstruct",
-    "epochs": "--recon-epochs",
-    "lr": "--recon-lr",
-    "optimizer": "--recon-optimizer",
-    "rho": "--recon-rho",
-    "holdout": "--holdout",
-    "holdout_nsamples": "--holdout-nsamples",
-    "activations_dtype": "--activations-dtype",
-}
-EVALUATION_FLAGS = {"dataset": "--eval-dataset", "seqlen": "--eval-seqlen"}
-# Fields with no bearing on the result (overwrite, resume) are not repeated.
-EXPRESSED = {
-    *PRUNE_FLAGS, "model", "skip", "layer_sparsity", "calibration", "reconstruct", "evaluation",
-    "overwrite", "resume", "trust_remote_code",
-}  # fmt: skip
-
-
 def reproduce_command(report: dict) -> str:
     """The command that made this folder: recorded verbatim when the run saved it, else rebuilt
-    from the recipe with every ``compress prune`` flag spelled out (defaults may change).
-    Recipe fields no flag expresses are named in a trailing comment rather than dropped."""
+    from the recipe by ``compress prune``'s own parameters (see
+    :func:`compress.cli.prune.recipe_argv`). Recipe fields no flag expresses are named in a
+    trailing comment rather than dropped."""
+    from compress.cli.prune import recipe_argv, unflagged_fields
+
     if report.get("command"):
         recorded = report["command"]
         return recorded if isinstance(recorded, str) else shlex.join(recorded)
     recipe = report["recipe"]
-    argv = ["compress", "prune"] + ([str(recipe["model"])] if recipe.get("model") else [])
-    argv += _flags(recipe, PRUNE_FLAGS) + _flags(recipe.get("calibration", {}), CALIBRATION_FLAGS)
-    argv += [arg for pattern in recipe.get("skip", []) for arg in ("--skip", pattern)]
-    for pattern, value in recipe.get("layer_sparsity", {}).items():
-        argv += ["--layer-sparsity", f"{pattern}={value}"]
-    reconstruct = recipe.get("reconstruct", {})
-    argv += _flags(reconstruct, RECONSTRUCT_FLAGS)
-    if reconstruct.get("early_stop"):
-        argv.append("--recon-early-stop")
-    if reconstruct.get("measure_errors") is not None:
-        argv.append("--errors" if reconstruct["measure_errors"] else "--no-errors")
-    evaluation = recipe.get("evaluation", {})
-    if evaluation.get("enabled"):
-        argv += ["--eval", *_flags(evaluation, EVALUATION_FLAGS)]
-        argv += ["--eval-windows", str(evaluation.get("max_windows") or 0)]  # 0: all windows
-    if recipe.get("trust_remote_code"):
-        argv.append("--trust-remote-code")
-    command = shlex.join(argv)
-    unexpressed = sorted(k for k, v in recipe.items() if k not in EXPRESSED and v)
+    command = shlex.join(["compress", "prune", *recipe_argv(recipe)])
+    unexpressed = unflagged_fields(recipe)
     if unexpressed:
         command += f"  # also set in recipe.json, not as flags: {', '.join(unexpressed)}"
     return command
-
-
-def _flags(section: dict, flags: dict[str, str]) -> list[str]:
-    return [
-        arg
-        for key, flag in flags.items()
-        if section.get(key) is not None
-        for arg in (flag, str(section[key]))
-    ]

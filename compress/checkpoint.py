@@ -8,6 +8,9 @@ After block ``i`` the work folder holds, each file written atomically:
     state.json                      {"next_block": i + 1, files of the step, outcome so far,
                                      the recipe it belongs to}
 
+and, from before the first block, ``selfgen.jsonl``: the texts ``--self-gen N`` generated, which
+``--resume`` reuses and the output ships.
+
 state.json is written last and names the files of its step, so an interrupted write leaves the
 previous step intact. Tensors are stored with safetensors, never pickled.
 """
@@ -26,6 +29,7 @@ from compress.errors import BadInputError
 from compress.report import write_json_atomic
 
 STATE = "state.json"
+SELFGEN = "selfgen.jsonl"
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
@@ -86,7 +90,7 @@ def save_step(
         "recipe": recipe,
     }
     write_json_atomic(work / STATE, state)
-    keep = set(block_files.values()) | {state["streams"], state["masks"], STATE}
+    keep = set(block_files.values()) | {state["streams"], state["masks"], STATE, SELFGEN}
     for path in work.iterdir():
         if path.name not in keep and not path.name.startswith("."):
             path.unlink(missing_ok=True)

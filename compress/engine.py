@@ -107,6 +107,11 @@ def split_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return list(ids.split(batch_size))
 
 
+def zero_count(weight: torch.Tensor) -> dict:
+    """The ``sparsity`` and ``zeros`` entries of a layer in report.json."""
+    return {"sparsity": measured_sparsity(weight), "zeros": int((weight == 0).sum())}
+
+
 def check_widths(adapter: BlockAdapter, config: PruneConfig) -> None:
     """Fail before any work if an N:M pattern does not tile some layer's input width."""
     for index in range(len(adapter)):
@@ -238,11 +243,17 @@ class Engine:
             self.outcome.layers[name] = {
                 "shape": list(weight.shape),
                 "target_sparsity": target,
-                "sparsity": measured_sparsity(weight),
-                "zeros": int((weight == 0).sum()),
+                **zero_count(weight),
                 "numel": weight.numel(),
                 "seconds": round(result.seconds, 4),
             }
+
+    def _measure(self, window: list[int]) -> None:
+        """Count the zeros of the window's pruned layers again after reconstruction: these are
+        the weights saved (a CR window re-measures the block it trains a second time)."""
+        for j in window:
+            for name, module in self.adapter.prunable_layers(j, self.config.skip).items():
+                self.outcome.layers[name].update(zero_count(weight_view(module)))
 
     def _param_masks(self, window: list[int]) -> dict[nn.Parameter, torch.Tensor]:
         masks = {}
@@ -355,6 +366,7 @@ class Engine:
             }
         if trained:
             entry["reconstruction"] = trained
+            self._measure(window)
         for name, s in sets.items():
             self._advance(s, *ends[name])
         entry["seconds"] = round(time.perf_counter() - start, 3)

@@ -23,6 +23,7 @@ from compress.calibration import (
     tokenize_stream,
     windows_from_stream,
 )
+from compress.checkpoint import SELFGEN
 from compress.config import PruneConfig
 from compress.engine import Engine, PruneOutcome
 from compress.errors import BadInputError
@@ -202,27 +203,32 @@ def self_generated_windows(
     loaded: LoadedModel, config: PruneConfig, work: Path, log: Callable[[str], None]
 ) -> Windows | None:
     """Windows of self-generated text (the paper's recipe), generated now into the work folder
-    (so ``--resume`` reuses them) or read from a ``compress calib generate`` file."""
+    (so ``--resume`` reuses them) or read from a ``compress calib generate`` file. Under
+    ``--distributed`` rank 0 generates and the other ranks read its file."""
     calib = config.calibration
     if calib.self_gen is None:
         return None
     from compress.selfgen import Recipe, generate_long_texts, selfgen_windows
 
     if calib.self_gen.isdigit():
-        count, path = int(calib.self_gen), work / "selfgen.jsonl"
+        count, path = int(calib.self_gen), work / SELFGEN
         max_len = min(2 * calib.seqlen, context_length(loaded.model.config) or 2 * calib.seqlen)
-        log(f"generating {count} calibration texts of up to {max_len} tokens with the model itself")
-        work.mkdir(parents=True, exist_ok=True)
-        generate_long_texts(
-            loaded.model,
-            loaded.tokenizer,
-            path,
-            count,
-            calib.seqlen,
-            Recipe(max_len=max_len),
-            seed=calib.seed,
-            batch_size=calib.batch_size,
-        )
+        if distributed.is_main():
+            log(
+                f"generating {count} calibration texts of up to {max_len} tokens with the model itself"
+            )
+            work.mkdir(parents=True, exist_ok=True)
+            generate_long_texts(
+                loaded.model,
+                loaded.tokenizer,
+                path,
+                count,
+                calib.seqlen,
+                Recipe(max_len=max_len),
+                seed=calib.seed,
+                batch_size=calib.batch_size,
+            )
+        distributed.barrier()
     else:
         count, path = None, Path(calib.self_gen)
     return selfgen_windows(loaded.tokenizer, path, count, calib.seqlen, calib.seed)
@@ -314,9 +320,9 @@ def save_output(
     loaded.tokenizer.save_pretrained(staging)
     write_json_atomic(staging / RECIPE_NAME, {**config.to_dict(), "versions": report["versions"]})
     write_json_atomic(staging / REPORT_NAME, report)
-    if (work / "selfgen.jsonl").is_file():  # the texts behind the self-generated tokens
-        shutil.copy2(work / "selfgen.jsonl", staging / "selfgen.jsonl")
+    if (work / SELFGEN).is_file():  # the texts behind the self-generated tokens
+        shutil.copy2(work / SELFGEN, staging / SELFGEN)
     from cards.builder import write_card
 
-    write_card(staging, config.hub_repo_id if config.push_to_hub else None)
+    write_card(staging, config.hub_repo_id if config.push_to_hub else None, published_as=target)
     publish(staging, target)

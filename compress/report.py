@@ -8,7 +8,8 @@ Top-level keys (``format`` = ``compress.report/1``)::
     model        source, base_model, license, model_type, parameters, dtype
     recipe       the full configuration (same as recipe.json)
     calibration  {"sources": [{source, kind ("real"|"self-generated"), nsamples, seqlen, tokens, seed}]}
-    layers       {qualified Linear name: {shape, target_sparsity, sparsity, zeros, numel, seconds}}
+    layers       {qualified Linear name: {shape, target_sparsity, sparsity, zeros, numel, seconds}},
+                 sparsity and zeros counted in the final (saved) weights
     blocks       [{index, seconds, peak_accelerator_bytes, errors?}]
     summary      method, pattern, target_sparsity, sparsity (over pruned layers), model_sparsity
                  (over all parameters), seconds, peak_rss_bytes, peak_accelerator_bytes, device

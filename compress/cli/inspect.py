@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Annotated
 
@@ -168,17 +167,15 @@ def plot_errors(rows: list[list], path: Path, recipe: dict) -> None:
 
 
 def layer_rows(layers: dict[str, dict], per_layer: bool) -> list[list]:
-    """Sparsity rows, one per layer or aggregated by the layer's last name (q_proj, fc1, ...)."""
+    """Sparsity rows, one per layer or one per layer type as the model card groups them (the
+    path after the block index: ``self_attn.q_proj``, ``mlp.c_proj``)."""
+    from cards.facts import sparsity_by_type
+
     if per_layer:
         return [
             [name, 1, entry["target_sparsity"], entry["sparsity"]] for name, entry in layers.items()
         ]
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for name, entry in layers.items():
-        groups[name.rsplit(".", 1)[-1]].append(entry)
-    rows = []
-    for kind, entries in groups.items():
-        numel = sum(e["numel"] for e in entries)
-        target = sum(e["target_sparsity"] * e["numel"] for e in entries) / numel
-        rows.append([kind, len(entries), target, sum(e["zeros"] for e in entries) / numel])
-    return rows
+    return [
+        [row["type"], row["layers"], ", ".join(f"{t:.4g}" for t in row["target"]), row["sparsity"]]
+        for row in sparsity_by_type(layers)
+    ]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import time
+from dataclasses import fields, is_dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from compress.cli.render import gib, table
-from compress.config import Method, StatsFrom, Technique
+from compress.config import Method, PruneConfig, StatsFrom, Technique
 
 
 def prune(
@@ -307,3 +309,96 @@ def summary_table(report: dict) -> str:
             ]
         )
     return table(["", "value"], rows)
+
+
+# -- from a recorded recipe back to the command line ------------------------------------------
+# How a `compress prune` parameter names its recipe field: as RENAMED says, else the field of
+# that name at the top, else the field of a section after the section's prefix. One small
+# mapping, meant to move onto the config dataclasses' own metadata.
+RENAMED = {
+    "calib": "calibration.source",
+    "reconstruct": "reconstruct.technique",
+    "errors": "reconstruct.measure_errors",
+    "eval": "evaluation.enabled",
+    "eval_windows": "evaluation.max_windows",
+}
+SECTIONS = (
+    ("recon_", "reconstruct"),
+    ("eval_", "evaluation"),
+    ("", "calibration"),
+    ("", "reconstruct"),
+)
+NONE_AS = {"eval_windows": "0"}  # the value that gives None where the option's default is not
+ATTEMPT_FIELDS = ("overwrite", "resume", "push_to_hub", "hub_repo_id")  # not the model itself
+
+
+@lru_cache(maxsize=1)
+def recipe_fields() -> frozenset[str]:
+    """Every recipe field, dotted (``method``, ``calibration.seqlen``, ...)."""
+    config, names = PruneConfig(), set()
+    for item in fields(config):
+        value = getattr(config, item.name)
+        subs = [f"{item.name}.{f.name}" for f in fields(value)] if is_dataclass(value) else []
+        names |= set(subs) or {item.name}
+    return frozenset(names)
+
+
+def option_field(name: str) -> str | None:
+    """The recipe field that the ``compress prune`` parameter ``name`` sets; None when it sets
+    none (``--load-in-8bit``/``--load-in-4bit``, which are refused)."""
+    candidates = [RENAMED.get(name), name]
+    candidates += [
+        f"{sec}.{name.removeprefix(pre)}" for pre, sec in SECTIONS if name.startswith(pre)
+    ]
+    return next((c for c in candidates if c in recipe_fields()), None)
+
+
+@lru_cache(maxsize=1)
+def prune_parameters() -> tuple:
+    """The parsed parameters of ``compress prune`` (name, opts, is_flag, multiple, default)."""
+    single = typer.Typer(add_completion=False)
+    single.command()(prune)
+    return tuple(typer.main.get_command(single).params)
+
+
+def recipe_argv(recipe: dict) -> list[str]:
+    """``compress prune`` arguments that parse back to ``recipe`` (recipe.json's layout): every
+    recorded value spelled out (defaults may change), except flags at their default and the
+    fields about the attempt rather than the model (``ATTEMPT_FIELDS``)."""
+    argv: list[str] = []
+    for param in prune_parameters():
+        field = option_field(param.name)
+        if field is None or field in ATTEMPT_FIELDS:
+            continue
+        section, _, key = field.rpartition(".")
+        holder = recipe.get(section, {}) if section else recipe
+        if key in holder:
+            argv += _spelled(param, holder[key])
+    return argv
+
+
+def _spelled(param, value: object) -> list[str]:
+    if param.param_type_name == "argument":
+        return [] if value is None else [str(value)]
+    flag = param.opts[0]
+    if param.is_flag:
+        return [] if value == param.default else [flag if value else param.secondary_opts[0]]
+    if value is None:
+        return [flag, NONE_AS[param.name]] if param.name in NONE_AS else []
+    if isinstance(value, dict):
+        value = [f"{k}={v}" for k, v in value.items()]
+    items = value if param.multiple else [value]
+    return [arg for item in items for arg in (flag, str(item))]
+
+
+def unflagged_fields(recipe: dict) -> list[str]:
+    """Set recipe entries no ``compress prune`` option expresses (e.g. a ``finetune``
+    section added later), dotted."""
+    known = ({option_field(p.name) for p in prune_parameters()} - {None}) | set(ATTEMPT_FIELDS)
+    names = []
+    for key, value in recipe.items():
+        if isinstance(value, dict) and any(f.startswith(f"{key}.") for f in known):
+            names += [f"{key}.{k}" for k, v in value.items() if v and f"{key}.{k}" not in known]
+        elif value and key not in known:
+            names.append(key)
+    return names

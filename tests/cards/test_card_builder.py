@@ -311,11 +311,11 @@ def test_sections_a_reviewer_needs(tmp_path):
     assert "Perplexity is not quality" in text and "Calibration can overfit" in text
     assert "stores every one of them as a dense float" in text
     assert (
-        "compress prune --method wanda --sparsity 0.5 --pattern unstructured --device cpu "
-        "--dtype auto --calib wikipedia --nsamples 16 --seqlen 256 --batch-size 8 --seed 0 "
+        "compress prune --method wanda --sparsity 0.5 --pattern unstructured --calib wikipedia "
+        "--nsamples 16 --seqlen 256 --batch-size 8 --seed 0 --device cpu --dtype auto "
         "--reconstruct br --recon-epochs 10 --recon-lr 0.0002 --recon-optimizer sam "
         "--recon-rho 0.0002 --holdout-nsamples 16 --activations-dtype auto "
-        "--eval --eval-dataset wikipedia --eval-seqlen 256 --eval-windows 0\n"
+        "--eval --eval-dataset wikipedia --eval-seqlen 256\n"  # no max_windows recorded
     ) in text
 
 

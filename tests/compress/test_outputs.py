@@ -1,0 +1,314 @@
+"""What the output folder and its card must get right (issue 12): self-generated texts kept and
+reused, the card naming the final folder, a reproduce command that parses back to the recipe,
+and per-layer sparsity measured in the saved weights, grouped one way everywhere."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import fields, is_dataclass, replace
+from enum import Enum
+
+import pytest
+import torch
+import typer
+import yaml
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from compress import distributed, selfgen
+from compress.cli.main import app
+from compress.cli.prune import prune
+from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
+from compress.outputs import work_folder
+from compress.report import REPORT_NAME, write_json_atomic
+
+FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--device", "cpu"]
+
+
+class _English:
+    """Stands in for py3langid: a random model's text is never English."""
+
+    labels = ("en",)
+
+    def classify(self, text: str) -> tuple[str, float]:
+        return "en", 1.0
+
+
+@pytest.fixture
+def english(monkeypatch):
+    monkeypatch.setattr(selfgen, "_identifier", lambda: _English())
+
+
+def selfgen_config(model_dir, out) -> PruneConfig:
+    return PruneConfig(
+        model=str(model_dir),
+        calibration=CalibrationConfig(nsamples=4, seqlen=32, batch_size=2, self_gen="4"),
+        reconstruct=ReconstructConfig(technique="lr"),
+        device="cpu",
+        output=str(out),
+    )
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_after_first_block(done: int, total: int, tokens_per_second: float) -> None:
+    if done == 1:
+        raise Crash
+
+
+# -- --self-gen N ------------------------------------------------------------------------------
+def test_self_generated_texts_reach_the_output(tiny_model_dir, tmp_path, english):
+    from compress.pipeline import run_prune
+
+    out = tmp_path / "out"
+    report = run_prune(selfgen_config(tiny_model_dir, out), log=lambda m: None)
+    lines = (out / "selfgen.jsonl").read_text().splitlines()
+    kinds = [s["kind"] for s in report["calibration"]["sources"]]
+    assert kinds == ["real", "self-generated"] and len(lines) >= 4
+
+
+def test_resume_reuses_the_self_generated_texts(tiny_model_dir, tmp_path, english, monkeypatch):
+    from compress.pipeline import run_prune
+
+    out = tmp_path / "out"
+    config = selfgen_config(tiny_model_dir, out)
+    with pytest.raises(Crash):
+        run_prune(config, on_block=crash_after_first_block, log=lambda m: None)
+    work = work_folder(out)
+    assert json.loads((work / "state.json").read_text())["next_block"] == 1
+    generated = (work / "selfgen.jsonl").read_text()  # the checkpoint kept it
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("--resume generated the calibration texts again")
+
+    monkeypatch.setattr(selfgen, "generate_ids", no_generation)
+    run_prune(replace(config, resume=True), log=lambda m: None)
+    assert (out / "selfgen.jsonl").read_text() == generated
+
+
+@pytest.mark.parametrize("main", [True, False])
+def test_one_rank_writes_the_self_generated_texts(tiny_model_dir, tmp_path, monkeypatch, main):
+    """Under --distributed rank 0 generates and the others wait, then read its file."""
+    from compress.calibration import load_texts
+    from compress.models import load_model
+    from compress.pipeline import self_generated_windows
+
+    loaded = load_model(str(tiny_model_dir), "cpu", "auto")
+    config = selfgen_config(tiny_model_dir, tmp_path / "out")
+    work = work_folder(tmp_path / "out")
+    events = []
+
+    def generate(model, tokenizer, path, *args, **kwargs):
+        events.append("generate")
+        texts = load_texts("wikipedia", "test")[:4]
+        path.write_text(
+            "".join(json.dumps({"text": t, "seed": i}) + "\n" for i, t in enumerate(texts))
+        )
+
+    if not main:  # what rank 0 wrote before the barrier
+        work.mkdir(parents=True)
+        generate(None, None, work / "selfgen.jsonl")
+        events.clear()
+    monkeypatch.setattr(distributed, "is_main", lambda: main)
+    monkeypatch.setattr(distributed, "barrier", lambda: events.append("barrier"))
+    monkeypatch.setattr(selfgen, "generate_long_texts", generate)
+    windows = self_generated_windows(loaded, config, work, lambda m: None)
+    assert windows.ids.shape == (4, 32)
+    assert events == (["generate", "barrier"] if main else ["barrier"])
+
+
+# -- the card names the final folder -------------------------------------------------------------
+def test_card_names_the_final_folder_not_the_staging_one(tiny_model_dir, tmp_path):
+    out = tmp_path / "demo"
+    args = ["prune", str(tiny_model_dir), "--reconstruct", "lr", "--output", str(out), *FAST]
+    result = CliRunner().invoke(app, [*args, "--eval", "--eval-windows", "1"])  # a model-index
+    assert result.exit_code == 0, result.output
+    text = (out / "README.md").read_text()
+    assert ".partial" not in text
+    assert "\n# demo\n" in text
+    assert yaml.safe_load(text.split("---")[1])["model-index"][0]["name"] == "demo"
+    assert f'from_pretrained("{out}")' in text
+
+
+# -- the reproduce command parses back to the recipe -------------------------------------------
+ATTEMPT = ("overwrite", "resume", "push_to_hub", "hub_repo_id")  # not part of the result
+REFUSED = ("load_in_8bit", "load_in_4bit")  # pruning refuses them: nothing to record
+# A valid value other than the default for every option that is not a flag or a choice.
+VALUES = {
+    "model": ["some-org/some-model"],
+    "sparsity": ["0.3"],
+    "pattern": ["2:4"],
+    "calib": ["lambada"],
+    "self_gen": ["7"],
+    "nsamples": ["9"],
+    "seqlen": ["33"],
+    "batch_size": ["3"],
+    "seed": ["5"],
+    "output": ["elsewhere/model"],
+    "device": ["cuda:1"],
+    "dtype": ["float16"],
+    "skip": [["*.q_proj", "*.mlp.down_proj"]],
+    "layer_sparsity": [["*.down_proj=0.3", "model.layers.0.*=0.125"]],
+    "recon_epochs": ["3"],
+    "recon_lr": ["0.001"],
+    "recon_optimizer": ["sam"],
+    "recon_rho": ["0.05"],
+    "holdout": ["boolq"],
+    "holdout_nsamples": ["4"],
+    "activations_dtype": ["float16"],
+    "activations_device": ["cpu"],
+    "eval_dataset": ["lambada"],
+    "eval_seqlen": ["64"],
+    "eval_windows": ["0", "7"],  # 0: every window (None in the recipe)
+    "device_map": ["auto"],
+    "max_memory": ["0=20GiB,cpu=64GiB"],
+    "offload_folder": ["offload"],
+    "hub_repo_id": ["me/pruned"],
+}
+
+
+def prune_command():
+    single = typer.Typer(add_completion=False)
+    single.command()(prune)
+    return typer.main.get_command(single)
+
+
+def parsed_config(args: list[str], monkeypatch) -> PruneConfig:
+    """The PruneConfig the real `compress prune` parser builds from ``args`` (nothing runs)."""
+
+    class Parsed(Exception):
+        pass
+
+    def capture(config, **kwargs):
+        raise Parsed(config)
+
+    monkeypatch.setattr("compress.pipeline.run_prune", capture)
+    result = CliRunner().invoke(app, ["prune", *args])
+    assert isinstance(result.exception, Parsed), result.output
+    return result.exception.args[0]
+
+
+def settings(param) -> list[list[str]]:
+    """Argument lists that set ``param`` to something other than its default."""
+    if param.param_type_name == "argument":
+        return [VALUES[param.name]]
+    flag = param.opts[0]
+    if param.is_flag:
+        if param.default is None:
+            return [[flag], [param.secondary_opts[0]]]
+        return [[flag if not param.default else param.secondary_opts[0]]]
+    if isinstance(param.default, Enum):
+        return [[flag, next(c.value for c in type(param.default) if c != param.default)]]
+    assert param.name in VALUES, f"give the round-trip test a value for {flag}"
+    values = VALUES[param.name]
+    return [[a for v in (vs if isinstance(vs, list) else [vs]) for a in (flag, v)] for vs in values]
+
+
+def result_of(config: PruneConfig) -> dict:
+    recipe = config.to_dict()
+    for name in ATTEMPT:
+        recipe.pop(name)
+    return recipe
+
+
+def test_reproduce_command_parses_back_to_the_recipe_for_every_option(monkeypatch):
+    from cards.facts import reproduce_command
+
+    params = [p for p in prune_command().params if p.name not in REFUSED]
+    assert len(params) > 30
+    for param in params:
+        for args in settings(param):
+            config = parsed_config(args, monkeypatch)
+            assert config.to_dict() != PruneConfig().to_dict(), args  # the option took effect
+            command = reproduce_command({"recipe": config.to_dict()})
+            argv = shlex.split(command)
+            assert argv[:2] == ["compress", "prune"] and "#" not in command, command
+            again = parsed_config(argv[2:], monkeypatch)
+            assert result_of(again) == result_of(config), (args, command)
+
+
+def recorded_fields(config: PruneConfig) -> set[str]:
+    """Dotted names of every field of the recipe (sections opened one level)."""
+    names = set()
+    for item in fields(config):
+        value = getattr(config, item.name)
+        subs = [f.name for f in fields(value)] if is_dataclass(value) else [None]
+        names |= {item.name if sub is None else f"{item.name}.{sub}" for sub in subs}
+    return names
+
+
+def test_every_option_maps_to_a_recorded_field_and_back():
+    from compress.cli.prune import option_field
+
+    params = prune_command().params
+    mapped = {p.name: option_field(p.name) for p in params}
+    assert [name for name, field in mapped.items() if field is None] == list(REFUSED)
+    assert recorded_fields(PruneConfig()) == {f for f in mapped.values() if f is not None}
+    for name in REFUSED:
+        result = CliRunner().invoke(app, ["prune", f"--{name.replace('_', '-')}"])
+        assert result.exit_code == 2 and "cannot be used for pruning" in result.stderr
+
+
+# -- per-layer sparsity: measured in the saved weights, one grouping ------------------------
+def zero_one_more_weight(monkeypatch):
+    """Reconstruction that also moves one kept weight of every layer to exactly zero (as a
+    bf16/fp16 cast or an optimizer step can)."""
+    import compress.engine
+
+    real = compress.engine.reconstruct
+
+    def reconstruct(params, masks, *args, **kwargs):
+        result = real(params, masks, *args, **kwargs)
+        with torch.no_grad():
+            for weight, mask in masks.items():
+                kept = mask.flatten().nonzero()
+                weight.view(-1)[kept[len(kept) // 2]] = 0.0
+        return result
+
+    monkeypatch.setattr(compress.engine, "reconstruct", reconstruct)
+
+
+@pytest.mark.parametrize("technique", ["br", "br+gp+cr"])
+def test_layer_sparsity_is_measured_in_the_saved_weights(
+    tiny_model_dir, tmp_path, monkeypatch, technique
+):
+    zero_one_more_weight(monkeypatch)
+    out = tmp_path / "out"
+    args = ["prune", str(tiny_model_dir), "--reconstruct", technique, "--recon-epochs", "1"]
+    result = CliRunner().invoke(app, [*args, "--no-errors", "--output", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / REPORT_NAME).read_text())
+    saved = load_file(out / "model.safetensors")
+    for name, layer in report["layers"].items():
+        weight = saved[f"{name}.weight"]
+        assert layer["zeros"] == int((weight == 0).sum()), name
+        assert layer["sparsity"] == layer["zeros"] / weight.numel(), name
+    zeros = sum(layer["zeros"] for layer in report["layers"].values())
+    numel = sum(layer["numel"] for layer in report["layers"].values())
+    assert report["summary"]["sparsity"] == zeros / numel
+
+
+def test_info_groups_layer_types_as_the_card_does(tmp_path):
+    from cards.facts import sparsity_by_type
+
+    layers = {}  # GPT-2: attn.c_proj and mlp.c_proj share their last name part
+    for block in range(2):
+        for kind, zeros in (
+            ("attn.c_attn", 1),
+            ("attn.c_proj", 2),
+            ("mlp.c_fc", 3),
+            ("mlp.c_proj", 4),
+        ):
+            layers[f"transformer.h.{block}.{kind}"] = {
+                "target_sparsity": 0.5, "sparsity": zeros / 8, "zeros": zeros, "numel": 8,
+            }  # fmt: skip
+    write_json_atomic(tmp_path / REPORT_NAME, {"recipe": {"method": "wanda"}, "layers": layers})
+    result = CliRunner().invoke(app, ["info", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    rows = result.output.split("-\n", 1)[1].splitlines()
+    shown = {row.split()[0]: (int(row.split()[1]), float(row.split()[3])) for row in rows}
+    card = {r["type"]: (r["layers"], r["sparsity"]) for r in sparsity_by_type(layers)}
+    assert shown == card and set(shown) == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
