@@ -184,6 +184,7 @@ PRUNE_FLAGS = {
     "method": "--method",
     "sparsity": "--sparsity",
     "pattern": "--pattern",
+    "magnitude_scope": "--magnitude-scope",
     "device": "--device",
     "dtype": "--dtype",
     "output": "--output",
