@@ -29,7 +29,8 @@ from torch import nn
 from compress.distributed import sum_floats
 from compress.sam import SAM, mask_gradients, mask_weights
 
-RunFn = Callable[[int, torch.Tensor], torch.Tensor]  # (batch index, inputs) -> outputs
+# (index of a stored batch as large as the inputs, whose recorded call they use; inputs) -> outputs
+RunFn = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -44,16 +45,36 @@ class ReconSettings:
 
 
 class Batches:
-    """Read-only view of activation batches; ``get`` moves one to the compute device."""
+    """Read-only view of activation batches; ``get`` moves one to the compute device, ``gather``
+    assembles any samples (numbered across batches, in order) into one batch there."""
 
     def __init__(self, batches: Sequence[torch.Tensor]) -> None:
         self.batches = batches
+        self.where = [(b, row) for b, batch in enumerate(batches) for row in range(len(batch))]
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def get(self, index: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         return self.batches[index].to(device=device, dtype=dtype, non_blocking=True)
+
+    def gather(self, samples: list[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        rows = [self.batches[b][row] for b, row in (self.where[s] for s in samples)]
+        return torch.stack(rows).to(device=device, dtype=dtype, non_blocking=True)
+
+
+def epoch_steps(inputs: Batches, generator: torch.Generator) -> list[tuple[int, list[int]]]:
+    """One epoch's steps as (stored batch of the same size, samples): the samples reshuffled
+    across batches every epoch, as the reference code does, and the batches visited in random
+    order; seeded by ``generator``."""
+    order = torch.randperm(len(inputs.where), generator=generator).tolist()
+    starts = [0]
+    for batch in inputs.batches:
+        starts.append(starts[-1] + len(batch))
+    return [
+        (b, order[starts[b] : starts[b + 1]])
+        for b in torch.randperm(len(inputs), generator=generator).tolist()
+    ]
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -119,8 +140,9 @@ def reconstruct(
 
     for _ in range(settings.epochs):
         loss_sum = 0.0
-        for b in torch.randperm(len(inputs), generator=generator).tolist():
-            x, y = inputs.get(b, device, dtype), targets.get(b, device, torch.float32)
+        for b, samples in epoch_steps(inputs, generator):
+            x = inputs.gather(samples, device, dtype)
+            y = targets.gather(samples, device, torch.float32)
 
             def closure(b: int = b, x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
                 with _autocast(device, settings.autocast_dtype):
