@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compress.distributed import sum_floats
+from compress import distributed
 from compress.sam import SAM, mask_gradients, mask_weights
 
 # (index of a stored batch as large as the inputs, whose recorded call they use; inputs) -> outputs
@@ -64,17 +64,28 @@ class Batches:
 
 
 def epoch_steps(inputs: Batches, generator: torch.Generator) -> list[tuple[int, list[int]]]:
-    """One epoch's steps as (stored batch of the same size, samples): the samples reshuffled
-    across batches every epoch, as the reference code does, and the batches visited in random
-    order; seeded by ``generator``."""
-    order = torch.randperm(len(inputs.where), generator=generator).tolist()
-    starts = [0]
-    for batch in inputs.batches:
-        starts.append(starts[-1] + len(batch))
-    return [
-        (b, order[starts[b] : starts[b + 1]])
-        for b in torch.randperm(len(inputs), generator=generator).tolist()
-    ]
+    """One epoch's steps as (stored batch of the same size, sample numbers), seeded.
+
+    Samples are regrouped every epoch, as the reference code reshuffles them: each batch
+    position (slot) is shuffled across the batches independently, then the batches are visited
+    in random order. Shuffling by slot lets data-parallel ranks, which each hold some slots of
+    every global batch (:func:`compress.distributed.shard`), draw the same permutations and still
+    assemble exactly the single-process batches.
+    """
+    sizes = [len(batch) for batch in inputs.batches]
+    starts = [sum(sizes[:b]) for b in range(len(sizes))]
+    width, steps = max(sizes), [[] for _ in sizes]
+    offset = distributed.rank() * width  # this rank's first slot of a global batch
+    for slot in range(distributed.world_size() * width):
+        local = slot - offset
+        mine = 0 <= local < width
+        holders = [b for b, n in enumerate(sizes) if n > local] if mine else sizes
+        perm = torch.randperm(len(holders), generator=generator).tolist()
+        if mine:
+            for target, source in zip(holders, perm):
+                steps[target].append(starts[holders[source]] + local)
+    order = torch.randperm(len(sizes), generator=generator).tolist()
+    return [(b, steps[b]) for b in order]
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -94,7 +105,7 @@ def normalized_error(
         out = run(b, inputs.get(b, device, dtype)).float()
         num += float((out - y).pow(2).sum())
         den += float(y.pow(2).sum())
-    num, den = sum_floats([num, den])  # ranks stop early together
+    num, den = distributed.sum_floats([num, den])  # ranks stop early together
     return num / max(den, 1e-30)
 
 
