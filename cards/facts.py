@@ -184,7 +184,6 @@ PRUNE_FLAGS = {
     "method": "--method",
     "sparsity": "--sparsity",
     "pattern": "--pattern",
-    "magnitude_scope": "--magnitude-scope",
     "device": "--device",
     "dtype": "--dtype",
     "output": "--output",
