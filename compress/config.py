@@ -21,6 +21,13 @@ class Method(str, Enum):
     sparsegpt = "sparsegpt"
 
 
+class MagnitudeScope(str, Enum):
+    """Where magnitude scores compete: one threshold per layer (the papers' baseline) or per row."""
+
+    layer = "layer"
+    row = "row"
+
+
 class Technique(str, Enum):
     """Reconstruction: none (mask only), lr (the pruner's own layer update), br (block-wise),
     gp (targets from the dense model's stream), cr (windows of two blocks)."""
@@ -135,6 +142,7 @@ class PruneConfig:
     pattern: str = "unstructured"
     skip: list[str] = field(default_factory=list)  # fnmatch patterns of layers left dense
     layer_sparsity: dict[str, float] = field(default_factory=dict)  # fnmatch pattern -> sparsity
+    magnitude_scope: MagnitudeScope | None = None  # None: layer for magnitude, unused otherwise
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
@@ -153,6 +161,10 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         self.method = Method(self.method)
+        if self.method is Method.magnitude:
+            self.magnitude_scope = MagnitudeScope(self.magnitude_scope or MagnitudeScope.layer)
+        elif self.magnitude_scope is not None:
+            raise BadInputError("--magnitude-scope applies to --method magnitude only")
         if self.push_to_hub and not self.hub_repo_id:
             self.hub_repo_id = Path(self.output).name
         self.parsed_pattern = SparsityPattern.parse(self.pattern)
@@ -171,9 +183,14 @@ class PruneConfig:
                 target = value
         return target
 
+    def pruner_options(self) -> dict:
+        """Keyword arguments for the pruner class beyond the weight and its name."""
+        return {"scope": self.magnitude_scope.value} if self.magnitude_scope else {}
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["method"] = self.method.value
+        data["magnitude_scope"] = self.magnitude_scope and self.magnitude_scope.value
         data["reconstruct"]["technique"] = self.reconstruct.technique.value
         data["calibration"]["stats_from"] = self.calibration.stats_from.value
         return data

@@ -226,7 +226,11 @@ class Engine:
             if self.technique.value == "none"
             else {}
         )
-        pruners = {name: pruner_cls(weight_view(module), name) for name, module in layers.items()}
+        options = self.config.pruner_options()
+        pruners = {
+            name: pruner_cls(weight_view(module), name, **options)
+            for name, module in layers.items()
+        }
         if pruner_cls.needs_data and pruners:
             self._collect(i, pruners, layers, s)
             for pruner in pruners.values():  # data-parallel calibration: sum over ranks

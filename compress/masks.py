@@ -4,7 +4,9 @@ A mask is a bool tensor shaped like the weight, True where the weight is *kept*.
 Selection helpers take a score (higher = more important) and return such a mask:
 
 - unstructured, per output row: drop the ``round(s * in_features)`` lowest scores of each row
-  (Wanda's comparison group; also used for magnitude);
+  (Wanda's comparison group);
+- unstructured, per layer: drop the ``round(s * numel)`` lowest scores of the whole matrix (one
+  threshold per layer: the magnitude baseline of the SparseGPT/Wanda papers and their code);
 - N:M: in every group of M consecutive input weights of a row keep the N highest.
 """
 
@@ -18,6 +20,7 @@ __all__ = [
     "SparsityPattern",
     "apply_mask",
     "flatten_inputs",
+    "layerwise_mask",
     "measured_sparsity",
     "n_m_mask",
     "rowwise_mask",
@@ -36,6 +39,15 @@ def rowwise_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     return mask.scatter_(1, drop, False)
 
 
+def layerwise_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Keep-mask dropping the ``round(sparsity * numel)`` lowest scores of the whole matrix."""
+    n_drop = int(round(sparsity * score.numel()))
+    mask = torch.ones(score.numel(), dtype=torch.bool, device=score.device)
+    if n_drop:
+        mask[torch.topk(score.flatten(), n_drop, largest=False).indices] = False
+    return mask.reshape(score.shape)
+
+
 def n_m_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Keep-mask keeping the N highest scores in every group of M consecutive columns."""
     rows, cols = score.shape
@@ -45,11 +57,14 @@ def n_m_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
     return mask.reshape(rows, cols)
 
 
-def select_mask(score: torch.Tensor, sparsity: float, pattern: SparsityPattern) -> torch.Tensor:
-    """Keep-mask for ``score`` under ``pattern`` (N:M ignores ``sparsity``)."""
+def select_mask(
+    score: torch.Tensor, sparsity: float, pattern: SparsityPattern, per_layer: bool = False
+) -> torch.Tensor:
+    """Keep-mask for ``score`` under ``pattern`` (N:M ignores ``sparsity``); unstructured scores
+    compete within each row, or across the whole layer with ``per_layer``."""
     if pattern.structured:
         return n_m_mask(score, pattern.n, pattern.m)
-    return rowwise_mask(score, sparsity)
+    return layerwise_mask(score, sparsity) if per_layer else rowwise_mask(score, sparsity)
 
 
 def flatten_inputs(inp: torch.Tensor) -> torch.Tensor:

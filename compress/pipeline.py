@@ -17,7 +17,9 @@ import torch
 
 from compress import distributed
 from compress.calibration import (
+    EvalText,
     Windows,
+    eval_text,
     load_texts,
     load_windows,
     tokenize_stream,
@@ -65,11 +67,21 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024
 
 
-def evaluate_perplexity(loaded: LoadedModel, config: PruneConfig, texts: list[str]) -> dict:
-    from evaluators.perplexity import perplexity
+def evaluation_text(config: PruneConfig) -> EvalText:
+    """``--eval-dataset`` under its protocol: a local file is scored whole, unless it also feeds
+    calibration or the held-out windows; then only its test split, disjoint from both."""
+    dataset = config.evaluation.dataset
+    shared = dataset in (config.calibration.source, config.reconstruct.holdout)
+    return eval_text(dataset, "test" if shared else None)
+
+
+def evaluate_perplexity(loaded: LoadedModel, config: PruneConfig, text: EvalText) -> dict:
+    from evaluators.perplexity import perplexity_of_text
 
     seqlen = config.evaluation.seqlen or config.calibration.seqlen
-    return perplexity(loaded.model, loaded.tokenizer, texts, seqlen, config.evaluation.max_windows)
+    return perplexity_of_text(
+        loaded.model, loaded.tokenizer, text, seqlen, config.evaluation.max_windows
+    )
 
 
 def model_summary(loaded: LoadedModel) -> dict:
@@ -94,23 +106,24 @@ def sparsity_summary(model: torch.nn.Module, layers: dict[str, dict]) -> dict:
 
 
 def holdout_windows(loaded: LoadedModel, config: PruneConfig) -> Windows | None:
-    """Held-out windows for errors and early stopping (the test split of --holdout), or None
-    when nothing asks for them. Uses fewer windows than asked when the split is short."""
+    """Held-out windows for errors and early stopping (the validation split of --holdout, disjoint
+    from the test split perplexity is reported on), or None when nothing asks for them. Uses
+    fewer windows than asked when the split is short."""
     recon, calib = config.reconstruct, config.calibration
     if not (recon.errors or recon.early_stop):
         return None
     source = recon.holdout or calib.source
     if source == "none":  # self-generated text only and no --holdout: errors on calibration only
         return None
-    stream = tokenize_stream(loaded.tokenizer, load_texts(source, "test"))
+    stream = tokenize_stream(loaded.tokenizer, load_texts(source, "validation"))
     available = len(stream) // calib.seqlen
     if available == 0:
         raise BadInputError(
-            f"held-out text {source!r} (test split) is shorter than --seqlen {calib.seqlen}; "
+            f"held-out text {source!r} (validation split) is shorter than --seqlen {calib.seqlen}; "
             "pass --holdout with a longer source"
         )
     nsamples = min(recon.holdout_nsamples, available)
-    return windows_from_stream(stream, nsamples, calib.seqlen, calib.seed, source, "test")
+    return windows_from_stream(stream, nsamples, calib.seqlen, calib.seed, source, "validation")
 
 
 def checkpoint_recipe(config: PruneConfig) -> dict:
@@ -160,10 +173,10 @@ def run_prune(
     )
     generated = self_generated_windows(loaded, config, work, log)
     holdout = holdout_windows(loaded, config)
-    eval_texts = load_texts(config.evaluation.dataset, "test") if config.evaluation.enabled else []
-    if eval_texts and main:
-        log(f"perplexity before pruning on {config.evaluation.dataset} (test split)")
-        before = evaluate_perplexity(loaded, config, eval_texts)
+    text = evaluation_text(config) if config.evaluation.enabled else None
+    if text and main:
+        log(f"perplexity before pruning on {text.source} ({text.split} split)")
+        before = evaluate_perplexity(loaded, config, text)
 
     log(
         f"pruning {config.method.value} {config.pattern} at {config.sparsity:.0%}, reconstruction {config.reconstruct.technique.value}"
@@ -172,13 +185,11 @@ def run_prune(
     outcome = run_engine(loaded, config, windows, generated, holdout, work, accelerator, on_block)
 
     evaluation: dict = {}
-    if eval_texts and main:
+    if text and main:
         log("perplexity after pruning")
-        after = evaluate_perplexity(loaded, config, eval_texts)
+        after = evaluate_perplexity(loaded, config, text)
         evaluation["perplexity"] = {
-            "dataset": config.evaluation.dataset,
-            "split": "test",
-            "protocol": "non-overlapping windows, mean token NLL, exp",
+            **text.describe(),
             **{k: before[k] for k in ("seqlen", "windows", "tokens")},
             "before": before["perplexity"],
             "after": after["perplexity"],

@@ -26,10 +26,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compress.distributed import sum_floats
+from compress import distributed
 from compress.sam import SAM, mask_gradients, mask_weights
 
-RunFn = Callable[[int, torch.Tensor], torch.Tensor]  # (batch index, inputs) -> outputs
+# (index of a stored batch as large as the inputs, whose recorded call they use; inputs) -> outputs
+RunFn = Callable[[int, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -44,16 +45,47 @@ class ReconSettings:
 
 
 class Batches:
-    """Read-only view of activation batches; ``get`` moves one to the compute device."""
+    """Read-only view of activation batches; ``get`` moves one to the compute device, ``gather``
+    assembles any samples (numbered across batches, in order) into one batch there."""
 
     def __init__(self, batches: Sequence[torch.Tensor]) -> None:
         self.batches = batches
+        self.where = [(b, row) for b, batch in enumerate(batches) for row in range(len(batch))]
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def get(self, index: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         return self.batches[index].to(device=device, dtype=dtype, non_blocking=True)
+
+    def gather(self, samples: list[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        rows = [self.batches[b][row] for b, row in (self.where[s] for s in samples)]
+        return torch.stack(rows).to(device=device, dtype=dtype, non_blocking=True)
+
+
+def epoch_steps(inputs: Batches, generator: torch.Generator) -> list[tuple[int, list[int]]]:
+    """One epoch's steps as (stored batch of the same size, sample numbers), seeded.
+
+    Samples are regrouped every epoch, as the reference code reshuffles them: each batch
+    position (slot) is shuffled across the batches independently, then the batches are visited
+    in random order. Shuffling by slot lets data-parallel ranks, which each hold some slots of
+    every global batch (:func:`compress.distributed.shard`), draw the same permutations and still
+    assemble exactly the single-process batches.
+    """
+    sizes = [len(batch) for batch in inputs.batches]
+    starts = [sum(sizes[:b]) for b in range(len(sizes))]
+    width, steps = max(sizes), [[] for _ in sizes]
+    offset = distributed.rank() * width  # this rank's first slot of a global batch
+    for slot in range(distributed.world_size() * width):
+        local = slot - offset
+        mine = 0 <= local < width
+        holders = [b for b, n in enumerate(sizes) if n > local] if mine else sizes
+        perm = torch.randperm(len(holders), generator=generator).tolist()
+        if mine:
+            for target, source in zip(holders, perm):
+                steps[target].append(starts[holders[source]] + local)
+    order = torch.randperm(len(sizes), generator=generator).tolist()
+    return [(b, steps[b]) for b in order]
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -73,7 +105,7 @@ def normalized_error(
         out = run(b, inputs.get(b, device, dtype)).float()
         num += float((out - y).pow(2).sum())
         den += float(y.pow(2).sum())
-    num, den = sum_floats([num, den])  # ranks stop early together
+    num, den = distributed.sum_floats([num, den])  # ranks stop early together
     return num / max(den, 1e-30)
 
 
@@ -119,8 +151,9 @@ def reconstruct(
 
     for _ in range(settings.epochs):
         loss_sum = 0.0
-        for b in torch.randperm(len(inputs), generator=generator).tolist():
-            x, y = inputs.get(b, device, dtype), targets.get(b, device, torch.float32)
+        for b, samples in epoch_steps(inputs, generator):
+            x = inputs.gather(samples, device, dtype)
+            y = targets.gather(samples, device, torch.float32)
 
             def closure(b: int = b, x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
                 with _autocast(device, settings.autocast_dtype):

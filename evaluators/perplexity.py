@@ -1,8 +1,10 @@
 """Perplexity with the protocol of the SparseGPT/Wanda tables (reference/pruning.md).
 
-The test text is joined with blank lines and tokenized once, cut into non-overlapping windows of
-``seqlen`` tokens, and the mean token negative log-likelihood over all windows is exponentiated.
-``max_windows`` keeps CPU runs short; the result records how many windows were used.
+The evaluation text is joined as its source's protocol says (:func:`compress.calibration.eval_text`:
+WikiText-2 and C4 exactly as the SparseGPT/Wanda code, packaged and local texts with blank lines)
+and tokenized once, cut into non-overlapping windows of ``seqlen`` tokens, and the mean token
+negative log-likelihood over all windows is exponentiated. ``max_windows`` keeps CPU runs short;
+the result records how many windows were used and the protocol.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from compress.calibration import tokenize_stream
+from compress.calibration import EvalText, tokenize_stream
 from compress.errors import BadInputError
 
 
@@ -70,3 +72,20 @@ def perplexity(
     """Perplexity of ``model`` on ``texts`` (see the module docstring for the protocol)."""
     stream = tokenize_stream(tokenizer, texts)
     return perplexity_of_ids(model, stream, seqlen, max_windows, batch_size, progress)
+
+
+def perplexity_of_text(
+    model: nn.Module,
+    tokenizer,
+    text: EvalText,
+    seqlen: int,
+    max_windows: int | None = None,
+    batch_size: int = 1,
+    progress: bool = False,
+) -> dict:
+    """Perplexity of ``model`` on ``text`` under its protocol (which may cap the windows, as C4's
+    256 do); the result names dataset, split and protocol."""
+    caps = [n for n in (max_windows, text.protocol.max_windows) if n is not None]
+    stream = text.tokenize(tokenizer)
+    result = perplexity_of_ids(model, stream, seqlen, min(caps, default=None), batch_size, progress)
+    return {**text.describe(), **result}

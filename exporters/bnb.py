@@ -119,24 +119,24 @@ def quantize_folder(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from compress.calibration import load_texts
+    from compress.calibration import eval_text
     from compress.models import resolve_device
-    from evaluators.perplexity import perplexity
+    from evaluators.perplexity import perplexity_of_text
 
     source, target = Path(source), Path(target)
     report = read_report(source)
     check_target(target, overwrite)
     quantization_config(scheme, torch.float32)
     place = resolve_device(device)
-    texts = load_texts(eval_dataset, "test")
+    text = eval_text(eval_dataset, "test")
     tokenizer = AutoTokenizer.from_pretrained(source)
     before = baseline_perplexity(report, eval_dataset, eval_seqlen, eval_windows)
     if before is None:
         dense = AutoModelForCausalLM.from_pretrained(source).to(place).eval()
-        before = perplexity(dense, tokenizer, texts, eval_seqlen, eval_windows)["perplexity"]
+        before = perplexity_of_text(dense, tokenizer, text, eval_seqlen, eval_windows)["perplexity"]
         del dense
     model = load_quantized(source, scheme, place)
-    measured = perplexity(model, tokenizer, texts, eval_seqlen, eval_windows)
+    measured = perplexity_of_text(model, tokenizer, text, eval_seqlen, eval_windows)
 
     staging = staging_folder(target)
     shutil.rmtree(staging, ignore_errors=True)

@@ -22,14 +22,22 @@ def ppl(
             help="wikipedia, lambada, boolq (offline), wikitext2, c4 (Hub), or a .txt/.jsonl path."
         ),
     ] = "wikipedia",
-    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="train, validation or test; default: test for named sources, a file or folder whole."
+        ),
+    ] = None,
     seqlen: Annotated[
         int,
         typer.Option(
             help="Window length in tokens (the protocol uses the model's context, e.g. 2048)."
         ),
     ] = 2048,
-    max_windows: Annotated[int, typer.Option(help="At most this many windows (0: all).")] = 0,
+    eval_windows: Annotated[int, typer.Option(help="At most this many windows (0: all).")] = 0,
+    max_windows: Annotated[
+        int | None, typer.Option(hidden=True, help="Deprecated name of --eval-windows.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Windows per forward pass.")] = 1,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16, float16.")] = "auto",
@@ -37,32 +45,27 @@ def ppl(
         Path | None, typer.Option("--json", help="Also write the result to this JSON file.")
     ] = None,
 ) -> None:
-    """Perplexity over non-overlapping windows of a text's split (the SparseGPT/Wanda protocol)."""
-    from compress.calibration import load_texts
+    """Perplexity over non-overlapping windows (wikitext2/c4: the SparseGPT/Wanda protocol)."""
+    from compress.calibration import eval_text
     from compress.models import load_model
     from compress.pipeline import check_seqlen
     from compress.report import write_json_atomic
-    from evaluators.perplexity import perplexity
+    from evaluators.perplexity import perplexity_of_text
 
+    text = eval_text(dataset, split)
     loaded = load_model(model, device, dtype)
     check_seqlen(loaded, seqlen)
-    texts = load_texts(dataset, split)
-    result = perplexity(
-        loaded.model,
-        loaded.tokenizer,
-        texts,
-        seqlen,
-        max_windows or None,
-        batch_size,
-        progress=True,
+    windows = eval_windows if max_windows is None else max_windows
+    result = perplexity_of_text(
+        loaded.model, loaded.tokenizer, text, seqlen, windows or None, batch_size, progress=True
     )
-    result = {"model": loaded.source, "dataset": dataset, "split": split, **result}
+    result = {"model": loaded.source, **result}
     if json_out:
         write_json_atomic(json_out, result)
     typer.echo(
         table(
             ["dataset", "split", "windows x seqlen", "perplexity"],
-            [[dataset, split, f"{result['windows']}x{seqlen}", result["perplexity"]]],
+            [[dataset, text.split, f"{result['windows']}x{seqlen}", f"{result['perplexity']:.2f}"]],
         )
     )
 

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from compress.cli.render import gib, table
-from compress.config import Method, PruneConfig, StatsFrom, Technique
+from compress.config import MagnitudeScope, Method, PruneConfig, StatsFrom, Technique
 
 
 def prune(
@@ -35,6 +35,12 @@ def prune(
         str,
         typer.Option(help="'unstructured' or N:M such as 2:4 or 4:8 (keep N of every M weights)."),
     ] = "unstructured",
+    magnitude_scope: Annotated[
+        MagnitudeScope | None,
+        typer.Option(
+            help="Magnitude only: one |W| threshold per layer (default; the papers' baseline) or per output row."
+        ),
+    ] = None,
     calib: Annotated[
         str,
         typer.Option(
@@ -228,6 +234,7 @@ def prune(
         pattern=pattern,
         skip=skip or [],
         layer_sparsity=parse_layer_sparsity(layer_sparsity or []),
+        magnitude_scope=magnitude_scope,
         calibration=CalibrationConfig(
             calib, nsamples, seqlen, seed, batch_size, self_gen, stats_from
         ),

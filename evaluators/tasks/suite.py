@@ -17,8 +17,6 @@ from compress.report import read_report, update_report
 from evaluators.tasks.registry import Source
 from evaluators.tasks.runner import RESULTS_NAME, TaskSettings, evaluate_tasks, silent
 
-PROTOCOL = "non-overlapping windows, mean token NLL, exp"
-
 
 @dataclass(frozen=True)
 class PerplexityRequest:
@@ -45,9 +43,9 @@ def perplexity_section(
     loaded: LoadedModel, report: dict, request: PerplexityRequest, log: Callable[[str], None]
 ) -> dict:
     """report.json's ``evaluation.perplexity`` for the loaded (pruned) model."""
-    from compress.calibration import load_texts
+    from compress.calibration import eval_text
     from compress.pipeline import check_seqlen
-    from evaluators.perplexity import perplexity
+    from evaluators.perplexity import perplexity_of_text
 
     recorded = (report.get("evaluation") or {}).get("perplexity") or {}
     if recorded.get("after") is not None and request == PerplexityRequest():
@@ -56,10 +54,11 @@ def perplexity_section(
     dataset, seqlen, max_windows = _protocol(report, request)
     check_seqlen(loaded, seqlen)
     log(f"perplexity on {dataset} (test split), windows of {seqlen} tokens")
-    texts = load_texts(dataset, "test")
-    result = perplexity(loaded.model, loaded.tokenizer, texts, seqlen, max_windows, progress=True)
-    section = {"dataset": dataset, "split": "test", "protocol": PROTOCOL}
-    section |= {key: result[key] for key in ("seqlen", "windows", "tokens")}
+    text = eval_text(dataset, "test")
+    result = perplexity_of_text(
+        loaded.model, loaded.tokenizer, text, seqlen, max_windows, progress=True
+    )
+    section = text.describe() | {key: result[key] for key in ("seqlen", "windows", "tokens")}
     same = all(recorded.get(key) == section[key] for key in ("dataset", "seqlen", "windows"))
     if same and recorded.get("before") is not None:
         section["before"] = recorded["before"]  # the dense figure, same protocol

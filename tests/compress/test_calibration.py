@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from compress.calibration import load_texts, sample_windows
+from compress.calibration import PACKAGED, load_texts, sample_windows
 from compress.errors import BadInputError
 
 
@@ -19,7 +19,9 @@ def test_other_packaged_sources(source):
 def test_local_txt_and_jsonl(tmp_path):
     (tmp_path / "a.txt").write_text("\n\n".join(f"paragraph {i}" for i in range(20)))
     (tmp_path / "b.jsonl").write_text('{"text": "json doc"}\n')
-    docs = load_texts(str(tmp_path), "train") + load_texts(str(tmp_path), "test")
+    docs = [
+        doc for split in ("train", "validation", "test") for doc in load_texts(str(tmp_path), split)
+    ]
     assert len(docs) == 21 and "json doc" in docs
 
 
@@ -48,3 +50,115 @@ def test_windows_seeded_distinct_and_recorded(tokenizer):
 def test_too_short_source_says_how_much(tokenizer):
     with pytest.raises(BadInputError, match=r"has \d+ tokens, fewer than nsamples x seqlen"):
         sample_windows(tokenizer, ["a short text"], 4, 64, seed=0, source="short.txt")
+
+
+def test_packaged_three_way_split_disjoint_and_test_unchanged():
+    documents = [load_texts("wikipedia", split) for split in ("train", "validation", "test")]
+    assert all(documents) and sum(map(len, documents)) == 106
+    assert not set(documents[0]) & set(documents[1])
+    assert not set(documents[1]) & set(documents[2])
+    every = [doc for i, doc in enumerate(PACKAGED["wikipedia"]()) if i % 10 == 9]
+    assert documents[2] == every  # the test split (perplexity) is what it was
+
+
+class FakeHub:
+    """Stands in for ``datasets.load_dataset``: small fake splits, calls recorded."""
+
+    def __init__(self, rows: dict[str, list[str]]) -> None:
+        self.rows, self.calls = rows, []
+
+    def __call__(self, path, split, **kwargs):
+        import datasets
+
+        self.calls.append((path, split, kwargs))
+        return datasets.Dataset.from_dict({"text": self.rows[split]})
+
+
+WIKITEXT_TEST = ["", " = Title = \n", "", " First line .\n", " Second line .\n", ""]
+C4_VALIDATION = [f"doc {i}" for i in range(2500)]
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    import datasets
+
+    hub = FakeHub({"test": WIKITEXT_TEST, "validation": C4_VALIDATION})
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    return hub
+
+
+def test_wikitext2_protocol_joins_test_split_with_empty_lines(fake_hub):
+    from compress.calibration import eval_text
+
+    text = eval_text("wikitext2")
+    assert text.text == "\n\n".join(WIKITEXT_TEST)  # empty lines included
+    assert fake_hub.calls == [("wikitext", "test", {"name": "wikitext-2-raw-v1"})]
+    described = text.describe()
+    assert described["split"] == "test" and described["protocol"]["add_special_tokens"]
+    assert described["protocol"]["name"].startswith("sparsegpt-wanda")
+
+
+def test_c4_protocol_first_1100_validation_documents_joined_with_space(fake_hub):
+    from compress.calibration import eval_text
+
+    text = eval_text("c4")
+    assert text.text == " ".join(f"doc {i}" for i in range(1100))
+    shard = "en/c4-validation.00000-of-00008.json.gz"
+    assert fake_hub.calls == [("allenai/c4", "validation", {"data_files": {"validation": shard}})]
+    assert text.protocol.joiner == " " and text.protocol.max_windows == 256
+    validation = load_texts("c4", "validation")  # early stopping: after the test documents
+    assert validation == C4_VALIDATION[1100:2200]
+
+
+class CharTokenizer:
+    """One token per character; records whether special tokens were asked for."""
+
+    def __init__(self) -> None:
+        self.special = []
+
+    def __call__(self, text, add_special_tokens=True, verbose=False):
+        self.special.append(add_special_tokens)
+        return {"input_ids": [ord(c) % 1000 for c in text]}
+
+
+def test_c4_perplexity_uses_256_windows_at_most(fake_hub, tiny_llama_1k):
+    from compress.calibration import eval_text
+    from evaluators.perplexity import perplexity_of_text
+
+    tokenizer, text = CharTokenizer(), eval_text("c4")
+    assert len(text.text) // 8 > 256
+    result = perplexity_of_text(tiny_llama_1k, tokenizer, text, 8, batch_size=64)
+    assert result["windows"] == 256 and tokenizer.special == [True]
+    assert result["dataset"] == "c4" and result["protocol"]["max_windows"] == 256
+    assert perplexity_of_text(tiny_llama_1k, tokenizer, text, 8, max_windows=3)["windows"] == 3
+
+
+def test_local_file_evaluated_whole_unless_a_split_is_asked(tmp_path):
+    from compress.calibration import eval_text
+
+    path = tmp_path / "mine.txt"
+    path.write_text("\n\n".join(f"paragraph {i}" for i in range(30)))
+    whole = eval_text(str(path))
+    assert whole.split == "all" and whole.text.count("paragraph") == 30
+    assert whole.protocol.name.startswith("compress-documents")
+    assert eval_text(str(path), "test").text.count("paragraph") == 3
+    with pytest.raises(BadInputError, match="neither a known name"):
+        eval_text(str(tmp_path / "missing.txt"))
+
+
+def test_early_stopping_holdout_is_disjoint_from_the_evaluation_text(tokenizer):
+    from types import SimpleNamespace
+
+    from compress.config import CalibrationConfig, EvalConfig, PruneConfig, ReconstructConfig
+    from compress.pipeline import evaluation_text, holdout_windows
+
+    config = PruneConfig(
+        calibration=CalibrationConfig(seqlen=64),
+        reconstruct=ReconstructConfig("br", early_stop=True, holdout_nsamples=4),
+        evaluation=EvalConfig(enabled=True),
+    )
+    holdout = holdout_windows(SimpleNamespace(tokenizer=tokenizer), config)
+    evaluated = evaluation_text(config)
+    assert holdout.describe()["split"] == "validation" and evaluated.split == "test"
+    validation = load_texts(config.calibration.source, "validation")
+    assert not any(document in evaluated.text for document in validation)

@@ -48,6 +48,8 @@ def test_prune_tiny_model_writes_everything(tiny_model_dir, tmp_path):
     assert all(layer["sparsity"] == 0.5 for layer in report["layers"].values())
     ppl = report["evaluation"]["perplexity"]
     assert 0 < ppl["before"] < float("inf") and ppl["windows"] == 2
+    assert ppl["split"] == "test" and ppl["protocol"]["name"].startswith("compress-documents")
+    assert report["calibration"]["holdout"]["split"] == "validation"  # disjoint from ppl's text
     assert report["calibration"]["sources"][0]["tokens"] == 4 * 32
     assert json.loads((out / "recipe.json").read_text())["calibration"]["seed"] == 0
     assert not (tmp_path / ".out.partial").exists()
@@ -140,7 +142,7 @@ def test_reconstruction_errors_table_and_plot(tiny_model_dir, tmp_path):
     report = json.loads((out / "report.json").read_text())
     errors = report["blocks"][0]["errors"]
     assert set(errors["after_reconstruction"]) == {"calibration", "holdout"}
-    assert report["calibration"]["holdout"]["split"] == "test"
+    assert report["calibration"]["holdout"]["split"] == "validation"
     table = run("info", out, "--errors", "--plot", tmp_path / "errors.png")
     assert table.exit_code == 0 and "held-out after" in table.output
     assert (tmp_path / "errors.png").stat().st_size > 1000
@@ -196,3 +198,21 @@ def test_self_generated_windows_mix_with_real(tiny_model_dir, tmp_path):
     assert only.exit_code == 0, only.output
     bad = run("prune", tiny_model_dir, "--calib", "none", "--output", tmp_path / "bad", *FAST)
     assert bad.exit_code == 2 and "needs --self-gen" in bad.stderr
+
+
+def test_eval_ppl_scores_a_text_file_whole_with_two_decimals(tiny_model_dir, tmp_path, tokenizer):
+    text = tmp_path / "mine.txt"
+    text.write_text("\n\n".join(f"My own paragraph number {i} of the file." for i in range(40)))
+    whole = len(tokenizer("\n\n".join(text.read_text().split("\n\n")))["input_ids"]) // 16
+    common = ["eval", "ppl", tiny_model_dir, "--dataset", text, "--seqlen", 16, "--device", "cpu"]
+    result = run(*common, "--json", tmp_path / "all.json")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "all.json").read_text())
+    assert record["split"] == "all" and record["windows"] == whole > 30
+    assert f"{record['perplexity']:.2f}" in result.stdout.strip().splitlines()[-1]
+    for flags, windows in [(["--eval-windows", 3], 3), (["--max-windows", 2], 2)]:
+        result = run(*common, *flags, "--json", tmp_path / "few.json")
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / "few.json").read_text())["windows"] == windows
+    result = run(*common, "--split", "test", "--json", tmp_path / "test.json")
+    assert json.loads((tmp_path / "test.json").read_text())["windows"] < whole / 5

@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from compress.errors import BadInputError
-from compress.masks import SparsityPattern, measured_sparsity, n_m_mask, rowwise_mask
+from compress.masks import (
+    SparsityPattern,
+    layerwise_mask,
+    measured_sparsity,
+    n_m_mask,
+    rowwise_mask,
+)
 
 
 def test_rowwise_mask_drops_lowest_per_row():
@@ -47,3 +53,12 @@ def test_width_not_divisible_by_m():
 
 def test_measured_sparsity():
     assert measured_sparsity(torch.tensor([[0.0, 1.0], [0.0, 0.0]])) == 0.75
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.3, 0.5, 0.9])
+def test_layerwise_mask_one_threshold_exact_count(sparsity):
+    score = torch.rand(16, 24, generator=torch.Generator().manual_seed(0))
+    mask = layerwise_mask(score, sparsity)
+    assert (~mask).sum() == round(sparsity * score.numel())
+    if 0 < sparsity:
+        assert score[~mask].max() <= score[mask].min()

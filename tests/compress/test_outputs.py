@@ -167,7 +167,10 @@ VALUES = {
     "max_memory": ["0=20GiB,cpu=64GiB"],
     "offload_folder": ["offload"],
     "hub_repo_id": ["me/pruned"],
+    "magnitude_scope": ["row"],
 }
+# options that only apply together with another one
+NEEDS = {"magnitude_scope": ["--method", "magnitude"]}
 
 
 def prune_command():
@@ -204,7 +207,11 @@ def settings(param) -> list[list[str]]:
         return [[flag, next(c.value for c in type(param.default) if c != param.default)]]
     assert param.name in VALUES, f"give the round-trip test a value for {flag}"
     values = VALUES[param.name]
-    return [[a for v in (vs if isinstance(vs, list) else [vs]) for a in (flag, v)] for vs in values]
+    return [
+        NEEDS.get(param.name, [])
+        + [a for v in (vs if isinstance(vs, list) else [vs]) for a in (flag, v)]
+        for vs in values
+    ]
 
 
 def result_of(config: PruneConfig) -> dict:

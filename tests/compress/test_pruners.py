@@ -40,7 +40,7 @@ def test_unstructured_exact_sparsity_and_zeros(method):
     weight = layer.weight.detach()
     assert (weight == 0).sum() == weight.numel() // 2
     assert torch.equal(weight != 0, result.mask)
-    if method != "sparsegpt":  # Wanda and magnitude compare within each output row
+    if method == "wanda":  # Wanda compares within each output row
         assert (result.mask.sum(dim=1) == 32).all()
 
 
@@ -79,3 +79,33 @@ def test_sparsegpt_dead_inputs_and_retry():
     assert torch.isfinite(layer.weight).all()
     assert layer.weight[:, 5].abs().sum() == 0
     assert result.mask.sum() == 16
+
+
+def scaled_rows() -> torch.nn.Linear:
+    layer = torch.nn.Linear(4, 2, bias=False)
+    layer.weight.data = torch.tensor([[1.0, -2.0, 3.0, 4.0], [10.0, 20.0, -30.0, 40.0]])
+    return layer
+
+
+def test_magnitude_default_is_one_threshold_per_layer():
+    layer = scaled_rows()
+    PRUNERS["magnitude"](layer.weight).prune(0.5, SparsityPattern())
+    assert layer.weight.tolist() == [[0.0, 0.0, 0.0, 0.0], [10.0, 20.0, -30.0, 40.0]]
+
+
+def test_magnitude_per_row_on_request():
+    layer = scaled_rows()
+    PRUNERS["magnitude"](layer.weight, scope="row").prune(0.5, SparsityPattern())
+    assert layer.weight.tolist() == [[0.0, 0.0, 3.0, 4.0], [0.0, 0.0, -30.0, 40.0]]
+
+
+def test_recipe_names_the_magnitude_scope():
+    from compress.config import PruneConfig
+    from compress.errors import BadInputError
+
+    assert PruneConfig(method="magnitude").to_dict()["magnitude_scope"] == "layer"
+    row = PruneConfig(method="magnitude", magnitude_scope="row")
+    assert row.to_dict()["magnitude_scope"] == "row" and row.pruner_options() == {"scope": "row"}
+    assert PruneConfig(method="wanda").to_dict()["magnitude_scope"] is None
+    with pytest.raises(BadInputError, match="--method magnitude only"):
+        PruneConfig(method="wanda", magnitude_scope="row")

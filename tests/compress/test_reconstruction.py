@@ -167,3 +167,32 @@ def test_early_stop_restores_the_best_epoch_bit_for_bit():
     assert not torch.equal(layer.weight.detach(), snapshots[2])
     final = normalized_error(lambda b, inp: layer(inp), inputs, held_out, x.device, x.dtype)
     assert final == min(errors)
+
+
+def batch_compositions(seed: int, epochs: int = 3) -> list[list[frozenset[int]]]:
+    """Per epoch, which samples (tagged by value) were trained on together."""
+    from compress.reconstruct import Batches, ReconSettings, reconstruct
+
+    layer = torch.nn.Linear(2, 2)
+    samples = torch.arange(10.0).reshape(10, 1, 1).expand(10, 3, 2)  # sample k holds k
+    stored = list(samples.split(4))  # batches of 4, 4, 2
+    seen: list[frozenset[int]] = []
+
+    def run(b: int, x: torch.Tensor) -> torch.Tensor:
+        assert len(x) == len(stored[b])  # the recorded call of a batch of the same size
+        seen.append(frozenset(int(v) for v in x[:, 0, 0]))
+        return layer(x)
+
+    settings = ReconSettings(epochs=epochs, lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    reconstruct(
+        list(layer.parameters()), {}, run, Batches(stored), Batches(stored), settings, generator
+    )
+    return [seen[e * 3 : (e + 1) * 3] for e in range(epochs)]
+
+
+def test_samples_reshuffled_across_batches_every_epoch_seeded():
+    epochs = batch_compositions(seed=0)
+    assert all(frozenset().union(*groups) == frozenset(range(10)) for groups in epochs)
+    assert len({frozenset(groups) for groups in epochs}) > 1  # compositions change
+    assert batch_compositions(seed=0) == epochs
