@@ -1,0 +1,231 @@
+"""Command-line options declared once, on the config dataclasses.
+
+A config field made with :func:`option` carries its flag, help text and (through its type: a
+str-Enum, ``bool``, ``int``, ...) its choices; its dataclass default is the option's default.
+From that one declaration:
+
+- :func:`command` builds a typer command whose parameters are the config tree's options (typer
+  reads ``__signature__``), and hands the command a config built by keyword;
+- :func:`to_argv` renders a config as the flags that reproduce it (the card's command), so that
+  parsing them back gives the same config;
+- ``--help`` shows the help, default and choices typer derives from the same fields.
+
+A field without :func:`option` metadata is internal (derived or set by the program). A field whose
+type is itself a dataclass is a sub-config: its options join the parent's command.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+_KEY = "compress.option"
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """How one config field appears on the command line.
+
+    ``flags``: the option's names (first one canonical); empty for a positional argument.
+    ``toggle``: for a bool, also a ``--no-`` form (needed when the default is True or None).
+    ``to_cli`` / ``from_cli``: convert between the field's value and what the flag carries, for
+    fields whose CLI form differs (``PATTERN=S`` strings for a dict, say).
+    """
+
+    help: str
+    flags: tuple[str, ...] = ()
+    argument: bool = False
+    toggle: bool = False
+    hidden: bool = False
+    cli_type: Any = None
+    to_cli: Callable[[Any], Any] | None = None
+    from_cli: Callable[[Any], Any] | None = None
+
+
+def option(
+    default: Any = MISSING,
+    *,
+    help: str,
+    flags: tuple[str, ...] | str = (),
+    default_factory: Callable[[], Any] | Any = MISSING,
+    argument: bool = False,
+    toggle: bool = False,
+    hidden: bool = False,
+    cli_type: Any = None,
+    to_cli: Callable[[Any], Any] | None = None,
+    from_cli: Callable[[Any], Any] | None = None,
+) -> Any:
+    """A dataclass field that is also a command-line option (see the module docstring)."""
+    spec = OptionSpec(
+        help=help,
+        flags=(flags,) if isinstance(flags, str) else tuple(flags),
+        argument=argument,
+        toggle=toggle,
+        hidden=hidden,
+        cli_type=cli_type,
+        to_cli=to_cli,
+        from_cli=from_cli,
+    )
+    return field(default=default, default_factory=default_factory, metadata={_KEY: spec})
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a config tree: where it lives (``path``) and how it is spelt."""
+
+    path: tuple[str, ...]
+    spec: OptionSpec
+    annotation: Any
+    default: Any
+
+    @property
+    def name(self) -> str:
+        """The Python parameter name: the canonical flag without dashes, else the field name."""
+        if self.spec.flags:
+            return self.spec.flags[0].lstrip("-").replace("-", "_")
+        return self.path[-1]
+
+    @property
+    def flag(self) -> str:
+        return self.spec.flags[0] if self.spec.flags else "--" + self.name.replace("_", "-")
+
+    @property
+    def negative_flag(self) -> str:
+        return "--no-" + self.flag.removeprefix("--")
+
+    @property
+    def cli_annotation(self) -> Any:
+        return self.spec.cli_type if self.spec.cli_type is not None else self.annotation
+
+    @property
+    def cli_default(self) -> Any:
+        return self.spec.to_cli(self.default) if self.spec.to_cli else self.default
+
+
+def options_of(cls: type, path: tuple[str, ...] = ()) -> Iterator[Option]:
+    """Every option of the config tree rooted at ``cls``, sub-configs depth first."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            yield from options_of(kind, (*path, f.name))
+        elif _KEY in f.metadata:
+            yield Option((*path, f.name), f.metadata[_KEY], kind, _default_of(f))
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    raise TypeError(f"option {f.name} needs a default")
+
+
+def _typer_info(opt: Option) -> Any:
+    import typer
+
+    decls = list(opt.spec.flags)
+    if opt.spec.toggle:
+        decls = [f"{decls[0] if decls else opt.flag}/{opt.negative_flag}", *decls[1:]]
+    if opt.spec.argument:
+        return typer.Argument(help=opt.spec.help, hidden=opt.spec.hidden, show_default=False)
+    return typer.Option(*decls, help=opt.spec.help, hidden=opt.spec.hidden)
+
+
+def parameters(cls: type) -> list[inspect.Parameter]:
+    """typer-ready parameters for every option of ``cls``'s tree."""
+    result = []
+    for opt in options_of(cls):
+        annotation = Annotated[opt.cli_annotation, _typer_info(opt)]
+        result.append(
+            inspect.Parameter(
+                opt.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=opt.cli_default,
+                annotation=annotation,
+            )
+        )
+    return result
+
+
+def build(cls: type, values: dict[str, Any], path: tuple[str, ...] = ()) -> Any:
+    """``cls`` built by keyword from parsed option values (keyed by :attr:`Option.name`).
+
+    Options absent from ``values`` keep their defaults; sub-configs are built the same way.
+    """
+    specs = {opt.path: opt for opt in options_of(cls, path)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        where = (*path, f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = build(hints[f.name], values, where)
+        elif where in specs and specs[where].name in values:
+            opt = specs[where]
+            value = values[opt.name]
+            kwargs[f.name] = opt.spec.from_cli(value) if opt.spec.from_cli else value
+    return cls(**kwargs)
+
+
+def value_at(config: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        config = getattr(config, part)
+    return config
+
+
+def to_argv(config: Any) -> list[str]:
+    """The flags that rebuild ``config`` through :func:`command`: every option whose value
+    differs from its default, in declaration order (positional arguments first)."""
+    positional: list[str] = []
+    flags: list[str] = []
+    for opt in options_of(type(config)):
+        value = value_at(config, opt.path)
+        if _same(value, opt.default):
+            continue
+        if opt.spec.to_cli:
+            value = opt.spec.to_cli(value)
+        if opt.spec.argument:
+            if value is not None:
+                positional.append(_text(value))
+        elif isinstance(value, bool) or (value is None and opt.spec.toggle):
+            if value is not None:
+                flags.append(opt.flag if value else opt.negative_flag)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                flags += [opt.flag, _text(item)]
+        elif value is not None:
+            flags += [opt.flag, _text(value)]
+    return positional + flags
+
+
+def _same(value: Any, default: Any) -> bool:
+    if isinstance(value, Enum) or isinstance(default, Enum):
+        return _text(value) == _text(default)
+    return value == default
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def command(cls: type, run: Callable[[Any], Any], doc: str, *, name: str) -> Callable[..., Any]:
+    """A typer command taking every option of ``cls``'s tree, calling ``run(config)``."""
+
+    def invoke(**values: Any) -> Any:
+        return run(build(cls, values))
+
+    invoke.__signature__ = inspect.Signature(parameters(cls))  # type: ignore[attr-defined]
+    invoke.__doc__ = doc
+    invoke.__name__ = name
+    invoke.__qualname__ = name
+    return invoke

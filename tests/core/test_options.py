@@ -1,0 +1,94 @@
+"""Options declared on config fields: one declaration gives the command, its help and the
+command line that reproduces a config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import typer
+from typer.testing import CliRunner
+
+from compress.core.options import build, command, option, options_of, to_argv
+
+
+class Color(str, Enum):
+    red = "red"
+    blue = "blue"
+
+
+def _pairs(items: list[str] | None) -> dict[str, float]:
+    return {key: float(value) for key, value in (item.rsplit("=", 1) for item in items or [])}
+
+
+@dataclass
+class Inner:
+    epochs: int = option(10, flags="--recon-epochs", help="Epochs.")
+    errors: bool | None = option(None, flags="--errors", toggle=True, help="Errors.")
+
+
+@dataclass
+class Outer:
+    model: str | None = option(None, argument=True, help="Model.")
+    color: Color = option(Color.red, help="Colour.")
+    skip: list[str] = option(
+        default_factory=list,
+        help="Skip.",
+        cli_type=list[str] | None,
+        from_cli=lambda v: list(v or []),
+    )
+    weights: dict[str, float] = option(
+        default_factory=dict,
+        flags="--weight",
+        help="PATTERN=W.",
+        cli_type=list[str] | None,
+        to_cli=lambda d: [f"{k}={v}" for k, v in d.items()] or None,
+        from_cli=_pairs,
+    )
+    overwrite: bool = option(False, help="Replace.")
+    inner: Inner = field(default_factory=Inner)
+    derived: int = 0  # no option metadata: not on the command line
+
+
+def _app(seen: list) -> typer.Typer:
+    app = typer.Typer()
+    app.command("run")(command(Outer, seen.append, "Run it.", name="run"))
+    app.command("noop")(lambda: None)  # a second command keeps "run" a subcommand
+    return app
+
+
+def test_options_walk_sub_configs_and_skip_internal_fields():
+    names = [opt.name for opt in options_of(Outer)]
+    assert names == ["model", "color", "skip", "weight", "overwrite", "recon_epochs", "errors"]
+
+
+def test_round_trip_through_the_parser():
+    seen: list = []
+    config = Outer(
+        model="m",
+        color=Color.blue,
+        skip=["a", "b"],
+        weights={"x*": 0.3},
+        overwrite=True,
+        inner=Inner(epochs=3, errors=False),
+    )
+    argv = to_argv(config)
+    assert argv[0] == "m" and "--no-errors" in argv and argv.count("--skip") == 2
+    result = CliRunner().invoke(_app(seen), ["run", *argv])
+    assert result.exit_code == 0, result.output
+    assert seen == [config]
+
+
+def test_defaults_render_to_nothing_and_parse_to_defaults():
+    seen: list = []
+    assert to_argv(Outer()) == []
+    assert CliRunner().invoke(_app(seen), ["run"]).exit_code == 0
+    assert seen == [Outer()]
+    assert build(Outer, {}) == Outer()
+
+
+def test_help_shows_the_declared_help_default_and_choices():
+    result = CliRunner().invoke(_app([]), ["run", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for text in ("Colour.", "red|blue", "--recon-epochs", "--no-errors", "default: 10"):
+        assert text in result.output
