@@ -33,8 +33,8 @@ from typing import Annotated
 import torch
 import typer
 
+from compress.core.io import write_json_atomic
 from compress.masks import SparsityPattern
-from compress.report import write_json_atomic
 from evaluators.cbm.criteria import NAMES
 from evaluators.cbm.data import DataSpec, load_dataset
 from evaluators.cbm.data.base import ConceptDataset

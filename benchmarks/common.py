@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from compress.pipeline import peak_rss_bytes  # noqa: F401  (re-exported for the scripts)
+from compress.placement import peak_rss_bytes  # noqa: F401  (re-exported for the scripts)
 
 
 def machine() -> dict:
@@ -35,7 +35,7 @@ def run_isolated(script: str, args: list[str]) -> dict:
 
 
 def save(path: Path, data: dict) -> None:
-    from compress.report import write_json_atomic
+    from compress.core.io import write_json_atomic
 
     write_json_atomic(path, data)
     print(f"wrote {path}")

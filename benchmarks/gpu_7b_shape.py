@@ -95,7 +95,7 @@ def engine_class(onload: torch.device | None):
 
 
 def one_run(name: str, args, shape: dict, ids: torch.Tensor, device, dtype) -> dict:
-    from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
+    from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 
     method, technique = ("wanda", "br+gp") if name == "br+gp" else (name, "lr")
     layers = 1 if name == "br+gp" else args.layers

@@ -3,7 +3,7 @@
 The embedded SmolLM2-135M-Instruct, three ways, measured in one run on the same prompt:
 
 - dense: PyTorch, and ONNX Runtime fp32 (exported and parity-checked by exporters.onnx);
-- pruned: Wanda 50 % unstructured through compress.pipeline.run_prune (few calibration windows,
+- pruned: Wanda 50 % unstructured through compress.app.prune.run_prune (few calibration windows,
   to keep the run short), PyTorch and ONNX Runtime fp32;
 - pruned + int8: ONNX Runtime with ``--quantize int8`` (dynamic: int8 weights and activations)
   and with ``int8-weights`` (8-bit weights only, float activations).
@@ -28,12 +28,13 @@ from typing import Annotated
 import torch
 import typer
 
+from compress.app.prune import run_prune
 from compress.calibration import load_texts, tokenize_stream
 from compress.cli.render import table
-from compress.config import CalibrationConfig, EvalConfig, PruneConfig, ReconstructConfig
+from compress.core.config import CalibrationConfig, EvalConfig, PruneConfig, ReconstructConfig
+from compress.core.io import write_json_atomic
+from compress.core.report import read_report
 from compress.models import embedded_model_dir, load_model
-from compress.pipeline import run_prune
-from compress.report import read_report, write_json_atomic
 from exporters.onnx import OnnxExportConfig, export_onnx, load_ort
 from exporters.onnx_files import INT8_FILE, MODEL_FILE, model_bytes
 from exporters.quantize import eval_windows as held_out_windows

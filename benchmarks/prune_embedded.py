@@ -37,7 +37,7 @@ def load(nsamples: int, seqlen: int):
 
 def one(method: str, pattern: str, args) -> dict:
     """Prune once (in this fresh process) and measure."""
-    from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
+    from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
     from compress.engine import prune_model
     from evaluators.perplexity import perplexity
 

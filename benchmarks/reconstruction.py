@@ -26,7 +26,7 @@ TECHNIQUES = ("lr", "br", "br+gp", "br+gp+cr")
 
 def one(method: str, technique: str, args) -> dict:
     from compress.calibration import load_texts, load_windows
-    from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
+    from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
     from compress.engine import prune_model
     from compress.models import load_model
     from evaluators.perplexity import perplexity

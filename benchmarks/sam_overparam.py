@@ -27,7 +27,7 @@ import torch
 import typer
 from torch import nn
 
-from compress.report import write_json_atomic
+from compress.core.io import write_json_atomic
 from compress.sam import SAM, mask_gradients, mask_weights
 from evaluators.sharpness import HessianOperator, top_eigenvalue
 

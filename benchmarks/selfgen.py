@@ -59,7 +59,7 @@ def ppl(model, tokenizer, args) -> dict:
 def one(k: int, args, real, holdout) -> dict:
     import torch
 
-    from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
+    from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
     from compress.engine import Engine
     from compress.models import load_model
     from compress.selfgen import selfgen_windows

@@ -13,13 +13,12 @@ now (a card edited by hand or left stale after a new evaluation is caught).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from compress.errors import BadInputError
-from compress.report import read_report
+from compress.core.errors import BadInputError
+from compress.core.io import write_text_atomic
+from compress.core.report import read_report
 
 README = "README.md"
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -188,14 +187,7 @@ def write_card(folder: Path, repo_id: str | None = None, published_as: Path | No
     return its path."""
     path = Path(folder) / README
     text = str(render_card(folder, repo_id, published_as))
-    fd, tmp = tempfile.mkstemp(prefix=f".{README}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
     return path
 
 

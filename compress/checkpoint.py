@@ -18,29 +18,21 @@ previous step intact. Tensors are stored with safetensors, never pickled.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from compress.errors import BadInputError
-from compress.report import write_json_atomic
+from compress.core.errors import BadInputError
+from compress.core.io import atomic_file, write_json_atomic
 
 STATE = "state.json"
 SELFGEN = "selfgen.jsonl"
 
 
 def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def flatten_streams(streams: dict[str, list[torch.Tensor] | None]) -> dict[str, torch.Tensor]:

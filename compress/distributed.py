@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 
 LAUNCH_HINT = "launch with `torchrun --nproc-per-node N -m compress.cli ...` or `accelerate launch`"
 

@@ -30,7 +30,8 @@ from torch import nn
 from compress import distributed
 from compress.blocks import BlockAdapter, BlockCall, weight_view
 from compress.checkpoint import load_step, save_step
-from compress.config import PruneConfig
+from compress.core.config import PruneConfig
+from compress.core.dtypes import torch_dtype
 from compress.masks import measured_sparsity
 from compress.placement import execution_device, measure_peak, onloaded
 from compress.pruners import PRUNERS, Pruner
@@ -143,8 +144,7 @@ class Engine:
         self.work = work
         self.device = model.get_input_embeddings().weight.device
         self.dtype = next(model.parameters()).dtype
-        dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-        self.act_dtype = dtypes.get(self.recon.activations_dtype, self.dtype)
+        self.act_dtype = torch_dtype(self.recon.activations_dtype, self.dtype)
         self.accelerator = accelerator or self.device
         self.store = self.device  # where activation streams live; decided in run()
         self.outcome = PruneOutcome()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -30,9 +29,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.errors import BadInputError
-from compress.outputs import check_target, publish, staging_folder
-from compress.report import (
+from compress.core.errors import BadInputError
+from compress.core.io import atomic_file, check_target, publish, staging_folder
+from compress.core.report import (
     RECIPE_NAME,
     REPORT_FORMAT,
     REPORT_NAME,
@@ -271,10 +270,8 @@ def prepare_output(config: FinetuneConfig) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path, config: FinetuneConfig) -> dict | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from compress.patterns import SparsityPattern
+from compress.core.patterns import SparsityPattern
 
 __all__ = [
     "SparsityPattern",

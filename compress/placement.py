@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import re
+import resource
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 
 PRESETS = ("auto", "balanced", "balanced_low_0", "sequential")
 UNITS = {
@@ -422,3 +424,9 @@ def measure_peak(device: torch.device) -> Iterator[PeakMemory]:
         if cuda:
             torch.cuda.synchronize(device)
             peak.bytes = torch.cuda.max_memory_allocated(device)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory: ``ru_maxrss`` is bytes on macOS, KiB on Linux."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from compress.calibration import Windows
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 
 DRAW_BITS = 32
 LanguageFn = Callable[[str], tuple[str, float]]

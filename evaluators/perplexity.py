@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from compress.calibration import EvalText, tokenize_stream
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 
 
 @torch.no_grad()

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.errors import BadInputError
-from compress.outputs import check_target, publish, staging_folder
-from compress.report import RECIPE_NAME, REPORT_NAME, read_report, update_report
+from compress.core.errors import BadInputError
+from compress.core.io import check_target, publish, staging_folder
+from compress.core.report import RECIPE_NAME, REPORT_NAME, read_report, update_report
 
 SCHEMES = {
     "bnb-nf4": "bitsandbytes 4-bit NormalFloat weights, double-quantized, blocks of 64",

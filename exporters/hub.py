@@ -16,7 +16,7 @@ import json
 import shlex
 from pathlib import Path
 
-from compress.errors import BadInputError, CompressError
+from compress.core.errors import BadInputError, CompressError
 
 # Hidden files and folders (editor swaps, caches, staging folders) never leave the machine.
 IGNORE_PATTERNS = [".*", "**/.*", ".*/*", "**/.*/*", "__pycache__/*", "**/__pycache__/*"]

@@ -11,14 +11,12 @@ raises :class:`ExportParityError` after marking the report, so a bad export neve
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from compress.errors import BadInputError, ExportParityError
-from compress.report import REPORT_NAME, now_iso, package_versions, update_report, write_json_atomic
+from compress.core.errors import BadInputError, ExportParityError
+from compress.core.io import atomic_folder, write_json_atomic
+from compress.core.report import REPORT_NAME, now_iso, package_versions, update_report
 from exporters.onnx_files import (
     INT8_FILE,
     MODEL_FILE,
@@ -77,16 +75,8 @@ def export_onnx(
     """
     folder, output = Path(folder).resolve(), Path(output).resolve()
     _check_paths(folder, output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with atomic_folder(output) as staging:
         report = _export_and_check(folder, staging, config)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if (folder / REPORT_NAME).is_file():
         update_report(folder, "export", {"onnx": _relative_to(output, folder)})
     if not report["parity"]["passed"]:

@@ -77,7 +77,7 @@ def window_perplexity(model, windows: torch.Tensor) -> float:
 def eval_windows(tokenizer, source: str, windows: int, seqlen: int) -> torch.Tensor:
     """The first ``windows`` non-overlapping ``seqlen``-token windows of ``source``'s test split."""
     from compress.calibration import load_texts, tokenize_stream
-    from compress.errors import BadInputError
+    from compress.core.errors import BadInputError
 
     stream = tokenize_stream(tokenizer, load_texts(source, split="test"))
     if len(stream) < windows * seqlen:

@@ -17,7 +17,7 @@ PACKAGES = ("compress", "evaluators", "exporters", "cards")
 
 # (layer, module prefixes), lowest first
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("core", ("compress.core", "compress.config", "compress.patterns")),
+    ("core", ("compress.core",)),
     (
         "algorithms",
         (
@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compress.wikitext",
             "compress.selfgen",
             "compress.engine",
+            "compress.checkpoint",
             "compress.finetune",
         ),
     ),

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from compress.errors import CompressError
+from compress.core.errors import CompressError
 
 
 class ErrorReportingGroup(TyperGroup):

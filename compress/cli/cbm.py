@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from compress.cli.base import new_app
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 
 app = new_app("Concept bottleneck models: train, intervene, compare, prune.")
 

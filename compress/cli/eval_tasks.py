@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from evaluators.tasks.registry import Source, resolve_tasks
 
 TasksOpt = Annotated[
@@ -58,7 +58,7 @@ def _default_output(model: str | None) -> Path:
 
 def _dense_source(folder: str | None) -> str:
     """The model a pruned folder was made from, as its report.json records it."""
-    from compress.report import read_report
+    from compress.core.report import read_report
 
     if not folder or not Path(folder).is_dir():
         raise BadInputError("--dense needs a model folder written by compress prune")
@@ -153,8 +153,8 @@ def run_all(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Perplexity and zero-shot tasks for a pruned folder, merged into its report.json."""
+    from compress.core.report import read_report
     from compress.models import load_model
-    from compress.report import read_report
     from evaluators.tasks.runner import TaskSettings, check_batch_size
     from evaluators.tasks.suite import PerplexityRequest, evaluate_folder
     from evaluators.tasks.tables import results_table

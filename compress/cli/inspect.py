@@ -47,9 +47,8 @@ def ppl(
 ) -> None:
     """Perplexity over non-overlapping windows (wikitext2/c4: the SparseGPT/Wanda protocol)."""
     from compress.calibration import eval_text
-    from compress.models import load_model
-    from compress.pipeline import check_seqlen
-    from compress.report import write_json_atomic
+    from compress.core.io import write_json_atomic
+    from compress.models import check_seqlen, load_model
     from evaluators.perplexity import perplexity_of_text
 
     text = eval_text(dataset, split)
@@ -86,8 +85,8 @@ def info(
     ] = None,
 ) -> None:
     """Print the recipe and measured sparsity of a pruned model folder (or its per-block errors)."""
-    from compress.errors import BadInputError
-    from compress.report import read_report
+    from compress.core.errors import BadInputError
+    from compress.core.report import read_report
 
     report = read_report(folder)
     if errors or plot:

@@ -1,4 +1,4 @@
-"""``compress prune``: thin wrapper over :func:`compress.pipeline.run_prune`."""
+"""``compress prune``: thin wrapper over :func:`compress.app.prune.run_prune`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from compress.cli.render import gib, table
-from compress.config import MagnitudeScope, Method, PruneConfig, StatsFrom, Technique
+from compress.core.config import MagnitudeScope, Method, PruneConfig, StatsFrom, Technique
 
 
 def prune(
@@ -215,14 +215,14 @@ def prune(
     ] = False,
 ) -> None:
     """Prune a causal LM block by block and write model, tokenizer, recipe.json and report.json."""
-    from compress.config import (
+    from compress.app.prune import run_prune
+    from compress.core.config import (
         CalibrationConfig,
         EvalConfig,
         PruneConfig,
         ReconstructConfig,
         parse_layer_sparsity,
     )
-    from compress.pipeline import run_prune
     from compress.placement import refuse_quantized
 
     refuse_quantized(load_in_8bit, load_in_4bit)

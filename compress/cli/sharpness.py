@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 
 
 class Split(str, Enum):
@@ -46,9 +46,10 @@ def sharpness(
     (evaluation.sharpness).
     """
     from compress.calibration import load_windows
+    from compress.core.io import write_json_atomic
+    from compress.core.report import REPORT_NAME, update_report
     from compress.finetune import sparsity_masks
     from compress.models import load_model
-    from compress.report import REPORT_NAME, update_report, write_json_atomic
     from evaluators.sharpness import lm_sharpness
 
     if min(nsamples, seqlen, batch, power_iters, probes, max_power) < 1:

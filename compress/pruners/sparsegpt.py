@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
-from compress.errors import NumericsError
+from compress.core.errors import NumericsError
 from compress.masks import SparsityPattern, flatten_inputs
 from compress.pruners.base import Pruner, PruneResult, register
 

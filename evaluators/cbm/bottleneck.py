@@ -19,7 +19,7 @@ from enum import Enum
 import torch
 from torch import nn
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from evaluators.cbm.data.base import class_majority
 from evaluators.cbm.models import ConceptBottleneckModel, Conceptualisation
 

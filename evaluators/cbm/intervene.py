@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from evaluators.cbm.bottleneck import (
     Bottleneck,
     ReplacementValues,

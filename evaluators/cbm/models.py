@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 
 
 class Variant(str, Enum):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from compress.masks import SparsityPattern, measured_sparsity
 from compress.pruners import PRUNERS
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch
 
-from compress.errors import BadInputError
-from compress.report import write_json_atomic
+from compress.core.errors import BadInputError
+from compress.core.io import write_json_atomic
 from evaluators.cbm.data import DataSpec
 from evaluators.cbm.models import CBMConfig, ConceptBottleneckModel, build_cbm
 

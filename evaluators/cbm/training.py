@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from evaluators.cbm.data.base import ConceptDataset, ConceptSplit
 from evaluators.cbm.models import ConceptBottleneckModel, Variant
 

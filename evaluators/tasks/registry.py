@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 
 
 class Source(str, Enum):

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import torch
 
-from compress.errors import BadInputError
-from compress.report import now_iso, write_json_atomic
+from compress.core.errors import BadInputError
+from compress.core.io import write_json_atomic
+from compress.core.report import now_iso
 from evaluators.tasks import offline
 from evaluators.tasks.registry import PAPER_TASKS, Source, TaskSpec, resolve_tasks
 

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress.core.report import read_report, update_report
 from compress.models import LoadedModel
-from compress.report import read_report, update_report
 from evaluators.tasks.registry import Source
 from evaluators.tasks.runner import RESULTS_NAME, TaskSettings, evaluate_tasks, silent
 
@@ -44,7 +44,7 @@ def perplexity_section(
 ) -> dict:
     """report.json's ``evaluation.perplexity`` for the loaded (pruned) model."""
     from compress.calibration import eval_text
-    from compress.pipeline import check_seqlen
+    from compress.models import check_seqlen
     from evaluators.perplexity import perplexity_of_text
 
     recorded = (report.get("evaluation") or {}).get("perplexity") or {}

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from compress.errors import BadInputError
-from compress.report import REPORT_NAME
+from compress.core.errors import BadInputError
+from compress.core.report import REPORT_NAME
 from evaluators.tasks.registry import describe_subset
 from evaluators.tasks.runner import RESULTS_NAME
 

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from cards.builder import check_card, render_card, write_card
 from cards.facts import FORMATS, layer_type
 from compress.cli.main import app
-from compress.report import REPORT_FORMAT, write_json_atomic
+from compress.core.io import write_json_atomic
+from compress.core.report import REPORT_FORMAT
 
 TYPES = {  # Llama block Linear -> (out, in) of SmolLM2-135M
     "self_attn.q_proj": (576, 576),

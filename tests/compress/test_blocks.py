@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from compress.blocks import SUPPORTED_MODEL_TYPES, BlockAdapter
-from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
+from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.engine import prune_model
 from tests.tiny_models import family_configs, random_model
 

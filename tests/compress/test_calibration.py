@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from compress.calibration import PACKAGED, load_texts, sample_windows
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 
 
 def test_packaged_splits_are_disjoint():
@@ -149,8 +149,8 @@ def test_local_file_evaluated_whole_unless_a_split_is_asked(tmp_path):
 def test_early_stopping_holdout_is_disjoint_from_the_evaluation_text(tokenizer):
     from types import SimpleNamespace
 
-    from compress.config import CalibrationConfig, EvalConfig, PruneConfig, ReconstructConfig
-    from compress.pipeline import evaluation_text, holdout_windows
+    from compress.app.prune import evaluation_text, holdout_windows
+    from compress.core.config import CalibrationConfig, EvalConfig, PruneConfig, ReconstructConfig
 
     config = PruneConfig(
         calibration=CalibrationConfig(seqlen=64),

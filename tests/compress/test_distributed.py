@@ -134,7 +134,7 @@ def test_shard_interleaves_global_batches(monkeypatch):
 
 def test_shard_refuses_sizes_that_do_not_divide(monkeypatch):
     from compress import distributed
-    from compress.errors import BadInputError
+    from compress.core.errors import BadInputError
 
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     with pytest.raises(BadInputError, match="multiple of 2"):
@@ -145,7 +145,7 @@ def test_shard_refuses_sizes_that_do_not_divide(monkeypatch):
 
 def test_single_process_helpers_are_no_ops():
     from compress import distributed
-    from compress.errors import BadInputError
+    from compress.core.errors import BadInputError
 
     t = torch.ones(3)
     distributed.all_reduce_([t])

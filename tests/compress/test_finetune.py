@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from compress.blocks import BlockAdapter
 from compress.cli import finetune as finetune_cli
 from compress.cli.main import app
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
+from compress.core.report import REPORT_FORMAT
 from compress.finetune import (
     FinetuneConfig,
     FinetuneRun,
@@ -25,7 +26,6 @@ from compress.finetune import (
     sparsity_masks,
     window_order,
 )
-from compress.report import REPORT_FORMAT
 
 WORDS = (
     "the river runs past a mill where farmers bring grain in autumn and the miller keeps a "

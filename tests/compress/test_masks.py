@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from compress.masks import (
     SparsityPattern,
     layerwise_mask,

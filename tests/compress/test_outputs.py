@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 from compress import distributed, selfgen
 from compress.cli.main import app
 from compress.cli.prune import prune
-from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
-from compress.outputs import work_folder
-from compress.report import REPORT_NAME, write_json_atomic
+from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
+from compress.core.io import work_folder, write_json_atomic
+from compress.core.report import REPORT_NAME
 
 FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--device", "cpu"]
 
@@ -61,7 +61,7 @@ def crash_after_first_block(done: int, total: int, tokens_per_second: float) -> 
 
 # -- --self-gen N ------------------------------------------------------------------------------
 def test_self_generated_texts_reach_the_output(tiny_model_dir, tmp_path, english):
-    from compress.pipeline import run_prune
+    from compress.app.prune import run_prune
 
     out = tmp_path / "out"
     report = run_prune(selfgen_config(tiny_model_dir, out), log=lambda m: None)
@@ -71,7 +71,7 @@ def test_self_generated_texts_reach_the_output(tiny_model_dir, tmp_path, english
 
 
 def test_resume_reuses_the_self_generated_texts(tiny_model_dir, tmp_path, english, monkeypatch):
-    from compress.pipeline import run_prune
+    from compress.app.prune import run_prune
 
     out = tmp_path / "out"
     config = selfgen_config(tiny_model_dir, out)
@@ -92,9 +92,9 @@ def test_resume_reuses_the_self_generated_texts(tiny_model_dir, tmp_path, englis
 @pytest.mark.parametrize("main", [True, False])
 def test_one_rank_writes_the_self_generated_texts(tiny_model_dir, tmp_path, monkeypatch, main):
     """Under --distributed rank 0 generates and the others wait, then read its file."""
+    from compress.app.prune import self_generated_windows
     from compress.calibration import load_texts
     from compress.models import load_model
-    from compress.pipeline import self_generated_windows
 
     loaded = load_model(str(tiny_model_dir), "cpu", "auto")
     config = selfgen_config(tiny_model_dir, tmp_path / "out")
@@ -188,7 +188,7 @@ def parsed_config(args: list[str], monkeypatch) -> PruneConfig:
     def capture(config, **kwargs):
         raise Parsed(config)
 
-    monkeypatch.setattr("compress.pipeline.run_prune", capture)
+    monkeypatch.setattr("compress.app.prune.run_prune", capture)
     result = CliRunner().invoke(app, ["prune", *args])
     assert isinstance(result.exception, Parsed), result.output
     return result.exception.args[0]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
+from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
+from compress.core.errors import BadInputError
 from compress.engine import Engine
-from compress.errors import BadInputError
 from compress.placement import (
     Placement,
     dispatch,

@@ -100,8 +100,8 @@ def test_magnitude_per_row_on_request():
 
 
 def test_recipe_names_the_magnitude_scope():
-    from compress.config import PruneConfig
-    from compress.errors import BadInputError
+    from compress.core.config import PruneConfig
+    from compress.core.errors import BadInputError
 
     assert PruneConfig(method="magnitude").to_dict()["magnitude_scope"] == "layer"
     row = PruneConfig(method="magnitude", magnitude_scope="row")

@@ -2,7 +2,7 @@
 
 import torch
 
-from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
+from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.engine import Engine, prune_model
 from tests.tiny_models import random_llama
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from compress.selfgen import (
     Recipe,
     detect_language,

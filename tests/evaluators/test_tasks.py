@@ -13,7 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from compress.cli.main import app
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from evaluators.tasks import offline
 from evaluators.tasks.loglik import lambada_perplexity, score_docs
 from evaluators.tasks.registry import PAPER_TASKS, TASKS, Source, resolve_tasks
@@ -323,7 +323,7 @@ def test_lambada_perplexity_is_exp_of_mean_nll():
 def test_cli_all_merges_perplexity_and_tasks_into_report(tmp_path, tiny_llama, tokenizer, few_docs):
     folder = _save(tiny_llama, tokenizer, tmp_path / "pruned")
     recipe = {"evaluation": {"dataset": "wikipedia", "seqlen": 32, "max_windows": 2}}
-    report = {"format": "compress.report/1", "recipe": recipe}
+    report = {"format": "compress.core.report/1", "recipe": recipe}
     (folder / "report.json").write_text(json.dumps(report))
     args = ["eval", "all", str(folder), "--tasks", "rte", "--sample", "2", "--device", "cpu"]
     result = CliRunner().invoke(app, args)
@@ -437,7 +437,7 @@ def test_cli_compare_names_the_items_and_warns_when_they_differ(tmp_path):
 def test_cli_dense_scores_the_base_model_into_the_folder(tmp_path, tiny_llama, tokenizer, few_docs):
     base = _save(tiny_llama, tokenizer, tmp_path / "base")
     folder = _save(tiny_llama, tokenizer, tmp_path / "pruned")
-    report = {"format": "compress.report/1", "model": {"source": str(base)}}
+    report = {"format": "compress.core.report/1", "model": {"source": str(base)}}
     (folder / "report.json").write_text(json.dumps(report))
     args = ["eval", "tasks", str(folder), "--dense", "--tasks", "rte", "--sample", "2"]
     result = CliRunner().invoke(app, [*args, "--device", "cpu"])

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from tests.exporters.conftest import make_pruned_dir
 
 pytest.importorskip("bitsandbytes")

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from cards.builder import write_card
 from compress.cli.main import app
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from exporters.hub import IGNORE_PATTERNS, push_folder, retry_command
 
 TOKEN = "hf_fakeTestToken0123456789abcdefABCDEF"

@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from compress.cli.main import app
-from compress.errors import BadInputError, ExportParityError
+from compress.core.errors import BadInputError, ExportParityError
 from exporters.onnx import EXPORT_REPORT, OnnxExportConfig, export_onnx
 
 FAST = dict(max_new_tokens=4, latency_new_tokens=4, latency_repeats=1)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from evaluators.cbm.data.base import ConceptDataset, ConceptSplit, class_majority
 from evaluators.cbm.data.cub import load_cub
 from evaluators.cbm.data.led7digit import load_led7digit

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 
 
 @dataclass

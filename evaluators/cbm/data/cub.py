@@ -33,8 +33,6 @@ where a pickled module or a named architecture needs it. Features are cached und
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
+from compress.core.io import atomic_file
 from compress.models import cache_dir
 from evaluators.cbm.data.base import ConceptDataset, ConceptSplit, class_majority, split_indices
 
@@ -206,25 +205,13 @@ def image_inputs(
         else:
             model = load_backbone(Path(backbone), backbone_arch)
             x = extract_features(root, paths, model, image_size, batch_size)
-            save_atomic(x, features)
+            with atomic_file(features) as tmp:
+                torch.save(x, tmp)
     if x.ndim != 2 or x.shape[0] != len(paths):
         raise BadInputError(
             f"{features} must be a (n_images={len(paths)}, d) tensor, got {tuple(x.shape)}"
         )
     return x
-
-
-def save_atomic(tensor: torch.Tensor, path: Path) -> None:
-    """torch.save through a temporary file and a rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(tensor, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_cub(

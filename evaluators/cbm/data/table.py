@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from evaluators.cbm.data.base import ConceptDataset, embed_concepts, make_splits
 
 TRUE, FALSE = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from evaluators.cbm.data.base import ConceptDataset, embed_concepts, make_splits
 
 RDA_NAME = "Zoo.rda"

@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from evaluators.cbm.data import DataSpec, load_dataset
 from evaluators.cbm.data.cub import load_cub
 from evaluators.cbm.data.led7digit import load_led7digit

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 from compress.masks import SparsityPattern
 from evaluators.cbm.models import CBMConfig, Variant, build_cbm
 from evaluators.cbm.prune import prune_linears

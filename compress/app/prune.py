@@ -5,9 +5,7 @@ Every stage writes what it measured into the report; the CLI only renders it.
 
 from __future__ import annotations
 
-import resource
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -26,13 +24,10 @@ from compress.calibration import (
     windows_from_stream,
 )
 from compress.checkpoint import SELFGEN
-from compress.config import PruneConfig
-from compress.engine import Engine, PruneOutcome
-from compress.errors import BadInputError
-from compress.models import LoadedModel, load_model, resolve_device
-from compress.outputs import check_target, publish, staging_folder, work_folder
-from compress.placement import Placement
-from compress.report import (
+from compress.core.config import PruneConfig
+from compress.core.errors import BadInputError
+from compress.core.io import check_target, publish, staging_folder, work_folder
+from compress.core.report import (
     RECIPE_NAME,
     REPORT_FORMAT,
     REPORT_NAME,
@@ -40,31 +35,11 @@ from compress.report import (
     package_versions,
     write_json_atomic,
 )
+from compress.engine import Engine, PruneOutcome
+from compress.models import LoadedModel, check_seqlen, context_length, load_model, resolve_device
+from compress.placement import Placement, peak_rss_bytes
 
 ProgressFn = Callable[[int, int, float], None]
-
-
-def context_length(config) -> int | None:
-    """The longest sequence the model's positions allow, when the config says."""
-    for name in ("max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int):
-            return value
-    return None
-
-
-def check_seqlen(loaded: LoadedModel, seqlen: int, flag: str = "--seqlen") -> None:
-    limit = context_length(loaded.model.config)
-    if limit is not None and seqlen > limit:
-        raise BadInputError(
-            f"{flag} {seqlen} exceeds the model's context of {limit} tokens; use {flag} {limit} or less"
-        )
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory: ``ru_maxrss`` is bytes on macOS, KiB on Linux."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def evaluation_text(config: PruneConfig) -> EvalText:
@@ -286,7 +261,7 @@ def build_report(
     evaluation: dict,
     started: float,
 ) -> dict:
-    """report.json: what was done and measured (schema in :mod:`compress.report`)."""
+    """report.json: what was done and measured (schema in :mod:`compress.core.report`)."""
     peaks = [b["peak_accelerator_bytes"] or 0 for b in outcome.blocks]
     return {
         "format": REPORT_FORMAT,

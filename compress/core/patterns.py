@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Every later stage (evaluators, cards, exporters, the CLI summary) reads this file and adds its
 own section through :func:`update_report`; nothing re-measures what is recorded here.
 
-Top-level keys (``format`` = ``compress.report/1``)::
+Top-level keys (``format`` = ``compress.core.report/1``)::
 
     model        source, base_model, license, model_type, parameters, dtype
     recipe       the full configuration (same as recipe.json)
@@ -20,34 +20,18 @@ Top-level keys (``format`` = ``compress.report/1``)::
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from compress.errors import BadInputError
+from compress.core.errors import BadInputError
+from compress.core.io import write_json_atomic
 
-REPORT_FORMAT = "compress.report/1"
+REPORT_FORMAT = "compress.core.report/1"
 REPORT_NAME = "report.json"
 RECIPE_NAME = "recipe.json"
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so readers never see half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_report(folder: Path) -> dict:

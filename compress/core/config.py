@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
-from compress.errors import BadInputError
-from compress.patterns import SparsityPattern
+from compress.core.errors import BadInputError
+from compress.core.patterns import SparsityPattern
 
 
 class Method(str, Enum):

@@ -1,0 +1,46 @@
+"""Option groups every command shares: device, dtype, seed, output folder, overwrite.
+
+Each is a field factory for a config dataclass (``device: str = device_option()``), so the
+flag, default and help are written here once however many commands take them.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from compress.core.options import option
+
+
+class DType(str, Enum):
+    """Weight dtype names (``auto``: bfloat16 on a GPU that has it, float32 elsewhere)."""
+
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+def device_option() -> Any:
+    return option("auto", flags="--device", help="auto, cpu, cuda or cuda:N.")
+
+
+def dtype_option() -> Any:
+    return option(
+        DType.auto,
+        flags="--dtype",
+        help="auto (bf16 on a GPU that supports it, fp32 elsewhere), float32, bfloat16, float16.",
+    )
+
+
+def seed_option(what: str) -> Any:
+    """``what``: what the seed chooses, for the help line (e.g. "calibration windows")."""
+    return option(0, flags="--seed", help=f"Seed for {what}.")
+
+
+def output_option(default: str | None, what: str) -> Any:
+    return option(default, flags="--output", help=f"{what} (written atomically).")
+
+
+def overwrite_option(what: str = "an existing non-empty output folder") -> Any:
+    return option(False, flags="--overwrite", help=f"Replace {what}.")
