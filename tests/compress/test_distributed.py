@@ -121,14 +121,51 @@ def compute() -> dict:
     return result
 
 
+# (method, reconstruction, nsamples, global batch, seqlen): with 2 ranks, batches that split
+# evenly, unevenly (6 = 4 + 2), into an empty slice for rank 1 (the last batch of 1 row), and a
+# batch larger than the samples (one batch of 3 split 2 + 1).
+GRID = [
+    (method, "lr", n, batch, seqlen)
+    for method in ("wanda", "sparsegpt")
+    for n, batch, seqlen in [(8, 8, 16), (4, 2, 32), (6, 4, 24), (5, 2, 16), (3, 8, 20), (7, 3, 12)]
+] + [("wanda", "br", 5, 2, 16), ("sparsegpt", "br", 3, 8, 12)]
+
+
+def grid_case(method: str, technique: str, nsamples: int, batch: int, seqlen: int) -> dict:
+    """One configuration through the pipeline's engine entry point (as ``compress prune``):
+    masks and the pruned blocks' weights, or the error it raised."""
+    from compress.calibration import Windows
+    from compress.config import CalibrationConfig, PruneConfig, ReconstructConfig
+    from compress.errors import BadInputError
+    from compress.models import LoadedModel
+    from compress.pipeline import run_engine
+
+    ids = torch.randint(0, 256, (nsamples, seqlen), generator=torch.Generator().manual_seed(7))
+    model = tiny_model()
+    config = PruneConfig(
+        method=method,
+        calibration=CalibrationConfig(nsamples=nsamples, seqlen=seqlen, batch_size=batch),
+        reconstruct=ReconstructConfig(technique=technique, epochs=2, measure_errors=False),
+    )
+    loaded = LoadedModel(model, None, "tiny", "tiny")
+    windows = Windows(ids, "random", "train", 7, ids.numel())
+    try:
+        outcome = run_engine(loaded, config, windows, None, None, None, torch.device("cpu"), None)
+    except BadInputError as error:
+        return {"error": str(error)}
+    return {"masks": outcome.masks, "weights": model.model.layers.state_dict()}
+
+
 def worker(out: Path) -> None:
     from compress.distributed import barrier, init_from_env, is_main
 
     torch.set_num_threads(1)
     init_from_env()
     result = compute()
+    grid = {case: grid_case(*case) for case in GRID}
     if is_main():
         torch.save(result, out / "distributed.pt")
+        torch.save(grid, out / "grid.pt")
     barrier()
 
 
@@ -168,14 +205,35 @@ def test_single_process_helpers_are_no_ops():
             distributed.init_from_env()
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    """One torchrun launch (2 gloo ranks) of this file's worker; the folder of its results."""
+    out = tmp_path_factory.mktemp("two-ranks")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     done = subprocess.run(
-        [*launch, __file__, str(tmp_path)], env=env, capture_output=True, text=True, timeout=180
+        [*launch, __file__, str(out)], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    dist_result = torch.load(tmp_path / "distributed.pt")
+    return out
+
+
+@pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)))
+def test_grid_two_ranks_match_one_process(two_ranks, case):
+    """Masks identical and weights equal to float tolerance, however the batches split."""
+    two = torch.load(two_ranks / "grid.pt")[case]
+    one = grid_case(*case)
+    assert "error" not in two, two.get("error")
+    assert one["masks"].keys() == two["masks"].keys()
+    for name, mask in one["masks"].items():
+        differ = int((mask != two["masks"][name]).sum())
+        assert differ == 0, f"{name}: {differ} mask entries differ"
+    for key, value in one["weights"].items():
+        torch.testing.assert_close(two["weights"][key], value, rtol=1e-4, atol=1e-6, msg=lambda m: f"{key}: {m}")
+
+
+def test_two_gloo_processes_match_one_process(two_ranks):
+    dist_result = torch.load(two_ranks / "distributed.pt")
     single = compute()
     assert dist_result["rows"] == NSAMPLES // 2 and single["rows"] == NSAMPLES
     for method in ("wanda", "sparsegpt"):
