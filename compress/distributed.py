@@ -2,19 +2,20 @@
 
 Launched by ``torchrun`` or ``accelerate launch`` (both set ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``), with gloo on CPU and nccl on GPU. Every rank
-holds the whole model and a shard of the calibration samples. Results match one process because
-everything reduced is a sum: Wanda's ``sum_tokens x_j^2``, SparseGPT's ``sum x x^T`` and its token
-count (:meth:`compress.pruners.base.Pruner.statistics`), and reconstruction gradients, which are
-averaged so that rank ``r`` holding slice ``r`` of every global batch gives the global batch's
-mean gradient (:func:`shard` lays samples out that way).
+holds the whole model and a slice of every calibration batch (:func:`local_batches`), so any
+``--nsamples`` and ``--batch-size`` work. Results match one process because everything reduced is
+a sum that does not depend on how the batches were cut: the pruners' statistics (Wanda's
+``sum_tokens x_j^2``, SparseGPT's ``sum x x^T`` and its token count, accumulated in float64 so
+that the float32 values the pruners use come out the same whatever the order of the additions),
+and reconstruction gradients, each rank's loss being its share of the global batch's mean
+(:func:`sum_gradients`).
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -65,32 +66,22 @@ def init_from_env(timeout_minutes: int = 120) -> torch.device:
     return device
 
 
-def shard(ids: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """This rank's calibration samples (rows of ``ids``), the same on every run.
+def local_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """This rank's rows of every calibration batch, the same on every run.
 
-    Without ``batch_size``: contiguous, near-equal chunks. With it (the global batch size):
-    every global batch of ``batch_size`` rows is cut into ``world_size`` equal slices and rank
-    ``r`` takes slice ``r`` of each, so rank-local batches of ``batch_size / world_size`` rows
-    taken in the same order average to exactly the single-process batches.
+    The batches are those of one process (``batch_size`` rows, the last one shorter); each is
+    cut into ``world_size`` near-equal slices and rank ``r`` takes slice ``r``. A slice is empty
+    where a batch has fewer rows than there are ranks; the rank still takes part in that step.
 
     Raises:
-        BadInputError: fewer samples than ranks, or sizes that do not divide.
+        BadInputError: fewer samples than ranks.
     """
     world, r = world_size(), rank()
-    n = ids.shape[0]
-    if n < world:
-        raise BadInputError(f"--nsamples {n} is below the {world} processes; use at least {world}")
-    if batch_size is None:
-        return ids.tensor_split(world)[r]
-    if batch_size % world or n % batch_size:
+    if ids.shape[0] < world:
         raise BadInputError(
-            f"with {world} processes, --batch-size ({batch_size}) must be a multiple of {world} "
-            f"and divide --nsamples ({n})"
+            f"--nsamples {ids.shape[0]} is below the {world} processes; use at least {world}"
         )
-    local = batch_size // world
-    return ids.reshape(n // batch_size, world, local, *ids.shape[1:])[:, r].reshape(
-        -1, *ids.shape[1:]
-    )
+    return [batch.tensor_split(world)[r] for batch in ids.split(batch_size)]
 
 
 def all_reduce_(tensors: Iterable[torch.Tensor]) -> None:
@@ -110,37 +101,18 @@ def sum_floats(values: list[float], device: torch.device | None = None) -> list[
     return buffer.tolist()
 
 
-def average_gradients(params: Iterable[nn.Parameter]) -> None:
-    """Replace each ``.grad`` by its mean over ranks (call after ``backward``)."""
+@torch.no_grad()
+def sum_gradients(params: Iterable[nn.Parameter]) -> None:
+    """Replace each ``.grad`` by its sum over ranks (call after ``backward``; a missing gradient
+    counts as zero). Every rank reduces the same parameters in the same order, also a rank whose
+    slice of the batch was empty and ran no backward."""
     if not is_distributed():
         return
-    world = world_size()
     for param in params:
-        if param.grad is not None:
+        if param.requires_grad:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
             dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
-            param.grad.div_(world)
-
-
-@contextmanager
-def synced_gradients(params: Iterable[nn.Parameter]) -> Iterator[None]:
-    """Average every gradient over ranks as soon as ``backward`` accumulates it (as DDP does),
-    so a training loop written for one process needs no change. Every rank runs the same
-    graph, so the hooks fire, and the collectives are issued, in the same order."""
-    if not is_distributed():
-        yield
-        return
-    world = world_size()
-
-    def hook(param: torch.Tensor) -> None:
-        dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
-        param.grad.div_(world)
-
-    handles = [p.register_post_accumulate_grad_hook(hook) for p in params if p.requires_grad]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def broadcast_(tensors: Iterable[torch.Tensor], src: int = 0) -> None:

@@ -103,10 +103,6 @@ def activation_device(
     return accelerator if nbytes < free // 2 else torch.device("cpu")
 
 
-def split_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    return list(ids.split(batch_size))
-
-
 def check_widths(adapter: BlockAdapter, config: PruneConfig) -> None:
     """Fail before any work if an N:M pattern does not tile some layer's input width."""
     for index in range(len(adapter)):
@@ -153,6 +149,8 @@ class Engine:
     def _run(
         self, window: list[int], calls: list[list[BlockCall]], b: int, x: torch.Tensor
     ) -> torch.Tensor:
+        if not len(x):  # this rank's slice of batch b is empty (data-parallel)
+            return self._keep(x)
         return self._keep(self._run_blocks(window, calls, b, x.to(self.dtype)))
 
     def _keep(self, x: torch.Tensor) -> torch.Tensor:
@@ -287,17 +285,16 @@ class Engine:
         generator = torch.Generator().manual_seed(
             self.config.calibration.seed * 100_003 + i * 2 + int(cr)
         )
-        with distributed.synced_gradients(params):  # data-parallel: average over ranks
-            result = reconstruct(
-                params,
-                self._param_masks(window),
-                lambda b, xb: self._run_blocks(window, calib.calls, b, xb),
-                Batches(x),
-                Batches(y),
-                settings,
-                generator,
-                holdout=watch,
-            )
+        result = reconstruct(  # data-parallel: sums gradients over ranks
+            params,
+            self._param_masks(window),
+            lambda b, xb: self._run_blocks(window, calib.calls, b, xb),
+            Batches(x),
+            Batches(y),
+            settings,
+            generator,
+            holdout=watch,
+        )
         for block in blocks:
             block.to(self.dtype)
         return {"window": window, **result}
@@ -366,7 +363,17 @@ class Engine:
 
     # -- the whole model -------------------------------------------------------------------
     def _streams(self, ids: torch.Tensor) -> Streams:
-        hidden, calls = self.adapter.capture(split_batches(ids, self.config.calibration.batch_size))
+        """The streams of ``ids`` entering block 0, batched as in one process; under
+        ``torch.distributed`` this rank's slice of every batch (:func:`distributed.local_batches`),
+        an empty slice standing as an empty activation that no block runs on."""
+        batches = distributed.local_batches(ids, self.config.calibration.batch_size)
+        full = [b for b, batch in enumerate(batches) if len(batch)]
+        captured, captured_calls = self.adapter.capture([batches[b] for b in full])
+        width = captured[0].shape[-1] if captured else self.model.config.hidden_size
+        hidden = [ids.new_empty((0, ids.shape[1], width), dtype=self.dtype) for _ in batches]
+        calls: list[list[BlockCall]] = [[] for _ in batches]
+        for b, x, call in zip(full, captured, captured_calls):
+            hidden[b], calls[b] = x, call
         hidden = self._store(hidden)
         need_dense = self.technique.global_targets or self.recon.errors
         return Streams(calls, hidden, [h.clone() for h in hidden] if need_dense else None)
@@ -411,6 +418,7 @@ class Engine:
         start = time.perf_counter()
         hidden = self.model.get_input_embeddings().embedding_dim
         tokens = calib_ids.numel() + (0 if holdout_ids is None else holdout_ids.numel())
+        tokens //= distributed.world_size()  # each rank holds its slice of every batch
         streams = 3 if self.technique.trains else 2  # sparse, dense, and targets or CR inputs
         nbytes = streams * tokens * hidden * torch.finfo(self.act_dtype).bits // 8
         self.store = activation_device(

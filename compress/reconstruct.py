@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compress.distributed import sum_floats
+from compress.distributed import sum_floats, sum_gradients
 from compress.sam import SAM, mask_gradients, mask_weights
 
 RunFn = Callable[[int, torch.Tensor], torch.Tensor]  # (batch index, inputs) -> outputs
@@ -52,6 +52,9 @@ class Batches:
     def __len__(self) -> int:
         return len(self.batches)
 
+    def rows(self, index: int) -> int:
+        return self.batches[index].shape[0]
+
     def get(self, index: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         return self.batches[index].to(device=device, dtype=dtype, non_blocking=True)
 
@@ -69,6 +72,8 @@ def normalized_error(
     """``sum ||h(x) - y||² / sum ||y||²`` over all batches (the paper's normalized error)."""
     num = den = 0.0
     for b in range(len(inputs)):
+        if not inputs.rows(b):  # this rank's slice of the batch is empty
+            continue
         y = targets.get(b, device, torch.float32)
         out = run(b, inputs.get(b, device, dtype)).float()
         num += float((out - y).pow(2).sum())
@@ -87,6 +92,7 @@ def _make_optimizer(params: list[nn.Parameter], masks: dict, settings: ReconSett
             lr=settings.lr,
             betas=settings.betas,
             weight_decay=0.0,
+            global_epsilon=False,  # the closure already sums gradients over ranks
         )
     return torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, weight_decay=0.0)
 
@@ -104,6 +110,11 @@ def reconstruct(
     """Train ``params`` so that ``run`` maps ``inputs`` to ``targets``; masks stay exact.
 
     Returns losses per epoch, held-out errors per epoch (with early stopping) and seconds.
+
+    Data-parallel (``torch.distributed``): ``inputs`` and ``targets`` hold this rank's slice of
+    every batch (possibly empty); each rank's loss is its squared error over the whole batch's
+    element count, and gradients are summed over ranks, which gives one process's mean loss and
+    gradient however the batch was cut.
     """
     start = time.perf_counter()
     device, dtype = params[0].device, params[0].dtype
@@ -116,6 +127,7 @@ def reconstruct(
     holdout_errors = [normalized_error(*holdout, device, dtype)] if watch else []
     best_state = [p.detach().clone() for p in params] if watch else None
     stopped_early = False
+    numel = sum_floats([float(t.numel()) for t in targets.batches])  # whole batches, all ranks
 
     for _ in range(settings.epochs):
         loss_sum = 0.0
@@ -123,10 +135,13 @@ def reconstruct(
             x, y = inputs.get(b, device, dtype), targets.get(b, device, torch.float32)
 
             def closure(b: int = b, x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
-                with _autocast(device, settings.autocast_dtype):
-                    out = run(b, x)
-                loss = nn.functional.mse_loss(out.float(), y)
-                loss.backward()
+                loss = torch.zeros((), device=device)
+                if len(x):  # else this rank's slice is empty: it only joins the sum
+                    with _autocast(device, settings.autocast_dtype):
+                        out = run(b, x)
+                    loss = nn.functional.mse_loss(out.float(), y, reduction="sum") / numel[b]
+                    loss.backward()
+                sum_gradients(params)
                 mask_gradients(masks)
                 return loss
 
@@ -139,7 +154,7 @@ def reconstruct(
             mask_weights(masks)
             schedule.step()
             loss_sum += float(loss.detach())
-        epoch_losses.append(loss_sum / len(inputs))
+        epoch_losses.append(sum_floats([loss_sum])[0] / len(inputs))
         if watch:
             error = normalized_error(*holdout, device, dtype)
             improved = error < min(holdout_errors)

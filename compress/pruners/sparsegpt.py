@@ -2,6 +2,8 @@
 
 Symbols, as in the paper:
     H       Hessian of the layer-wise loss, ``(2/n) * sum_tokens x x^T``   (in, in)
+            (the sum accumulated in float64, so the float32 ``H`` is the same however the
+            tokens were cut into batches and ranks; see :mod:`compress.distributed`)
     Hinv    upper Cholesky factor of ``H^-1``                                (in, in)
     W       weights being pruned, float32 copy                               (out, in)
     Err1    scaled errors ``(w - q) / [Hinv]_cc`` of one lazy block          (out, blocksize)
@@ -56,12 +58,12 @@ class SparseGPTPruner(Pruner):
         self.blocksize = blocksize
         self.percdamp = percdamp
         cols = weight.shape[1]
-        self.xxt = torch.zeros(cols, cols, dtype=torch.float32, device=weight.device)
+        self.xxt = torch.zeros(cols, cols, dtype=torch.float64, device=weight.device)
         self.count = torch.zeros((), dtype=torch.float64, device=weight.device)
 
     @torch.no_grad()
     def add_batch(self, inp: torch.Tensor) -> None:
-        x = flatten_inputs(inp).to(self.xxt.device)
+        x = flatten_inputs(inp).to(self.xxt.device, torch.float64)
         self.xxt.addmm_(x.t(), x)
         self.count += x.shape[0]
         self.nsamples += x.shape[0]
@@ -98,7 +100,7 @@ class SparseGPTPruner(Pruner):
     def _prune(self, sparsity: float, pattern: SparsityPattern) -> torch.Tensor:
         W = self.weight.detach().float().clone()
         rows, cols = W.shape
-        H = self.xxt * (2.0 / max(float(self.count), 1.0))
+        H = (self.xxt * (2.0 / max(float(self.count), 1.0))).float()
         dead = H.diagonal() == 0
         H[dead, dead] = 1.0
         W[:, dead] = 0.0

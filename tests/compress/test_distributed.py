@@ -1,8 +1,8 @@
 """Two gloo processes (torchrun, CPU) give the single-process statistics, masks and weights.
 
 This file is also the worker: ``torchrun --nproc-per-node 2 test_distributed.py OUT`` runs
-:func:`compute` on each rank and rank 0 saves the results. The test runs the same function in
-one process and compares.
+:func:`compute` and every configuration of :data:`GRID` on each rank, and rank 0 saves the
+results (one launch for all). The tests run the same functions in one process and compare.
 """
 
 from __future__ import annotations
@@ -63,9 +63,8 @@ def prune_block0(model, batches, method: str) -> dict[str, torch.Tensor]:
 
 def reconstruct_block0(model, batches) -> None:
     """Wanda on block 0, then two epochs of block-wise reconstruction towards the dense block's
-    outputs, gradients synced over ranks."""
+    outputs (gradients summed over ranks inside :func:`reconstruct`)."""
     from compress.blocks import BlockAdapter
-    from compress.distributed import synced_gradients
     from compress.reconstruct import Batches, ReconSettings, reconstruct
 
     adapter = BlockAdapter(model)
@@ -77,37 +76,36 @@ def reconstruct_block0(model, batches) -> None:
     layers = adapter.prunable_layers(0)
     params = list(block.parameters())
     param_masks = {layers[name].weight: mask for name, mask in masks.items()}
-    with synced_gradients(params):
-        reconstruct(
-            params,
-            param_masks,
-            lambda b, x: adapter.run_block(0, x, calls[b][0]),
-            Batches(hidden),
-            Batches(targets),
-            ReconSettings(epochs=2, lr=1e-3),
-            torch.Generator().manual_seed(0),
-        )
+    reconstruct(
+        params,
+        param_masks,
+        lambda b, x: adapter.run_block(0, x, calls[b][0]),
+        Batches(hidden),
+        Batches(targets),
+        ReconSettings(epochs=2, lr=1e-3),
+        torch.Generator().manual_seed(0),
+    )
 
 
-def gradients(batch: torch.Tensor) -> list[torch.Tensor]:
-    """Gradient of a mean loss on this rank's rows, averaged over ranks."""
-    from compress.distributed import average_gradients
+def gradients(features: torch.Tensor) -> list[torch.Tensor]:
+    """Gradient of the mean loss over all rows: each rank's share of it, summed over ranks."""
+    from compress.distributed import local_batches, sum_gradients
 
     torch.manual_seed(1)
     layer = torch.nn.Linear(6, 3)
-    layer(batch).pow(2).mean().backward()
-    average_gradients(layer.parameters())
+    (rows,) = local_batches(features, len(features))
+    (layer(rows).pow(2).sum() / (len(features) * 3)).backward()
+    sum_gradients(layer.parameters())
     return [p.grad for p in layer.parameters()]
 
 
 def compute() -> dict:
     """Everything compared, computed on this rank's shard of the calibration samples."""
-    from compress.distributed import shard, world_size
+    from compress.distributed import local_batches
 
     ids = torch.randint(0, 256, (NSAMPLES, SEQLEN), generator=torch.Generator().manual_seed(0))
-    local = shard(ids, BATCH)
-    batches = list(local.split(BATCH // world_size()))
-    result: dict = {"rows": local.shape[0]}
+    batches = local_batches(ids, BATCH)
+    result: dict = {"rows": sum(len(batch) for batch in batches)}
     for method in ("wanda", "sparsegpt"):
         model = tiny_model()
         masks = prune_block0(model, batches, method)
@@ -116,8 +114,7 @@ def compute() -> dict:
     reconstruct_block0(model, batches)
     result["reconstructed"] = model.model.layers[0].state_dict()
     result["pruned"] = result["wanda"]["weights"]
-    features = torch.randn(BATCH * 2, 6, generator=torch.Generator().manual_seed(2))
-    result["grads"] = gradients(shard(features, BATCH))
+    result["grads"] = gradients(torch.randn(7, 6, generator=torch.Generator().manual_seed(2)))
     return result
 
 
@@ -169,25 +166,25 @@ def worker(out: Path) -> None:
     barrier()
 
 
-def test_shard_interleaves_global_batches(monkeypatch):
+def test_local_batches_slice_every_batch(monkeypatch):
+    """One process's batches of 3 rows, each cut in two: the last (1 row) leaves rank 1 none."""
     from compress import distributed
 
-    ids = torch.arange(8).unsqueeze(1)
+    ids = torch.arange(7).unsqueeze(1)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    monkeypatch.setattr(distributed, "rank", lambda: 1)
-    assert distributed.shard(ids, batch_size=4).flatten().tolist() == [2, 3, 6, 7]
-    assert distributed.shard(ids).flatten().tolist() == [4, 5, 6, 7]
+    for rank, want in [(0, [[0, 1], [3, 4], [6]]), (1, [[2], [5], []])]:
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        got = [batch.flatten().tolist() for batch in distributed.local_batches(ids, 3)]
+        assert got == want
 
 
-def test_shard_refuses_sizes_that_do_not_divide(monkeypatch):
+def test_local_batches_refuses_fewer_samples_than_ranks(monkeypatch):
     from compress import distributed
     from compress.errors import BadInputError
 
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    with pytest.raises(BadInputError, match="multiple of 2"):
-        distributed.shard(torch.zeros(8, 1), batch_size=3)
     with pytest.raises(BadInputError, match="below the 2 processes"):
-        distributed.shard(torch.zeros(1, 1))
+        distributed.local_batches(torch.zeros(1, 1), 4)
 
 
 def test_single_process_helpers_are_no_ops():
@@ -229,7 +226,9 @@ def test_grid_two_ranks_match_one_process(two_ranks, case):
         differ = int((mask != two["masks"][name]).sum())
         assert differ == 0, f"{name}: {differ} mask entries differ"
     for key, value in one["weights"].items():
-        torch.testing.assert_close(two["weights"][key], value, rtol=1e-4, atol=1e-6, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(
+            two["weights"][key], value, rtol=1e-4, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}"
+        )
 
 
 def test_two_gloo_processes_match_one_process(two_ranks):
@@ -253,7 +252,8 @@ if __name__ == "__main__":
 
 
 def test_cli_prune_distributed_matches_one_process(tiny_model_dir, tmp_path):
-    """`compress prune --distributed` under torchrun (2 gloo ranks) = one process."""
+    """`compress prune --distributed` under torchrun (2 gloo ranks) = one process, with batches
+    of 4 and 1 rows (rank 1's slice of the second is empty)."""
     from safetensors.torch import load_file
 
     common = [
@@ -261,12 +261,14 @@ def test_cli_prune_distributed_matches_one_process(tiny_model_dir, tmp_path):
         str(tiny_model_dir),
         "--device",
         "cpu",
+        "--method",
+        "sparsegpt",
         "--nsamples",
-        "4",
+        "5",
         "--seqlen",
         "32",
         "--batch-size",
-        "2",
+        "4",
         "--reconstruct",
         "br",
         "--recon-epochs",
