@@ -5,9 +5,10 @@ Launched by ``torchrun`` or ``accelerate launch`` (both set ``RANK``, ``WORLD_SI
 holds the whole model and a slice of every calibration batch (:func:`local_batches`), so any
 ``--nsamples`` and ``--batch-size`` work. Results match one process because everything reduced is
 a sum that does not depend on how the batches were cut: the pruners' statistics (Wanda's
-``sum_tokens x_j^2``, SparseGPT's ``sum x x^T`` and its token count, accumulated in float64 so
-that the float32 values the pruners use come out the same whatever the order of the additions),
-and reconstruction gradients, each rank's loss being its share of the global batch's mean
+``sum_tokens x_j^2``, SparseGPT's ``sum x x^T`` and its token count: one term per calibration
+sequence, so terms do not depend on the batches, added in an :class:`ExactSum`, so the float32
+values the pruners use do not depend on the order of the additions), and reconstruction
+gradients, each rank's loss being its share of the global batch's mean
 (:func:`sum_gradients`).
 """
 
@@ -84,12 +85,48 @@ def local_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return [batch.tensor_split(world)[r] for batch in ids.split(batch_size)]
 
 
-def all_reduce_(tensors: Iterable[torch.Tensor]) -> None:
-    """Sum each tensor over all ranks, in place (no-op in one process)."""
-    if not is_distributed():
-        return
-    for tensor in tensors:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+class ExactSum:
+    """A float64 running sum whose value does not depend on the order of its terms (Neumaier's
+    compensated summation: ``hi`` plus the rounding errors gathered in ``lo``, together ~106
+    bits), also when summed over ranks (:meth:`all_reduce_`).
+
+    Why: a plain float32 or float64 sum changes in its last bits with the order of the
+    additions, so one process and several ranks (which add the same terms in another order)
+    get float32 statistics that differ now and then by an ulp, enough to flip near-tied mask
+    entries. Here two orders differ by ~1e-32 relatively, far below float32 rounding.
+    """
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
+        self.hi = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.lo = torch.zeros_like(self.hi)
+
+    @torch.no_grad()
+    def add_(self, term: torch.Tensor) -> None:
+        term = term.to(torch.float64)
+        total = self.hi + term
+        big = self.hi.abs() >= term.abs()
+        self.lo += torch.where(big, (self.hi - total) + term, (term - total) + self.hi)
+        self.hi = total
+
+    def value(self) -> torch.Tensor:
+        return self.hi + self.lo
+
+    @torch.no_grad()
+    def all_reduce_(self) -> None:
+        """Sum over ranks, in place, compensated too (no-op in one process): every rank's
+        ``hi`` is broadcast in turn and added, the ``lo`` parts (tiny) are summed plainly."""
+        if not is_distributed():
+            return
+        total = ExactSum(tuple(self.hi.shape), self.hi.device)
+        for src in range(world_size()):
+            part = self.hi.clone()
+            dist.broadcast(part, src=src)
+            total.add_(part)
+        dist.all_reduce(self.lo, op=dist.ReduceOp.SUM)
+        self.hi, self.lo = total.hi, total.lo + self.lo
+
+    def free(self) -> None:
+        self.hi = self.lo = torch.empty(0)
 
 
 def sum_floats(values: list[float], device: torch.device | None = None) -> list[float]:

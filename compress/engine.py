@@ -223,7 +223,8 @@ class Engine:
         if pruner_cls.needs_data and pruners:
             self._collect(i, pruners, layers, s)
             for pruner in pruners.values():  # data-parallel calibration: sum over ranks
-                distributed.all_reduce_(pruner.statistics())
+                for total in pruner.statistics():
+                    total.all_reduce_()
         for name, pruner in pruners.items():
             target = self.config.sparsity_for(name)
             result = pruner.prune(target, self.config.parsed_pattern)

@@ -17,7 +17,6 @@ from compress.patterns import SparsityPattern
 __all__ = [
     "SparsityPattern",
     "apply_mask",
-    "flatten_inputs",
     "measured_sparsity",
     "n_m_mask",
     "rowwise_mask",
@@ -50,11 +49,6 @@ def select_mask(score: torch.Tensor, sparsity: float, pattern: SparsityPattern) 
     if pattern.structured:
         return n_m_mask(score, pattern.n, pattern.m)
     return rowwise_mask(score, sparsity)
-
-
-def flatten_inputs(inp: torch.Tensor) -> torch.Tensor:
-    """Layer inputs ``(..., in_features)`` as float32 ``(tokens, in_features)``."""
-    return inp.reshape(-1, inp.shape[-1]).float()
 
 
 def measured_sparsity(weight: torch.Tensor) -> float:

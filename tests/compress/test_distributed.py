@@ -39,7 +39,6 @@ def tiny_model():
 def prune_block0(model, batches, method: str) -> dict[str, torch.Tensor]:
     """Statistics of block 0's Linears on this rank's batches, summed over ranks, then pruned."""
     from compress.blocks import BlockAdapter, weight_view
-    from compress.distributed import all_reduce_
     from compress.masks import SparsityPattern
     from compress.pruners import PRUNERS
 
@@ -56,7 +55,8 @@ def prune_block0(model, batches, method: str) -> dict[str, torch.Tensor]:
         handle.remove()
     masks = {}
     for name, pruner in pruners.items():
-        all_reduce_(pruner.statistics())
+        for total in pruner.statistics():
+            total.all_reduce_()
         masks[name] = pruner.prune(0.5, SparsityPattern.parse("unstructured")).mask
     return masks
 
@@ -178,6 +178,26 @@ def test_local_batches_slice_every_batch(monkeypatch):
         assert got == want
 
 
+def test_exact_sum_does_not_depend_on_the_order_of_its_terms():
+    """A plain float64 sum of the same terms changes with their order; ExactSum does not."""
+    from compress.distributed import ExactSum
+
+    gen = torch.Generator().manual_seed(0)
+    terms = torch.randn(64, 20_000, generator=gen, dtype=torch.float64)
+    terms *= torch.exp(3 * torch.randn(64, 1, generator=gen, dtype=torch.float64))
+    orders = [torch.arange(64), torch.arange(63, -1, -1), torch.randperm(64, generator=gen)]
+    plain, exact = [], []
+    for order in orders:
+        total = ExactSum((20_000,), torch.device("cpu"))
+        for i in order:
+            total.add_(terms[i])
+        exact.append(total.value())
+        plain.append(terms[order].cumsum(0)[-1])
+    assert any(not torch.equal(plain[0], p) for p in plain[1:])
+    for value in exact[1:]:
+        assert torch.equal(value.float(), exact[0].float())
+
+
 def test_local_batches_refuses_fewer_samples_than_ranks(monkeypatch):
     from compress import distributed
     from compress.errors import BadInputError
@@ -191,9 +211,11 @@ def test_single_process_helpers_are_no_ops():
     from compress import distributed
     from compress.errors import BadInputError
 
-    t = torch.ones(3)
-    distributed.all_reduce_([t])
-    assert t.tolist() == [1, 1, 1] and distributed.world_size() == 1 and distributed.is_main()
+    total = distributed.ExactSum((3,), torch.device("cpu"))
+    total.add_(torch.ones(3))
+    total.all_reduce_()
+    assert total.value().tolist() == [1, 1, 1]
+    assert distributed.world_size() == 1 and distributed.is_main()
     assert distributed.sum_floats([1.5, 2.0]) == [1.5, 2.0]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     with pytest.MonkeyPatch.context() as mp:
