@@ -2,19 +2,21 @@
 
 Launched by ``torchrun`` or ``accelerate launch`` (both set ``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``), with gloo on CPU and nccl on GPU. Every rank
-holds the whole model and a shard of the calibration samples. Results match one process because
-everything reduced is a sum: Wanda's ``sum_tokens x_j^2``, SparseGPT's ``sum x x^T`` and its token
-count (:meth:`compress.pruners.base.Pruner.statistics`), and reconstruction gradients, which are
-averaged so that rank ``r`` holding slice ``r`` of every global batch gives the global batch's
-mean gradient (:func:`shard` lays samples out that way).
+holds the whole model and a slice of every calibration batch (:func:`local_batches`), so any
+``--nsamples`` and ``--batch-size`` work. Results match one process because everything reduced is
+a sum that does not depend on how the batches were cut: the pruners' statistics (Wanda's
+``sum_tokens x_j^2``, SparseGPT's ``sum x x^T`` and its token count: one term per calibration
+sequence, so terms do not depend on the batches, added in an :class:`ExactSum`, so the float32
+values the pruners use do not depend on the order of the additions), and reconstruction
+gradients, each rank's loss being its share of the global batch's mean
+(:func:`sum_gradients`).
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -65,40 +67,69 @@ def init_from_env(timeout_minutes: int = 120) -> torch.device:
     return device
 
 
-def shard(ids: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-    """This rank's calibration samples (rows of ``ids``), the same on every run.
+def local_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """This rank's rows of every calibration batch, the same on every run.
 
-    Without ``batch_size``: contiguous, near-equal chunks. With it (the global batch size):
-    every global batch of ``batch_size`` rows is cut into ``world_size`` equal slices and rank
-    ``r`` takes slice ``r`` of each, so rank-local batches of ``batch_size / world_size`` rows
-    taken in the same order average to exactly the single-process batches.
+    The batches are those of one process (``batch_size`` rows, the last one shorter); rank ``r``
+    holds the rows (slots) ``[r·w, (r+1)·w)`` of each, ``w = ceil(batch_size / world_size)``, so
+    a slot belongs to the same rank in every batch (the per-epoch reshuffle of
+    :func:`compress.reconstruct.epoch_steps` relies on it). A slice is empty where a batch has
+    too few rows; the rank still takes part in that step.
 
     Raises:
-        BadInputError: fewer samples than ranks, or sizes that do not divide.
+        BadInputError: fewer samples than ranks.
     """
     world, r = world_size(), rank()
-    n = ids.shape[0]
-    if n < world:
-        raise BadInputError(f"--nsamples {n} is below the {world} processes; use at least {world}")
-    if batch_size is None:
-        return ids.tensor_split(world)[r]
-    if batch_size % world or n % batch_size:
+    if ids.shape[0] < world:
         raise BadInputError(
-            f"with {world} processes, --batch-size ({batch_size}) must be a multiple of {world} "
-            f"and divide --nsamples ({n})"
+            f"--nsamples {ids.shape[0]} is below the {world} processes; use at least {world}"
         )
-    local = batch_size // world
-    return ids.reshape(n // batch_size, world, local, *ids.shape[1:])[:, r].reshape(
-        -1, *ids.shape[1:]
-    )
+    width = -(-batch_size // world)
+    return [batch[r * width : (r + 1) * width] for batch in ids.split(batch_size)]
 
 
-def all_reduce_(tensors: Iterable[torch.Tensor]) -> None:
-    """Sum each tensor over all ranks, in place (no-op in one process)."""
-    if not is_distributed():
-        return
-    for tensor in tensors:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+class ExactSum:
+    """A float64 running sum whose value does not depend on the order of its terms (Neumaier's
+    compensated summation: ``hi`` plus the rounding errors gathered in ``lo``, together ~106
+    bits), also when summed over ranks (:meth:`all_reduce_`).
+
+    Why: a plain float32 or float64 sum changes in its last bits with the order of the
+    additions, so one process and several ranks (which add the same terms in another order)
+    get float32 statistics that differ now and then by an ulp, enough to flip near-tied mask
+    entries. Here two orders differ by ~1e-32 relatively, far below float32 rounding.
+    """
+
+    def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
+        self.hi = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.lo = torch.zeros_like(self.hi)
+
+    @torch.no_grad()
+    def add_(self, term: torch.Tensor) -> None:
+        term = term.to(torch.float64)
+        total = self.hi + term
+        big = self.hi.abs() >= term.abs()
+        self.lo += torch.where(big, (self.hi - total) + term, (term - total) + self.hi)
+        self.hi = total
+
+    def value(self) -> torch.Tensor:
+        return self.hi + self.lo
+
+    @torch.no_grad()
+    def all_reduce_(self) -> None:
+        """Sum over ranks, in place, compensated too (no-op in one process): every rank's
+        ``hi`` is broadcast in turn and added, the ``lo`` parts (tiny) are summed plainly."""
+        if not is_distributed():
+            return
+        total = ExactSum(tuple(self.hi.shape), self.hi.device)
+        for src in range(world_size()):
+            part = self.hi.clone()
+            dist.broadcast(part, src=src)
+            total.add_(part)
+        dist.all_reduce(self.lo, op=dist.ReduceOp.SUM)
+        self.hi, self.lo = total.hi, total.lo + self.lo
+
+    def free(self) -> None:
+        self.hi = self.lo = torch.empty(0)
 
 
 def sum_floats(values: list[float], device: torch.device | None = None) -> list[float]:
@@ -110,37 +141,18 @@ def sum_floats(values: list[float], device: torch.device | None = None) -> list[
     return buffer.tolist()
 
 
-def average_gradients(params: Iterable[nn.Parameter]) -> None:
-    """Replace each ``.grad`` by its mean over ranks (call after ``backward``)."""
+@torch.no_grad()
+def sum_gradients(params: Iterable[nn.Parameter]) -> None:
+    """Replace each ``.grad`` by its sum over ranks (call after ``backward``; a missing gradient
+    counts as zero). Every rank reduces the same parameters in the same order, also a rank whose
+    slice of the batch was empty and ran no backward."""
     if not is_distributed():
         return
-    world = world_size()
     for param in params:
-        if param.grad is not None:
+        if param.requires_grad:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
             dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
-            param.grad.div_(world)
-
-
-@contextmanager
-def synced_gradients(params: Iterable[nn.Parameter]) -> Iterator[None]:
-    """Average every gradient over ranks as soon as ``backward`` accumulates it (as DDP does),
-    so a training loop written for one process needs no change. Every rank runs the same
-    graph, so the hooks fire, and the collectives are issued, in the same order."""
-    if not is_distributed():
-        yield
-        return
-    world = world_size()
-
-    def hook(param: torch.Tensor) -> None:
-        dist.all_reduce(param.grad, op=dist.ReduceOp.SUM)
-        param.grad.div_(world)
-
-    handles = [p.register_post_accumulate_grad_hook(hook) for p in params if p.requires_grad]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
 
 
 def broadcast_(tensors: Iterable[torch.Tensor], src: int = 0) -> None:

@@ -104,10 +104,6 @@ def activation_device(
     return accelerator if nbytes < free // 2 else torch.device("cpu")
 
 
-def split_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    return list(ids.split(batch_size))
-
-
 def zero_count(weight: torch.Tensor) -> dict:
     """The ``sparsity`` and ``zeros`` entries of a layer in report.json."""
     return {"sparsity": measured_sparsity(weight), "zeros": int((weight == 0).sum())}
@@ -158,6 +154,8 @@ class Engine:
     def _run(
         self, window: list[int], calls: list[list[BlockCall]], b: int, x: torch.Tensor
     ) -> torch.Tensor:
+        if not len(x):  # this rank's slice of batch b is empty (data-parallel)
+            return self._keep(x)
         return self._keep(self._run_blocks(window, calls, b, x.to(self.dtype)))
 
     def _keep(self, x: torch.Tensor) -> torch.Tensor:
@@ -234,7 +232,8 @@ class Engine:
         if pruner_cls.needs_data and pruners:
             self._collect(i, pruners, layers, s)
             for pruner in pruners.values():  # data-parallel calibration: sum over ranks
-                distributed.all_reduce_(pruner.statistics())
+                for total in pruner.statistics():
+                    total.all_reduce_()
         for name, pruner in pruners.items():
             target = self.config.sparsity_for(name)
             result = pruner.prune(target, self.config.parsed_pattern)
@@ -302,17 +301,16 @@ class Engine:
         generator = torch.Generator().manual_seed(
             self.config.calibration.seed * 100_003 + i * 2 + int(cr)
         )
-        with distributed.synced_gradients(params):  # data-parallel: average over ranks
-            result = reconstruct(
-                params,
-                self._param_masks(window),
-                lambda b, xb: self._run_blocks(window, calib.calls, b, xb),
-                Batches(x),
-                Batches(y),
-                settings,
-                generator,
-                holdout=watch,
-            )
+        result = reconstruct(  # data-parallel: sums gradients over ranks
+            params,
+            self._param_masks(window),
+            lambda b, xb: self._run_blocks(window, calib.calls, b, xb),
+            Batches(x),
+            Batches(y),
+            settings,
+            generator,
+            holdout=watch,
+        )
         for block in blocks:
             block.to(self.dtype)
         return {"window": window, **result}
@@ -382,7 +380,17 @@ class Engine:
 
     # -- the whole model -------------------------------------------------------------------
     def _streams(self, ids: torch.Tensor) -> Streams:
-        hidden, calls = self.adapter.capture(split_batches(ids, self.config.calibration.batch_size))
+        """The streams of ``ids`` entering block 0, batched as in one process; under
+        ``torch.distributed`` this rank's slice of every batch (:func:`distributed.local_batches`),
+        an empty slice standing as an empty activation that no block runs on."""
+        batches = distributed.local_batches(ids, self.config.calibration.batch_size)
+        full = [b for b, batch in enumerate(batches) if len(batch)]
+        captured, captured_calls = self.adapter.capture([batches[b] for b in full])
+        width = captured[0].shape[-1] if captured else self.model.config.hidden_size
+        hidden = [ids.new_empty((0, ids.shape[1], width), dtype=self.dtype) for _ in batches]
+        calls: list[list[BlockCall]] = [[] for _ in batches]
+        for b, x, call in zip(full, captured, captured_calls):
+            hidden[b], calls[b] = x, call
         hidden = self._store(hidden)
         need_dense = self.technique.global_targets or self.recon.errors
         return Streams(calls, hidden, [h.clone() for h in hidden] if need_dense else None)
@@ -427,6 +435,7 @@ class Engine:
         start = time.perf_counter()
         hidden = self.model.get_input_embeddings().embedding_dim
         tokens = calib_ids.numel() + (0 if holdout_ids is None else holdout_ids.numel())
+        tokens //= distributed.world_size()  # each rank holds its slice of every batch
         streams = 3 if self.technique.trains else 2  # sparse, dense, and targets or CR inputs
         nbytes = streams * tokens * hidden * torch.finfo(self.act_dtype).bits // 8
         self.store = activation_device(

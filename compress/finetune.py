@@ -249,7 +249,7 @@ def train_step(
 
 
 def prepare_output(config: FinetuneConfig) -> Path:
-    """Check the folders; return the staging folder the run writes into (see compress.outputs).
+    """Check the folders; return the staging folder the run writes into (see compress.core.io).
 
     The checkpoint lives in the staging folder, so it survives a crash for --resume; without
     --resume an old staging folder is cleared.

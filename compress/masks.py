@@ -19,7 +19,6 @@ from compress.core.patterns import SparsityPattern
 __all__ = [
     "SparsityPattern",
     "apply_mask",
-    "flatten_inputs",
     "layerwise_mask",
     "measured_sparsity",
     "n_m_mask",
@@ -65,11 +64,6 @@ def select_mask(
     if pattern.structured:
         return n_m_mask(score, pattern.n, pattern.m)
     return layerwise_mask(score, sparsity) if per_layer else rowwise_mask(score, sparsity)
-
-
-def flatten_inputs(inp: torch.Tensor) -> torch.Tensor:
-    """Layer inputs ``(..., in_features)`` as float32 ``(tokens, in_features)``."""
-    return inp.reshape(-1, inp.shape[-1]).float()
 
 
 def measured_sparsity(weight: torch.Tensor) -> float:

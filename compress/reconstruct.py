@@ -55,33 +55,40 @@ class Batches:
     def __len__(self) -> int:
         return len(self.batches)
 
+    def rows(self, index: int) -> int:
+        return self.batches[index].shape[0]
+
     def get(self, index: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         return self.batches[index].to(device=device, dtype=dtype, non_blocking=True)
 
     def gather(self, samples: list[int], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        if not samples:  # this rank holds no slot of the step's batch
+            return self.batches[0][:0].to(device=device, dtype=dtype)
         rows = [self.batches[b][row] for b, row in (self.where[s] for s in samples)]
         return torch.stack(rows).to(device=device, dtype=dtype, non_blocking=True)
 
 
-def epoch_steps(inputs: Batches, generator: torch.Generator) -> list[tuple[int, list[int]]]:
+def epoch_steps(
+    sizes: list[int], global_sizes: list[int], width: int, generator: torch.Generator
+) -> list[tuple[int, list[int]]]:
     """One epoch's steps as (stored batch of the same size, sample numbers), seeded.
 
     Samples are regrouped every epoch, as the reference code reshuffles them: each batch
-    position (slot) is shuffled across the batches independently, then the batches are visited
-    in random order. Shuffling by slot lets data-parallel ranks, which each hold some slots of
-    every global batch (:func:`compress.distributed.shard`), draw the same permutations and still
-    assemble exactly the single-process batches.
+    position (slot) is shuffled across the batches that have it, independently, then the batches
+    are visited in random order. ``sizes`` are this process's batch sizes, ``global_sizes`` those
+    of the whole batches over all ranks, ``width`` the slots a rank holds of a whole batch (see
+    :func:`compress.distributed.local_batches`: rank ``r`` holds slots ``[r·width, (r+1)·width)``).
+    Every rank draws the same permutations for every slot, so the ranks' slices of each step put
+    together are exactly the single-process batch.
     """
-    sizes = [len(batch) for batch in inputs.batches]
     starts = [sum(sizes[:b]) for b in range(len(sizes))]
-    width, steps = max(sizes), [[] for _ in sizes]
-    offset = distributed.rank() * width  # this rank's first slot of a global batch
-    for slot in range(distributed.world_size() * width):
-        local = slot - offset
-        mine = 0 <= local < width
-        holders = [b for b, n in enumerate(sizes) if n > local] if mine else sizes
+    steps: list[list[int]] = [[] for _ in sizes]
+    offset = distributed.rank() * width  # this rank's first slot of a whole batch
+    for slot in range(max(global_sizes, default=0)):
+        holders = [b for b, n in enumerate(global_sizes) if n > slot]
         perm = torch.randperm(len(holders), generator=generator).tolist()
-        if mine:
+        local = slot - offset
+        if 0 <= local < width:
             for target, source in zip(holders, perm):
                 steps[target].append(starts[holders[source]] + local)
     order = torch.randperm(len(sizes), generator=generator).tolist()
@@ -101,6 +108,8 @@ def normalized_error(
     """``sum ||h(x) - y||² / sum ||y||²`` over all batches (the paper's normalized error)."""
     num = den = 0.0
     for b in range(len(inputs)):
+        if not inputs.rows(b):  # this rank's slice of the batch is empty
+            continue
         y = targets.get(b, device, torch.float32)
         out = run(b, inputs.get(b, device, dtype)).float()
         num += float((out - y).pow(2).sum())
@@ -119,6 +128,7 @@ def _make_optimizer(params: list[nn.Parameter], masks: dict, settings: ReconSett
             lr=settings.lr,
             betas=settings.betas,
             weight_decay=0.0,
+            global_epsilon=False,  # the closure already sums gradients over ranks
         )
     return torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, weight_decay=0.0)
 
@@ -136,6 +146,11 @@ def reconstruct(
     """Train ``params`` so that ``run`` maps ``inputs`` to ``targets``; masks stay exact.
 
     Returns losses per epoch, held-out errors per epoch (with early stopping) and seconds.
+
+    Data-parallel (``torch.distributed``): ``inputs`` and ``targets`` hold this rank's slice of
+    every batch (possibly empty); each rank's loss is its squared error over the whole batch's
+    element count, and gradients are summed over ranks, which gives one process's mean loss and
+    gradient however the batch was cut.
     """
     start = time.perf_counter()
     device, dtype = params[0].device, params[0].dtype
@@ -148,18 +163,26 @@ def reconstruct(
     holdout_errors = [normalized_error(*holdout, device, dtype)] if watch else []
     best_state = [p.detach().clone() for p in params] if watch else None
     stopped_early = False
+    numel = distributed.sum_floats([float(t.numel()) for t in targets.batches])  # whole batches
+    sizes = [len(t) for t in inputs.batches]
+    global_sizes = [round(n) for n in distributed.sum_floats([float(n) for n in sizes])]
+    first = float(sizes[0]) if distributed.rank() == 0 and sizes else 0.0
+    width = round(distributed.sum_floats([first])[0])  # rank 0 holds min(width, rows) of batch 0
 
     for _ in range(settings.epochs):
         loss_sum = 0.0
-        for b, samples in epoch_steps(inputs, generator):
+        for b, samples in epoch_steps(sizes, global_sizes, width, generator):
             x = inputs.gather(samples, device, dtype)
             y = targets.gather(samples, device, torch.float32)
 
             def closure(b: int = b, x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
-                with _autocast(device, settings.autocast_dtype):
-                    out = run(b, x)
-                loss = nn.functional.mse_loss(out.float(), y)
-                loss.backward()
+                loss = torch.zeros((), device=device)
+                if len(x):  # else this rank's slice is empty: it only joins the sum
+                    with _autocast(device, settings.autocast_dtype):
+                        out = run(b, x)
+                    loss = nn.functional.mse_loss(out.float(), y, reduction="sum") / numel[b]
+                    loss.backward()
+                distributed.sum_gradients(params)
                 mask_gradients(masks)
                 return loss
 
@@ -172,7 +195,7 @@ def reconstruct(
             mask_weights(masks)
             schedule.step()
             loss_sum += float(loss.detach())
-        epoch_losses.append(loss_sum / len(inputs))
+        epoch_losses.append(distributed.sum_floats([loss_sum])[0] / len(inputs))
         if watch:
             error = normalized_error(*holdout, device, dtype)
             improved = error < min(holdout_errors)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -230,8 +229,8 @@ def run_engine(
     accelerator: torch.device,
     on_block: ProgressFn | None,
 ) -> PruneOutcome:
-    """Run the engine, checkpointing into the work folder (one process) or sharding the
-    windows across ranks (``--distributed``; then no checkpoints). Real windows come first;
+    """Run the engine, checkpointing into the work folder (one process) or with every batch
+    shared across ranks (``--distributed``; then no checkpoints). Real windows come first;
     with ``--stats-from real`` only they feed the pruners' statistics."""
     parts = [w.ids for w in (windows, generated) if w is not None]
     calib_ids, holdout_ids = torch.cat(parts), None if holdout is None else holdout.ids
@@ -239,14 +238,10 @@ def run_engine(
         config.calibration.stats_from == "real" and windows is not None and generated is not None
     )
     stats_samples = len(windows.ids) if real_only else None
-    if distributed.world_size() > 1:
+    if distributed.world_size() > 1:  # the engine takes this rank's slice of every batch
         if stats_samples is not None:
             raise BadInputError("--distributed with self-generated text needs --stats-from all")
-        world = distributed.world_size()
-        calib_ids = distributed.shard(calib_ids, config.calibration.batch_size)
-        holdout_ids = None if holdout_ids is None else distributed.shard(holdout_ids)
-        local = replace(config.calibration, batch_size=config.calibration.batch_size // world)
-        config, work = replace(config, calibration=local), None
+        work = None
     engine = Engine(loaded.model, config, work, stats_samples, accelerator)
     return engine.run(calib_ids, holdout_ids, checkpoint_recipe(config), config.resume, on_block)
 

@@ -9,11 +9,12 @@ all-reduce :meth:`Pruner.statistics` across processes, then calls :meth:`Pruner.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
+from compress.distributed import ExactSum
 from compress.masks import SparsityPattern
 
 
@@ -38,8 +39,8 @@ class Pruner(ABC):
     def add_batch(self, inp: torch.Tensor) -> None:
         """Accumulate statistics from one batch of the layer's inputs ``(..., in_features)``."""
 
-    def statistics(self) -> list[torch.Tensor]:
-        """Tensors summed across processes before :meth:`prune` (distributed calibration)."""
+    def statistics(self) -> list[ExactSum]:
+        """Sums reduced across processes before :meth:`prune` (distributed calibration)."""
         return []
 
     @abstractmethod
@@ -49,6 +50,15 @@ class Pruner(ABC):
 
     def free(self) -> None:
         """Release accumulated statistics."""
+
+
+def sequences(inp: torch.Tensor) -> Iterator[torch.Tensor]:
+    """A batch of layer inputs ``(B, T, in)`` as one float64 ``(T, in)`` matrix per sequence
+    (a 2-D input is one sequence). Statistics added up per sequence do not depend on how the
+    sequences were batched, or shared among processes."""
+    batch = inp.reshape(-1, *inp.shape[-2:]) if inp.dim() > 2 else inp.unsqueeze(0)
+    for x in batch:
+        yield x.to(torch.float64)
 
 
 PRUNERS: dict[str, type[Pruner]] = {}

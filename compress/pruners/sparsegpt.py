@@ -2,6 +2,9 @@
 
 Symbols, as in the paper:
     H       Hessian of the layer-wise loss, ``(2/n) * sum_tokens x x^T``   (in, in)
+            (one term per sequence, added in an ExactSum, so the float32 ``H`` is the same
+            however the sequences were cut into batches and ranks; see
+            :class:`compress.distributed.ExactSum`)
     Hinv    upper Cholesky factor of ``H^-1``                                (in, in)
     W       weights being pruned, float32 copy                               (out, in)
     Err1    scaled errors ``(w - q) / [Hinv]_cc`` of one lazy block          (out, blocksize)
@@ -22,8 +25,9 @@ from contextlib import contextmanager
 import torch
 
 from compress.core.errors import NumericsError
-from compress.masks import SparsityPattern, flatten_inputs
-from compress.pruners.base import Pruner, PruneResult, register
+from compress.distributed import ExactSum
+from compress.masks import SparsityPattern
+from compress.pruners.base import Pruner, PruneResult, register, sequences
 
 MAX_DAMPING_TRIES = 5
 
@@ -56,17 +60,17 @@ class SparseGPTPruner(Pruner):
         self.blocksize = blocksize
         self.percdamp = percdamp
         cols = weight.shape[1]
-        self.xxt = torch.zeros(cols, cols, dtype=torch.float32, device=weight.device)
-        self.count = torch.zeros((), dtype=torch.float64, device=weight.device)
+        self.xxt = ExactSum((cols, cols), weight.device)
+        self.count = ExactSum((), weight.device)
 
     @torch.no_grad()
     def add_batch(self, inp: torch.Tensor) -> None:
-        x = flatten_inputs(inp).to(self.xxt.device)
-        self.xxt.addmm_(x.t(), x)
-        self.count += x.shape[0]
-        self.nsamples += x.shape[0]
+        for x in sequences(inp.to(self.weight.device)):
+            self.xxt.add_(x.t() @ x)
+            self.count.add_(torch.tensor(float(x.shape[0])))
+            self.nsamples += x.shape[0]
 
-    def statistics(self) -> list[torch.Tensor]:
+    def statistics(self) -> list[ExactSum]:
         return [self.xxt, self.count]
 
     def _inverse_hessian_factor(self, H: torch.Tensor) -> torch.Tensor:
@@ -98,7 +102,7 @@ class SparseGPTPruner(Pruner):
     def _prune(self, sparsity: float, pattern: SparsityPattern) -> torch.Tensor:
         W = self.weight.detach().float().clone()
         rows, cols = W.shape
-        H = self.xxt * (2.0 / max(float(self.count), 1.0))
+        H = (self.xxt.value() * (2.0 / max(float(self.count.value()), 1.0))).float()
         dead = H.diagonal() == 0
         H[dead, dead] = 1.0
         W[:, dead] = 0.0
@@ -140,4 +144,4 @@ class SparseGPTPruner(Pruner):
         return mask
 
     def free(self) -> None:
-        self.xxt = torch.empty(0)
+        self.xxt.free()

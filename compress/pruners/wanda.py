@@ -2,8 +2,11 @@
 
 ``||X_j||_2`` is the L2 norm of input feature j over all calibration tokens; scores are
 compared within each output row (or each N:M group). No weight update.
-We accumulate ``sum_tokens x_j^2`` (``scaler_row``) in float32 so batches can be summed
-across processes before the square root.
+We accumulate ``sum_tokens x_j^2`` (``scaler_row``) so batches can be summed across processes
+before the square root, one term per sequence in an :class:`~compress.distributed.ExactSum`:
+the float32 norms then come out the same however the sequences were cut into batches and ranks
+(a plain sum would differ in its last bits with the order of the additions, and flip
+near-tied scores).
 """
 
 from __future__ import annotations
@@ -12,33 +15,34 @@ import time
 
 import torch
 
-from compress.masks import SparsityPattern, apply_mask, flatten_inputs, select_mask
-from compress.pruners.base import Pruner, PruneResult, register
+from compress.distributed import ExactSum
+from compress.masks import SparsityPattern, apply_mask, select_mask
+from compress.pruners.base import Pruner, PruneResult, register, sequences
 
 
 @register("wanda")
 class WandaPruner(Pruner):
     def __init__(self, weight: torch.Tensor, name: str = "layer") -> None:
         super().__init__(weight, name)
-        self.scaler_row = torch.zeros(weight.shape[1], dtype=torch.float32, device=weight.device)
+        self.scaler_row = ExactSum((weight.shape[1],), weight.device)
 
     @torch.no_grad()
     def add_batch(self, inp: torch.Tensor) -> None:
-        x = flatten_inputs(inp).to(self.scaler_row.device)
-        self.scaler_row += x.pow(2).sum(dim=0)
-        self.nsamples += x.shape[0]
+        for x in sequences(inp.to(self.weight.device)):
+            self.scaler_row.add_(x.pow(2).sum(dim=0))
+            self.nsamples += x.shape[0]
 
-    def statistics(self) -> list[torch.Tensor]:
+    def statistics(self) -> list[ExactSum]:
         return [self.scaler_row]
 
     @torch.no_grad()
     def prune(self, sparsity: float, pattern: SparsityPattern) -> PruneResult:
         start = time.perf_counter()
         weight = self.weight
-        score = weight.abs().float() * self.scaler_row.sqrt().unsqueeze(0)
+        score = weight.abs().float() * self.scaler_row.value().float().sqrt().unsqueeze(0)
         mask = select_mask(score, sparsity, pattern)
         apply_mask(weight, mask)
         return PruneResult(mask, time.perf_counter() - start)
 
     def free(self) -> None:
-        self.scaler_row = torch.empty(0)
+        self.scaler_row.free()

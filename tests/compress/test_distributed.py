@@ -1,8 +1,8 @@
 """Two gloo processes (torchrun, CPU) give the single-process statistics, masks and weights.
 
 This file is also the worker: ``torchrun --nproc-per-node 2 test_distributed.py OUT`` runs
-:func:`compute` on each rank and rank 0 saves the results. The test runs the same function in
-one process and compares.
+:func:`compute` and every configuration of :data:`GRID` on each rank, and rank 0 saves the
+results (one launch for all). The tests run the same functions in one process and compare.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ def tiny_model():
 def prune_block0(model, batches, method: str) -> dict[str, torch.Tensor]:
     """Statistics of block 0's Linears on this rank's batches, summed over ranks, then pruned."""
     from compress.blocks import BlockAdapter, weight_view
-    from compress.distributed import all_reduce_
     from compress.masks import SparsityPattern
     from compress.pruners import PRUNERS
 
@@ -46,16 +45,16 @@ def prune_block0(model, batches, method: str) -> dict[str, torch.Tensor]:
         handle.remove()
     masks = {}
     for name, pruner in pruners.items():
-        all_reduce_(pruner.statistics())
+        for total in pruner.statistics():
+            total.all_reduce_()
         masks[name] = pruner.prune(0.5, SparsityPattern.parse("unstructured")).mask
     return masks
 
 
 def reconstruct_block0(model, batches) -> None:
     """Wanda on block 0, then two epochs of block-wise reconstruction towards the dense block's
-    outputs, gradients synced over ranks."""
+    outputs (gradients summed over ranks inside :func:`reconstruct`)."""
     from compress.blocks import BlockAdapter
-    from compress.distributed import synced_gradients
     from compress.reconstruct import Batches, ReconSettings, reconstruct
 
     adapter = BlockAdapter(model)
@@ -67,37 +66,36 @@ def reconstruct_block0(model, batches) -> None:
     layers = adapter.prunable_layers(0)
     params = list(block.parameters())
     param_masks = {layers[name].weight: mask for name, mask in masks.items()}
-    with synced_gradients(params):
-        reconstruct(
-            params,
-            param_masks,
-            lambda b, x: adapter.run_block(0, x, calls[b][0]),
-            Batches(hidden),
-            Batches(targets),
-            ReconSettings(epochs=2, lr=1e-3),
-            torch.Generator().manual_seed(0),
-        )
+    reconstruct(
+        params,
+        param_masks,
+        lambda b, x: adapter.run_block(0, x, calls[b][0]),
+        Batches(hidden),
+        Batches(targets),
+        ReconSettings(epochs=2, lr=1e-3),
+        torch.Generator().manual_seed(0),
+    )
 
 
-def gradients(batch: torch.Tensor) -> list[torch.Tensor]:
-    """Gradient of a mean loss on this rank's rows, averaged over ranks."""
-    from compress.distributed import average_gradients
+def gradients(features: torch.Tensor) -> list[torch.Tensor]:
+    """Gradient of the mean loss over all rows: each rank's share of it, summed over ranks."""
+    from compress.distributed import local_batches, sum_gradients
 
     torch.manual_seed(1)
     layer = torch.nn.Linear(6, 3)
-    layer(batch).pow(2).mean().backward()
-    average_gradients(layer.parameters())
+    (rows,) = local_batches(features, len(features))
+    (layer(rows).pow(2).sum() / (len(features) * 3)).backward()
+    sum_gradients(layer.parameters())
     return [p.grad for p in layer.parameters()]
 
 
 def compute() -> dict:
     """Everything compared, computed on this rank's shard of the calibration samples."""
-    from compress.distributed import shard, world_size
+    from compress.distributed import local_batches
 
     ids = torch.randint(0, 256, (NSAMPLES, SEQLEN), generator=torch.Generator().manual_seed(0))
-    local = shard(ids, BATCH)
-    batches = list(local.split(BATCH // world_size()))
-    result: dict = {"rows": local.shape[0]}
+    batches = local_batches(ids, BATCH)
+    result: dict = {"rows": sum(len(batch) for batch in batches)}
     for method in ("wanda", "sparsegpt"):
         model = tiny_model()
         masks = prune_block0(model, batches, method)
@@ -106,9 +104,43 @@ def compute() -> dict:
     reconstruct_block0(model, batches)
     result["reconstructed"] = model.model.layers[0].state_dict()
     result["pruned"] = result["wanda"]["weights"]
-    features = torch.randn(BATCH * 2, 6, generator=torch.Generator().manual_seed(2))
-    result["grads"] = gradients(shard(features, BATCH))
+    result["grads"] = gradients(torch.randn(7, 6, generator=torch.Generator().manual_seed(2)))
     return result
+
+
+# (method, reconstruction, nsamples, global batch, seqlen): with 2 ranks, batches that split
+# evenly, unevenly (6 = 4 + 2), into an empty slice for rank 1 (the last batch of 1 row), and a
+# batch larger than the samples (one batch of 3 split 2 + 1).
+GRID = [
+    (method, "lr", n, batch, seqlen)
+    for method in ("wanda", "sparsegpt")
+    for n, batch, seqlen in [(8, 8, 16), (4, 2, 32), (6, 4, 24), (5, 2, 16), (3, 8, 20), (7, 3, 12)]
+] + [("wanda", "br", 5, 2, 16), ("sparsegpt", "br", 3, 8, 12)]
+
+
+def grid_case(method: str, technique: str, nsamples: int, batch: int, seqlen: int) -> dict:
+    """One configuration through the pipeline's engine entry point (as ``compress prune``):
+    masks and the pruned blocks' weights, or the error it raised."""
+    from compress.app.prune import run_engine
+    from compress.calibration import Windows
+    from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
+    from compress.core.errors import BadInputError
+    from compress.models import LoadedModel
+
+    ids = torch.randint(0, 256, (nsamples, seqlen), generator=torch.Generator().manual_seed(7))
+    model = tiny_model()
+    config = PruneConfig(
+        method=method,
+        calibration=CalibrationConfig(nsamples=nsamples, seqlen=seqlen, batch_size=batch),
+        reconstruct=ReconstructConfig(technique=technique, epochs=2, measure_errors=False),
+    )
+    loaded = LoadedModel(model, None, "tiny", "tiny")
+    windows = Windows(ids, "random", "train", 7, ids.numel())
+    try:
+        outcome = run_engine(loaded, config, windows, None, None, None, torch.device("cpu"), None)
+    except BadInputError as error:
+        return {"error": str(error)}
+    return {"masks": outcome.masks, "weights": model.model.layers.state_dict()}
 
 
 def worker(out: Path) -> None:
@@ -117,39 +149,63 @@ def worker(out: Path) -> None:
     torch.set_num_threads(1)
     init_from_env()
     result = compute()
+    grid = {case: grid_case(*case) for case in GRID}
     if is_main():
         torch.save(result, out / "distributed.pt")
+        torch.save(grid, out / "grid.pt")
     barrier()
 
 
-def test_shard_interleaves_global_batches(monkeypatch):
+def test_local_batches_slice_every_batch(monkeypatch):
+    """One process's batches of 3 rows, each cut in two: the last (1 row) leaves rank 1 none."""
     from compress import distributed
 
-    ids = torch.arange(8).unsqueeze(1)
+    ids = torch.arange(7).unsqueeze(1)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    monkeypatch.setattr(distributed, "rank", lambda: 1)
-    assert distributed.shard(ids, batch_size=4).flatten().tolist() == [2, 3, 6, 7]
-    assert distributed.shard(ids).flatten().tolist() == [4, 5, 6, 7]
+    for rank, want in [(0, [[0, 1], [3, 4], [6]]), (1, [[2], [5], []])]:
+        monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+        got = [batch.flatten().tolist() for batch in distributed.local_batches(ids, 3)]
+        assert got == want
 
 
-def test_shard_refuses_sizes_that_do_not_divide(monkeypatch):
+def test_exact_sum_does_not_depend_on_the_order_of_its_terms():
+    """A plain float64 sum of the same terms changes with their order; ExactSum does not."""
+    from compress.distributed import ExactSum
+
+    gen = torch.Generator().manual_seed(0)
+    terms = torch.randn(64, 20_000, generator=gen, dtype=torch.float64)
+    terms *= torch.exp(3 * torch.randn(64, 1, generator=gen, dtype=torch.float64))
+    orders = [torch.arange(64), torch.arange(63, -1, -1), torch.randperm(64, generator=gen)]
+    plain, exact = [], []
+    for order in orders:
+        total = ExactSum((20_000,), torch.device("cpu"))
+        for i in order:
+            total.add_(terms[i])
+        exact.append(total.value())
+        plain.append(terms[order].cumsum(0)[-1])
+    assert any(not torch.equal(plain[0], p) for p in plain[1:])
+    for value in exact[1:]:
+        assert torch.equal(value.float(), exact[0].float())
+
+
+def test_local_batches_refuses_fewer_samples_than_ranks(monkeypatch):
     from compress import distributed
     from compress.core.errors import BadInputError
 
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    with pytest.raises(BadInputError, match="multiple of 2"):
-        distributed.shard(torch.zeros(8, 1), batch_size=3)
     with pytest.raises(BadInputError, match="below the 2 processes"):
-        distributed.shard(torch.zeros(1, 1))
+        distributed.local_batches(torch.zeros(1, 1), 4)
 
 
 def test_single_process_helpers_are_no_ops():
     from compress import distributed
     from compress.core.errors import BadInputError
 
-    t = torch.ones(3)
-    distributed.all_reduce_([t])
-    assert t.tolist() == [1, 1, 1] and distributed.world_size() == 1 and distributed.is_main()
+    total = distributed.ExactSum((3,), torch.device("cpu"))
+    total.add_(torch.ones(3))
+    total.all_reduce_()
+    assert total.value().tolist() == [1, 1, 1]
+    assert distributed.world_size() == 1 and distributed.is_main()
     assert distributed.sum_floats([1.5, 2.0]) == [1.5, 2.0]
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
     with pytest.MonkeyPatch.context() as mp:
@@ -158,14 +214,37 @@ def test_single_process_helpers_are_no_ops():
             distributed.init_from_env()
 
 
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    """One torchrun launch (2 gloo ranks) of this file's worker; the folder of its results."""
+    out = tmp_path_factory.mktemp("two-ranks")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     done = subprocess.run(
-        [*launch, __file__, str(tmp_path)], env=env, capture_output=True, text=True, timeout=180
+        [*launch, __file__, str(out)], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    dist_result = torch.load(tmp_path / "distributed.pt")
+    return out
+
+
+@pytest.mark.parametrize("case", GRID, ids=lambda c: "-".join(map(str, c)))
+def test_grid_two_ranks_match_one_process(two_ranks, case):
+    """Masks identical and weights equal to float tolerance, however the batches split."""
+    two = torch.load(two_ranks / "grid.pt")[case]
+    one = grid_case(*case)
+    assert "error" not in two, two.get("error")
+    assert one["masks"].keys() == two["masks"].keys()
+    for name, mask in one["masks"].items():
+        differ = int((mask != two["masks"][name]).sum())
+        assert differ == 0, f"{name}: {differ} mask entries differ"
+    for key, value in one["weights"].items():
+        torch.testing.assert_close(
+            two["weights"][key], value, rtol=1e-4, atol=1e-6, msg=lambda m, key=key: f"{key}: {m}"
+        )
+
+
+def test_two_gloo_processes_match_one_process(two_ranks):
+    dist_result = torch.load(two_ranks / "distributed.pt")
     single = compute()
     assert dist_result["rows"] == NSAMPLES // 2 and single["rows"] == NSAMPLES
     for method in ("wanda", "sparsegpt"):
@@ -185,7 +264,8 @@ if __name__ == "__main__":
 
 
 def test_cli_prune_distributed_matches_one_process(tiny_model_dir, tmp_path):
-    """`compress prune --distributed` under torchrun (2 gloo ranks) = one process."""
+    """`compress prune --distributed` under torchrun (2 gloo ranks) = one process, with batches
+    of 4 and 1 rows (rank 1's slice of the second is empty)."""
     from safetensors.torch import load_file
 
     common = [
@@ -193,12 +273,14 @@ def test_cli_prune_distributed_matches_one_process(tiny_model_dir, tmp_path):
         str(tiny_model_dir),
         "--device",
         "cpu",
+        "--method",
+        "sparsegpt",
         "--nsamples",
-        "4",
+        "5",
         "--seqlen",
         "32",
         "--batch-size",
-        "2",
+        "4",
         "--reconstruct",
         "br",
         "--recon-epochs",
