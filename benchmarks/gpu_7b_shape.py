@@ -106,7 +106,7 @@ def one_run(name: str, args, shape: dict, ids: torch.Tensor, device, dtype) -> d
         calibration=CalibrationConfig(
             nsamples=ids.shape[0], seqlen=ids.shape[1], batch_size=args.batch
         ),
-        reconstruct=ReconstructConfig(technique, epochs=args.epochs),
+        reconstruct=ReconstructConfig(technique=technique, epochs=args.epochs),
     )
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -45,7 +45,7 @@ from exporters.timing import machine, measure_latency
 def prune_embedded(folder: Path, nsamples: int, seqlen: int, eval_windows: int) -> dict:
     config = PruneConfig(
         calibration=CalibrationConfig(nsamples=nsamples, seqlen=seqlen),
-        reconstruct=ReconstructConfig("lr"),
+        reconstruct=ReconstructConfig(technique="lr"),
         evaluation=EvalConfig(enabled=True, seqlen=seqlen, max_windows=eval_windows),
         device="cpu",
         output=str(folder),

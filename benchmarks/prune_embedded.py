@@ -45,8 +45,10 @@ def one(method: str, pattern: str, args) -> dict:
     config = PruneConfig(
         method=method,
         pattern=pattern,
-        calibration=CalibrationConfig("wikipedia", args.nsamples, args.seqlen, 0, 8),
-        reconstruct=ReconstructConfig("lr"),  # one-shot pruning speed
+        calibration=CalibrationConfig(
+            source="wikipedia", nsamples=args.nsamples, seqlen=args.seqlen, seed=0, batch_size=8
+        ),
+        reconstruct=ReconstructConfig(technique="lr"),  # one-shot pruning speed
     )
     start = time.perf_counter()
     outcome = prune_model(loaded.model, windows.ids, config)

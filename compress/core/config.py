@@ -12,7 +12,29 @@ from enum import Enum
 from pathlib import Path
 
 from compress.core.errors import BadInputError
+from compress.core.options import option
 from compress.core.patterns import SparsityPattern
+from compress.core.shared_options import (
+    DType,
+    device_option,
+    dtype_option,
+    output_option,
+    overwrite_option,
+    seed_option,
+)
+
+QUANTIZED_HELP = (
+    "Refused: pruning needs the dense weights (quantize the result with compress export bnb)."
+)
+
+
+def _choice(enum: type[Enum], value: object, flag: str) -> Enum:
+    """``value`` as a member of ``enum``, or a one-line error naming ``flag`` and the choices."""
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in enum)
+        raise BadInputError(f"{flag} {value!r}: choose {choices}") from None
 
 
 class Method(str, Enum):
@@ -52,37 +74,75 @@ class Technique(str, Enum):
         return self.value.endswith("cr")
 
 
-@dataclass
+class ReconOptimizer(str, Enum):
+    adam = "adam"
+    sam = "sam"  # sharpness-aware, around Adam
+
+
+class ActivationsDevice(str, Enum):
+    auto = "auto"
+    accelerator = "accelerator"
+    cpu = "cpu"
+
+
+@dataclass(kw_only=True)
 class ReconstructConfig:
-    technique: Technique = Technique.br_gp  # beat lr on the embedded model (issue 3 note)
-    epochs: int = 10
-    lr: float = 2e-4
-    optimizer: str = "adam"  # adam | sam
-    rho: float = 2e-4
-    early_stop: bool = False
-    holdout: str | None = None  # None: the test split of the calibration source
-    holdout_nsamples: int = 16
-    measure_errors: bool | None = None  # None: on when the technique trains
-    activations_dtype: str = "auto"  # auto (the model's) | float32 | bfloat16 | float16
-    activations_device: str = (
-        "auto"  # auto (accelerator if they fit, else pinned CPU) | accelerator | cpu
+    technique: Technique = option(
+        Technique.br_gp,  # beat lr on the embedded model (issue 3 note)
+        flags="--reconstruct",
+        help="none (mask only), lr (the pruner's layer update), br (block-wise), br+gp (dense-model targets), br+gp+cr / br+cr (two-block windows).",
+    )
+    epochs: int = option(
+        10, flags="--recon-epochs", help="Reconstruction epochs over the calibration set."
+    )
+    lr: float = option(
+        2e-4, flags="--recon-lr", help="Adam learning rate (decays linearly to 0, no warm-up)."
+    )
+    optimizer: ReconOptimizer = option(
+        ReconOptimizer.adam,
+        flags="--recon-optimizer",
+        help="adam, or sam (sharpness-aware, around Adam).",
+    )
+    rho: float = option(2e-4, flags="--recon-rho", help="SAM radius rho for --recon-optimizer sam.")
+    early_stop: bool = option(
+        False,
+        flags="--recon-early-stop",
+        help="Stop a block's reconstruction when its held-out error rises; keep the best weights.",
+    )
+    holdout: str | None = option(
+        None,
+        flags="--holdout",
+        help="Held-out text for errors and early stopping (its validation split, disjoint from the evaluated test split); default: the calibration source.",
+    )
+    holdout_nsamples: int = option(
+        16, flags="--holdout-nsamples", help="Held-out sequences (fewer if the split is short)."
+    )
+    measure_errors: bool | None = option(
+        None,
+        flags="--errors",
+        help="Measure per-block normalized error vs the dense model; default: on for br*.",
+    )
+    activations_dtype: DType = option(
+        DType.auto,
+        flags="--activations-dtype",
+        help="Storage dtype of activations: auto (the model's), float32, bfloat16, float16.",
+    )
+    activations_device: ActivationsDevice = option(
+        ActivationsDevice.auto,
+        flags="--activations-device",
+        help="Where activation streams live: auto (the accelerator if they fit in half its free memory, else pinned CPU memory streamed per batch), accelerator, cpu.",
     )
 
     def __post_init__(self) -> None:
         self.technique = Technique(self.technique)
-        if self.optimizer not in ("adam", "sam"):
-            raise BadInputError(f"--recon-optimizer {self.optimizer!r}: choose adam or sam")
+        self.optimizer = _choice(ReconOptimizer, self.optimizer, "--recon-optimizer")
+        self.activations_dtype = _choice(DType, self.activations_dtype, "--activations-dtype")
+        self.activations_device = _choice(
+            ActivationsDevice, self.activations_device, "--activations-device"
+        )
         if self.epochs < 0 or self.lr <= 0 or self.holdout_nsamples < 1:
             raise BadInputError(
                 "--recon-epochs must be >= 0, --recon-lr > 0 and --holdout-nsamples >= 1"
-            )
-        if self.activations_device not in ("auto", "accelerator", "cpu"):
-            raise BadInputError(
-                f"--activations-device {self.activations_device!r}: choose auto, accelerator or cpu"
-            )
-        if self.activations_dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise BadInputError(
-                f"--activations-dtype {self.activations_dtype!r}: choose auto, float32, bfloat16 or float16"
             )
 
     @property
@@ -97,15 +157,33 @@ class StatsFrom(str, Enum):
     all = "all"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CalibrationConfig:
-    source: str = "wikipedia"  # "none": self-generated text only (needs self_gen)
-    nsamples: int = 128
-    seqlen: int = 2048
-    seed: int = 0
-    batch_size: int = 8
-    self_gen: str | None = None  # N texts to generate now, or a .jsonl from `calib generate`
-    stats_from: StatsFrom = StatsFrom.real
+    source: str = option(
+        "wikipedia",  # "none": self-generated text only (needs self_gen)
+        flags="--calib",
+        help="Calibration text: wikipedia, lambada, boolq (offline), wikitext2, c4 (Hub), or a .txt/.jsonl file or folder.",
+    )
+    nsamples: int = option(128, flags="--nsamples", help="Number N of calibration sequences.")
+    seqlen: int = option(
+        2048, flags="--seqlen", help="Length T of each calibration sequence, in tokens."
+    )
+    batch_size: int = option(
+        8,
+        flags=("--batch-size", "--recon-batch"),
+        help="Sequences per forward pass and per reconstruction step.",
+    )
+    seed: int = seed_option("choosing calibration windows")
+    self_gen: str | None = option(
+        None,
+        flags="--self-gen",
+        help="Add self-generated calibration text: N texts the model writes now (the paper's recipe; kept as selfgen.jsonl in the output), or a .jsonl from `compress calib generate`. With --calib none it is the only source.",
+    )
+    stats_from: StatsFrom = option(
+        StatsFrom.real,
+        flags="--stats-from",
+        help="Pruner statistics (Wanda ‖X‖, SparseGPT H) from real windows only (the paper) or from all windows.",
+    )
 
     def __post_init__(self) -> None:
         self.stats_from = StatsFrom(self.stats_from)
@@ -126,41 +204,137 @@ class CalibrationConfig:
                 raise BadInputError(f"--{name} must be at least 1, got {getattr(self, name)}")
 
 
-@dataclass
+def _zero_is_none(value: int | None) -> int | None:
+    return value or None
+
+
+@dataclass(kw_only=True)
 class EvalConfig:
-    enabled: bool = False
-    dataset: str = "wikipedia"
-    seqlen: int | None = None  # None: the calibration seqlen
-    max_windows: int | None = 40  # None: the whole test split
+    enabled: bool = option(
+        False, flags="--eval", help="Measure perplexity before and after pruning."
+    )
+    dataset: str = option(
+        "wikipedia",
+        flags="--eval-dataset",
+        help="Text --eval measures (same names as --calib): its test split for packaged sources, a file of your own whole unless it also calibrates.",
+    )
+    seqlen: int | None = option(
+        None, flags="--eval-seqlen", help="Window length for --eval; default: --seqlen."
+    )
+    max_windows: int | None = option(
+        40,  # None: the whole test split
+        flags="--eval-windows",
+        help="At most this many windows for --eval (0: all).",
+        cli_type=int,
+        to_cli=lambda value: value or 0,
+        from_cli=_zero_is_none,
+    )
 
 
-@dataclass
+def _pairs_to_cli(overrides: dict[str, float]) -> list[str] | None:
+    return [f"{pattern}={value}" for pattern, value in overrides.items()] or None
+
+
+def _list_from_cli(items: list[str] | None) -> list[str]:
+    return list(items or [])
+
+
+@dataclass(kw_only=True)
 class PruneConfig:
-    model: str | None = None  # None: the embedded SmolLM2-135M-Instruct
-    method: Method = Method.wanda
-    sparsity: float = 0.5
-    pattern: str = "unstructured"
-    skip: list[str] = field(default_factory=list)  # fnmatch patterns of layers left dense
-    layer_sparsity: dict[str, float] = field(default_factory=dict)  # fnmatch pattern -> sparsity
-    magnitude_scope: MagnitudeScope | None = None  # None: layer for magnitude, unused otherwise
+    model: str | None = option(
+        None,  # None: the embedded SmolLM2-135M-Instruct
+        argument=True,
+        help="Hub id, local folder or .gguf file; omitted: the embedded SmolLM2-135M-Instruct.",
+    )
+    method: Method = option(
+        Method.wanda,
+        flags="--method",
+        help="Pruner: magnitude (|W|), wanda (|W|·‖X‖₂) or sparsegpt (OBS update).",
+    )
+    sparsity: float = option(
+        0.5,
+        flags="--sparsity",
+        help="Target sparsity s in [0, 1): share of zeros per layer (ignored for N:M).",
+    )
+    pattern: str = option(
+        "unstructured",
+        flags="--pattern",
+        help="'unstructured' or N:M such as 2:4 or 4:8 (keep N of every M weights).",
+    )
+    magnitude_scope: MagnitudeScope | None = option(
+        None,  # None: layer for magnitude, unused otherwise
+        flags="--magnitude-scope",
+        help="Magnitude only: one |W| threshold per layer (default; the papers' baseline) or per output row.",
+    )
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    output: str = output_option("out/pruned", "Output folder")
+    overwrite: bool = overwrite_option()
+    device: str = device_option()
+    dtype: DType = dtype_option()
+    skip: list[str] = option(
+        default_factory=list,
+        flags="--skip",
+        help="Glob of layer names to leave dense, e.g. '*.mlp.down_proj' (repeatable). LM head and embeddings are never pruned.",
+        cli_type=list[str] | None,
+        to_cli=lambda items: items or None,
+        from_cli=_list_from_cli,
+    )
+    layer_sparsity: dict[str, float] = option(
+        default_factory=dict,
+        flags="--layer-sparsity",
+        help="Per-layer override PATTERN=S, e.g. '*.down_proj=0.3' (repeatable; last match wins).",
+        cli_type=list[str] | None,
+        to_cli=_pairs_to_cli,
+        from_cli=lambda items: parse_layer_sparsity(items or []),
+    )
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
+    resume: bool = option(
+        False,
+        flags="--resume",
+        reproduce=False,
+        help="Continue an interrupted run of the same settings from its last finished block.",
+    )
     evaluation: EvalConfig = field(default_factory=EvalConfig)
-    device: str = "auto"
-    dtype: str = "auto"
-    device_map: str | None = None  # accelerate: auto | balanced | sequential | JSON
-    max_memory: str | None = None  # "0=20GiB,cpu=64GiB"
-    offload_folder: str | None = None
-    distributed: bool = False  # data-parallel calibration under torchrun / accelerate launch
-    output: str = "out/pruned"
-    overwrite: bool = False
-    resume: bool = False
-    push_to_hub: bool = False
-    hub_repo_id: str | None = None  # None: the output folder's name
-    trust_remote_code: bool = False
+    device_map: str | None = option(
+        None,
+        flags="--device-map",
+        help="Spread the model with accelerate: auto, balanced, sequential, or a JSON map; blocks whose weights wait on CPU/disk are onloaded to --device for their turn.",
+    )
+    max_memory: str | None = option(
+        None,
+        flags="--max-memory",
+        help="Memory budget per device for --device-map, e.g. '0=20GiB,1=20GiB,cpu=64GiB'.",
+    )
+    offload_folder: str | None = option(
+        None, flags="--offload-folder", help="Folder for weights offloaded to disk by --device-map."
+    )
+    distributed: bool = option(
+        False,
+        flags="--distributed",
+        help="Data-parallel calibration across the processes of torchrun / accelerate launch (rank 0 writes).",
+    )
+    load_in_8bit: bool = option(False, flags="--load-in-8bit", help=QUANTIZED_HELP)
+    load_in_4bit: bool = option(False, flags="--load-in-4bit", help=QUANTIZED_HELP)
+    push_to_hub: bool = option(
+        False,
+        flags="--push-to-hub",
+        reproduce=False,
+        help="Upload the output folder (model, card, report) to the Hugging Face Hub when done.",
+    )
+    hub_repo_id: str | None = option(
+        None,  # None: the output folder's name
+        flags="--hub-repo-id",
+        reproduce=False,
+        help="Hub repository for --push-to-hub (default: the output folder's name under your account).",
+    )
+    trust_remote_code: bool = option(
+        False, flags="--trust-remote-code", help="Allow model code from the Hub repository to run."
+    )
 
     def __post_init__(self) -> None:
         self.method = Method(self.method)
+        self.dtype = _choice(DType, self.dtype, "--dtype")
+        self.output = str(self.output)
         if self.method is Method.magnitude:
             self.magnitude_scope = MagnitudeScope(self.magnitude_scope or MagnitudeScope.layer)
         elif self.magnitude_scope is not None:
@@ -188,12 +362,12 @@ class PruneConfig:
         return {"scope": self.magnitude_scope.value} if self.magnitude_scope else {}
 
     def to_dict(self) -> dict:
-        data = asdict(self)
-        data["method"] = self.method.value
-        data["magnitude_scope"] = self.magnitude_scope and self.magnitude_scope.value
-        data["reconstruct"]["technique"] = self.reconstruct.technique.value
-        data["calibration"]["stats_from"] = self.calibration.stats_from.value
-        return data
+        """The recipe (recipe.json): every field, enums as their values."""
+        return asdict(self, dict_factory=_plain)
+
+
+def _plain(items: list[tuple[str, object]]) -> dict:
+    return {key: value.value if isinstance(value, Enum) else value for key, value in items}
 
 
 def parse_layer_sparsity(items: list[str]) -> dict[str, float]:

@@ -33,7 +33,8 @@ class OptionSpec:
     """How one config field appears on the command line.
 
     ``flags``: the option's names (first one canonical); empty for a positional argument.
-    ``toggle``: for a bool, also a ``--no-`` form (needed when the default is True or None).
+    ``reproduce``: False for options about one attempt rather than its result (``--overwrite``,
+    ``--resume``, ``--push-to-hub``): a recorded command leaves them out.
     ``to_cli`` / ``from_cli``: convert between the field's value and what the flag carries, for
     fields whose CLI form differs (``PATTERN=S`` strings for a dict, say).
     """
@@ -41,8 +42,8 @@ class OptionSpec:
     help: str
     flags: tuple[str, ...] = ()
     argument: bool = False
-    toggle: bool = False
     hidden: bool = False
+    reproduce: bool = True
     cli_type: Any = None
     to_cli: Callable[[Any], Any] | None = None
     from_cli: Callable[[Any], Any] | None = None
@@ -55,8 +56,8 @@ def option(
     flags: tuple[str, ...] | str = (),
     default_factory: Callable[[], Any] | Any = MISSING,
     argument: bool = False,
-    toggle: bool = False,
     hidden: bool = False,
+    reproduce: bool = True,
     cli_type: Any = None,
     to_cli: Callable[[Any], Any] | None = None,
     from_cli: Callable[[Any], Any] | None = None,
@@ -66,8 +67,8 @@ def option(
         help=help,
         flags=(flags,) if isinstance(flags, str) else tuple(flags),
         argument=argument,
-        toggle=toggle,
         hidden=hidden,
+        reproduce=reproduce,
         cli_type=cli_type,
         to_cli=to_cli,
         from_cli=from_cli,
@@ -94,6 +95,14 @@ class Option:
     @property
     def flag(self) -> str:
         return self.spec.flags[0] if self.spec.flags else "--" + self.name.replace("_", "-")
+
+    @property
+    def is_bool(self) -> bool:
+        """A switch: the field is a ``bool`` or ``bool | None`` (None: decided later)."""
+        return self.annotation is bool or set(typing.get_args(self.annotation)) == {
+            bool,
+            type(None),
+        }
 
     @property
     def negative_flag(self) -> str:
@@ -131,7 +140,7 @@ def _typer_info(opt: Option) -> Any:
     import typer
 
     decls = list(opt.spec.flags)
-    if opt.spec.toggle:
+    if opt.is_bool:  # --flag/--no-flag, as typer spells a bool option
         decls = [f"{decls[0] if decls else opt.flag}/{opt.negative_flag}", *decls[1:]]
     if opt.spec.argument:
         return typer.Argument(help=opt.spec.help, hidden=opt.spec.hidden, show_default=False)
@@ -174,27 +183,40 @@ def build(cls: type, values: dict[str, Any], path: tuple[str, ...] = ()) -> Any:
 
 
 def value_at(config: Any, path: tuple[str, ...]) -> Any:
+    """The value at ``path`` of a config, or of its record (``asdict``-style nested dicts;
+    ``MISSING`` where the record lacks it)."""
     for part in path:
-        config = getattr(config, part)
+        config = config.get(part, MISSING) if isinstance(config, dict) else getattr(config, part)
+        if config is MISSING:
+            break
     return config
 
 
-def to_argv(config: Any) -> list[str]:
-    """The flags that rebuild ``config`` through :func:`command`: every option whose value
-    differs from its default, in declaration order (positional arguments first)."""
+def to_argv(config: Any, cls: type | None = None, *, complete: bool = False) -> list[str]:
+    """The arguments that rebuild ``config`` through :func:`command`, in declaration order
+    (positional arguments first): every option whose value differs from its default.
+
+    ``config`` is a config object, or its record (nested dicts, as in recipe.json) with ``cls``
+    naming the config class. ``complete`` is for a record of what was run (the card's command):
+    every value is spelt out, also where it equals today's default (a later default must not
+    change what the command does), and options about the attempt (``reproduce=False``) are
+    left out.
+    """
     positional: list[str] = []
     flags: list[str] = []
-    for opt in options_of(type(config)):
+    for opt in options_of(cls or type(config)):
         value = value_at(config, opt.path)
-        if _same(value, opt.default):
+        if value is MISSING or (complete and not opt.spec.reproduce):
+            continue
+        if _same(value, opt.default) and not (complete and not isinstance(value, bool)):
             continue
         if opt.spec.to_cli:
             value = opt.spec.to_cli(value)
         if opt.spec.argument:
             if value is not None:
                 positional.append(_text(value))
-        elif isinstance(value, bool) or (value is None and opt.spec.toggle):
-            if value is not None:
+        elif isinstance(value, bool):
+            if value is not None and not _same(value, opt.default):
                 flags.append(opt.flag if value else opt.negative_flag)
         elif isinstance(value, (list, tuple)):
             for item in value:
@@ -202,6 +224,19 @@ def to_argv(config: Any) -> list[str]:
         elif value is not None:
             flags += [opt.flag, _text(value)]
     return positional + flags
+
+
+def unknown_fields(cls: type, record: dict, path: tuple[str, ...] = ()) -> list[str]:
+    """Dotted names of set entries of ``record`` that no option of ``cls`` expresses."""
+    hints = typing.get_type_hints(cls)
+    names = []
+    for key, value in record.items():
+        kind = hints.get(key)
+        if kind is not None and dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            names += unknown_fields(kind, value, (*path, key))
+        elif kind is None and value not in (None, False, [], {}, ""):
+            names.append(".".join((*path, key)))
+    return names
 
 
 def _same(value: Any, default: Any) -> bool:

@@ -43,4 +43,4 @@ def output_option(default: str | None, what: str) -> Any:
 
 
 def overwrite_option(what: str = "an existing non-empty output folder") -> Any:
-    return option(False, flags="--overwrite", help=f"Replace {what}.")
+    return option(False, flags="--overwrite", help=f"Replace {what}.", reproduce=False)

@@ -43,7 +43,7 @@ def test_pruned_family_runs_and_reloads(model_type, tmp_path):
     config = PruneConfig(
         method="wanda",
         calibration=CalibrationConfig(nsamples=4, seqlen=16, batch_size=2),
-        reconstruct=ReconstructConfig("lr"),
+        reconstruct=ReconstructConfig(technique="lr"),
     )
     outcome = prune_model(model, ids, config)
     assert outcome.layers and all(entry["sparsity"] == 0.5 for entry in outcome.layers.values())
@@ -65,7 +65,7 @@ def test_skip_and_layer_override():
         skip=["*.mlp.down_proj"],
         layer_sparsity={"*.self_attn.*": 0.25},
         calibration=CalibrationConfig(nsamples=2, seqlen=8),
-        reconstruct=ReconstructConfig("lr"),
+        reconstruct=ReconstructConfig(technique="lr"),
     )
     outcome = prune_model(model, torch.randint(0, 256, (2, 8)), config)
     assert not any(name.endswith("down_proj") for name in outcome.layers)
@@ -85,7 +85,7 @@ def test_sequential_inputs_come_from_pruned_blocks():
     config = PruneConfig(
         method="wanda",
         calibration=CalibrationConfig(nsamples=2, seqlen=8, batch_size=2),
-        reconstruct=ReconstructConfig("lr"),
+        reconstruct=ReconstructConfig(technique="lr"),
     )
     prune_model(model, ids, config)
     handle.remove()

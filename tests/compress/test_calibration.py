@@ -154,7 +154,7 @@ def test_early_stopping_holdout_is_disjoint_from_the_evaluation_text(tokenizer):
 
     config = PruneConfig(
         calibration=CalibrationConfig(seqlen=64),
-        reconstruct=ReconstructConfig("br", early_stop=True, holdout_nsamples=4),
+        reconstruct=ReconstructConfig(technique="br", early_stop=True, holdout_nsamples=4),
         evaluation=EvalConfig(enabled=True),
     )
     holdout = holdout_windows(SimpleNamespace(tokenizer=tokenizer), config)

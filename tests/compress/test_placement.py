@@ -52,7 +52,7 @@ def config(method: str, technique: str = "lr") -> PruneConfig:
     return PruneConfig(
         method=method,
         calibration=CalibrationConfig(nsamples=4, seqlen=16, batch_size=2),
-        reconstruct=ReconstructConfig(technique, epochs=1),
+        reconstruct=ReconstructConfig(technique=technique, epochs=1),
     )
 
 

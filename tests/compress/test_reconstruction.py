@@ -20,7 +20,7 @@ def config(technique: str, method: str = "wanda", epochs: int = 4, **recon) -> P
         method=method,
         calibration=CalibrationConfig(nsamples=8, seqlen=32, batch_size=4),
         reconstruct=ReconstructConfig(
-            technique, epochs=epochs, lr=1e-3, measure_errors=True, **recon
+            technique=technique, epochs=epochs, lr=1e-3, measure_errors=True, **recon
         ),
     )
 
@@ -96,7 +96,7 @@ def test_statistics_from_the_first_samples_only():
     cfg = PruneConfig(
         method="wanda",
         calibration=CalibrationConfig(nsamples=8, seqlen=32, batch_size=3),
-        reconstruct=ReconstructConfig("lr"),
+        reconstruct=ReconstructConfig(technique="lr"),
     )
     mixed = Engine(tiny(), cfg, stats_samples=4).run(calib).masks
     real_only = prune_model(tiny(), calib[:4], cfg).masks

@@ -24,7 +24,7 @@ def _pairs(items: list[str] | None) -> dict[str, float]:
 @dataclass
 class Inner:
     epochs: int = option(10, flags="--recon-epochs", help="Epochs.")
-    errors: bool | None = option(None, flags="--errors", toggle=True, help="Errors.")
+    errors: bool | None = option(None, flags="--errors", help="Errors.")
 
 
 @dataclass
