@@ -14,19 +14,14 @@ logit bottleneck use the same two values.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 from torch import nn
 
 from compress.core.errors import BadInputError
+from evaluators.cbm.config import ReplacementValues
 from evaluators.cbm.data.base import class_majority
 from evaluators.cbm.models import ConceptBottleneckModel, Conceptualisation
-
-
-class ReplacementValues(str, Enum):
-    INSTANCE = "instance"
-    CLASS = "class"
 
 
 @dataclass

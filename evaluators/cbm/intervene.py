@@ -20,8 +20,7 @@ was revealed (per-concept costs, 1 each by default) and the task error.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from enum import Enum
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -29,59 +28,17 @@ import torch
 from compress.core.errors import BadInputError
 from evaluators.cbm.bottleneck import (
     Bottleneck,
-    ReplacementValues,
     make_bottleneck,
     replacement_targets,
 )
-from evaluators.cbm.criteria import CRITERIA, NAMES, Criterion, ScoreContext
+from evaluators.cbm.config import (
+    Granularity,
+    InterventionConfig,
+    Scope,
+)
+from evaluators.cbm.criteria import CRITERIA, Criterion, ScoreContext
 from evaluators.cbm.data.base import ConceptDataset
-from evaluators.cbm.models import ConceptBottleneckModel, Conceptualisation
-
-
-class Granularity(str, Enum):
-    INDIVIDUAL = "individual"
-    GROUP = "group"
-
-
-class Scope(str, Enum):
-    SINGLE = "single"
-    BATCH = "batch"
-
-
-@dataclass
-class InterventionConfig:
-    criteria: list[str] = field(default_factory=lambda: list(NAMES))
-    levels: list[Granularity] = field(default_factory=lambda: [Granularity.INDIVIDUAL])
-    scope: Scope = Scope.SINGLE
-    max_interventions: int = 20
-    values: ReplacementValues = ReplacementValues.INSTANCE
-    conceptualisation: Conceptualisation = Conceptualisation.SOFT
-    batch_size: int = 64
-    samples: int = 5
-    percentiles: tuple[float, float] = (5.0, 95.0)
-    costs: list[float] | None = None
-    split: str = "test"
-    seed: int = 0
-    rescore: bool = False
-
-    def __post_init__(self) -> None:
-        unknown = [name for name in self.criteria if name not in CRITERIA]
-        if unknown or not self.criteria:
-            raise BadInputError(
-                f"criteria {unknown or '[]'} unknown: choose from {', '.join(NAMES)} or all"
-            )
-        self.levels = [Granularity(level) for level in self.levels]
-        self.scope, self.values = Scope(self.scope), ReplacementValues(self.values)
-        self.conceptualisation = Conceptualisation(self.conceptualisation)
-        if self.max_interventions < 0 or self.batch_size < 1:
-            raise BadInputError("max_interventions must be >= 0 and batch_size >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["levels"] = [level.value for level in self.levels]
-        for key in ("scope", "values", "conceptualisation"):
-            out[key] = getattr(self, key).value
-        return out
+from evaluators.cbm.models import ConceptBottleneckModel
 
 
 @dataclass

@@ -15,31 +15,20 @@ Bernoulli draws of c).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from enum import Enum
-from typing import Any
-
 import torch
 from torch import nn
 
 from compress.core.errors import BadInputError
+from evaluators.cbm.config import CBMConfig, Conceptualisation, Variant
 
-
-class Variant(str, Enum):
-    IND = "IND"
-    SEQ = "SEQ"
-    JNT = "JNT"
-    JNTP = "JNT+P"
-
-    @property
-    def bottleneck(self) -> str:
-        return "logit" if self is Variant.JNT else "sigmoid"
-
-
-class Conceptualisation(str, Enum):
-    SOFT = "soft"
-    HARD = "hard"
-    SAMPLED = "sampled"
+__all__ = [
+    "CBMConfig",
+    "ConceptBottleneckModel",
+    "Conceptualisation",
+    "Variant",
+    "build_cbm",
+    "mlp",
+]
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -50,37 +39,6 @@ def mlp(sizes: list[int]) -> nn.Sequential:
             layers.append(nn.ReLU())
         layers.append(nn.Linear(width_in, width_out))
     return nn.Sequential(*layers)
-
-
-@dataclass
-class CBMConfig:
-    """Architecture of the default CBM: MLP ``g`` and linear (or MLP) ``f``."""
-
-    input_dim: int
-    n_concepts: int
-    n_classes: int
-    variant: Variant = Variant.IND
-    concept_hidden: list[int] = field(default_factory=lambda: [100])
-    label_hidden: list[int] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.variant = Variant(self.variant)
-        if (
-            min(
-                [
-                    self.input_dim,
-                    self.n_concepts,
-                    self.n_classes,
-                    *self.concept_hidden,
-                    *self.label_hidden,
-                ]
-            )
-            < 1
-        ):
-            raise BadInputError(f"CBM widths must be positive: {asdict(self)}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "variant": self.variant.value}
 
 
 class ConceptBottleneckModel(nn.Module):
@@ -108,6 +66,8 @@ class ConceptBottleneckModel(nn.Module):
 
 def build_cbm(config: CBMConfig, seed: int = 0) -> ConceptBottleneckModel:
     """The default CBM for a config, initialised from ``seed`` without touching the global RNG."""
+    if min(config.input_dim, config.n_concepts, config.n_classes) < 1:
+        raise BadInputError(f"CBM widths must be positive: {config.to_dict()}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         g = mlp([config.input_dim, *config.concept_hidden, config.n_concepts])

@@ -11,30 +11,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from compress.core.errors import BadInputError
+from evaluators.cbm.config import TrainConfig
 from evaluators.cbm.data.base import ConceptDataset, ConceptSplit
 from evaluators.cbm.models import ConceptBottleneckModel, Variant
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 60
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    concept_weight: float = 0.01
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise BadInputError(f"training settings must be positive: {asdict(self)}")
 
 
 def fit(

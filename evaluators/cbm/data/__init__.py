@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.core.errors import BadInputError
+from evaluators.cbm.config import DataName
 from evaluators.cbm.data.base import ConceptDataset, ConceptSplit, class_majority
 from evaluators.cbm.data.cub import load_cub
 from evaluators.cbm.data.led7digit import load_led7digit
@@ -24,12 +25,13 @@ def _synthetic(path: Path | None, seed: int, options: dict[str, Any]) -> Concept
     return generate_synthetic(SyntheticConfig(seed=seed, **options))
 
 
+# keyed by the str-Enum members, so a plain name looks a loader up too
 LOADERS: dict[str, Callable[[Path | None, int, dict[str, Any]], ConceptDataset]] = {
-    "synthetic": _synthetic,
-    "led7digit": lambda path, seed, options: load_led7digit(path, seed, **options),
-    "zoo": lambda path, seed, options: load_zoo(path, seed, **options),
-    "cub": lambda path, seed, options: load_cub(path, seed, **options),
-    "table": lambda path, seed, options: load_table(path, seed, **options),
+    DataName.synthetic: _synthetic,
+    DataName.led7digit: lambda path, seed, options: load_led7digit(path, seed, **options),
+    DataName.zoo: lambda path, seed, options: load_zoo(path, seed, **options),
+    DataName.cub: lambda path, seed, options: load_cub(path, seed, **options),
+    DataName.table: lambda path, seed, options: load_table(path, seed, **options),
 }
 
 
@@ -45,7 +47,7 @@ class DataSpec:
     def __post_init__(self) -> None:
         if self.name not in LOADERS:
             raise BadInputError(
-                f"dataset {self.name!r} is unknown: choose one of {', '.join(LOADERS)}"
+                f"dataset {self.name!r} is unknown: choose one of {', '.join(n.value for n in DataName)}"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -158,3 +158,17 @@ def test_led7digit_file_of_another_shape_is_one_error_line(tmp_path, text, messa
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert not out.exists()  # nothing half-written
+
+
+def test_train_help_shows_the_training_config_defaults():
+    """The options come from TrainConfig/CBMConfig, so --help shows their real defaults."""
+    result = runner.invoke(app, ["cbm", "train", "--help"], env={"COLUMNS": "240"})
+    assert result.exit_code == 0
+    for text in ("[default: 60]", "[default: 128]", "[default: 0.001]", "IND|SEQ|JNT|JNT+P"):
+        assert text in result.output, text
+
+
+def test_cli_builds_its_commands_without_torch():
+    code = "import sys, compress.cli.main; print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "False", done.stderr
