@@ -11,7 +11,8 @@ From that one declaration:
 - ``--help`` shows the help, default and choices typer derives from the same fields.
 
 A field without :func:`option` metadata is internal (derived or set by the program). A field whose
-type is itself a dataclass is a sub-config: its options join the parent's command.
+type is itself a dataclass is a sub-config: its options join the parent's command. An option
+without a default is required (a required flag, or a positional argument that must be given).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class OptionSpec:
 
     ``flags``: the option's names (first one canonical); empty for a positional argument.
     ``toggle``: for a bool, also a ``--no-`` form (needed when the default is True or None).
+    ``negative``: the bool's off form when it is not ``--no-`` + the flag (``--by-type`` for
+    ``--layers``); implies ``toggle``.
     ``to_cli`` / ``from_cli``: convert between the field's value and what the flag carries, for
     fields whose CLI form differs (``PATTERN=S`` strings for a dict, say).
     """
@@ -46,6 +49,7 @@ class OptionSpec:
     cli_type: Any = None
     to_cli: Callable[[Any], Any] | None = None
     from_cli: Callable[[Any], Any] | None = None
+    negative: str | None = None
 
 
 def option(
@@ -60,17 +64,19 @@ def option(
     cli_type: Any = None,
     to_cli: Callable[[Any], Any] | None = None,
     from_cli: Callable[[Any], Any] | None = None,
+    negative: str | None = None,
 ) -> Any:
     """A dataclass field that is also a command-line option (see the module docstring)."""
     spec = OptionSpec(
         help=help,
         flags=(flags,) if isinstance(flags, str) else tuple(flags),
         argument=argument,
-        toggle=toggle,
+        toggle=toggle or negative is not None,
         hidden=hidden,
         cli_type=cli_type,
         to_cli=to_cli,
         from_cli=from_cli,
+        negative=negative,
     )
     return field(default=default, default_factory=default_factory, metadata={_KEY: spec})
 
@@ -97,7 +103,11 @@ class Option:
 
     @property
     def negative_flag(self) -> str:
-        return "--no-" + self.flag.removeprefix("--")
+        return self.spec.negative or "--no-" + self.flag.removeprefix("--")
+
+    @property
+    def required(self) -> bool:
+        return self.default is MISSING
 
     @property
     def cli_annotation(self) -> Any:
@@ -105,6 +115,8 @@ class Option:
 
     @property
     def cli_default(self) -> Any:
+        if self.required:
+            return inspect.Parameter.empty
         return self.spec.to_cli(self.default) if self.spec.to_cli else self.default
 
 
@@ -120,11 +132,10 @@ def options_of(cls: type, path: tuple[str, ...] = ()) -> Iterator[Option]:
 
 
 def _default_of(f: dataclasses.Field) -> Any:
-    if f.default is not MISSING:
-        return f.default
+    """The field's default; ``MISSING`` for a required option."""
     if f.default_factory is not MISSING:
         return f.default_factory()
-    raise TypeError(f"option {f.name} needs a default")
+    return f.default
 
 
 def _typer_info(opt: Option) -> Any:
@@ -139,8 +150,16 @@ def _typer_info(opt: Option) -> Any:
 
 
 def parameters(cls: type) -> list[inspect.Parameter]:
-    """typer-ready parameters for every option of ``cls``'s tree."""
+    """typer-ready parameters for every option of ``cls``'s tree.
+
+    Raises:
+        TypeError: two options of the tree share a name (one would shadow the other).
+    """
     result = []
+    names = [opt.name for opt in options_of(cls)]
+    if len(set(names)) < len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise TypeError(f"{cls.__name__}: options declared twice: {', '.join(twice)}")
     for opt in options_of(cls):
         annotation = Annotated[opt.cli_annotation, _typer_info(opt)]
         result.append(
@@ -191,7 +210,9 @@ def to_argv(config: Any) -> list[str]:
         if opt.spec.to_cli:
             value = opt.spec.to_cli(value)
         if opt.spec.argument:
-            if value is not None:
+            if isinstance(value, (list, tuple)):
+                positional += [_text(item) for item in value]
+            elif value is not None:
                 positional.append(_text(value))
         elif isinstance(value, bool) or (value is None and opt.spec.toggle):
             if value is not None:

@@ -33,14 +33,17 @@ def dtype_option() -> Any:
     )
 
 
-def seed_option(what: str) -> Any:
+def seed_option(what: str, default: int = 0) -> Any:
     """``what``: what the seed chooses, for the help line (e.g. "calibration windows")."""
-    return option(0, flags="--seed", help=f"Seed for {what}.")
+    return option(default, flags="--seed", help=f"Seed for {what}.")
 
 
-def output_option(default: str | None, what: str) -> Any:
-    return option(default, flags="--output", help=f"{what} (written atomically).")
+def output_option(default: str | None, what: str, *, short: bool = False) -> Any:
+    """``short``: also ``-o``."""
+    flags = ("--output", "-o") if short else ("--output",)
+    return option(default, flags=flags, help=f"{what} (written atomically).")
 
 
 def overwrite_option(what: str = "an existing non-empty output folder") -> Any:
-    return option(False, flags="--overwrite", help=f"Replace {what}.")
+    """``--overwrite/--no-overwrite`` (the ``--no-`` form as every command had it)."""
+    return option(False, flags="--overwrite", toggle=True, help=f"Replace {what}.")

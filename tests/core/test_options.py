@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -92,3 +94,48 @@ def test_help_shows_the_declared_help_default_and_choices():
     assert result.exit_code == 0
     for text in ("Colour.", "red|blue", "--recon-epochs", "--no-errors", "default: 10"):
         assert text in result.output
+
+
+@dataclass
+class Required:
+    folders: list[Path] = option(argument=True, help="Folders.")
+    repo: str = option(flags="--repo", help="Repo.")
+    layers: bool = option(False, flags="--layers", negative="--by-type", help="Per layer.")
+
+
+def _required_app(seen: list) -> typer.Typer:
+    app = typer.Typer()
+    app.command("run")(command(Required, seen.append, "Run it.", name="run"))
+    app.command("noop")(lambda: None)
+    return app
+
+
+def test_options_without_a_default_are_required_and_round_trip():
+    seen: list = []
+    config = Required(folders=[Path("a"), Path("b")], repo="me/x", layers=True)
+    argv = to_argv(config)
+    assert argv == ["a", "b", "--repo", "me/x", "--layers"]
+    assert CliRunner().invoke(_required_app(seen), ["run", *argv]).exit_code == 0
+    assert seen == [config]
+    missing = CliRunner().invoke(_required_app(seen), ["run", "a"])
+    assert missing.exit_code == 2 and "--repo" in missing.output
+
+
+def test_a_named_negative_flag_replaces_the_no_form():
+    seen: list = []
+    result = CliRunner().invoke(_required_app(seen), ["run", "a", "--repo", "r", "--by-type"])
+    assert result.exit_code == 0 and seen[0].layers is False
+    assert to_argv(Required([Path("a")], "r", layers=False)) == ["a", "--repo", "r"]
+    help_text = CliRunner().invoke(_required_app([]), ["run", "--help"], terminal_width=200).output
+    assert "--by-type" in help_text and "--no-layers" not in help_text
+
+
+def test_an_option_declared_twice_is_refused():
+    @dataclass
+    class Twice:
+        seed: int = option(0, help="One.")
+        inner: Inner = field(default_factory=Inner)
+        again: int = option(1, flags="--recon-epochs", help="Two.")
+
+    with pytest.raises(TypeError, match="recon_epochs"):
+        command(Twice, print, "Twice.", name="twice")
