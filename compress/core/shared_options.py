@@ -21,6 +21,14 @@ class DType(str, Enum):
     float16 = "float16"
 
 
+class Split(str, Enum):
+    """The splits of a text source (``compress.calibration``: every 10th document is test)."""
+
+    train = "train"
+    validation = "validation"
+    test = "test"
+
+
 def device_option() -> Any:
     return option("auto", flags="--device", help="auto, cpu, cuda or cuda:N.")
 
