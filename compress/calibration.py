@@ -33,8 +33,9 @@ import torch
 
 from compress.core.errors import BadInputError
 from compress.core.io import package_dir
+from compress.core.shared_options import Split
 
-SPLITS = ("train", "validation", "test")
+SPLITS = tuple(split.value for split in Split)
 HELD_OUT_EVERY = 10  # document i is test when i % 10 == 9, validation when i % 10 == 8
 
 

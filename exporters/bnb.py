@@ -11,18 +11,28 @@ Dettmers et al., QLoRA (arXiv 2305.14314) for NF4; LLM.int8() (arXiv 2208.07339)
 from __future__ import annotations
 
 import shutil
+from enum import Enum
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from compress.core.errors import BadInputError
 from compress.core.io import check_target, publish, staging_folder
 from compress.core.report import RECIPE_NAME, REPORT_NAME, read_report, update_report
 
+if TYPE_CHECKING:  # torch is imported where it runs, so the scheme names load without it
+    import torch
+    from torch import nn
+
+
+class BnbScheme(str, Enum):
+    nf4 = "bnb-nf4"
+    int8 = "bnb-int8"
+
+
 SCHEMES = {
-    "bnb-nf4": "bitsandbytes 4-bit NormalFloat weights, double-quantized, blocks of 64",
-    "bnb-int8": "bitsandbytes LLM.int8(): int8 weights per output row, outlier threshold 6.0",
+    BnbScheme.nf4.value: "bitsandbytes 4-bit NormalFloat weights, double-quantized, blocks of 64",
+    BnbScheme.int8.value: "bitsandbytes LLM.int8(): int8 weights per output row, outlier "
+    "threshold 6.0",
 }
 
 
@@ -30,14 +40,14 @@ def quantization_config(scheme: str, compute_dtype: torch.dtype):
     """The ``BitsAndBytesConfig`` of ``scheme`` (see :data:`SCHEMES`)."""
     from transformers import BitsAndBytesConfig
 
-    if scheme == "bnb-nf4":
+    if scheme == BnbScheme.nf4:
         return BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=compute_dtype,
         )
-    if scheme == "bnb-int8":
+    if scheme == BnbScheme.int8:
         return BitsAndBytesConfig(load_in_8bit=True)
     raise BadInputError(f"--quantize {scheme!r} is not known: choose {', '.join(SCHEMES)}")
 
@@ -48,6 +58,7 @@ def load_quantized(folder: Path, scheme: str, device: torch.device) -> nn.Module
     Raises:
         BadInputError: unknown scheme, or bitsandbytes is not installed.
     """
+    import torch
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -117,6 +128,7 @@ def quantize_folder(
     Raises:
         BadInputError: not a pruned folder, bad scheme or target, bitsandbytes missing.
     """
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from compress.calibration import eval_text

@@ -12,10 +12,12 @@ raises :class:`ExportParityError` after marking the report, so a bad export neve
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from enum import Enum
 from pathlib import Path
 
 from compress.core.errors import BadInputError, ExportParityError
 from compress.core.io import atomic_folder, write_json_atomic
+from compress.core.options import option
 from compress.core.report import REPORT_NAME, now_iso, package_versions, update_report
 from exporters.onnx_files import (
     INT8_FILE,
@@ -29,21 +31,45 @@ from exporters.onnx_files import (
 
 EXPORT_REPORT = "export_report.json"
 EXPORT_FORMAT = "compress.export/1"
-QUANTIZATIONS = ("int8", "int8-weights")  # exporters.quantize.METHODS
+
+
+class Int8Method(str, Enum):
+    """The int8 graphs :mod:`exporters.quantize` writes (its ``METHODS`` describe them)."""
+
+    int8 = "int8"
+    int8_weights = "int8-weights"
+
+
+QUANTIZATIONS = tuple(method.value for method in Int8Method)
+
+
+def _enum_value(choice: Enum | None) -> str | None:
+    return None if choice is None else choice.value
 
 
 @dataclass
 class OnnxExportConfig:
     """Everything an export does; saved in export_report.json."""
 
-    with_past: bool = True  # export the decoder with past key/values (fast generation)
-    opset: int | None = None  # None: optimum's default for the architecture
-    quantize: str | None = None  # int8 | int8-weights: also write model_int8.onnx, measure it
+    with_past: bool = option(
+        True,
+        flags="--with-past",
+        negative="--no-past",
+        help="Export past key/values (fast generation).",
+    )
+    quantize: str | None = option(  # a QUANTIZATIONS name (plain text in export_report.json)
+        None,
+        help="Also write model_int8.onnx and measure it: int8 = ORT dynamic quantization "
+        "(weights and activations); int8-weights = 8-bit weights only (MatMulNBits).",
+        cli_type=Int8Method | None,
+        from_cli=_enum_value,
+    )
+    opset: int | None = option(None, help="ONNX opset (default: optimum's for the architecture).")
     atol: float = 1e-4  # max |logit difference| allowed between PyTorch and ORT (fp32)
     max_new_tokens: int = 8  # greedy tokens compared per parity prompt
-    eval_source: str = "wikipedia"  # held-out text for the int8 perplexity change
-    eval_windows: int = 4
-    eval_seqlen: int = 256
+    eval_source: str = option("wikipedia", help="Held-out text for the int8 perplexity change.")
+    eval_windows: int = option(4, help="Perplexity windows for --quantize.")
+    eval_seqlen: int = option(256, help="Tokens per perplexity window.")
     latency_tokens: int = 64  # prompt length for the latency comparison
     latency_new_tokens: int = 16
     latency_repeats: int = 3  # timed runs per figure (median), after one warm-up run

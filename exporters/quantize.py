@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from exporters.onnx import Int8Method
 from exporters.onnx_files import INT8_FILE, MODEL_FILE, model_bytes
 from exporters.timing import machine, measure_latency
 
@@ -26,8 +27,9 @@ TWO_GIB = 2 * 2**30  # protobuf's limit: larger graphs keep their weights in ext
 
 
 METHODS = {
-    "int8": "onnxruntime quantize_dynamic: QInt8 weights per channel, dynamic activations",
-    "int8-weights": "onnxruntime MatMulNBits: 8-bit weights, symmetric blocks of 128",
+    Int8Method.int8.value: "onnxruntime quantize_dynamic: QInt8 weights per channel, dynamic "
+    "activations",
+    Int8Method.int8_weights.value: "onnxruntime MatMulNBits: 8-bit weights, symmetric blocks of 128",
 }
 
 
@@ -36,7 +38,7 @@ def quantize_int8(folder: Path, method: str = "int8") -> Path:
     :data:`METHODS`); return its path."""
     source, target = Path(folder) / MODEL_FILE, Path(folder) / INT8_FILE
     external = model_bytes(folder) > TWO_GIB
-    if method == "int8":
+    if method == Int8Method.int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(

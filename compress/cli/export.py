@@ -1,29 +1,20 @@
-"""``compress export onnx``, ``compress run-onnx``, ``compress card`` and ``compress push``.
+"""``compress export onnx | bnb``, ``compress run-onnx``, ``compress card`` and ``compress push``.
 
-Thin commands: parse, call one library function (:mod:`exporters.onnx`, :mod:`cards.builder`,
-:mod:`exporters.hub`), print a summary. Heavy imports happen inside the commands.
+Thin commands: each is built from its config in :mod:`compress.app.export`, runs that module's
+workflow and prints a summary. Heavy imports happen inside the workflows.
 """
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
-from typing import Annotated
 
 import typer
 
+from compress.app import export as workflows
 from compress.cli.base import new_app
+from compress.core.options import command
 
 export_app = new_app("Export a compressed model for other runtimes.")
-
-FolderArg = Annotated[
-    Path, typer.Argument(help="Model folder written by compress prune (or any saved model).")
-]
-
-
-class Quantization(str, Enum):
-    int8 = "int8"
-    int8_weights = "int8-weights"
 
 
 @export_app.callback()
@@ -31,52 +22,9 @@ def export() -> None:
     """Export a compressed model for other runtimes."""
 
 
-@export_app.command("onnx")
-def export_onnx(
-    folder: FolderArg,
-    output: Annotated[
-        Path | None, typer.Option("--output", "-o", help="Export folder (default: DIR/onnx).")
-    ] = None,
-    with_past: Annotated[
-        bool,
-        typer.Option("--with-past/--no-past", help="Export past key/values (fast generation)."),
-    ] = True,
-    quantize: Annotated[
-        Quantization | None,
-        typer.Option(
-            help="Also write model_int8.onnx and measure it: int8 = ORT dynamic quantization "
-            "(weights and activations); int8-weights = 8-bit weights only (MatMulNBits)."
-        ),
-    ] = None,
-    opset: Annotated[
-        int | None, typer.Option(help="ONNX opset (default: optimum's for the architecture).")
-    ] = None,
-    eval_source: Annotated[
-        str, typer.Option(help="Held-out text for the int8 perplexity change.")
-    ] = "wikipedia",
-    eval_windows: Annotated[int, typer.Option(help="Perplexity windows for --quantize.")] = 4,
-    eval_seqlen: Annotated[int, typer.Option(help="Tokens per perplexity window.")] = 256,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing export folder.")] = False,
-) -> None:
-    """Export DIR to ONNX, then check it in ONNX Runtime against PyTorch.
-
-    The check compares logits (max |difference| must be <= 1e-4 in fp32) and greedy tokens;
-    a miss fails the command and is marked in export_report.json.
-    """
-    from exporters.onnx import OnnxExportConfig
-    from exporters.onnx import export_onnx as run_export
-
-    config = OnnxExportConfig(
-        with_past=with_past,
-        opset=opset,
-        quantize=quantize.value if quantize else None,
-        eval_source=eval_source,
-        eval_windows=eval_windows,
-        eval_seqlen=eval_seqlen,
-    )
-    target = output or folder / "onnx"
-    report = run_export(folder, target, config, overwrite=overwrite)
-    typer.echo(_export_summary(report, target))
+def _export_onnx(config: workflows.ExportOnnxConfig) -> None:
+    report = workflows.export_onnx(config)
+    typer.echo(_export_summary(report, config.target))
 
 
 def _export_summary(report: dict, target: Path) -> str:
@@ -102,99 +50,73 @@ def _export_summary(report: dict, target: Path) -> str:
     return "\n".join(lines)
 
 
-def run_onnx(
-    folder: Annotated[Path, typer.Argument(help="Folder written by compress export onnx.")],
-    prompt: Annotated[str, typer.Argument(help="Text to continue.")],
-    max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 50,
-    int8: Annotated[bool, typer.Option(help="Use model_int8.onnx (from --quantize).")] = False,
-) -> None:
-    """Generate greedily with an exported model in ONNX Runtime."""
-    from exporters.onnx import generate_text
-
-    typer.echo(generate_text(folder, prompt, max_new_tokens, int8=int8))
-
-
-def card(
-    folder: FolderArg,
-    check: Annotated[
-        bool, typer.Option("--check", help="Validate README.md's metadata offline; write nothing.")
-    ] = False,
-    repo_id: Annotated[
-        str | None, typer.Option(help="Hub repo the card will live in (for the snippets).")
-    ] = None,
-) -> None:
-    """Write DIR/README.md, the model card, from report.json and the evaluation/export records."""
-    from cards.builder import require_valid, write_card
-
-    if check:
-        require_valid(folder)
-        typer.echo(f"{folder / 'README.md'}: metadata valid and matches the records")
-        return
-    path = write_card(folder, repo_id)
-    require_valid(folder)
-    typer.echo(f"wrote {path}; review it before pushing")
-
-
-def push(
-    folder: FolderArg,
-    repo_id: Annotated[str, typer.Option(help="Hub repo id, NAME or USER/NAME.")],
-    private: Annotated[bool, typer.Option(help="Create the repo private.")] = False,
-    revision: Annotated[
-        str | None, typer.Option(help="Branch to commit to (default: main).")
-    ] = None,
-    commit_message: Annotated[str | None, typer.Option(help="Commit message.")] = None,
-) -> None:
-    """Upload DIR (model, tokenizer, card, report, ONNX export) to the Hub in one commit.
-
-    The token comes from HF_TOKEN or the login cache (huggingface-cli login); HF_ENDPOINT
-    selects another Hub endpoint.
-    """
-    from exporters.hub import push_folder
-
-    url = push_folder(folder, repo_id, private, revision, commit_message)
-    typer.echo(f"pushed {folder} to {repo_id}: {url}")
-
-
-class BnbScheme(str, Enum):
-    nf4 = "bnb-nf4"
-    int8 = "bnb-int8"
-
-
-@export_app.command("bnb")
-def export_bnb(
-    folder: FolderArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the quantized model.")],
-    quantize: Annotated[
-        BnbScheme,
-        typer.Option(
-            help="bitsandbytes scheme: bnb-nf4 (4-bit NormalFloat) or bnb-int8 (LLM.int8)."
-        ),
-    ] = BnbScheme.nf4,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    eval_dataset: Annotated[
-        str, typer.Option(help="Held-out text for the perplexity before/after.")
-    ] = "wikipedia",
-    eval_seqlen: Annotated[int, typer.Option(help="Tokens per perplexity window.")] = 512,
-    eval_windows: Annotated[int, typer.Option(help="Perplexity windows (0: all).")] = 40,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
-) -> None:
-    """Quantize a pruned model folder with bitsandbytes for transformers; measure its perplexity."""
-    from exporters.bnb import quantize_folder
-
-    result = quantize_folder(
-        folder,
-        output,
-        quantize.value,
-        device,
-        eval_dataset,
-        eval_seqlen,
-        eval_windows or None,
-        overwrite,
-    )
+def _export_bnb(config: workflows.ExportBnbConfig) -> None:
+    result = workflows.export_bnb(config)
     ppl = result["perplexity"]
     before = "-" if ppl["before"] is None else f"{ppl['before']:.2f}"
     typer.echo(
         f"{result['scheme']}: {result['source_bytes'] / 2**20:.1f} MiB -> {result['bytes'] / 2**20:.1f} MiB; "
         f"perplexity {ppl['dataset']} ({ppl['windows']}x{ppl['seqlen']}) {before} -> {ppl['after']:.2f}"
     )
-    typer.echo(f"wrote {output}")
+    typer.echo(f"wrote {config.output}")
+
+
+def _run_onnx(config: workflows.RunOnnxConfig) -> None:
+    typer.echo(workflows.run_onnx(config))
+
+
+def _card(config: workflows.CardConfig) -> None:
+    path = workflows.card(config)
+    if config.check:
+        typer.echo(f"{path}: metadata valid and matches the records")
+    else:
+        typer.echo(f"wrote {path}; review it before pushing")
+
+
+def _push(config: workflows.PushConfig) -> None:
+    url = workflows.push(config)
+    typer.echo(f"pushed {config.folder} to {config.repo_id}: {url}")
+
+
+export_app.command("onnx")(
+    command(
+        workflows.ExportOnnxConfig,
+        _export_onnx,
+        """Export DIR to ONNX, then check it in ONNX Runtime against PyTorch.
+
+    The check compares logits (max |difference| must be <= 1e-4 in fp32) and greedy tokens;
+    a miss fails the command and is marked in export_report.json.
+    """,
+        name="export_onnx",
+    )
+)
+export_app.command("bnb")(
+    command(
+        workflows.ExportBnbConfig,
+        _export_bnb,
+        "Quantize a pruned model folder with bitsandbytes for transformers; measure its perplexity.",
+        name="export_bnb",
+    )
+)
+run_onnx = command(
+    workflows.RunOnnxConfig,
+    _run_onnx,
+    "Generate greedily with an exported model in ONNX Runtime.",
+    name="run_onnx",
+)
+card = command(
+    workflows.CardConfig,
+    _card,
+    "Write DIR/README.md, the model card, from report.json and the evaluation/export records.",
+    name="card",
+)
+push = command(
+    workflows.PushConfig,
+    _push,
+    """Upload DIR (model, tokenizer, card, report, ONNX export) to the Hub in one commit.
+
+    The token comes from HF_TOKEN or the login cache (huggingface-cli login); HF_ENDPOINT
+    selects another Hub endpoint.
+    """,
+    name="push",
+)

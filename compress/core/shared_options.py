@@ -46,8 +46,8 @@ def seed_option(what: str, default: int = 0) -> Any:
     return option(default, flags="--seed", help=f"Seed for {what}.")
 
 
-def output_option(default: str | None, what: str, *, short: bool = False) -> Any:
-    """``short``: also ``-o``."""
+def output_option(default: Any, what: str, *, short: bool = False) -> Any:
+    """``default``: a path, None, or ``dataclasses.MISSING`` (required); ``short``: also ``-o``."""
     flags = ("--output", "-o") if short else ("--output",)
     return option(default, flags=flags, help=f"{what} (written atomically).")
 

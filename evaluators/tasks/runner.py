@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
 
@@ -36,6 +36,7 @@ from compress.core.io import write_json_atomic
 from compress.core.report import now_iso
 from evaluators.tasks import offline
 from evaluators.tasks.registry import PAPER_TASKS, Source, TaskSpec, resolve_tasks
+from evaluators.tasks.settings import TaskSettings
 
 FORMAT = "compress.eval_tasks/1"
 RESULTS_NAME = "eval_tasks.json"
@@ -43,26 +44,6 @@ DENSE_RESULTS_NAME = "eval_tasks_dense.json"  # a pruned folder's base model, sa
 METRICS = ("acc", "acc_norm", "perplexity")
 _TRUE = {"1", "true", "yes", "on"}
 _OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-
-
-@dataclass(frozen=True)
-class TaskSettings:
-    """Everything besides the model that decides a task's numbers (batch size aside)."""
-
-    limit: int | None = None  # the first N documents of each task (explicit only); None = all
-    sample: int | None = None  # N documents of each task drawn at random with ``seed``
-    num_fewshot: int = 0
-    seed: int = 1234  # the sample's draw and lm-eval's seeds (few-shot sampling)
-    bootstrap_iters: int = 1000  # only perplexity's stderr is bootstrapped
-
-    def __post_init__(self) -> None:
-        for flag, value in (("--limit", self.limit), ("--sample", self.sample)):
-            if value is not None and value < 1:
-                raise BadInputError(f"{flag} must be at least 1, got {value}")
-        if self.limit is not None and self.sample is not None:
-            raise BadInputError("pass --limit or --sample, not both")
-        if self.num_fewshot < 0:
-            raise BadInputError(f"--num-fewshot must be 0 or more, got {self.num_fewshot}")
 
 
 def silent(_line: str) -> None:

@@ -9,22 +9,13 @@ measurement of the same thing would only be a chance to disagree with it.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from compress.core.report import read_report, update_report
 from compress.models import LoadedModel
 from evaluators.tasks.registry import Source
-from evaluators.tasks.runner import RESULTS_NAME, TaskSettings, evaluate_tasks, silent
-
-
-@dataclass(frozen=True)
-class PerplexityRequest:
-    """Protocol overrides; None takes the recipe's value (``max_windows`` 0 = every window)."""
-
-    dataset: str | None = None
-    seqlen: int | None = None
-    max_windows: int | None = None
+from evaluators.tasks.runner import RESULTS_NAME, evaluate_tasks, silent
+from evaluators.tasks.settings import PerplexityRequest, TaskSettings
 
 
 def _protocol(report: dict, request: PerplexityRequest) -> tuple[str, int, int | None]:

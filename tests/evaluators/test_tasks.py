@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 from compress.cli.main import app
 from compress.core.errors import BadInputError
 from evaluators.tasks import offline
-from evaluators.tasks.loglik import lambada_perplexity, score_docs
 from evaluators.tasks.registry import PAPER_TASKS, TASKS, Source, resolve_tasks
 from evaluators.tasks.runner import (
     TaskSettings,
@@ -27,6 +26,7 @@ from evaluators.tasks.runner import (
     task_entry,
 )
 from evaluators.tasks.tables import compare_table, load_results, recovery, results_table
+from tests.evaluators.oracles.loglik import lambada_perplexity, score_docs
 
 LIMIT = 3
 # lm-eval 0.4.13's own definition of each task, relative to lm_eval/tasks/.
@@ -313,7 +313,7 @@ def test_help_runs_in_a_subprocess(command):
 
 
 def test_lambada_perplexity_is_exp_of_mean_nll():
-    from evaluators.tasks.loglik import ItemScore
+    from tests.evaluators.oracles.loglik import ItemScore
 
     scores = [ItemScore([-1.0], [True], 1.0, 1.0), ItemScore([-3.0], [False], 0.0, 0.0)]
     assert lambada_perplexity(scores) == pytest.approx(math.exp(2.0))

@@ -1,6 +1,6 @@
 """The tasks' prompts written out in plain Python, independent of lm-eval's templates.
 
-Each function turns one document (the JSONL fields of ``offline.py``) into the requests a
+Each function turns one document (the JSONL fields of ``evaluators/tasks/offline.py``) into the requests a
 log-likelihood scorer needs: ``(context, continuation)`` pairs, the gold index and the answer
 strings whose character lengths ``acc_norm`` divides by. They follow lm-eval 0.4.13's task
 definitions; ``loglik.py`` scores them directly so the tests can check the harness numbers.

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from evaluators.tasks.prompts import ITEMS, Item
+from tests.evaluators.oracles.prompts import ITEMS, Item
 
 
 @dataclass

@@ -1,0 +1,122 @@
+"""``compress info``: what a pruned folder's report says (recipe, sparsity, per-block errors)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from compress.core.errors import BadInputError
+from compress.core.options import option
+
+
+@dataclass(frozen=True)
+class InfoConfig:
+    """``compress info``."""
+
+    folder: Path = option(argument=True, help="An output folder written by compress prune.")
+    layers: bool = option(
+        False,
+        flags="--layers",
+        negative="--by-type",
+        help="One row per layer instead of per layer type.",
+    )
+    errors: bool = option(
+        False, flags="--errors", help="Print per-block normalized reconstruction errors instead."
+    )
+    plot: Path | None = option(
+        None, help="Draw per-block errors (calibration vs held-out) to this PNG."
+    )
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    recipe: dict
+    layer_rows: list[list]  # layer (type), count, target, measured sparsity
+    error_rows: list[list]  # per block (see error_rows); empty unless errors or a plot was asked
+
+
+def inspect_folder(config: InfoConfig) -> FolderInfo:
+    """The folder's recipe and sparsity rows, or its per-block errors (drawn to ``plot``).
+
+    Raises:
+        BadInputError: no report.json, or errors asked for where none were measured.
+    """
+    from compress.core.report import read_report
+
+    folder, plot = config.folder, config.plot
+    report = read_report(folder)
+    if config.errors or plot:
+        rows = error_rows(report["blocks"])
+        if not rows:
+            raise BadInputError(
+                f"{folder} has no per-block errors: prune with --errors or a br* --reconstruct"
+            )
+        if plot:
+            plot_errors(rows, plot, report["recipe"])
+        return FolderInfo(report["recipe"], [], rows)
+    return FolderInfo(report["recipe"], layer_rows(report["layers"], config.layers), [])
+
+
+def error_rows(blocks: list[dict]) -> list[list]:
+    """Per block: normalized error vs the dense model, before/after reconstruction."""
+    rows = []
+    for block in blocks:
+        if "errors" not in block:
+            continue
+        before, after = (
+            block["errors"]["before_reconstruction"],
+            block["errors"]["after_reconstruction"],
+        )
+        rows.append(
+            [
+                block["index"],
+                before["calibration"],
+                after["calibration"],
+                before.get("holdout"),
+                after.get("holdout"),
+                block["seconds"],
+            ]
+        )
+    return rows
+
+
+def plot_errors(rows: list[list], path: Path, recipe: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = [row[0] for row in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(blocks, [row[2] for row in rows], marker="o", label="calibration (after)")
+    if all(row[4] is not None for row in rows):
+        ax.plot(blocks, [row[4] for row in rows], marker="s", label="held-out (after)")
+    ax.plot(
+        blocks, [row[1] for row in rows], linestyle=":", color="gray", label="calibration (before)"
+    )
+    ax.set_xlabel("block")
+    ax.set_ylabel("normalized error vs dense model")
+    ax.set_yscale("log")
+    ax.set_title(
+        f"{recipe['method']} {recipe['pattern']} {recipe['sparsity']:.0%}, {recipe['reconstruct']['technique']}"
+    )
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def layer_rows(layers: dict[str, dict], per_layer: bool) -> list[list]:
+    """Sparsity rows, one per layer or one per layer type as the model card groups them (the
+    path after the block index: ``self_attn.q_proj``, ``mlp.c_proj``)."""
+    from cards.facts import sparsity_by_type
+
+    if per_layer:
+        return [
+            [name, 1, entry["target_sparsity"], entry["sparsity"]] for name, entry in layers.items()
+        ]
+    return [
+        [row["type"], row["layers"], ", ".join(f"{t:.4g}" for t in row["target"]), row["sparsity"]]
+        for row in sparsity_by_type(layers)
+    ]
