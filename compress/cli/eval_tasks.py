@@ -153,7 +153,7 @@ def run_all(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Perplexity and zero-shot tasks for a pruned folder, merged into its report.json."""
-    from compress.core.report import read_report
+    from compress.core.report import perplexity_label, read_report
     from compress.models import load_model
     from evaluators.tasks.runner import TaskSettings, check_batch_size
     from evaluators.tasks.suite import PerplexityRequest, evaluate_folder
@@ -177,9 +177,7 @@ def run_all(
     )
     ppl = result["perplexity"]
     typer.echo(results_table(result["tasks"]))
-    typer.echo(
-        f"perplexity {ppl['dataset']} ({ppl['windows']}x{ppl['seqlen']}): {ppl['after']:.2f}"
-    )
+    typer.echo(f"perplexity {perplexity_label(ppl)}: {ppl['after']:.2f}")
     typer.echo(f"updated {folder / 'report.json'} (evaluation.perplexity, evaluation.tasks)")
 
 

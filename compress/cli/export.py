@@ -179,6 +179,7 @@ def export_bnb(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
 ) -> None:
     """Quantize a pruned model folder with bitsandbytes for transformers; measure its perplexity."""
+    from compress.core.report import perplexity_label
     from exporters.bnb import quantize_folder
 
     result = quantize_folder(
@@ -195,6 +196,6 @@ def export_bnb(
     before = "-" if ppl["before"] is None else f"{ppl['before']:.2f}"
     typer.echo(
         f"{result['scheme']}: {result['source_bytes'] / 2**20:.1f} MiB -> {result['bytes'] / 2**20:.1f} MiB; "
-        f"perplexity {ppl['dataset']} ({ppl['windows']}x{ppl['seqlen']}) {before} -> {ppl['after']:.2f}"
+        f"perplexity {perplexity_label(ppl)} {before} -> {ppl['after']:.2f}"
     )
     typer.echo(f"wrote {output}")
