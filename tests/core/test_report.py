@@ -107,28 +107,14 @@ def test_block_entry_leaves_out_what_was_not_measured():
 def test_summary_section_sums_the_layers_and_takes_the_largest_block_peak():
     layers = {"a": layer_entry([2, 2], 0.5, 2, 0.0), "b": layer_entry([2, 4], 0.5, 6, 0.0)}
     blocks = [block_entry(0, 1.0, None), block_entry(1, 1.0, 2048), block_entry(2, 1.0, 512)]
-    summary = summary_section(
-        method="wanda",
-        pattern="unstructured",
-        target_sparsity=0.5,
-        layers=layers,
-        blocks=blocks,
-        model_sparsity=0.4,
-        prune_seconds=1.234,
-        seconds=5.678,
-        peak_rss_bytes=10,
-        device="cpu",
-    )
+    args = {"method": "wanda", "pattern": "unstructured", "target_sparsity": 0.5}
+    args |= {"layers": layers, "model_sparsity": 0.4, "prune_seconds": 1.234, "seconds": 5.678}
+    args |= {"peak_rss_bytes": 10, "device": "cpu"}
+    summary = summary_section(**args, blocks=blocks)
     assert summary["sparsity"] == 8 / 12 and summary["peak_accelerator_bytes"] == 2048
     assert (summary["prune_seconds"], summary["seconds"]) == (1.23, 5.68)
     assert check_value(summary, SummarySection, "summary") == []
-    no_accelerator = summary_section(**{**summary_args(summary), "blocks": blocks[:1]})
-    assert no_accelerator["peak_accelerator_bytes"] is None
-
-
-def summary_args(summary: dict) -> dict:
-    keep = ("method", "pattern", "target_sparsity", "model_sparsity", "prune_seconds", "seconds")
-    return {k: summary[k] for k in keep} | {"layers": {}, "peak_rss_bytes": None, "device": "cpu"}
+    assert summary_section(**args, blocks=blocks[:1])["peak_accelerator_bytes"] is None
 
 
 def test_perplexity_section_keeps_the_protocol_and_drops_the_timing():
@@ -197,25 +183,12 @@ def test_export_and_quantization_sections():
 
 
 def test_finetune_section_and_the_source_evaluation_it_takes_over():
-    held = [
-        {"step": 0, "loss": 3.0, "perplexity": 20.1},
-        {"step": 4, "loss": 2.5, "perplexity": 12.2},
-    ]
-    section = finetune_section(
-        config={"steps": 4},
-        tokens=512,
-        train_data={"source": "wikipedia"},
-        heldout_data=None,
-        heldout=held,
-        masked_parameters=3,
-        zeros_before=100,
-        zeros_after=100,
-        train_seconds=2.0,
-        device="cpu",
-        autocast=None,
-        resumed_from_step=None,
-        history={"train": [], "heldout": held},
-    )
+    held = [{"step": 0, "loss": 3.0, "perplexity": 20.1}, {"step": 4, "loss": 2.5}]
+    args = {"config": {"steps": 4}, "tokens": 512, "train_data": {}, "heldout_data": None}
+    args |= {"masked_parameters": 3, "zeros_before": 100, "zeros_after": 100}
+    args |= {"train_seconds": 2.0, "device": "cpu", "autocast": None, "resumed_from_step": None}
+    args |= {"history": {"train": [], "heldout": held}}
+    section = finetune_section(**args, heldout=held)
     assert section["heldout"] == {"before": held[0], "after": held[-1]}
     assert section["tokens_per_second"] == 256.0 and section["sparsity"]["zeros_after"] == 100
     assert check_value(section, FinetuneSection, "finetune") == []
@@ -224,19 +197,8 @@ def test_finetune_section_and_the_source_evaluation_it_takes_over():
     assert "evaluation" not in report and moved["source_evaluation"]["perplexity"]["after"] == 30.0
     assert check_value(moved, FinetuneSection, "finetune") == []
     assert move_source_evaluation(section, {}) is section
-    empty = finetune_section(**{**finetune_args(section), "heldout": []})
+    empty = finetune_section(**args, heldout=[])
     assert empty["heldout"] == {"before": None, "after": None}
-
-
-def finetune_args(section: dict) -> dict:
-    keep = ("config", "tokens", "train_data", "heldout_data", "device", "autocast", "history")
-    return {k: section[k] for k in keep} | {
-        "masked_parameters": 3,
-        "zeros_before": 1,
-        "zeros_after": 1,
-        "train_seconds": 1.0,
-        "resumed_from_step": None,
-    }
 
 
 def test_sparsity_by_type_groups_layers_across_blocks():
