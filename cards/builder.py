@@ -18,7 +18,7 @@ from pathlib import Path
 
 from compress.core.errors import BadInputError
 from compress.core.io import write_text_atomic
-from compress.core.report import read_report
+from compress.core.report import read_report, sparsity_by_type
 
 README = "README.md"
 TEMPLATE_DIR = Path(__file__).parent / "templates"
@@ -140,7 +140,6 @@ def render_card(folder: Path, repo_id: str | None = None, published_as: Path | N
         reconstruction,
         reproduce_command,
         sharpness_aware,
-        sparsity_by_type,
         task_comparison,
         task_rows,
     )

@@ -12,10 +12,12 @@ against the records it came from.
 from __future__ import annotations
 
 import shlex
-from collections import defaultdict
 
 from compress.core.config import PruneConfig
 from compress.core.options import to_argv, unknown_fields
+from compress.core.report import layer_type as layer_type  # the card's layer-type grouping
+from compress.core.report import perplexity_change
+from compress.core.report import sparsity_by_type as sparsity_by_type
 from evaluators.tasks.registry import describe_subset
 
 # Hub dataset ids of the packaged text sources (where the text comes from).
@@ -104,38 +106,6 @@ FORMATS = {
 }
 
 
-def layer_type(name: str) -> str:
-    """``model.layers.3.self_attn.q_proj`` -> ``self_attn.q_proj`` (drops the block prefix)."""
-    parts = name.split(".")
-    numbers = [i for i, part in enumerate(parts) if part.isdigit()]
-    return ".".join(parts[numbers[-1] + 1 :]) if numbers else parts[-1]
-
-
-def sparsity_by_type(layers: dict[str, dict]) -> list[dict]:
-    """Per layer type: layer count, target, zeros/numel over all its layers, min and max."""
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for name, layer in layers.items():
-        groups[layer_type(name)].append(layer)
-    rows = []
-    for kind, members in groups.items():
-        zeros = sum(m["zeros"] for m in members)
-        numel = sum(m["numel"] for m in members)
-        targets = sorted({m["target_sparsity"] for m in members})
-        rows.append(
-            {
-                "type": kind,
-                "layers": len(members),
-                "target": targets,
-                "sparsity": zeros / numel,
-                "min": min(m["sparsity"] for m in members),
-                "max": max(m["sparsity"] for m in members),
-                "zeros": zeros,
-                "numel": numel,
-            }
-        )
-    return rows
-
-
 def calibration_facts(calibration: dict) -> dict:
     """Sources, total tokens and the share of self-generated tokens."""
     sources = calibration.get("sources", [])
@@ -160,10 +130,7 @@ def perplexity_row(evaluation: dict) -> dict | None:
     ppl = evaluation.get("perplexity")
     if not ppl or ppl.get("after") is None:
         return None
-    before = ppl.get("before")
-    change = None if before is None else ppl["after"] - before
-    relative = None if before is None else change / before
-    return {**ppl, "change": change, "relative_change": relative}
+    return {**ppl, **perplexity_change(ppl.get("before"), ppl["after"])}
 
 
 def task_rows(eval_tasks: dict | None) -> list[dict]:

@@ -32,7 +32,7 @@ from compress.blocks import BlockAdapter, BlockCall, weight_view
 from compress.checkpoint import load_step, save_step
 from compress.core.config import PruneConfig
 from compress.core.dtypes import torch_dtype
-from compress.masks import measured_sparsity
+from compress.core.report import LayerCounts, layer_counts, layer_entry
 from compress.placement import execution_device, measure_peak, onloaded
 from compress.pruners import PRUNERS, Pruner
 from compress.reconstruct import Batches, ReconSettings, normalized_error, reconstruct
@@ -104,9 +104,9 @@ def activation_device(
     return accelerator if nbytes < free // 2 else torch.device("cpu")
 
 
-def zero_count(weight: torch.Tensor) -> dict:
+def zero_count(weight: torch.Tensor) -> LayerCounts:
     """The ``sparsity`` and ``zeros`` entries of a layer in report.json."""
-    return {"sparsity": measured_sparsity(weight), "zeros": int((weight == 0).sum())}
+    return layer_counts(int((weight == 0).sum()), weight.numel())
 
 
 def check_widths(adapter: BlockAdapter, config: PruneConfig) -> None:
@@ -243,13 +243,9 @@ class Engine:
                 with torch.no_grad():
                     weight.copy_(dense[name] * result.mask)
             self.outcome.masks[name] = result.mask.cpu()  # off the accelerator: 1 byte/weight
-            self.outcome.layers[name] = {
-                "shape": list(weight.shape),
-                "target_sparsity": target,
-                **zero_count(weight),
-                "numel": weight.numel(),
-                "seconds": round(result.seconds, 4),
-            }
+            self.outcome.layers[name] = layer_entry(
+                weight.shape, target, zero_count(weight)["zeros"], result.seconds
+            )
 
     def _measure(self, window: list[int]) -> None:
         """Count the zeros of the window's pruned layers again after reconstruction: these are

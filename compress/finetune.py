@@ -35,6 +35,9 @@ from compress.core.report import (
     RECIPE_NAME,
     REPORT_FORMAT,
     REPORT_NAME,
+    FinetuneSection,
+    finetune_section,
+    move_source_evaluation,
     now_iso,
     update_report,
     write_json_atomic,
@@ -291,7 +294,7 @@ def load_checkpoint(path: Path, config: FinetuneConfig) -> dict | None:
 
 
 def save_output(
-    model: nn.Module, tokenizer, config: FinetuneConfig, output: Path, section: dict
+    model: nn.Module, tokenizer, config: FinetuneConfig, output: Path, section: FinetuneSection
 ) -> None:
     """Model (in the source folder's dtype), tokenizer, recipe and report with ``finetune``.
 
@@ -311,8 +314,7 @@ def save_output(
         report = json.loads((source / REPORT_NAME).read_text())
     else:
         report = {"format": REPORT_FORMAT, "model": {"source": str(source)}, "created": now_iso()}
-    if "evaluation" in report:
-        section = {**section, "source_evaluation": report.pop("evaluation")}
+    section = move_source_evaluation(section, report)
     write_json_atomic(output / REPORT_NAME, report)
     update_report(output, "finetune", section)
 
@@ -426,40 +428,31 @@ class FinetuneRun:
                     self.save_checkpoint()
         self.model.eval()
 
-    def section(self) -> dict:
+    def section(self) -> FinetuneSection:
         """The report's ``finetune`` section; checks that no pruned weight came back."""
         zeros_after = count_zeros(self.masks)
         if zeros_after != self.zeros_before:
             raise RuntimeError(
                 f"fine-tuning changed the pruned zeros: {self.zeros_before} -> {zeros_after}"
             )
-        heldout = self.history["heldout"]
-        tokens = self.config.steps * self.per_step * self.config.seqlen
-        return {
-            "config": self.config.to_dict(),
-            "tokens": tokens,
-            "train_data": self.train_info,
-            "heldout_data": self.eval_info,
-            "heldout": {
-                "before": heldout[0] if heldout else None,
-                "after": heldout[-1] if heldout else None,
-            },
-            "sparsity": {
-                "masked_parameters": len(self.masks),
-                "zeros_before": self.zeros_before,
-                "zeros_after": zeros_after,
-            },
-            "train_seconds": round(self.train_seconds, 3),
-            "tokens_per_second": round(tokens / self.train_seconds, 1),
-            "device": str(self.device),
-            "autocast": str(self.dtype).removeprefix("torch.") if self.dtype else None,
-            "resumed_from_step": self.resumed_from,
-            "history": self.history,
-            "created": now_iso(),
-        }
+        return finetune_section(
+            config=self.config.to_dict(),
+            tokens=self.config.steps * self.per_step * self.config.seqlen,
+            train_data=self.train_info,
+            heldout_data=self.eval_info,
+            heldout=self.history["heldout"],
+            masked_parameters=len(self.masks),
+            zeros_before=self.zeros_before,
+            zeros_after=zeros_after,
+            train_seconds=self.train_seconds,
+            device=str(self.device),
+            autocast=str(self.dtype).removeprefix("torch.") if self.dtype else None,
+            resumed_from_step=self.resumed_from,
+            history=self.history,
+        )
 
 
-def finetune(config: FinetuneConfig, progress: bool = True) -> dict:
+def finetune(config: FinetuneConfig, progress: bool = True) -> FinetuneSection:
     """Fine-tune ``config.model`` into ``config.output``; returns the report's ``finetune`` section.
 
     Raises:

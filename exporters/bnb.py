@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING
 
 from compress.core.errors import BadInputError
 from compress.core.io import check_target, publish, staging_folder
-from compress.core.report import RECIPE_NAME, REPORT_NAME, read_report, update_report
+from compress.core.report import (
+    RECIPE_NAME,
+    REPORT_NAME,
+    QuantizationSection,
+    perplexity_section,
+    quantization_section,
+    read_report,
+    same_protocol,
+    update_report,
+)
 
 if TYPE_CHECKING:  # torch is imported where it runs, so the scheme names load without it
     import torch
@@ -102,10 +111,7 @@ def quantized_sparsity(model: nn.Module) -> dict:
 def baseline_perplexity(report: dict, dataset: str, seqlen: int, windows: int | None):
     """The pruned model's perplexity already in its report, when measured the same way."""
     recorded = (report.get("evaluation") or {}).get("perplexity") or {}
-    same = (recorded.get("dataset"), recorded.get("seqlen")) == (dataset, seqlen)
-    if same and (windows is None or recorded.get("windows") == windows):
-        return recorded.get("after")
-    return None
+    return recorded.get("after") if same_protocol(recorded, dataset, seqlen, windows) else None
 
 
 def quantize_folder(
@@ -117,7 +123,7 @@ def quantize_folder(
     eval_seqlen: int = 512,
     eval_windows: int | None = 40,
     overwrite: bool = False,
-) -> dict:
+) -> QuantizationSection:
     """Quantize the pruned folder ``source`` into ``target``; measure and record the result.
 
     ``target`` gets the bitsandbytes checkpoint, the tokenizer, the source's recipe and its
@@ -157,23 +163,16 @@ def quantize_folder(
     for name in (REPORT_NAME, RECIPE_NAME):
         if (source / name).is_file():
             shutil.copy2(source / name, staging / name)
-    result = {
-        "scheme": scheme,
-        "description": SCHEMES[scheme],
-        "source": str(source),
-        "device": str(place),
-        "bytes": sum(f.stat().st_size for f in staging.glob("*.safetensors")),
-        "source_bytes": sum(f.stat().st_size for f in source.glob("*.safetensors")),
-        "dequantized": quantized_sparsity(model),
-        "perplexity": {
-            "dataset": eval_dataset,
-            "split": "test",
-            "seqlen": eval_seqlen,
-            "windows": measured["windows"],
-            "before": before,
-            "after": measured["perplexity"],
-        },
-    }
+    result = quantization_section(
+        scheme=scheme,
+        description=SCHEMES[scheme],
+        source=str(source),
+        device=str(place),
+        bytes=sum(f.stat().st_size for f in staging.glob("*.safetensors")),
+        source_bytes=sum(f.stat().st_size for f in source.glob("*.safetensors")),
+        dequantized=quantized_sparsity(model),
+        perplexity=perplexity_section(measured, before),
+    )
     update_report(staging, "quantization", result)
     publish(staging, target)
     return result

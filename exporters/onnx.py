@@ -18,7 +18,14 @@ from pathlib import Path
 from compress.core.errors import BadInputError, ExportParityError
 from compress.core.io import atomic_folder, write_json_atomic
 from compress.core.options import option
-from compress.core.report import REPORT_NAME, now_iso, package_versions, update_report
+from compress.core.report import (
+    REPORT_NAME,
+    export_section,
+    now_iso,
+    package_versions,
+    perplexity_protocol,
+    update_report,
+)
 from exporters.onnx_files import (
     INT8_FILE,
     MODEL_FILE,
@@ -104,7 +111,7 @@ def export_onnx(
     with atomic_folder(output) as staging:
         report = _export_and_check(folder, staging, config)
     if (folder / REPORT_NAME).is_file():
-        update_report(folder, "export", {"onnx": _relative_to(output, folder)})
+        update_report(folder, "export", export_section(_relative_to(output, folder)))
     if not report["parity"]["passed"]:
         raise ExportParityError(_parity_message(report["parity"], output))
     return report
@@ -176,7 +183,9 @@ def _quantize_and_measure(staging: Path, ort_model, tokenizer, config: OnnxExpor
         config.latency_repeats,
         _pad_token_id(tokenizer),
     )
-    result["perplexity"] = {"dataset": config.eval_source, "split": "test", **result["perplexity"]}
+    count, seqlen = windows.shape
+    measured_on = perplexity_protocol(config.eval_source, "test", seqlen, count, windows.numel())
+    result["perplexity"] = {**measured_on, **result["perplexity"]}
     return {"quantize": config.quantize, "method": METHODS[config.quantize], **result}
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from compress.core.report import perplexity_change
 from exporters.onnx import Int8Method
 from exporters.onnx_files import INT8_FILE, MODEL_FILE, model_bytes
 from exporters.timing import machine, measure_latency
@@ -100,7 +101,8 @@ def compare_int8(
     repeats: int,
     pad_token_id: int,
 ) -> dict:
-    """Size, latency and perplexity of the int8 graph next to the fp32 one it came from."""
+    """Size, latency and perplexity of the int8 graph next to the fp32 one it came from (the
+    perplexity without its protocol, which the caller knows)."""
     fp32_bytes, int8_bytes = model_bytes(folder, MODEL_FILE), model_bytes(folder, INT8_FILE)
     ppl_fp32 = window_perplexity(fp32_model, windows)
     ppl_int8 = window_perplexity(int8_model, windows)
@@ -113,13 +115,5 @@ def compare_int8(
             "fp32": measure_latency(fp32_model, latency_ids, new_tokens, pad_token_id, repeats),
             "int8": measure_latency(int8_model, latency_ids, new_tokens, pad_token_id, repeats),
         },
-        "perplexity": {
-            "windows": int(windows.shape[0]),
-            "seqlen": int(windows.shape[1]),
-            "tokens": int(windows.numel()),
-            "fp32": ppl_fp32,
-            "int8": ppl_int8,
-            "change": ppl_int8 - ppl_fp32,
-            "relative_change": (ppl_int8 - ppl_fp32) / ppl_fp32,
-        },
+        "perplexity": {"fp32": ppl_fp32, "int8": ppl_int8, **perplexity_change(ppl_fp32, ppl_int8)},
     }

@@ -110,7 +110,7 @@ def plot_errors(rows: list[list], path: Path, recipe: dict) -> None:
 def layer_rows(layers: dict[str, dict], per_layer: bool) -> list[list]:
     """Sparsity rows, one per layer or one per layer type as the model card groups them (the
     path after the block index: ``self_attn.q_proj``, ``mlp.c_proj``)."""
-    from cards.facts import sparsity_by_type
+    from compress.core.report import sparsity_by_type
 
     if per_layer:
         return [

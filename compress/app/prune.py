@@ -30,8 +30,15 @@ from compress.core.report import (
     RECIPE_NAME,
     REPORT_FORMAT,
     REPORT_NAME,
+    EvaluationSection,
+    Report,
+    block_entry,
+    evaluation_section,
+    hub_section,
     now_iso,
     package_versions,
+    perplexity_section,
+    summary_section,
     write_json_atomic,
 )
 from compress.engine import Engine, PruneOutcome
@@ -70,13 +77,10 @@ def model_summary(loaded: LoadedModel) -> dict:
     }
 
 
-def sparsity_summary(model: torch.nn.Module, layers: dict[str, dict]) -> dict:
-    zeros = sum(layer["zeros"] for layer in layers.values())
-    numel = sum(layer["numel"] for layer in layers.values())
-    params = {id(p): p for p in model.parameters()}.values()  # tied weights counted once
-    all_zeros = sum(int((p == 0).sum()) for p in params)
-    all_numel = sum(p.numel() for p in params)
-    return {"sparsity": zeros / numel if numel else 0.0, "model_sparsity": all_zeros / all_numel}
+def model_sparsity(model: torch.nn.Module) -> float:
+    """Zeros over all parameters (tied weights counted once)."""
+    params = {id(p): p for p in model.parameters()}.values()
+    return sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params)
 
 
 def holdout_windows(loaded: LoadedModel, config: PruneConfig) -> Windows | None:
@@ -159,16 +163,11 @@ def run_prune(
     accelerator = resolve_device(device_name)
     outcome = run_engine(loaded, config, windows, generated, holdout, work, accelerator, on_block)
 
-    evaluation: dict = {}
+    evaluation = evaluation_section()
     if text and main:
         log("perplexity after pruning")
         after = evaluate_perplexity(loaded, config, text)
-        evaluation["perplexity"] = {
-            **text.describe(),
-            **{k: before[k] for k in ("seqlen", "windows", "tokens")},
-            "before": before["perplexity"],
-            "after": after["perplexity"],
-        }
+        evaluation = evaluation_section(perplexity_section(after, before["perplexity"]))
     report = build_report(loaded, config, windows, generated, holdout, outcome, evaluation, started)
     if main:
         save_output(loaded, config, report, target, work)
@@ -177,10 +176,8 @@ def run_prune(
             from exporters.hub import push_folder
 
             log(f"pushing {target} to the Hub as {config.hub_repo_id}")
-            report["hub"] = {
-                "repo_id": config.hub_repo_id,
-                "commit": push_folder(target, config.hub_repo_id),
-            }
+            commit = push_folder(target, config.hub_repo_id)
+            report["hub"] = hub_section(config.hub_repo_id, commit)
     distributed.barrier()
     return report
 
@@ -254,11 +251,11 @@ def build_report(
     generated: Windows | None,
     holdout: Windows | None,
     outcome: PruneOutcome,
-    evaluation: dict,
+    evaluation: EvaluationSection,
     started: float,
-) -> dict:
+) -> Report:
     """report.json: what was done and measured (schema in :mod:`compress.core.report`)."""
-    peaks = [b["peak_accelerator_bytes"] or 0 for b in outcome.blocks]
+    blocks = [block_entry(**block) for block in outcome.blocks]
     return {
         "format": REPORT_FORMAT,
         "model": model_summary(loaded),
@@ -274,18 +271,19 @@ def build_report(
             "processes": distributed.world_size(),
         },
         "layers": outcome.layers,
-        "blocks": outcome.blocks,
-        "summary": {
-            "method": config.method.value,
-            "pattern": config.pattern,
-            "target_sparsity": config.sparsity,
-            **sparsity_summary(loaded.model, outcome.layers),
-            "prune_seconds": round(outcome.seconds, 2),
-            "seconds": round(time.perf_counter() - started, 2),
-            "peak_rss_bytes": peak_rss_bytes(),
-            "peak_accelerator_bytes": max(peaks, default=0) or None,
-            "device": str(next(loaded.model.parameters()).device),
-        },
+        "blocks": blocks,
+        "summary": summary_section(
+            method=config.method.value,
+            pattern=config.pattern,
+            target_sparsity=config.sparsity,
+            layers=outcome.layers,
+            blocks=blocks,
+            model_sparsity=model_sparsity(loaded.model),
+            prune_seconds=outcome.seconds,
+            seconds=time.perf_counter() - started,
+            peak_rss_bytes=peak_rss_bytes(),
+            device=str(next(loaded.model.parameters()).device),
+        ),
         "evaluation": evaluation,
         "versions": package_versions(),
         "created": now_iso(),

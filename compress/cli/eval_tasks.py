@@ -24,14 +24,13 @@ def _tasks(config: evaluate.TasksConfig) -> None:
 
 
 def _all(config: evaluate.AllConfig) -> None:
+    from compress.core.report import perplexity_label
     from evaluators.tasks.tables import results_table
 
     result = evaluate.evaluate_all(config, _log)
     ppl = result["perplexity"]
     typer.echo(results_table(result["tasks"]))
-    typer.echo(
-        f"perplexity {ppl['dataset']} ({ppl['windows']}x{ppl['seqlen']}): {ppl['after']:.2f}"
-    )
+    typer.echo(f"perplexity {perplexity_label(ppl)}: {ppl['after']:.2f}")
     typer.echo(f"updated {config.folder / 'report.json'} (evaluation.perplexity, evaluation.tasks)")
 
 

@@ -51,12 +51,14 @@ def _export_summary(report: dict, target: Path) -> str:
 
 
 def _export_bnb(config: workflows.ExportBnbConfig) -> None:
+    from compress.core.report import perplexity_label
+
     result = workflows.export_bnb(config)
     ppl = result["perplexity"]
     before = "-" if ppl["before"] is None else f"{ppl['before']:.2f}"
     typer.echo(
         f"{result['scheme']}: {result['source_bytes'] / 2**20:.1f} MiB -> {result['bytes'] / 2**20:.1f} MiB; "
-        f"perplexity {ppl['dataset']} ({ppl['windows']}x{ppl['seqlen']}) {before} -> {ppl['after']:.2f}"
+        f"perplexity {perplexity_label(ppl)} {before} -> {ppl['after']:.2f}"
     )
     typer.echo(f"wrote {config.output}")
 

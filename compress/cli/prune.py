@@ -50,6 +50,8 @@ def _progress():
 
 def summary_table(report: dict) -> str:
     """Method, sparsity, time, peak memory, perplexity before -> after."""
+    from compress.core.report import perplexity_label
+
     s = report["summary"]
     ppl = report.get("evaluation", {}).get("perplexity")
     rows = [
@@ -65,7 +67,7 @@ def summary_table(report: dict) -> str:
     if ppl:
         rows.append(
             [
-                f"perplexity {ppl['dataset']} ({ppl['windows']}x{ppl['seqlen']})",
+                f"perplexity {perplexity_label(ppl)}",
                 f"{ppl['before']:.2f} -> {ppl['after']:.2f}",
             ]
         )

@@ -1,35 +1,42 @@
-"""report.json: the single record of what was done and measured.
+"""report.json: the single record of what was done and measured, and its schema.
 
 Every later stage (evaluators, cards, exporters, the CLI summary) reads this file and adds its
 own section through :func:`update_report`; nothing re-measures what is recorded here.
 
-Top-level keys (``format`` = ``compress.core.report/1``)::
-
-    model        source, base_model, license, model_type, parameters, dtype
-    recipe       the full configuration (same as recipe.json)
-    calibration  {"sources": [{source, kind ("real"|"self-generated"), nsamples, seqlen, tokens, seed}]}
-    layers       {qualified Linear name: {shape, target_sparsity, sparsity, zeros, numel, seconds}},
-                 sparsity and zeros counted in the final (saved) weights
-    blocks       [{index, seconds, peak_accelerator_bytes, errors?}]
-    summary      method, pattern, target_sparsity, sparsity (over pruned layers), model_sparsity
-                 (over all parameters), seconds, peak_rss_bytes, peak_accelerator_bytes, device
-    evaluation   {"perplexity": {dataset, split, seqlen, windows, tokens, before, after}, ...}
-    versions     package versions; created: ISO timestamp
+The schema is the :class:`Report` TypedDict below (``format`` = :data:`REPORT_FORMAT`), one
+TypedDict per section, and each section (or entry of one) is built by one function here, so each
+key is spelt once: :func:`layer_entry` (``layers``, counted in the final saved weights),
+:func:`block_entry` (``blocks``), :func:`summary_section`, :func:`perplexity_section`
+(``evaluation.perplexity``, also ``quantization.perplexity``), :func:`tasks_section`
+(``evaluation.tasks``), :func:`export_section`, :func:`quantization_section` and
+:func:`finetune_section`. :func:`check_report` validates a report against the schema.
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: TypedDict reads NotRequired only from real types
 import json
+import math
 import platform
+import types
+from collections import defaultdict
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import (
+    Any,
+    NotRequired,
+    TypedDict,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
 from compress.core.errors import BadInputError
 from compress.core.io import write_json_atomic
 
-REPORT_FORMAT = "compress.core.report/1"
+REPORT_FORMAT = "compress.report/1"
 REPORT_NAME = "report.json"
 RECIPE_NAME = "recipe.json"
 
@@ -71,3 +78,472 @@ def package_versions() -> dict[str, str]:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- the schema ---------------------------------------------------------------------------------
+class ModelSection(TypedDict):
+    source: str
+    base_model: str | None
+    license: str | None
+    model_type: str
+    parameters: int
+    dtype: str
+
+
+class CalibrationSource(TypedDict):
+    source: str
+    split: str
+    kind: str  # "real" | "self-generated"
+    nsamples: int
+    seqlen: int
+    tokens: int
+    seed: int
+    available_tokens: int
+
+
+class CalibrationSection(TypedDict):
+    sources: list[CalibrationSource]
+    stats_from: str
+    holdout: CalibrationSource | None
+    processes: int
+
+
+class LayerCounts(TypedDict):
+    sparsity: float
+    zeros: int
+
+
+class LayerEntry(LayerCounts):
+    shape: list[int]
+    target_sparsity: float
+    numel: int
+    seconds: float
+
+
+class BlockErrors(TypedDict):
+    before_reconstruction: dict[str, float | None]  # per stream: calibration, holdout
+    after_reconstruction: dict[str, float | None]
+    reference: str
+
+
+class BlockEntry(TypedDict):
+    index: int
+    errors: NotRequired[BlockErrors]
+    reconstruction: NotRequired[list[dict]]  # one entry per trained window
+    seconds: float
+    peak_accelerator_bytes: int | None
+
+
+class SummarySection(TypedDict):
+    method: str
+    pattern: str
+    target_sparsity: float
+    sparsity: float  # over the pruned layers
+    model_sparsity: float  # over all parameters
+    prune_seconds: float
+    seconds: float
+    peak_rss_bytes: int | None
+    peak_accelerator_bytes: int | None
+    device: str
+
+
+class PerplexityProtocol(TypedDict):
+    dataset: str
+    split: str
+    protocol: NotRequired[dict]  # how the text was joined and cut (compress.calibration)
+    seqlen: int
+    windows: int
+    tokens: int
+
+
+class PerplexitySection(PerplexityProtocol):
+    before: float | None  # the model before this stage (dense, or not quantized); None: unknown
+    after: float
+
+
+class PerplexityChange(TypedDict):
+    change: float | None
+    relative_change: float | None
+
+
+class TasksSection(TypedDict):
+    """An ``eval_tasks.json`` record without its ``format`` and ``model``."""
+
+    harness: dict
+    source: str
+    data: str
+    settings: dict
+    tasks: dict[str, dict]
+    summary: dict
+    created: str
+    updated: NotRequired[str]
+
+
+class EvaluationSection(TypedDict, total=False):
+    perplexity: PerplexitySection
+    tasks: TasksSection
+
+
+class ExportSection(TypedDict, total=False):
+    onnx: str  # the ONNX export folder, relative to the model folder when inside it
+
+
+class QuantizationSection(TypedDict):
+    scheme: str
+    description: str
+    source: str
+    device: str
+    bytes: int
+    source_bytes: int
+    dequantized: dict
+    perplexity: PerplexitySection
+
+
+class FinetuneHeldout(TypedDict):
+    before: dict | None  # {step, loss, perplexity}
+    after: dict | None
+
+
+class FinetuneSparsity(TypedDict):
+    masked_parameters: int
+    zeros_before: int
+    zeros_after: int
+
+
+class FinetuneSection(TypedDict):
+    config: dict
+    tokens: int
+    train_data: dict
+    heldout_data: dict | None
+    heldout: FinetuneHeldout
+    sparsity: FinetuneSparsity
+    train_seconds: float
+    tokens_per_second: float
+    device: str
+    autocast: str | None
+    resumed_from_step: int | None
+    history: dict
+    created: str
+    source_evaluation: NotRequired[EvaluationSection]  # the model before fine-tuning
+
+
+class HubSection(TypedDict):
+    repo_id: str
+    commit: str
+
+
+class Report(TypedDict):
+    format: str
+    model: ModelSection
+    recipe: dict
+    calibration: CalibrationSection
+    layers: dict[str, LayerEntry]
+    blocks: list[BlockEntry]
+    summary: SummarySection
+    evaluation: EvaluationSection
+    versions: dict[str, str]
+    created: str
+    command: NotRequired[str | list[str]]
+    export: NotRequired[ExportSection]
+    quantization: NotRequired[QuantizationSection]
+    finetune: NotRequired[FinetuneSection]
+    hub: NotRequired[HubSection]
+
+
+# -- one builder per section ----------------------------------------------------------------------
+def layer_counts(zeros: int, numel: int) -> LayerCounts:
+    """A layer's ``sparsity`` and ``zeros``: what is counted again after reconstruction."""
+    return {"sparsity": zeros / numel, "zeros": zeros}
+
+
+def layer_entry(
+    shape: Sequence[int], target_sparsity: float, zeros: int, seconds: float
+) -> LayerEntry:
+    """One pruned layer: its weight's shape, target and measured sparsity, pruning time."""
+    numel = math.prod(shape)
+    return {
+        "shape": list(shape),
+        "target_sparsity": target_sparsity,
+        **layer_counts(zeros, numel),
+        "numel": numel,
+        "seconds": round(seconds, 4),
+    }
+
+
+def block_entry(
+    index: int,
+    seconds: float,
+    peak_accelerator_bytes: int | None,
+    errors: BlockErrors | None = None,
+    reconstruction: list[dict] | None = None,
+) -> BlockEntry:
+    """One decoder block's step; ``errors`` and ``reconstruction`` only when measured/trained."""
+    entry: dict = {"index": index}
+    if errors is not None:
+        entry["errors"] = errors
+    if reconstruction is not None:
+        entry["reconstruction"] = reconstruction
+    return {**entry, "seconds": seconds, "peak_accelerator_bytes": peak_accelerator_bytes}
+
+
+def pruned_sparsity(layers: Collection[LayerEntry]) -> float:
+    """Zeros over weights of ``layers`` together."""
+    numel = sum(layer["numel"] for layer in layers)
+    return sum(layer["zeros"] for layer in layers) / numel if numel else 0.0
+
+
+def summary_section(
+    *,
+    method: str,
+    pattern: str,
+    target_sparsity: float,
+    layers: Mapping[str, LayerEntry],
+    blocks: Sequence[BlockEntry],
+    model_sparsity: float,
+    prune_seconds: float,
+    seconds: float,
+    peak_rss_bytes: int | None,
+    device: str,
+) -> SummarySection:
+    """The run at a glance: sparsity over the pruned layers (from ``layers``) and the largest
+    per-block accelerator peak (from ``blocks``; None without an accelerator)."""
+    peaks = [block["peak_accelerator_bytes"] or 0 for block in blocks]
+    return {
+        "method": method,
+        "pattern": pattern,
+        "target_sparsity": target_sparsity,
+        "sparsity": pruned_sparsity(layers.values()),
+        "model_sparsity": model_sparsity,
+        "prune_seconds": round(prune_seconds, 2),
+        "seconds": round(seconds, 2),
+        "peak_rss_bytes": peak_rss_bytes,
+        "peak_accelerator_bytes": max(peaks, default=0) or None,
+        "device": device,
+    }
+
+
+def perplexity_protocol(
+    dataset: str,
+    split: str,
+    seqlen: int,
+    windows: int,
+    tokens: int,
+    protocol: dict | None = None,
+) -> PerplexityProtocol:
+    """What a perplexity was measured on: text, split, joining protocol, windows."""
+    section: dict = {"dataset": dataset, "split": split}
+    if protocol is not None:
+        section["protocol"] = protocol
+    return {**section, "seqlen": seqlen, "windows": windows, "tokens": tokens}
+
+
+def perplexity_section(measured: Mapping[str, Any], before: float | None) -> PerplexitySection:
+    """``measured`` (a result of :func:`evaluators.perplexity.perplexity_of_text`) as a report
+    section, beside ``before``: the model before this stage, same protocol (None: unknown)."""
+    keys = ("dataset", "split", "seqlen", "windows", "tokens", "protocol")
+    protocol = perplexity_protocol(**{key: measured[key] for key in keys if key in measured})
+    return {**protocol, "before": before, "after": measured["perplexity"]}
+
+
+def perplexity_change(before: float | None, after: float) -> PerplexityChange:
+    """``after - before`` and that relative to ``before`` (None when ``before`` is unknown)."""
+    if before is None:
+        return {"change": None, "relative_change": None}
+    return {"change": after - before, "relative_change": (after - before) / before}
+
+
+def same_protocol(recorded: Mapping, dataset: str, seqlen: int, windows: int | None) -> bool:
+    """Whether a recorded perplexity section was measured on ``dataset`` in ``seqlen``-token
+    windows, ``windows`` of them (None: any number)."""
+    if (recorded.get("dataset"), recorded.get("seqlen")) != (dataset, seqlen):
+        return False
+    return windows is None or recorded.get("windows") == windows
+
+
+def perplexity_label(section: Mapping) -> str:
+    """``wikipedia (40x512)``: the text and windows x tokens a perplexity is over."""
+    return f"{section['dataset']} ({section['windows']}x{section['seqlen']})"
+
+
+def tasks_section(record: Mapping[str, Any]) -> TasksSection:
+    """The report's copy of an ``eval_tasks.json`` record (its format and model left out)."""
+    keys = TasksSection.__required_keys__ | TasksSection.__optional_keys__
+    return {key: value for key, value in record.items() if key in keys}  # type: ignore[return-value]
+
+
+def evaluation_section(
+    perplexity: PerplexitySection | None = None, tasks: TasksSection | None = None
+) -> EvaluationSection:
+    """The measured results; what was not measured is left out."""
+    section: EvaluationSection = {}
+    if perplexity is not None:
+        section["perplexity"] = perplexity
+    if tasks is not None:
+        section["tasks"] = tasks
+    return section
+
+
+def export_section(onnx: str) -> ExportSection:
+    return {"onnx": onnx}
+
+
+def quantization_section(
+    *,
+    scheme: str,
+    description: str,
+    source: str,
+    device: str,
+    bytes: int,
+    source_bytes: int,
+    dequantized: dict,
+    perplexity: PerplexitySection,
+) -> QuantizationSection:
+    """A quantized copy of a pruned folder: scheme, sizes, sparsity kept, perplexity change."""
+    return {
+        "scheme": scheme,
+        "description": description,
+        "source": source,
+        "device": device,
+        "bytes": bytes,
+        "source_bytes": source_bytes,
+        "dequantized": dequantized,
+        "perplexity": perplexity,
+    }
+
+
+def finetune_section(
+    *,
+    config: dict,
+    tokens: int,
+    train_data: dict,
+    heldout_data: dict | None,
+    heldout: Sequence[dict],
+    masked_parameters: int,
+    zeros_before: int,
+    zeros_after: int,
+    train_seconds: float,
+    device: str,
+    autocast: str | None,
+    resumed_from_step: int | None,
+    history: dict,
+) -> FinetuneSection:
+    """A fine-tuning run; ``heldout``: the held-out measurements in step order (may be empty)."""
+    return {
+        "config": config,
+        "tokens": tokens,
+        "train_data": train_data,
+        "heldout_data": heldout_data,
+        "heldout": {
+            "before": heldout[0] if heldout else None,
+            "after": heldout[-1] if heldout else None,
+        },
+        "sparsity": {
+            "masked_parameters": masked_parameters,
+            "zeros_before": zeros_before,
+            "zeros_after": zeros_after,
+        },
+        "train_seconds": round(train_seconds, 3),
+        "tokens_per_second": round(tokens / train_seconds, 1),
+        "device": device,
+        "autocast": autocast,
+        "resumed_from_step": resumed_from_step,
+        "history": history,
+        "created": now_iso(),
+    }
+
+
+def move_source_evaluation(section: FinetuneSection, report: dict) -> FinetuneSection:
+    """The source report's ``evaluation`` measured the model before fine-tuning: it moves out of
+    ``report`` into the ``finetune`` section (evaluators fill a fresh one for the new model)."""
+    if "evaluation" not in report:
+        return section
+    return {**section, "source_evaluation": report.pop("evaluation")}
+
+
+def hub_section(repo_id: str, commit: str) -> HubSection:
+    return {"repo_id": repo_id, "commit": commit}
+
+
+# -- reading the layers section -----------------------------------------------------------------
+def layer_type(name: str) -> str:
+    """``model.layers.3.self_attn.q_proj`` -> ``self_attn.q_proj`` (drops the block prefix)."""
+    parts = name.split(".")
+    numbers = [i for i, part in enumerate(parts) if part.isdigit()]
+    return ".".join(parts[numbers[-1] + 1 :]) if numbers else parts[-1]
+
+
+def sparsity_by_type(layers: Mapping[str, LayerEntry]) -> list[dict]:
+    """Per layer type: layer count, targets, zeros/numel over all its layers, min and max."""
+    groups: dict[str, list[LayerEntry]] = defaultdict(list)
+    for name, layer in layers.items():
+        groups[layer_type(name)].append(layer)
+    return [
+        {
+            "type": kind,
+            "layers": len(members),
+            "target": sorted({m["target_sparsity"] for m in members}),
+            "sparsity": pruned_sparsity(members),
+            "min": min(m["sparsity"] for m in members),
+            "max": max(m["sparsity"] for m in members),
+            "zeros": sum(m["zeros"] for m in members),
+            "numel": sum(m["numel"] for m in members),
+        }
+        for kind, members in groups.items()
+    ]
+
+
+# -- validation --------------------------------------------------------------------------------
+def check_report(report: Mapping) -> list[str]:
+    """Where ``report`` departs from :class:`Report`: missing, unknown or mistyped keys, each
+    as ``path: problem``; an empty list means it conforms."""
+    return check_value(report, Report, "report")
+
+
+def check_value(value: Any, hint: Any, path: str) -> list[str]:
+    """Problems of ``value`` against the type ``hint`` (TypedDicts, unions, lists, dicts and
+    plain JSON types)."""
+    if hint is Any:
+        return []
+    if is_typeddict(hint):
+        return _check_typeddict(value, hint, path)
+    origin, args = get_origin(hint), get_args(hint)
+    if origin in (Union, types.UnionType):
+        results = [check_value(value, arg, path) for arg in args]
+        return [] if any(not problems for problems in results) else min(results, key=len)
+    if origin is list:
+        if not isinstance(value, list):
+            return [f"{path}: expected a list, got {type(value).__name__}"]
+        return [
+            p for i, item in enumerate(value) for p in check_value(item, args[0], f"{path}[{i}]")
+        ]
+    if origin is dict:
+        if not isinstance(value, dict):
+            return [f"{path}: expected an object, got {type(value).__name__}"]
+        return [p for k, item in value.items() for p in check_value(item, args[1], f"{path}.{k}")]
+    return [] if _is_instance(value, hint) else [f"{path}: expected {_name(hint)}, got {value!r}"]
+
+
+def _check_typeddict(value: Any, hint: type, path: str) -> list[str]:
+    if not isinstance(value, dict):
+        return [f"{path}: expected an object, got {type(value).__name__}"]
+    fields = get_type_hints(hint)
+    problems = [f"{path}.{key}: missing" for key in hint.__required_keys__ if key not in value]
+    problems += [f"{path}.{key}: not in the schema" for key in value if key not in fields]
+    for key, item in value.items():
+        if key in fields:
+            problems += check_value(item, fields[key], f"{path}.{key}")
+    return problems
+
+
+def _is_instance(value: Any, hint: Any) -> bool:
+    if hint is None or hint is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, hint)
+
+
+def _name(hint: Any) -> str:
+    return "null" if hint in (None, type(None)) else getattr(hint, "__name__", str(hint))

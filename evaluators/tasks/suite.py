@@ -11,7 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from compress.core.report import read_report, update_report
+from compress.core.report import (
+    PerplexitySection,
+    evaluation_section,
+    perplexity_section,
+    read_report,
+    same_protocol,
+    tasks_section,
+    update_report,
+)
 from compress.models import LoadedModel
 from evaluators.tasks.registry import Source
 from evaluators.tasks.runner import RESULTS_NAME, evaluate_tasks, silent
@@ -30,9 +38,9 @@ def _protocol(report: dict, request: PerplexityRequest) -> tuple[str, int, int |
     return dataset, seqlen, windows or None
 
 
-def perplexity_section(
+def measure_perplexity(
     loaded: LoadedModel, report: dict, request: PerplexityRequest, log: Callable[[str], None]
-) -> dict:
+) -> PerplexitySection:
     """report.json's ``evaluation.perplexity`` for the loaded (pruned) model."""
     from compress.calibration import eval_text
     from compress.models import check_seqlen
@@ -49,12 +57,8 @@ def perplexity_section(
     result = perplexity_of_text(
         loaded.model, loaded.tokenizer, text, seqlen, max_windows, progress=True
     )
-    section = text.describe() | {key: result[key] for key in ("seqlen", "windows", "tokens")}
-    same = all(recorded.get(key) == section[key] for key in ("dataset", "seqlen", "windows"))
-    if same and recorded.get("before") is not None:
-        section["before"] = recorded["before"]  # the dense figure, same protocol
-    section["after"] = result["perplexity"]
-    return section
+    same = same_protocol(recorded, result["dataset"], result["seqlen"], result["windows"])
+    return perplexity_section(result, recorded.get("before") if same else None)  # dense, same way
 
 
 def evaluate_folder(
@@ -74,7 +78,7 @@ def evaluate_folder(
         BadInputError: no report.json in ``folder``, a bad task or setting.
     """
     report = read_report(folder)
-    section = perplexity_section(loaded, report, request, log)
+    section = measure_perplexity(loaded, report, request, log)
     record = evaluate_tasks(
         loaded.model,
         loaded.tokenizer,
@@ -87,6 +91,5 @@ def evaluate_folder(
         overwrite=overwrite,
         log=log,
     )
-    summary = {key: value for key, value in record.items() if key not in ("format", "model")}
-    update_report(folder, "evaluation", {"perplexity": section, "tasks": summary})
+    update_report(folder, "evaluation", evaluation_section(section, tasks_section(record)))
     return {"perplexity": section, "tasks": record}

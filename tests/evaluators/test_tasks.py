@@ -323,7 +323,7 @@ def test_lambada_perplexity_is_exp_of_mean_nll():
 def test_cli_all_merges_perplexity_and_tasks_into_report(tmp_path, tiny_llama, tokenizer, few_docs):
     folder = _save(tiny_llama, tokenizer, tmp_path / "pruned")
     recipe = {"evaluation": {"dataset": "wikipedia", "seqlen": 32, "max_windows": 2}}
-    report = {"format": "compress.core.report/1", "recipe": recipe}
+    report = {"format": "compress.report/1", "recipe": recipe}
     (folder / "report.json").write_text(json.dumps(report))
     args = ["eval", "all", str(folder), "--tasks", "rte", "--sample", "2", "--device", "cpu"]
     result = CliRunner().invoke(app, args)
@@ -437,7 +437,7 @@ def test_cli_compare_names_the_items_and_warns_when_they_differ(tmp_path):
 def test_cli_dense_scores_the_base_model_into_the_folder(tmp_path, tiny_llama, tokenizer, few_docs):
     base = _save(tiny_llama, tokenizer, tmp_path / "base")
     folder = _save(tiny_llama, tokenizer, tmp_path / "pruned")
-    report = {"format": "compress.core.report/1", "model": {"source": str(base)}}
+    report = {"format": "compress.report/1", "model": {"source": str(base)}}
     (folder / "report.json").write_text(json.dumps(report))
     args = ["eval", "tasks", str(folder), "--dense", "--tasks", "rte", "--sample", "2"]
     result = CliRunner().invoke(app, [*args, "--device", "cpu"])
