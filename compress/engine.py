@@ -30,12 +30,12 @@ from torch import nn
 from compress import distributed
 from compress.blocks import BlockAdapter, BlockCall, weight_view
 from compress.checkpoint import load_step, save_step
-from compress.core.config import PruneConfig
+from compress.core.config import PruneConfig, Technique
 from compress.core.dtypes import torch_dtype
 from compress.masks import measured_sparsity
 from compress.placement import execution_device, measure_peak, onloaded
 from compress.pruners import PRUNERS, Pruner
-from compress.reconstruct import Batches, ReconSettings, normalized_error, reconstruct
+from compress.reconstruct import Batches, normalized_error, reconstruct
 
 Stream = list[torch.Tensor]  # one activation tensor (B, T, H) per batch
 ProgressFn = Callable[[int, int, float], None]
@@ -221,7 +221,7 @@ class Engine:
         pruner_cls = PRUNERS[self.config.method.value]
         dense = (
             {name: weight_view(m).detach().clone() for name, m in layers.items()}
-            if self.technique.value == "none"
+            if self.technique is Technique.none
             else {}
         )
         options = self.config.pruner_options()
@@ -290,14 +290,6 @@ class Engine:
                 Batches(hx),
                 Batches(hy),
             )
-        settings = ReconSettings(
-            epochs=self.recon.epochs,
-            lr=self.recon.lr,
-            optimizer=self.recon.optimizer,
-            rho=self.recon.rho,
-            early_stop=self.recon.early_stop,
-            autocast_dtype=self.dtype if self.dtype != torch.float32 else None,
-        )
         generator = torch.Generator().manual_seed(
             self.config.calibration.seed * 100_003 + i * 2 + int(cr)
         )
@@ -307,9 +299,10 @@ class Engine:
             lambda b, xb: self._run_blocks(window, calib.calls, b, xb),
             Batches(x),
             Batches(y),
-            settings,
+            self.recon,
             generator,
             holdout=watch,
+            autocast_dtype=self.dtype if self.dtype != torch.float32 else None,
         )
         for block in blocks:
             block.to(self.dtype)

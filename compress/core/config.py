@@ -52,12 +52,19 @@ class Technique(str, Enum):
         return self.value.endswith("cr")
 
 
+class ReconOptimizer(str, Enum):
+    """The optimizer of block reconstruction: Adam, or SAM around Adam."""
+
+    adam = "adam"
+    sam = "sam"
+
+
 @dataclass
 class ReconstructConfig:
     technique: Technique = Technique.br_gp  # beat lr on the embedded model (issue 3 note)
     epochs: int = 10
     lr: float = 2e-4
-    optimizer: str = "adam"  # adam | sam
+    optimizer: ReconOptimizer = ReconOptimizer.adam
     rho: float = 2e-4
     early_stop: bool = False
     holdout: str | None = None  # None: the test split of the calibration source
@@ -70,8 +77,12 @@ class ReconstructConfig:
 
     def __post_init__(self) -> None:
         self.technique = Technique(self.technique)
-        if self.optimizer not in ("adam", "sam"):
-            raise BadInputError(f"--recon-optimizer {self.optimizer!r}: choose adam or sam")
+        try:
+            self.optimizer = ReconOptimizer(self.optimizer)
+        except ValueError:
+            raise BadInputError(
+                f"--recon-optimizer {self.optimizer!r}: choose adam or sam"
+            ) from None
         if self.epochs < 0 or self.lr <= 0 or self.holdout_nsamples < 1:
             raise BadInputError(
                 "--recon-epochs must be >= 0, --recon-lr > 0 and --holdout-nsamples >= 1"
@@ -192,6 +203,7 @@ class PruneConfig:
         data["method"] = self.method.value
         data["magnitude_scope"] = self.magnitude_scope and self.magnitude_scope.value
         data["reconstruct"]["technique"] = self.reconstruct.technique.value
+        data["reconstruct"]["optimizer"] = self.reconstruct.optimizer.value
         data["calibration"]["stats_from"] = self.calibration.stats_from.value
         return data
 
