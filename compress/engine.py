@@ -32,7 +32,7 @@ from compress.blocks import BlockAdapter, BlockCall, weight_view
 from compress.checkpoint import load_step, save_step
 from compress.core.config import PruneConfig, Technique
 from compress.core.dtypes import torch_dtype
-from compress.masks import measured_sparsity
+from compress.masks import measured_sparsity, zero_count
 from compress.placement import execution_device, measure_peak, onloaded
 from compress.pruners import PRUNERS, Pruner
 from compress.reconstruct import Batches, normalized_error, reconstruct
@@ -104,9 +104,9 @@ def activation_device(
     return accelerator if nbytes < free // 2 else torch.device("cpu")
 
 
-def zero_count(weight: torch.Tensor) -> dict:
+def zeros_entry(weight: torch.Tensor) -> dict:
     """The ``sparsity`` and ``zeros`` entries of a layer in report.json."""
-    return {"sparsity": measured_sparsity(weight), "zeros": int((weight == 0).sum())}
+    return {"sparsity": measured_sparsity(weight), "zeros": zero_count(weight)}
 
 
 def check_widths(adapter: BlockAdapter, config: PruneConfig) -> None:
@@ -246,7 +246,7 @@ class Engine:
             self.outcome.layers[name] = {
                 "shape": list(weight.shape),
                 "target_sparsity": target,
-                **zero_count(weight),
+                **zeros_entry(weight),
                 "numel": weight.numel(),
                 "seconds": round(result.seconds, 4),
             }
@@ -256,7 +256,7 @@ class Engine:
         the weights saved (a CR window re-measures the block it trains a second time)."""
         for j in window:
             for name, module in self.adapter.prunable_layers(j, self.config.skip).items():
-                self.outcome.layers[name].update(zero_count(weight_view(module)))
+                self.outcome.layers[name].update(zeros_entry(weight_view(module)))
 
     def _param_masks(self, window: list[int]) -> dict[nn.Parameter, torch.Tensor]:
         masks = {}

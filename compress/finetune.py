@@ -39,6 +39,7 @@ from compress.core.report import (
     update_report,
     write_json_atomic,
 )
+from compress.masks import masks_from_zeros, zero_count
 from compress.sam import SAM, accumulated_step, mask_gradients, mask_weights
 
 CHECKPOINT_DIR = "checkpoint"
@@ -112,16 +113,12 @@ def sparsity_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
     from compress.blocks import BlockAdapter
 
     adapter = BlockAdapter(model)
-    masks = {}
-    for index in range(len(adapter)):
-        for module in adapter.prunable_layers(index).values():
-            if (module.weight == 0).any():
-                masks[module.weight] = module.weight.detach() != 0
-    return masks
+    layers = [m for i in range(len(adapter)) for m in adapter.prunable_layers(i).values()]
+    return masks_from_zeros(m.weight for m in layers)
 
 
 def count_zeros(masks: dict[nn.Parameter, torch.Tensor]) -> int:
-    return sum(int((p == 0).sum()) for p in masks)
+    return sum(zero_count(p) for p in masks)
 
 
 def training_windows(tokenizer, config: FinetuneConfig) -> tuple[torch.Tensor, dict]:

@@ -19,6 +19,7 @@ from torch import nn
 from compress.core.errors import BadInputError
 from compress.core.io import check_target, publish, staging_folder
 from compress.core.report import RECIPE_NAME, REPORT_NAME, read_report, update_report
+from compress.masks import zero_count
 
 SCHEMES = {
     "bnb-nf4": "bitsandbytes 4-bit NormalFloat weights, double-quantized, blocks of 64",
@@ -82,7 +83,7 @@ def quantized_sparsity(model: nn.Module) -> dict:
     for module in model.modules():
         weight = dequantized(module)
         if weight is not None:
-            zeros += int((weight == 0).sum())
+            zeros += zero_count(weight)
             numel += weight.numel()
             layers += 1
     return {"layers": layers, "sparsity": zeros / numel if numel else 0.0}

@@ -35,6 +35,7 @@ from compress.core.report import (
     write_json_atomic,
 )
 from compress.engine import Engine, PruneOutcome
+from compress.masks import zero_count
 from compress.models import LoadedModel, check_seqlen, context_length, load_model, resolve_device
 from compress.placement import Placement, peak_rss_bytes
 
@@ -74,7 +75,7 @@ def sparsity_summary(model: torch.nn.Module, layers: dict[str, dict]) -> dict:
     zeros = sum(layer["zeros"] for layer in layers.values())
     numel = sum(layer["numel"] for layer in layers.values())
     params = {id(p): p for p in model.parameters()}.values()  # tied weights counted once
-    all_zeros = sum(int((p == 0).sum()) for p in params)
+    all_zeros = sum(zero_count(p) for p in params)
     all_numel = sum(p.numel() for p in params)
     return {"sparsity": zeros / numel if numel else 0.0, "model_sparsity": all_zeros / all_numel}
 
