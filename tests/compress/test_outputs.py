@@ -22,6 +22,7 @@ from compress.cli.prune import prune
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.core.io import work_folder, write_json_atomic
 from compress.core.report import REPORT_NAME
+from compress.engine import WorkFolder
 
 FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--device", "cpu"]
 
@@ -115,7 +116,7 @@ def test_one_rank_writes_the_self_generated_texts(tiny_model_dir, tmp_path, monk
     monkeypatch.setattr(distributed, "is_main", lambda: main)
     monkeypatch.setattr(distributed, "barrier", lambda: events.append("barrier"))
     monkeypatch.setattr(selfgen, "generate_long_texts", generate)
-    windows = self_generated_windows(loaded, config, work, lambda m: None)
+    windows = self_generated_windows(loaded, config, WorkFolder(work), lambda m: None)
     assert windows.ids.shape == (4, 32)
     assert events == (["generate", "barrier"] if main else ["barrier"])
 
@@ -263,9 +264,9 @@ def test_every_option_maps_to_a_recorded_field_and_back():
 def zero_one_more_weight(monkeypatch):
     """Reconstruction that also moves one kept weight of every layer to exactly zero (as a
     bf16/fp16 cast or an optimizer step can)."""
-    import compress.engine
+    import compress.engine.steps
 
-    real = compress.engine.reconstruct
+    real = compress.engine.steps.reconstruct
 
     def reconstruct(params, masks, *args, **kwargs):
         result = real(params, masks, *args, **kwargs)
@@ -275,7 +276,7 @@ def zero_one_more_weight(monkeypatch):
                 weight.view(-1)[kept[len(kept) // 2]] = 0.0
         return result
 
-    monkeypatch.setattr(compress.engine, "reconstruct", reconstruct)
+    monkeypatch.setattr(compress.engine.steps, "reconstruct", reconstruct)
 
 
 @pytest.mark.parametrize("technique", ["br", "br+gp+cr"])

@@ -90,11 +90,11 @@ def test_resume_after_sigkill_matches_uninterrupted(six_block_model, tmp_path):
 
 @pytest.mark.slow
 def test_resume_with_other_settings_is_refused(six_block_model, tmp_path):
-    from compress.checkpoint import save_step
+    from compress.engine import WorkFolder
 
     out = tmp_path / "out"
-    save_step(
-        tmp_path / ".out.work", 0, {}, {}, {}, {"layers": {}, "blocks": []}, {"method": "magnitude"}
+    WorkFolder(tmp_path / ".out.work").save_step(
+        0, {}, {}, {}, {"layers": {}, "blocks": []}, {"method": "magnitude"}
     )
     result = CliRunner().invoke(app, [*prune_args(six_block_model, out), "--resume"])
     assert result.exit_code == 2
