@@ -38,7 +38,7 @@ class _English:
 
 @pytest.fixture
 def english(monkeypatch):
-    monkeypatch.setattr(selfgen, "_identifier", lambda: _English())
+    monkeypatch.setattr(selfgen.inspection, "_identifier", lambda: _English())
 
 
 def selfgen_config(model_dir, out) -> PruneConfig:
@@ -85,7 +85,7 @@ def test_resume_reuses_the_self_generated_texts(tiny_model_dir, tmp_path, englis
     def no_generation(*args, **kwargs):
         raise AssertionError("--resume generated the calibration texts again")
 
-    monkeypatch.setattr(selfgen, "generate_ids", no_generation)
+    monkeypatch.setattr(selfgen.generate, "generate_ids", no_generation)
     run_prune(replace(config, resume=True), log=lambda m: None)
     assert (out / "selfgen.jsonl").read_text() == generated
 
