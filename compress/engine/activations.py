@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from compress import distributed
-from compress.blocks import BlockCall
+from compress.blocks import BlockAdapter, BlockCall
 
 Stream = list[torch.Tensor]  # one activation tensor (B, T, H) per batch
 SAVED = ("sparse", "dense", "prev_sparse", "prev_local")  # what a checkpoint keeps of Streams
@@ -90,10 +90,23 @@ class ActivationStore:
         """A stored batch in the model's dtype (the block moves it to its own device)."""
         return x.to(self.model_dtype)
 
-    @staticmethod
-    def local_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-        """The batches of ``ids`` as in one process, each cut to this rank's slice."""
-        return distributed.local_batches(ids, batch_size)
+    def capture(
+        self, adapter: BlockAdapter, ids: torch.Tensor, batch_size: int, dense: bool
+    ) -> Streams:
+        """The streams of ``ids`` entering block 0 (a dense copy too with ``dense``), batched as
+        in one process; under ``torch.distributed`` this rank's slice of every batch
+        (:func:`distributed.local_batches`), an empty slice standing as an empty activation that
+        no block runs on."""
+        batches = distributed.local_batches(ids, batch_size)
+        full = [b for b, batch in enumerate(batches) if len(batch)]
+        captured, captured_calls = adapter.capture([batches[b] for b in full])
+        width = captured[0].shape[-1] if captured else adapter.model.config.hidden_size
+        hidden = [ids.new_empty((0, ids.shape[1], width), dtype=self.model_dtype) for _ in batches]
+        calls: list[list[BlockCall]] = [[] for _ in batches]
+        for b, x, call in zip(full, captured, captured_calls):
+            hidden[b], calls[b] = x, call
+        hidden = self.store(hidden)
+        return Streams(calls, hidden, [h.clone() for h in hidden] if dense else None)
 
     @staticmethod
     def state(sets: dict[str, Streams]) -> dict[str, torch.Tensor]:

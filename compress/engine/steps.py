@@ -307,20 +307,9 @@ class Engine:
 
     # -- the whole model -------------------------------------------------------------------
     def _streams(self, ids: torch.Tensor) -> Streams:
-        """The streams of ``ids`` entering block 0, batched as in one process; under
-        ``torch.distributed`` this rank's slice of every batch (:func:`distributed.local_batches`),
-        an empty slice standing as an empty activation that no block runs on."""
-        batches = self.activations.local_batches(ids, self.config.calibration.batch_size)
-        full = [b for b, batch in enumerate(batches) if len(batch)]
-        captured, captured_calls = self.adapter.capture([batches[b] for b in full])
-        width = captured[0].shape[-1] if captured else self.model.config.hidden_size
-        hidden = [ids.new_empty((0, ids.shape[1], width), dtype=self.dtype) for _ in batches]
-        calls: list[list[BlockCall]] = [[] for _ in batches]
-        for b, x, call in zip(full, captured, captured_calls):
-            hidden[b], calls[b] = x, call
-        hidden = self.activations.store(hidden)
         need_dense = self.technique.global_targets or self.recon.errors
-        return Streams(calls, hidden, [h.clone() for h in hidden] if need_dense else None)
+        batch_size = self.config.calibration.batch_size
+        return self.activations.capture(self.adapter, ids, batch_size, need_dense)
 
     def _checkpoint(self, i: int, sets: dict[str, Streams], recipe: dict) -> None:
         blocks = {j: self.adapter.blocks[j].state_dict() for j in self.window(i)}
