@@ -12,6 +12,8 @@ Selection helpers take a score (higher = more important) and return such a mask:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from compress.core.patterns import SparsityPattern
@@ -20,10 +22,12 @@ __all__ = [
     "SparsityPattern",
     "apply_mask",
     "layerwise_mask",
+    "masks_from_zeros",
     "measured_sparsity",
     "n_m_mask",
     "rowwise_mask",
     "select_mask",
+    "zero_count",
 ]
 
 
@@ -66,9 +70,20 @@ def select_mask(
     return layerwise_mask(score, sparsity) if per_layer else rowwise_mask(score, sparsity)
 
 
+def zero_count(weight: torch.Tensor) -> int:
+    """Number of exact zeros in ``weight`` (a pruned entry is exactly zero)."""
+    return int((weight == 0).sum())
+
+
 def measured_sparsity(weight: torch.Tensor) -> float:
     """Fraction of exact zeros in ``weight``."""
-    return float((weight == 0).sum().item()) / weight.numel()
+    return zero_count(weight) / weight.numel()
+
+
+def masks_from_zeros(weights: Iterable[torch.Tensor]) -> dict[torch.Tensor, torch.Tensor]:
+    """Keep-masks (``weight != 0``) of those ``weights`` that hold exact zeros: the pattern of a
+    saved pruned model, read back from the weights themselves."""
+    return {w: w.detach() != 0 for w in weights if (w == 0).any()}
 
 
 @torch.no_grad()

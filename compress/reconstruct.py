@@ -21,27 +21,17 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from compress import distributed
+from compress.core.config import ReconOptimizer, ReconstructConfig
 from compress.sam import SAM, mask_gradients, mask_weights
 
 # (index of a stored batch as large as the inputs, whose recorded call they use; inputs) -> outputs
 RunFn = Callable[[int, torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class ReconSettings:
-    epochs: int = 10
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.95)
-    optimizer: str = "adam"  # "adam" or "sam" (SAM around Adam)
-    rho: float = 2e-4
-    early_stop: bool = False
-    autocast_dtype: torch.dtype | None = None  # bf16/fp16 forward on GPU; fp32 master weights
+BETAS = (0.9, 0.95)  # the paper's Adam betas
 
 
 class Batches:
@@ -118,19 +108,19 @@ def normalized_error(
     return num / max(den, 1e-30)
 
 
-def _make_optimizer(params: list[nn.Parameter], masks: dict, settings: ReconSettings):
-    if settings.optimizer == "sam":
+def _make_optimizer(params: list[nn.Parameter], masks: dict, config: ReconstructConfig):
+    if config.optimizer is ReconOptimizer.sam:
         return SAM(
             params,
             torch.optim.Adam,
-            rho=settings.rho,
+            rho=config.rho,
             masks=masks,
-            lr=settings.lr,
-            betas=settings.betas,
+            lr=config.lr,
+            betas=BETAS,
             weight_decay=0.0,
             global_epsilon=False,  # the closure already sums gradients over ranks
         )
-    return torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, weight_decay=0.0)
+    return torch.optim.Adam(params, lr=config.lr, betas=BETAS, weight_decay=0.0)
 
 
 def reconstruct(
@@ -139,11 +129,16 @@ def reconstruct(
     run: RunFn,
     inputs: Batches,
     targets: Batches,
-    settings: ReconSettings,
+    config: ReconstructConfig,
     generator: torch.Generator,
     holdout: tuple[RunFn, Batches, Batches] | None = None,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict:
     """Train ``params`` so that ``run`` maps ``inputs`` to ``targets``; masks stay exact.
+
+    ``config`` gives epochs, learning rate, optimizer, SAM radius and early stopping (its other
+    fields are the engine's); ``autocast_dtype`` (bf16/fp16) runs the forward in that dtype on
+    a GPU, the master weights staying in float32.
 
     Returns losses per epoch, held-out errors per epoch (with early stopping) and seconds.
 
@@ -154,12 +149,12 @@ def reconstruct(
     """
     start = time.perf_counter()
     device, dtype = params[0].device, params[0].dtype
-    optimizer = _make_optimizer(params, masks, settings)
+    optimizer = _make_optimizer(params, masks, config)
     base = optimizer.base_optimizer if isinstance(optimizer, SAM) else optimizer
-    total = max(settings.epochs * len(inputs), 1)
+    total = max(config.epochs * len(inputs), 1)
     schedule = torch.optim.lr_scheduler.LambdaLR(base, lambda step: 1.0 - step / total)
     epoch_losses: list[float] = []
-    watch = settings.early_stop and holdout is not None
+    watch = config.early_stop and holdout is not None
     holdout_errors = [normalized_error(*holdout, device, dtype)] if watch else []
     best_state = [p.detach().clone() for p in params] if watch else None
     stopped_early = False
@@ -169,7 +164,7 @@ def reconstruct(
     first = float(sizes[0]) if distributed.rank() == 0 and sizes else 0.0
     width = round(distributed.sum_floats([first])[0])  # rank 0 holds min(width, rows) of batch 0
 
-    for _ in range(settings.epochs):
+    for _ in range(config.epochs):
         loss_sum = 0.0
         for b, samples in epoch_steps(sizes, global_sizes, width, generator):
             x = inputs.gather(samples, device, dtype)
@@ -178,7 +173,7 @@ def reconstruct(
             def closure(b: int = b, x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
                 loss = torch.zeros((), device=device)
                 if len(x):  # else this rank's slice is empty: it only joins the sum
-                    with _autocast(device, settings.autocast_dtype):
+                    with _autocast(device, autocast_dtype):
                         out = run(b, x)
                     loss = nn.functional.mse_loss(out.float(), y, reduction="sum") / numel[b]
                     loss.backward()

@@ -98,11 +98,13 @@ def dequantized(module: nn.Module) -> torch.Tensor | None:
 
 def quantized_sparsity(model: nn.Module) -> dict:
     """Share of exact zeros in the dequantized weights of the quantized Linears."""
+    from compress.masks import zero_count
+
     zeros = numel = layers = 0
     for module in model.modules():
         weight = dequantized(module)
         if weight is not None:
-            zeros += int((weight == 0).sum())
+            zeros += zero_count(weight)
             numel += weight.numel()
             layers += 1
     return {"layers": layers, "sparsity": zeros / numel if numel else 0.0}

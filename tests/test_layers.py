@@ -38,7 +38,6 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compress.wikitext",
             "compress.selfgen",
             "compress.engine",
-            "compress.checkpoint",
             "compress.finetune",
         ),
     ),

@@ -22,7 +22,6 @@ from compress.calibration import (
     tokenize_stream,
     windows_from_stream,
 )
-from compress.checkpoint import SELFGEN
 from compress.core.config import PruneConfig
 from compress.core.errors import BadInputError
 from compress.core.io import check_target, publish, staging_folder, work_folder
@@ -41,7 +40,8 @@ from compress.core.report import (
     summary_section,
     write_json_atomic,
 )
-from compress.engine import Engine, PruneOutcome
+from compress.engine import SELFGEN, Engine, PruneOutcome, WorkFolder
+from compress.masks import zero_count
 from compress.models import LoadedModel, check_seqlen, context_length, load_model, resolve_device
 from compress.placement import Placement, peak_rss_bytes, refuse_quantized
 
@@ -80,7 +80,7 @@ def model_summary(loaded: LoadedModel) -> dict:
 def model_sparsity(model: torch.nn.Module) -> float:
     """Zeros over all parameters (tied weights counted once)."""
     params = {id(p): p for p in model.parameters()}.values()
-    return sum(int((p == 0).sum()) for p in params) / sum(p.numel() for p in params)
+    return sum(zero_count(p) for p in params) / sum(p.numel() for p in params)
 
 
 def holdout_windows(loaded: LoadedModel, config: PruneConfig) -> Windows | None:
@@ -141,10 +141,8 @@ def run_prune(
     check_seqlen(loaded, calib.seqlen)
     if config.evaluation.seqlen:
         check_seqlen(loaded, config.evaluation.seqlen, "--eval-seqlen")
-    work = work_folder(target)
-    if work.exists() and not config.resume and main:
-        log(f"starting over: removing the unfinished run in {work} (pass --resume to continue it)")
-        shutil.rmtree(work)
+    work = WorkFolder(work_folder(target))
+    work.start(config.resume, log)
     windows = (
         None
         if calib.source == "none"
@@ -171,7 +169,7 @@ def run_prune(
     report = build_report(loaded, config, windows, generated, holdout, outcome, evaluation, started)
     if main:
         save_output(loaded, config, report, target, work)
-        shutil.rmtree(work_folder(target), ignore_errors=True)
+        work.remove()
         if config.push_to_hub:
             from exporters.hub import push_folder
 
@@ -183,7 +181,7 @@ def run_prune(
 
 
 def self_generated_windows(
-    loaded: LoadedModel, config: PruneConfig, work: Path, log: Callable[[str], None]
+    loaded: LoadedModel, config: PruneConfig, work: WorkFolder, log: Callable[[str], None]
 ) -> Windows | None:
     """Windows of self-generated text (the paper's recipe), generated now into the work folder
     (so ``--resume`` reuses them) or read from a ``compress calib generate`` file. Under
@@ -194,13 +192,13 @@ def self_generated_windows(
     from compress.selfgen import Recipe, generate_long_texts, selfgen_windows
 
     if calib.self_gen.isdigit():
-        count, path = int(calib.self_gen), work / SELFGEN
+        count, path = int(calib.self_gen), work.selfgen
         max_len = min(2 * calib.seqlen, context_length(loaded.model.config) or 2 * calib.seqlen)
-        if distributed.is_main():
+        if work.writes():
             log(
                 f"generating {count} calibration texts of up to {max_len} tokens with the model itself"
             )
-            work.mkdir(parents=True, exist_ok=True)
+            work.path.mkdir(parents=True, exist_ok=True)
             generate_long_texts(
                 loaded.model,
                 loaded.tokenizer,
@@ -223,23 +221,22 @@ def run_engine(
     windows: Windows | None,
     generated: Windows | None,
     holdout: Windows | None,
-    work: Path | None,
+    work: WorkFolder,
     accelerator: torch.device,
     on_block: ProgressFn | None,
 ) -> PruneOutcome:
     """Run the engine, checkpointing into the work folder (one process) or with every batch
-    shared across ranks (``--distributed``; then no checkpoints). Real windows come first;
-    with ``--stats-from real`` only they feed the pruners' statistics."""
+    shared across ranks (``--distributed``; then no checkpoints, see
+    :meth:`WorkFolder.checkpoints`). Real windows come first; with ``--stats-from real`` only
+    they feed the pruners' statistics."""
     parts = [w.ids for w in (windows, generated) if w is not None]
     calib_ids, holdout_ids = torch.cat(parts), None if holdout is None else holdout.ids
     real_only = (
         config.calibration.stats_from == "real" and windows is not None and generated is not None
     )
     stats_samples = len(windows.ids) if real_only else None
-    if distributed.world_size() > 1:  # the engine takes this rank's slice of every batch
-        if stats_samples is not None:
-            raise BadInputError("--distributed with self-generated text needs --stats-from all")
-        work = None
+    if distributed.world_size() > 1 and stats_samples is not None:
+        raise BadInputError("--distributed with self-generated text needs --stats-from all")
     engine = Engine(loaded.model, config, work, stats_samples, accelerator)
     return engine.run(calib_ids, holdout_ids, checkpoint_recipe(config), config.resume, on_block)
 
@@ -291,7 +288,7 @@ def build_report(
 
 
 def save_output(
-    loaded: LoadedModel, config: PruneConfig, report: dict, target: Path, work: Path
+    loaded: LoadedModel, config: PruneConfig, report: dict, target: Path, work: WorkFolder
 ) -> None:
     """Write model, tokenizer, recipe, report and model card to a staging folder, then publish."""
     staging = staging_folder(target)
@@ -300,8 +297,8 @@ def save_output(
     loaded.tokenizer.save_pretrained(staging)
     write_json_atomic(staging / RECIPE_NAME, {**config.to_dict(), "versions": report["versions"]})
     write_json_atomic(staging / REPORT_NAME, report)
-    if (work / SELFGEN).is_file():  # the texts behind the self-generated tokens
-        shutil.copy2(work / SELFGEN, staging / SELFGEN)
+    if work.selfgen.is_file():  # the texts behind the self-generated tokens
+        shutil.copy2(work.selfgen, staging / SELFGEN)
     from cards.builder import write_card
 
     write_card(staging, config.hub_repo_id if config.push_to_hub else None, published_as=target)

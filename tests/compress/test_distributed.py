@@ -55,7 +55,8 @@ def reconstruct_block0(model, batches) -> None:
     """Wanda on block 0, then two epochs of block-wise reconstruction towards the dense block's
     outputs (gradients summed over ranks inside :func:`reconstruct`)."""
     from compress.blocks import BlockAdapter
-    from compress.reconstruct import Batches, ReconSettings, reconstruct
+    from compress.core.config import ReconstructConfig
+    from compress.reconstruct import Batches, reconstruct
 
     adapter = BlockAdapter(model)
     block = adapter.blocks[0]
@@ -72,7 +73,7 @@ def reconstruct_block0(model, batches) -> None:
         lambda b, x: adapter.run_block(0, x, calls[b][0]),
         Batches(hidden),
         Batches(targets),
-        ReconSettings(epochs=2, lr=1e-3),
+        ReconstructConfig(epochs=2, lr=1e-3),
         torch.Generator().manual_seed(0),
     )
 

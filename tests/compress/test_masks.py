@@ -62,3 +62,14 @@ def test_layerwise_mask_one_threshold_exact_count(sparsity):
     assert (~mask).sum() == round(sparsity * score.numel())
     if 0 < sparsity:
         assert score[~mask].max() <= score[mask].min()
+
+
+def test_masks_from_zeros_keep_nonzeros_of_weights_holding_zeros():
+    from compress.masks import masks_from_zeros, zero_count
+
+    sparse = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
+    dense = torch.ones(2, 2)
+    masks = masks_from_zeros([sparse, dense])
+    assert list(masks) == [sparse]  # a weight without exact zeros gets no mask
+    assert torch.equal(masks[sparse], torch.tensor([[False, True], [True, False]]))
+    assert zero_count(sparse) == 2 and zero_count(dense) == 0

@@ -22,6 +22,7 @@ from compress.cli.prune import prune
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.core.io import work_folder, write_json_atomic
 from compress.core.report import REPORT_NAME
+from compress.engine import WorkFolder
 
 FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--device", "cpu"]
 
@@ -37,7 +38,7 @@ class _English:
 
 @pytest.fixture
 def english(monkeypatch):
-    monkeypatch.setattr(selfgen, "_identifier", lambda: _English())
+    monkeypatch.setattr(selfgen.inspection, "_identifier", lambda: _English())
 
 
 def selfgen_config(model_dir, out) -> PruneConfig:
@@ -84,7 +85,7 @@ def test_resume_reuses_the_self_generated_texts(tiny_model_dir, tmp_path, englis
     def no_generation(*args, **kwargs):
         raise AssertionError("--resume generated the calibration texts again")
 
-    monkeypatch.setattr(selfgen, "generate_ids", no_generation)
+    monkeypatch.setattr(selfgen.generate, "generate_ids", no_generation)
     run_prune(replace(config, resume=True), log=lambda m: None)
     assert (out / "selfgen.jsonl").read_text() == generated
 
@@ -115,7 +116,7 @@ def test_one_rank_writes_the_self_generated_texts(tiny_model_dir, tmp_path, monk
     monkeypatch.setattr(distributed, "is_main", lambda: main)
     monkeypatch.setattr(distributed, "barrier", lambda: events.append("barrier"))
     monkeypatch.setattr(selfgen, "generate_long_texts", generate)
-    windows = self_generated_windows(loaded, config, work, lambda m: None)
+    windows = self_generated_windows(loaded, config, WorkFolder(work), lambda m: None)
     assert windows.ids.shape == (4, 32)
     assert events == (["generate", "barrier"] if main else ["barrier"])
 
@@ -247,9 +248,9 @@ def test_quantized_loading_is_refused_in_one_line():
 def zero_one_more_weight(monkeypatch):
     """Reconstruction that also moves one kept weight of every layer to exactly zero (as a
     bf16/fp16 cast or an optimizer step can)."""
-    import compress.engine
+    import compress.engine.steps
 
-    real = compress.engine.reconstruct
+    real = compress.engine.steps.reconstruct
 
     def reconstruct(params, masks, *args, **kwargs):
         result = real(params, masks, *args, **kwargs)
@@ -259,7 +260,7 @@ def zero_one_more_weight(monkeypatch):
                 weight.view(-1)[kept[len(kept) // 2]] = 0.0
         return result
 
-    monkeypatch.setattr(compress.engine, "reconstruct", reconstruct)
+    monkeypatch.setattr(compress.engine.steps, "reconstruct", reconstruct)
 
 
 @pytest.mark.parametrize("technique", ["br", "br+gp+cr"])

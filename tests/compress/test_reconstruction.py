@@ -133,7 +133,8 @@ def test_early_stop_restores_the_best_epoch_bit_for_bit():
     """Training pulls the weights from 0 towards 1; the held-out targets sit at the first
     epoch's weights (Adam's first step is ``lr`` per entry), so held-out error falls once, then
     rises: the run must stop and hand back exactly the first epoch's weights."""
-    from compress.reconstruct import Batches, ReconSettings, normalized_error, reconstruct
+    from compress.core.config import ReconstructConfig
+    from compress.reconstruct import Batches, normalized_error, reconstruct
 
     layer = torch.nn.Linear(4, 4, bias=False)
     torch.nn.init.zeros_(layer.weight)
@@ -148,7 +149,7 @@ def test_early_stop_restores_the_best_epoch_bit_for_bit():
         snapshots.append(layer.weight.detach().clone())
         return layer(inp)
 
-    settings = ReconSettings(epochs=5, lr=0.1, early_stop=True)
+    settings = ReconstructConfig(epochs=5, lr=0.1, early_stop=True)
     outcome = reconstruct(
         [layer.weight],
         {layer.weight: mask},
@@ -171,7 +172,8 @@ def test_early_stop_restores_the_best_epoch_bit_for_bit():
 
 def batch_compositions(seed: int, epochs: int = 3) -> list[list[frozenset[int]]]:
     """Per epoch, which samples (tagged by value) were trained on together."""
-    from compress.reconstruct import Batches, ReconSettings, reconstruct
+    from compress.core.config import ReconstructConfig
+    from compress.reconstruct import Batches, reconstruct
 
     layer = torch.nn.Linear(2, 2)
     samples = torch.arange(10.0).reshape(10, 1, 1).expand(10, 3, 2)  # sample k holds k
@@ -183,7 +185,7 @@ def batch_compositions(seed: int, epochs: int = 3) -> list[list[frozenset[int]]]
         seen.append(frozenset(int(v) for v in x[:, 0, 0]))
         return layer(x)
 
-    settings = ReconSettings(epochs=epochs, lr=1e-3)
+    settings = ReconstructConfig(epochs=epochs, lr=1e-3)
     generator = torch.Generator().manual_seed(seed)
     reconstruct(
         list(layer.parameters()), {}, run, Batches(stored), Batches(stored), settings, generator

@@ -160,6 +160,6 @@ def test_gguf_that_parses_but_transformers_refuses_is_not_called_damaged(tmp_pat
 @pytest.mark.parametrize(("platform", "factor"), [("darwin", 1), ("linux", 1024)])
 def test_peak_rss_unit_follows_the_platform(platform, factor, monkeypatch):
     usage = types.SimpleNamespace(ru_maxrss=123_456)
-    monkeypatch.setattr(placement.resource, "getrusage", lambda who: usage)
+    monkeypatch.setattr(placement.memory.resource, "getrusage", lambda who: usage)
     monkeypatch.setattr(sys, "platform", platform)
     assert placement.peak_rss_bytes() == 123_456 * factor

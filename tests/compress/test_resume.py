@@ -90,12 +90,59 @@ def test_resume_after_sigkill_matches_uninterrupted(six_block_model, tmp_path):
 
 @pytest.mark.slow
 def test_resume_with_other_settings_is_refused(six_block_model, tmp_path):
-    from compress.checkpoint import save_step
+    from compress.engine import WorkFolder
 
     out = tmp_path / "out"
-    save_step(
-        tmp_path / ".out.work", 0, {}, {}, {}, {"layers": {}, "blocks": []}, {"method": "magnitude"}
+    WorkFolder(tmp_path / ".out.work").save_step(
+        0, {}, {}, {}, {"layers": {}, "blocks": []}, {"method": "magnitude"}
     )
     result = CliRunner().invoke(app, [*prune_args(six_block_model, out), "--resume"])
     assert result.exit_code == 2
     assert "used different settings" in result.stderr
+
+
+def test_checkpointed_streams_come_back_as_saved():
+    from compress.engine import ActivationStore, Streams
+
+    cpu = torch.device("cpu")
+    store = ActivationStore("cpu", torch.bfloat16, torch.float32, cpu, cpu)
+    batches = [torch.randn(2, 3, 4), torch.randn(1, 3, 4)]
+    saved = Streams([], store.store(batches), prev_sparse=store.store(batches[:1]))
+    flat = store.state({"calibration": saved})
+    assert sorted(flat) == [  # the names inside streams-step-{i}.safetensors
+        "calibration.prev_sparse.0",
+        "calibration.sparse.0",
+        "calibration.sparse.1",
+    ]
+    restored = Streams([], [], dense=[torch.zeros(1)])
+    store.restore({"calibration": restored}, flat)
+    assert restored.dense is None and restored.prev_local is None
+    assert all(x.dtype == torch.bfloat16 for x in restored.sparse)
+    for got, want in zip(restored.sparse + restored.prev_sparse, saved.sparse + saved.prev_sparse):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("main", [True, False])
+def test_only_the_main_process_clears_the_work_folder(tmp_path, monkeypatch, main):
+    from compress import distributed
+    from compress.engine import WorkFolder
+
+    work = WorkFolder(tmp_path / ".out.work")
+    work.path.mkdir()
+    monkeypatch.setattr(distributed, "is_main", lambda: main)
+    work.start(resume=True, log=lambda message: None)
+    assert work.path.exists()  # --resume keeps it
+    work.start(resume=False, log=lambda message: None)
+    assert work.path.exists() is not main
+
+
+def test_ranks_do_not_checkpoint(tmp_path, monkeypatch):
+    """Under --distributed a rank holds only its slice of every batch: nothing to resume from."""
+    from compress import distributed
+    from compress.core.config import PruneConfig
+    from compress.engine import Engine, WorkFolder
+
+    work = WorkFolder(tmp_path / ".out.work")
+    assert Engine(random_llama(), PruneConfig(), work).work is work
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    assert Engine(random_llama(), PruneConfig(), work).work is None

@@ -1,43 +1,19 @@
-"""Self-generated calibration text: the model writes its own calibration data.
-
-Paper: Shin et al., "Rethinking Pruning Large Language Models: Benefits and Pitfalls of
-Reconstruction Error Minimization" (EMNLP 2024, arXiv 2406.15524), the mitigation for
-reconstruction overfitting. Recipe per text:
-
-1. first token uniformly random from the vocabulary, special tokens excluded;
-2. the next ``greedy_tokens`` (4) tokens greedy (argmax of the model's logits);
-3. the rest sampled (temperature 1.0, top-k 50, top-p 1.0) until EOS or ``max_len`` tokens;
-4. kept only if a language identifier (py3langid, its model ships in the wheel) says English;
-   otherwise the text is rejected and another one is drawn.
-
-Each text has its own seed, ``seed = (base_seed << 32) | draw``, which seeds a CPU generator for
-its first token and every sampling step. A batch is one ``model.generate`` call (KV cache) whose
-logits processor samples each row with that row's generator, so a text does not depend on the
-other texts of its batch: regenerating one seed alone gives the same text, up to the float
-rounding differences that another batch shape can cause.
-
-Output: JSONL, one line per kept text, ``{text, seed, tokens, lang, lang_score}``, appended as
-texts are accepted; a rerun continues the draws after the last recorded seed until the file
-holds ``n`` texts, and drops a partially written last line first.
-"""
+"""Generating self-generated calibration text with the paper's recipe (see :mod:`compress.selfgen`)."""
 
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import torch
 
-from compress.calibration import Windows
 from compress.core.errors import BadInputError
+from compress.selfgen.inspection import detect_language, known_language
+from compress.selfgen.samples import next_draw, read_samples, text_seed, token_lengths
 
-DRAW_BITS = 32
 LanguageFn = Callable[[str], tuple[str, float]]
 
 
@@ -58,16 +34,6 @@ class Recipe:
             )
         if self.temperature <= 0 or self.top_k < 1 or not 0 < self.top_p <= 1:
             raise BadInputError("need temperature > 0, top-k >= 1 and top-p in (0, 1]")
-
-
-def text_seed(base_seed: int, draw: int) -> int:
-    """The seed of draw number ``draw`` of a run seeded with ``base_seed``."""
-    return (base_seed << DRAW_BITS) | draw
-
-
-def split_seed(seed: int) -> tuple[int, int]:
-    """``(base_seed, draw)`` of a text's seed."""
-    return seed >> DRAW_BITS, seed & ((1 << DRAW_BITS) - 1)
 
 
 def first_token_choices(model, tokenizer) -> torch.Tensor:
@@ -146,70 +112,6 @@ def generate_ids(model, tokenizer, seeds: list[int], recipe: Recipe) -> list[lis
     return texts
 
 
-@lru_cache(maxsize=1)
-def _identifier():
-    try:
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
-    except ImportError as exc:
-        raise BadInputError("language filtering needs py3langid: pip install py3langid") from exc
-    return LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-
-
-def detect_language(text: str) -> tuple[str, float]:
-    """ISO 639-1 code and probability from py3langid (97 languages, naive Bayes on n-grams)."""
-    lang, score = _identifier().classify(text)
-    return lang, float(score)
-
-
-# -- the JSONL file ---------------------------------------------------------------------------
-def read_samples(path: Path, repair: bool = False) -> list[dict]:
-    """The complete lines of ``path``. A last line without its newline (an interrupted write) is
-    ignored, and cut off the file when ``repair``.
-
-    Raises:
-        BadInputError: a complete line that is not a self-generated sample.
-    """
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    complete = data.rfind(b"\n") + 1
-    if repair and complete < len(data):
-        with path.open("r+b") as handle:
-            handle.truncate(complete)
-    samples = []
-    for number, line in enumerate(data[:complete].decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            sample = json.loads(line)
-        except json.JSONDecodeError:
-            sample = None
-        if not isinstance(sample, dict) or not {"text", "seed"} <= sample.keys():
-            raise BadInputError(
-                f"{path}:{number} is not a self-generated sample (a JSON object with text and "
-                "seed); pass another file"
-            )
-        samples.append(sample)
-    return samples
-
-
-def next_draw(path: Path, samples: list[dict], base_seed: int) -> int:
-    """The draw after the last one recorded in ``samples`` (0 for an empty file).
-
-    Raises:
-        BadInputError: the file was generated with another base seed.
-    """
-    if not samples:
-        return 0
-    bases = {split_seed(s["seed"])[0] for s in samples}
-    if bases != {base_seed}:
-        raise BadInputError(
-            f"{path} was generated with --seed {sorted(bases)[0]}; pass that seed to continue it "
-            "or write to another --output"
-        )
-    return max(split_seed(s["seed"])[1] for s in samples) + 1
-
-
 def check_request(n: int, batch_size: int, seed: int, language: str | None = None) -> None:
     """Validate generation settings before any model is loaded.
 
@@ -220,7 +122,7 @@ def check_request(n: int, batch_size: int, seed: int, language: str | None = Non
         raise BadInputError(f"need --n >= 1 and --batch-size >= 1, got {n} and {batch_size}")
     if not 0 <= seed < 2**31:
         raise BadInputError(f"--seed {seed} must lie in [0, 2**31)")
-    if language is not None and language not in _identifier().labels:
+    if language is not None and not known_language(language):
         raise BadInputError(f"--lang {language!r} is not a py3langid code (e.g. en, de); or 'any'")
 
 
@@ -310,11 +212,6 @@ def generate_file(
     return stats
 
 
-def token_lengths(tokenizer, texts: list[str]) -> list[list[int]]:
-    """Token ids of each text as a calibration window sees them (no special tokens added)."""
-    return [tokenizer(t, add_special_tokens=False, verbose=False)["input_ids"] for t in texts]
-
-
 def generate_long_texts(
     model,
     tokenizer,
@@ -354,98 +251,3 @@ def generate_long_texts(
         for name in ("added", "draws", "rejected", "tokens", "seconds"):
             setattr(total, name, getattr(total, name) + getattr(stats, name))
     return total
-
-
-# -- looking at a file -----------------------------------------------------------------------
-CODE_LINE = re.compile(
-    r"^\s*(def |class |import |from \S+ import |#include|function\b|return\b|public |private |"
-    r"var |let |const |if ?\(|for ?\(|while ?\(|[{}]|</?[A-Za-z][\w-]*[ >])"
-)
-CODE_SYMBOLS = frozenset("{}[]()<>;=#$\\/*_|&")
-
-
-def looks_like_code(text: str) -> bool:
-    """A simple heuristic: code if at least 30% of the non-empty lines start like code (a
-    keyword such as ``def``/``import``/``return``, a brace, an HTML tag) or at least 8% of the
-    non-space characters are symbols from ``{}[]()<>;=#$\\/*_|&`` (English prose has ~1-2%)."""
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        return False
-    code_lines = sum(bool(CODE_LINE.match(line)) for line in lines)
-    chars = [c for c in text if not c.isspace()]
-    symbols = sum(c in CODE_SYMBOLS for c in chars)
-    return code_lines >= 0.3 * len(lines) or symbols >= 0.08 * len(chars)
-
-
-def length_histogram(lengths: list[int]) -> list[tuple[str, int]]:
-    """Counts per power-of-two bucket of token lengths: 1-63, 64-127, 128-255, ..."""
-    if not lengths:
-        return []
-    edges = [1, 64]
-    while edges[-1] <= max(lengths):
-        edges.append(edges[-1] * 2)
-    return [
-        (f"{lo}-{hi - 1}", sum(lo <= x < hi for x in lengths)) for lo, hi in zip(edges, edges[1:])
-    ]
-
-
-def inspect(path: Path, top: int = 10) -> dict:
-    """Counts, length histogram, language share, most frequent opening words (the first
-    whitespace-separated token of each text) and the share of code-like texts of a file.
-
-    Raises:
-        BadInputError: the file does not exist or holds no sample.
-    """
-    if not path.is_file():
-        raise BadInputError(f"{path} does not exist; write it with compress calib generate")
-    samples = read_samples(path)
-    if not samples:
-        raise BadInputError(f"{path} holds no complete sample")
-    lengths = [int(s.get("tokens", 0)) for s in samples]
-    languages = Counter(s.get("lang", "?") for s in samples)
-    openings = Counter(s["text"].split()[0] if s["text"].split() else "" for s in samples)
-    return {
-        "file": str(path),
-        "texts": len(samples),
-        "tokens": {
-            "total": sum(lengths),
-            "mean": sum(lengths) / len(lengths),
-            "min": min(lengths),
-            "max": max(lengths),
-        },
-        "length_histogram": length_histogram(lengths),
-        "languages": {lang: count / len(samples) for lang, count in languages.most_common()},
-        "opening_tokens": openings.most_common(top),
-        "code_share": sum(looks_like_code(s["text"]) for s in samples) / len(samples),
-        "seeds": sorted({split_seed(s["seed"])[0] for s in samples}),
-    }
-
-
-# -- calibration windows ---------------------------------------------------------------------
-def selfgen_windows(tokenizer, path: Path, nsamples: int | None, seqlen: int, seed: int) -> Windows:
-    """Random windows of ``seqlen`` tokens, one from each of ``nsamples`` randomly chosen texts
-    of at least ``seqlen`` tokens (all of them when ``nsamples`` is None), as the paper does.
-
-    Raises:
-        BadInputError: missing file, or fewer long-enough texts than windows asked.
-    """
-    if not path.is_file():
-        raise BadInputError(f"{path} does not exist; write it with compress calib generate")
-    texts = [s["text"] for s in read_samples(path)]
-    ids = token_lengths(tokenizer, texts)
-    long = [torch.tensor(x, dtype=torch.long) for x in ids if len(x) >= seqlen]
-    want = len(long) if nsamples is None else nsamples
-    if want < 1 or len(long) < want:
-        raise BadInputError(
-            f"{path}: {len(long)} of {len(texts)} texts have at least {seqlen} tokens, "
-            f"{want or 'none'} windows asked; generate more or longer texts "
-            "(compress calib generate --n/--max-len) or lower --seqlen"
-        )
-    generator = torch.Generator().manual_seed(seed)
-    chosen = torch.randperm(len(long), generator=generator)[:want].sort().values.tolist()
-    windows = []
-    for i in chosen:
-        start = int(torch.randint(len(long[i]) - seqlen + 1, (1,), generator=generator))
-        windows.append(long[i][start : start + seqlen])
-    available = sum(len(x) for x in long)
-    return Windows(torch.stack(windows), str(path), "generated", seed, available)

@@ -13,8 +13,10 @@ Per block ``i``, in this order:
   7. checkpoint the changed blocks, the streams and the outcome so far (``--resume``).
 
 The engine reaches models only through :class:`~compress.blocks.BlockAdapter`, pruners only
-through :class:`~compress.pruners.base.Pruner`, and training only through
-:func:`~compress.reconstruct.reconstruct`.
+through :class:`~compress.pruners.base.Pruner`, training only through
+:func:`~compress.reconstruct.reconstruct`, the activations only through its
+:class:`~compress.engine.activations.ActivationStore` and checkpoints only through a
+:class:`~compress.engine.workfolder.WorkFolder`.
 """
 
 from __future__ import annotations
@@ -22,27 +24,24 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from compress import distributed
 from compress.blocks import BlockAdapter, BlockCall, weight_view
-from compress.checkpoint import load_step, save_step
-from compress.core.config import PruneConfig
+from compress.core.config import PruneConfig, Technique
 from compress.core.dtypes import torch_dtype
 from compress.core.report import LayerCounts, layer_counts, layer_entry
+from compress.engine.activations import ActivationStore, Stream, Streams
+from compress.engine.statistics import collect_statistics
+from compress.engine.workfolder import WorkFolder
+from compress.masks import zero_count
 from compress.placement import execution_device, measure_peak, onloaded
 from compress.pruners import PRUNERS, Pruner
-from compress.reconstruct import Batches, ReconSettings, normalized_error, reconstruct
+from compress.reconstruct import Batches, normalized_error, reconstruct
 
-Stream = list[torch.Tensor]  # one activation tensor (B, T, H) per batch
 ProgressFn = Callable[[int, int, float], None]
-
-
-class _StopBlock(Exception):
-    """Raised once every hooked layer of a block has seen this batch's input."""
 
 
 @dataclass
@@ -53,28 +52,6 @@ class PruneOutcome:
     layers: dict[str, dict] = field(default_factory=dict)
     blocks: list[dict] = field(default_factory=list)
     seconds: float = 0.0
-
-
-@dataclass
-class Streams:
-    """The activations of one data set (calibration or held-out) entering the current block."""
-
-    calls: list[list[BlockCall]]  # per batch, per block
-    sparse: Stream  # through the pruned blocks
-    dense: Stream | None = None  # through the dense model (GP targets, error measurement)
-    prev_sparse: Stream | None = None  # entering block i - 1 (CR windows)
-    prev_local: Stream | None = None  # BR target of block i - 1 (BR+CR windows)
-    dense_out: Stream | None = None  # set during a step
-    local: Stream | None = None
-    cross: Stream | None = None
-
-    def state(self, prefix: str) -> dict[str, Stream | None]:
-        return {
-            f"{prefix}.sparse": self.sparse,
-            f"{prefix}.dense": self.dense,
-            f"{prefix}.prev_sparse": self.prev_sparse,
-            f"{prefix}.prev_local": self.prev_local,
-        }
 
 
 @torch.no_grad()
@@ -88,25 +65,9 @@ def stream_error(outputs: Stream, targets: Stream | None) -> float | None:
     )
 
 
-def activation_device(
-    setting: str, accelerator: torch.device, home: torch.device, nbytes: int
-) -> torch.device:
-    """Where the activation streams live: on the accelerator when they fit in half of its free
-    memory (``auto``), else on the CPU (pinned there when CUDA is present, so batches stream to
-    the GPU asynchronously); ``home`` (the embeddings' device) without an accelerator."""
-    if setting == "cpu":
-        return torch.device("cpu")
-    if accelerator.type != "cuda":
-        return home
-    if setting == "accelerator":
-        return accelerator
-    free, _ = torch.cuda.mem_get_info(accelerator)
-    return accelerator if nbytes < free // 2 else torch.device("cpu")
-
-
-def zero_count(weight: torch.Tensor) -> LayerCounts:
+def zeros_entry(weight: torch.Tensor) -> LayerCounts:
     """The ``sparsity`` and ``zeros`` entries of a layer in report.json."""
-    return layer_counts(int((weight == 0).sum()), weight.numel())
+    return layer_counts(zero_count(weight), weight.numel())
 
 
 def check_widths(adapter: BlockAdapter, config: PruneConfig) -> None:
@@ -123,26 +84,32 @@ class Engine:
         self,
         model: nn.Module,
         config: PruneConfig,
-        work: Path | None = None,
+        work: WorkFolder | None = None,
         stats_samples: int | None = None,
         accelerator: torch.device | None = None,
     ) -> None:
         """``stats_samples``: only the first this many calibration sequences feed the pruners'
         statistics (real text first, self-generated after it); all of them reconstruct.
         ``accelerator``: where blocks whose weights wait on CPU or disk run their turn
-        (sequential onloading); default: where the embeddings are."""
+        (sequential onloading); default: where the embeddings are. ``work``: where to
+        checkpoint (one process only, see :meth:`WorkFolder.checkpoints`)."""
         self.model = model
         self.config = config
         self.stats_samples = stats_samples
         self.recon = config.reconstruct
         self.technique = config.reconstruct.technique
         self.adapter = BlockAdapter(model)
-        self.work = work
+        self.work = work if work is not None and work.checkpoints() else None
         self.device = model.get_input_embeddings().weight.device
         self.dtype = next(model.parameters()).dtype
-        self.act_dtype = torch_dtype(self.recon.activations_dtype, self.dtype)
         self.accelerator = accelerator or self.device
-        self.store = self.device  # where activation streams live; decided in run()
+        self.activations = ActivationStore(
+            self.recon.activations_device,
+            torch_dtype(self.recon.activations_dtype, self.dtype),
+            self.dtype,
+            self.device,
+            self.accelerator,
+        )
         self.outcome = PruneOutcome()
         check_widths(self.adapter, config)
 
@@ -154,17 +121,10 @@ class Engine:
     def _run(
         self, window: list[int], calls: list[list[BlockCall]], b: int, x: torch.Tensor
     ) -> torch.Tensor:
+        keep = self.activations.keep
         if not len(x):  # this rank's slice of batch b is empty (data-parallel)
-            return self._keep(x)
-        return self._keep(self._run_blocks(window, calls, b, x.to(self.dtype)))
-
-    def _keep(self, x: torch.Tensor) -> torch.Tensor:
-        """One activation batch moved to the stream storage (pinned on CPU next to a GPU)."""
-        x = x.to(device=self.store, dtype=self.act_dtype)
-        return x.pin_memory() if self.store.type == "cpu" and torch.cuda.is_available() else x
-
-    def _store(self, batches: list[torch.Tensor]) -> Stream:
-        return [self._keep(x) for x in batches]
+            return keep(x)
+        return keep(self._run_blocks(window, calls, b, self.activations.onload(x)))
 
     # -- the steps -------------------------------------------------------------------------
     def _targets(self, i: int, s: Streams) -> None:
@@ -181,39 +141,14 @@ class Engine:
         self, i: int, pruners: dict[str, Pruner], layers: dict[str, nn.Module], s: Streams
     ) -> None:
         """Step 2 (statistics from the first ``stats_samples`` sequences only, when set)."""
-        seen: set[str] = set()
-        batch_size = self.config.calibration.batch_size
-        limit = self.stats_samples
-        current = 0  # index of the batch being run
-
-        def hook_for(name: str):
-            def hook(module: nn.Module, args: tuple) -> None:
-                x = args[0]
-                if limit is not None:
-                    x = x[: max(limit - current * batch_size, 0)]
-                if len(x):
-                    pruners[name].add_batch(x)
-                seen.add(name)
-                if len(seen) == len(pruners):
-                    raise _StopBlock
-
-            return hook
-
-        handles = [layers[name].register_forward_pre_hook(hook_for(name)) for name in pruners]
-        try:
-            with torch.no_grad():
-                for b, x in enumerate(s.sparse):
-                    if limit is not None and b * batch_size >= limit:
-                        break
-                    seen.clear()
-                    current = b
-                    try:
-                        self._run([i], s.calls, b, x)
-                    except _StopBlock:
-                        pass
-        finally:
-            for handle in handles:
-                handle.remove()
+        collect_statistics(
+            lambda b, x: self._run([i], s.calls, b, x),
+            s.sparse,
+            pruners,
+            layers,
+            self.config.calibration.batch_size,
+            self.stats_samples,
+        )
 
     def _prune(self, i: int, s: Streams) -> None:
         """Steps 2-3 for block ``i``."""
@@ -221,7 +156,7 @@ class Engine:
         pruner_cls = PRUNERS[self.config.method.value]
         dense = (
             {name: weight_view(m).detach().clone() for name, m in layers.items()}
-            if self.technique.value == "none"
+            if self.technique is Technique.none
             else {}
         )
         options = self.config.pruner_options()
@@ -244,7 +179,7 @@ class Engine:
                     weight.copy_(dense[name] * result.mask)
             self.outcome.masks[name] = result.mask.cpu()  # off the accelerator: 1 byte/weight
             self.outcome.layers[name] = layer_entry(
-                weight.shape, target, zero_count(weight)["zeros"], result.seconds
+                weight.shape, target, zero_count(weight), result.seconds
             )
 
     def _measure(self, window: list[int]) -> None:
@@ -252,7 +187,7 @@ class Engine:
         the weights saved (a CR window re-measures the block it trains a second time)."""
         for j in window:
             for name, module in self.adapter.prunable_layers(j, self.config.skip).items():
-                self.outcome.layers[name].update(zero_count(weight_view(module)))
+                self.outcome.layers[name].update(zeros_entry(weight_view(module)))
 
     def _param_masks(self, window: list[int]) -> dict[nn.Parameter, torch.Tensor]:
         masks = {}
@@ -286,14 +221,6 @@ class Engine:
                 Batches(hx),
                 Batches(hy),
             )
-        settings = ReconSettings(
-            epochs=self.recon.epochs,
-            lr=self.recon.lr,
-            optimizer=self.recon.optimizer,
-            rho=self.recon.rho,
-            early_stop=self.recon.early_stop,
-            autocast_dtype=self.dtype if self.dtype != torch.float32 else None,
-        )
         generator = torch.Generator().manual_seed(
             self.config.calibration.seed * 100_003 + i * 2 + int(cr)
         )
@@ -303,9 +230,10 @@ class Engine:
             lambda b, xb: self._run_blocks(window, calib.calls, b, xb),
             Batches(x),
             Batches(y),
-            settings,
+            self.recon,
             generator,
             holdout=watch,
+            autocast_dtype=self.dtype if self.dtype != torch.float32 else None,
         )
         for block in blocks:
             block.to(self.dtype)
@@ -376,40 +304,26 @@ class Engine:
 
     # -- the whole model -------------------------------------------------------------------
     def _streams(self, ids: torch.Tensor) -> Streams:
-        """The streams of ``ids`` entering block 0, batched as in one process; under
-        ``torch.distributed`` this rank's slice of every batch (:func:`distributed.local_batches`),
-        an empty slice standing as an empty activation that no block runs on."""
-        batches = distributed.local_batches(ids, self.config.calibration.batch_size)
-        full = [b for b, batch in enumerate(batches) if len(batch)]
-        captured, captured_calls = self.adapter.capture([batches[b] for b in full])
-        width = captured[0].shape[-1] if captured else self.model.config.hidden_size
-        hidden = [ids.new_empty((0, ids.shape[1], width), dtype=self.dtype) for _ in batches]
-        calls: list[list[BlockCall]] = [[] for _ in batches]
-        for b, x, call in zip(full, captured, captured_calls):
-            hidden[b], calls[b] = x, call
-        hidden = self._store(hidden)
         need_dense = self.technique.global_targets or self.recon.errors
-        return Streams(calls, hidden, [h.clone() for h in hidden] if need_dense else None)
+        batch_size = self.config.calibration.batch_size
+        return self.activations.capture(self.adapter, ids, batch_size, need_dense)
 
     def _checkpoint(self, i: int, sets: dict[str, Streams], recipe: dict) -> None:
         blocks = {j: self.adapter.blocks[j].state_dict() for j in self.window(i)}
         prefix = self.adapter.block_name(i) + "."  # masks a later CR window still trains
         live = {name: mask for name, mask in self.outcome.masks.items() if name.startswith(prefix)}
         outcome = {"layers": self.outcome.layers, "blocks": self.outcome.blocks}
-        streams = {key: value for name, s in sets.items() for key, value in s.state(name).items()}
-        save_step(self.work, i, blocks, streams, live, outcome, recipe)
+        streams = self.activations.state(sets)
+        self.work.save_step(i, blocks, streams, live, outcome, recipe)
 
     def _restore(self, recipe: dict, sets: dict[str, Streams]) -> int:
-        loaded = load_step(self.work, recipe)
+        loaded = self.work.load_step(recipe)
         if loaded is None:
             return 0
         state, blocks, streams, masks = loaded
         for index, block_state in blocks.items():
             self.adapter.blocks[index].load_state_dict(block_state)
-        for prefix, s in sets.items():
-            for name in ("sparse", "dense", "prev_sparse", "prev_local"):
-                saved = streams.get(f"{prefix}.{name}")
-                setattr(s, name, None if saved is None else self._store(saved))
+        self.activations.restore(sets, streams)
         self.outcome.masks.update({k: v.to(self.device) for k, v in masks.items()})
         self.outcome.layers = state["outcome"]["layers"]
         self.outcome.blocks = state["outcome"]["blocks"]
@@ -431,12 +345,8 @@ class Engine:
         start = time.perf_counter()
         hidden = self.model.get_input_embeddings().embedding_dim
         tokens = calib_ids.numel() + (0 if holdout_ids is None else holdout_ids.numel())
-        tokens //= distributed.world_size()  # each rank holds its slice of every batch
         streams = 3 if self.technique.trains else 2  # sparse, dense, and targets or CR inputs
-        nbytes = streams * tokens * hidden * torch.finfo(self.act_dtype).bits // 8
-        self.store = activation_device(
-            self.recon.activations_device, self.accelerator, self.device, nbytes
-        )
+        self.activations.place(tokens, hidden, streams)
         sets = {"calibration": self._streams(calib_ids)}
         if holdout_ids is not None:
             sets["holdout"] = self._streams(holdout_ids)

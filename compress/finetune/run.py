@@ -1,18 +1,4 @@
-"""Causal-LM fine-tuning of a pruned model folder, with AdamW, SAM-AdamW or ASAM-AdamW.
-
-All parameters train. The sparsity pattern is read from the saved model itself: every exact
-zero in a prunable Linear weight of the decoder blocks is pruned and stays zero (gradients are
-masked before each step and the weights re-masked after it, see :mod:`compress.sam`), so the
-measured sparsity after fine-tuning equals the sparsity before.
-
-Per step: ``batch × grad_accum`` token windows of ``seqlen`` tokens (the train split of
-``data``, windows reshuffled each epoch), one optimizer step, a cosine learning-rate schedule
-after ``warmup`` linear steps. Held-out loss on the test split every ``eval_every`` steps; a
-checkpoint (model, optimizer, scheduler, history) every ``save_every`` steps for ``--resume``.
-The run writes into a staging folder beside ``output`` (checkpoint included) and publishes it
-as ``output`` at the end: model, tokenizer, recipe and the source report with a ``finetune``
-section (see :func:`save_output`).
-"""
+"""One fine-tuning run: folders, checkpoint for ``--resume``, the training loop, the output."""
 
 from __future__ import annotations
 
@@ -20,10 +6,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
-from enum import Enum
 from pathlib import Path
 
 import torch
@@ -42,213 +25,21 @@ from compress.core.report import (
     update_report,
     write_json_atomic,
 )
-from compress.sam import SAM, accumulated_step, mask_gradients, mask_weights
+from compress.finetune.config import FinetuneConfig, heldout_windows, training_windows, window_order
+from compress.finetune.training import (
+    build_optimizer,
+    count_zeros,
+    heldout_loss,
+    lr_lambda,
+    resolve_autocast,
+    sparsity_masks,
+    train_step,
+)
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "state.pt"
 # fields that may change between a run and its --resume
 RESUMABLE_CHANGES = ("resume", "overwrite", "eval_every", "save_every", "device")
-
-
-class Optimizer(str, Enum):
-    adamw = "adamw"
-    sam_adamw = "sam-adamw"
-    asam_adamw = "asam-adamw"
-
-
-class Precision(str, Enum):
-    auto = "auto"  # bf16 autocast on a GPU that supports it, else fp32
-    fp32 = "fp32"
-    bf16 = "bf16"
-
-
-@dataclass
-class FinetuneConfig:
-    model: str  # a folder written by compress prune (or any saved causal-LM folder)
-    data: str = "wikipedia"
-    output: str = "out/finetuned"
-    steps: int = 100
-    lr: float = 1e-5
-    optimizer: Optimizer = Optimizer.adamw
-    rho: float | None = None  # None: 0.05 for SAM, 0.5 for ASAM (it wants ~10x larger)
-    eta: float = 0.01
-    weight_decay: float = 0.0
-    warmup: int = 0
-    seqlen: int = 256
-    batch: int = 4
-    grad_accum: int = 1
-    eval_every: int = 50
-    eval_windows: int = 16
-    save_every: int = 50
-    seed: int = 0
-    device: str = "auto"
-    precision: Precision = Precision.auto
-    resume: bool = False
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        self.optimizer = Optimizer(self.optimizer)
-        self.precision = Precision(self.precision)
-        if self.rho is None:
-            self.rho = 0.5 if self.optimizer is Optimizer.asam_adamw else 0.05
-        for name in ("steps", "seqlen", "batch", "grad_accum", "eval_every", "save_every"):
-            if getattr(self, name) < 1:
-                raise BadInputError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.lr <= 0 or self.rho < 0 or self.eta < 0 or self.warmup < 0:
-            raise BadInputError("--lr must be positive and --rho, --eta, --warmup non-negative")
-        if self.eval_windows < 0:
-            raise BadInputError("--eval-windows must be non-negative (0 turns held-out loss off)")
-
-    @property
-    def uses_sam(self) -> bool:
-        return self.optimizer is not Optimizer.adamw
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["optimizer"] = self.optimizer.value
-        data["precision"] = self.precision.value
-        return data
-
-
-def sparsity_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
-    """Keep-masks (``weight != 0``) of the block Linear weights that hold exact zeros."""
-    from compress.blocks import BlockAdapter
-
-    adapter = BlockAdapter(model)
-    masks = {}
-    for index in range(len(adapter)):
-        for module in adapter.prunable_layers(index).values():
-            if (module.weight == 0).any():
-                masks[module.weight] = module.weight.detach() != 0
-    return masks
-
-
-def count_zeros(masks: dict[nn.Parameter, torch.Tensor]) -> int:
-    return sum(int((p == 0).sum()) for p in masks)
-
-
-def training_windows(tokenizer, config: FinetuneConfig) -> tuple[torch.Tensor, dict]:
-    """All the train windows one run needs (or every window the text holds, reused by epoch)."""
-    from compress.calibration import load_texts, sample_windows, tokenize_stream
-
-    texts = load_texts(config.data, "train")
-    slots = len(tokenize_stream(tokenizer, texts)) // config.seqlen
-    per_step = config.batch * config.grad_accum
-    if slots < config.batch:
-        raise BadInputError(
-            f"--data {config.data} holds {slots} train windows of {config.seqlen} tokens, "
-            f"fewer than --batch {config.batch}; lower --seqlen/--batch or add text"
-        )
-    windows = sample_windows(
-        tokenizer,
-        texts,
-        min(slots, config.steps * per_step),
-        config.seqlen,
-        config.seed,
-        config.data,
-        "train",
-    )
-    return windows.ids, windows.describe()
-
-
-def window_order(available: int, needed: int, seed: int) -> torch.Tensor:
-    """Indices of ``needed`` windows: a fresh seeded permutation of all ``available`` per epoch."""
-    generator = torch.Generator().manual_seed(seed)
-    epochs = math.ceil(needed / available)
-    return torch.cat([torch.randperm(available, generator=generator) for _ in range(epochs)])
-
-
-def heldout_windows(tokenizer, config: FinetuneConfig) -> tuple[torch.Tensor | None, dict | None]:
-    if config.eval_windows == 0:
-        return None, None
-    from compress.calibration import load_windows
-
-    windows = load_windows(
-        tokenizer, config.data, config.eval_windows, config.seqlen, config.seed, "test"
-    )
-    return windows.ids, windows.describe()
-
-
-def build_optimizer(model: nn.Module, masks: dict, config: FinetuneConfig) -> torch.optim.Optimizer:
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not config.uses_sam:
-        params = [p for _, p in named]
-        return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    return SAM(
-        named,  # names tell ASAM which parameters are biases (left unscaled)
-        torch.optim.AdamW,
-        rho=config.rho,
-        adaptive=config.optimizer is Optimizer.asam_adamw,
-        eta=config.eta,
-        masks=masks,
-        lr=config.lr,
-        weight_decay=config.weight_decay,
-    )
-
-
-def lr_lambda(config: FinetuneConfig) -> Callable[[int], float]:
-    """Linear warmup over ``warmup`` steps, then cosine decay to zero at ``steps``."""
-
-    def factor(step: int) -> float:
-        if step < config.warmup:
-            return (step + 1) / config.warmup
-        progress = (step - config.warmup) / max(1, config.steps - config.warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def resolve_autocast(config: FinetuneConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None = plain fp32)."""
-    if config.precision is Precision.bf16:
-        return torch.bfloat16
-    if config.precision is Precision.auto and device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return None
-
-
-@torch.no_grad()
-def heldout_loss(model: nn.Module, ids: torch.Tensor, batch: int, autocast) -> float:
-    """Mean token loss over the held-out windows (all windows have the same length)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    total = 0.0
-    for chunk in ids.split(batch):
-        chunk = chunk.to(device)
-        with autocast():
-            total += float(model(input_ids=chunk, labels=chunk, use_cache=False).loss) * len(chunk)
-    model.train(was_training)
-    return total / len(ids)
-
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    masks: dict,
-    micro_batches: list[torch.Tensor],
-    autocast,
-) -> float:
-    """One optimizer step over equal micro-batches; returns the mean loss at the start point."""
-
-    def micro_loss(ids: torch.Tensor) -> torch.Tensor:
-        with autocast():
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
-        return loss / len(micro_batches)
-
-    if isinstance(optimizer, SAM):
-        closures = [lambda ids=ids: micro_loss(ids) for ids in micro_batches]
-        return float(accumulated_step(optimizer, closures))
-    optimizer.zero_grad()
-    total = 0.0
-    for ids in micro_batches:
-        loss = micro_loss(ids)
-        loss.backward()
-        total += float(loss.detach())
-    mask_gradients(masks)
-    optimizer.step()
-    mask_weights(masks)
-    return total
 
 
 def prepare_output(config: FinetuneConfig) -> Path:

@@ -1,0 +1,30 @@
+"""Causal-LM fine-tuning of a pruned model folder, with AdamW, SAM-AdamW or ASAM-AdamW.
+
+All parameters train. The sparsity pattern is read from the saved model itself: every exact
+zero in a prunable Linear weight of the decoder blocks is pruned and stays zero (gradients are
+masked before each step and the weights re-masked after it, see :mod:`compress.sam`), so the
+measured sparsity after fine-tuning equals the sparsity before.
+
+Per step: ``batch × grad_accum`` token windows of ``seqlen`` tokens (the train split of
+``data``, windows reshuffled each epoch), one optimizer step, a cosine learning-rate schedule
+after ``warmup`` linear steps. Held-out loss on the test split every ``eval_every`` steps; a
+checkpoint (model, optimizer, scheduler, history) every ``save_every`` steps for ``--resume``.
+The run writes into a staging folder beside ``output`` (checkpoint included) and publishes it
+as ``output`` at the end: model, tokenizer, recipe and the source report with a ``finetune``
+section (see :func:`save_output`).
+"""
+
+from compress.finetune.config import FinetuneConfig, Optimizer, Precision, window_order
+from compress.finetune.run import FinetuneRun, finetune
+from compress.finetune.training import lr_lambda, sparsity_masks
+
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneRun",
+    "Optimizer",
+    "Precision",
+    "finetune",
+    "lr_lambda",
+    "sparsity_masks",
+    "window_order",
+]
