@@ -81,7 +81,9 @@ def _rename(key: str) -> tuple[str, int | None]:
     if prefix == "layers" and index.isdigit() and suffix in LAYER_NAMES:
         name, dim = LAYER_NAMES[suffix]
         return f"model.layers.{index}.{name}", dim
-    raise BadInputError(f"Meta checkpoint tensor {key!r} is not a Llama tensor this converter knows")
+    raise BadInputError(
+        f"Meta checkpoint tensor {key!r} is not a Llama tensor this converter knows"
+    )
 
 
 def llama_config(params: dict, merged: dict[str, tuple[str, torch.Tensor]]):

@@ -52,7 +52,9 @@ def plan_memory(
     Raises:
         BadInputError: not even onloading fits; the line gives the numbers and the flags.
     """
-    choices = [dtype] if dtype != "auto" else (["bfloat16"] if accelerator else ["float32", "bfloat16"])
+    choices = (
+        [dtype] if dtype != "auto" else (["bfloat16"] if accelerator else ["float32", "bfloat16"])
+    )
     for name in choices:
         if _need(parameters, name) <= memory:
             return Plan(name, False, parameters * ITEMSIZE[name])
