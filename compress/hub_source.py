@@ -155,7 +155,8 @@ def unreachable(repo_id: str) -> BadInputError:
     else:
         why = f"the Hub ({constants.ENDPOINT}) cannot be reached"
     return BadInputError(
-        f"{why} and {repo_id} is not in the local cache; connect, or pass a local folder"
+        f"model {repo_id!r} could not be found: {why} and it is not in the local cache; "
+        "connect, or pass a local folder"
     )
 
 

@@ -131,7 +131,13 @@ def run_prune(
     placement = Placement.from_flags(config.device_map, config.max_memory, config.offload_folder)
     device_name = str(device) if device is not None else config.device
     loaded = load_model(
-        config.model, device_name, config.dtype, config.trust_remote_code, placement
+        config.model,
+        device_name,
+        config.dtype,
+        config.trust_remote_code,
+        placement,
+        output=config.output,
+        log=log,
     )
     calib = config.calibration
     check_seqlen(loaded, calib.seqlen)
@@ -177,9 +183,11 @@ def run_prune(
             from exporters.hub import push_folder
 
             log(f"pushing {target} to the Hub as {config.hub_repo_id}")
+            commit = push_folder(target, config.hub_repo_id)
             report["hub"] = {
                 "repo_id": config.hub_repo_id,
-                "commit": push_folder(target, config.hub_repo_id),
+                "commit": commit,
+                "url": commit.partition("/commit/")[0],
             }
     distributed.barrier()
     return report
