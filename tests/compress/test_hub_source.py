@@ -228,3 +228,15 @@ def test_offline_mode_reads_only_the_cache(original, hf_files, hub, monkeypatch,
     before = len(hub.store.requests)
     same_model(load_model(f"{META}-hf", dtype="float32"), original)
     assert len(hub.store.requests) == before
+
+
+def test_permute_rotary_moves_meta_pairs_to_transformers_halves():
+    """Meta rotates channel pairs (2i, 2i+1) of a head; transformers rotates (i, i + d/2): row
+    i of a head must come from Meta's row 2i and row i + d/2 from row 2i+1."""
+    from compress.convert_meta import permute_rotary
+
+    heads, head_dim = 2, 8
+    rows = torch.arange(heads * head_dim, dtype=torch.float32).unsqueeze(1)
+    order = permute_rotary(rows, heads).squeeze(1).long().tolist()
+    assert order[:head_dim] == [0, 2, 4, 6, 1, 3, 5, 7]
+    assert order[head_dim:] == [8, 10, 12, 14, 9, 11, 13, 15]
