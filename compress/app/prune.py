@@ -135,7 +135,13 @@ def run_prune(
     placement = Placement.from_flags(config.device_map, config.max_memory, config.offload_folder)
     device_name = str(device) if device is not None else config.device
     loaded = load_model(
-        config.model, device_name, config.dtype, config.trust_remote_code, placement
+        config.model,
+        device_name,
+        config.dtype,
+        config.trust_remote_code,
+        placement,
+        output=config.output,
+        log=log,
     )
     calib = config.calibration
     check_seqlen(loaded, calib.seqlen)

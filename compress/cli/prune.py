@@ -20,7 +20,7 @@ def run(config: PruneConfig) -> None:
     typer.echo(summary_table(report))
     typer.echo(f"wrote {config.output}")
     if "hub" in report:
-        typer.echo(f"pushed to {report['hub']['commit']}")
+        typer.echo(f"pushed to {report['hub']['url']} (commit {report['hub']['commit']})")
 
 
 prune = command(PruneConfig, run, run.__doc__ or "", name="prune")

@@ -267,7 +267,10 @@ class PruneConfig:
         help="Magnitude only: one |W| threshold per layer (default; the papers' baseline) or per output row.",
     )
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
-    output: str = output_option("out/pruned", "Output folder")
+    output: str | None = output_option(
+        None,  # None: out/<model-name>-<method>-<sparsity or NofM>[-<reconstruction>]
+        "Output folder (default: out/<model>-<method>-<sparsity or NofM>[-<reconstruction>])",
+    )
     overwrite: bool = overwrite_option()
     device: str = device_option()
     dtype: DType = dtype_option()
@@ -325,7 +328,7 @@ class PruneConfig:
         None,  # None: the output folder's name
         flags="--hub-repo-id",
         reproduce=False,
-        help="Hub repository for --push-to-hub (default: the output folder's name under your account).",
+        help="Hub repository for --push-to-hub (default: the output folder's name under your account, e.g. Llama-2-7b-wanda-50-br-gp).",
     )
     trust_remote_code: bool = option(
         False, flags="--trust-remote-code", help="Allow model code from the Hub repository to run."
@@ -334,20 +337,33 @@ class PruneConfig:
     def __post_init__(self) -> None:
         self.method = Method(self.method)
         self.dtype = _choice(DType, self.dtype, "--dtype")
-        self.output = str(self.output)
         if self.method is Method.magnitude:
             self.magnitude_scope = MagnitudeScope(self.magnitude_scope or MagnitudeScope.layer)
         elif self.magnitude_scope is not None:
             raise BadInputError("--magnitude-scope applies to --method magnitude only")
-        if self.push_to_hub and not self.hub_repo_id:
-            self.hub_repo_id = Path(self.output).name
         self.parsed_pattern = SparsityPattern.parse(self.pattern)
         self.pattern = str(self.parsed_pattern)
         if self.parsed_pattern.structured:
             self.sparsity = self.parsed_pattern.sparsity
+        self.output = str(self.output or Path("out") / self.default_name())
+        if self.push_to_hub and not self.hub_repo_id:
+            self.hub_repo_id = Path(self.output).name
         for where, value in [("--sparsity", self.sparsity), *self.layer_sparsity.items()]:
             if not 0.0 <= value < 1.0:
                 raise BadInputError(f"sparsity for {where} is {value}; it must lie in [0, 1)")
+
+    def default_name(self) -> str:
+        """``<model-name>-<method>-<sparsity % or NofM>[-<reconstruction>]``, in the characters
+        a Hub repository name allows, e.g. ``Llama-2-7b-wanda-50-br-gp``."""
+        model = Path(self.model).stem if self.model and self.model.endswith(".gguf") else None
+        model = model or Path(self.model or "SmolLM2-135M-Instruct").name
+        amount = f"{round(self.sparsity * 100)}"
+        if self.parsed_pattern.structured:
+            amount = self.pattern.replace(":", "of")
+        parts = [model, self.method.value, amount]
+        if self.reconstruct.technique is not Technique.none:
+            parts.append(self.reconstruct.technique.value.replace("+", "-"))
+        return "-".join(parts)
 
     def sparsity_for(self, layer: str) -> float:
         """The target sparsity of ``layer``: the last matching override, else ``sparsity``."""

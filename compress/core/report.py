@@ -229,7 +229,8 @@ class FinetuneSection(TypedDict):
 
 class HubSection(TypedDict):
     repo_id: str
-    commit: str
+    commit: str  # the commit's URL
+    url: str  # the repository's page
 
 
 class Report(TypedDict):
@@ -461,7 +462,8 @@ def move_source_evaluation(section: FinetuneSection, report: dict) -> FinetuneSe
 
 
 def hub_section(repo_id: str, commit: str) -> HubSection:
-    return {"repo_id": repo_id, "commit": commit}
+    """``commit``: the URL huggingface_hub returns for the upload's commit."""
+    return {"repo_id": repo_id, "commit": commit, "url": commit.partition("/commit/")[0]}
 
 
 # -- reading the layers section -----------------------------------------------------------------

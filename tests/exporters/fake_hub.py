@@ -6,6 +6,12 @@ the Git LFS batch API and basic PUT uploads, the ndjson commit; and for ``from_p
 Writes need ``Authorization: Bearer <token>``. Every request's method, path and headers (lower-case
 names) are kept in ``store.requests`` so tests can check what the client sent.
 
+For downloads, :meth:`HubStore.add_repo` serves a repository of given files (siblings listed with
+their sizes, as ``model_info(files_metadata=True)`` reads them; revisions by branch or commit). A
+gated repository lists its files to anyone but answers 401 (no token) or 403 (a token whose user
+has not accepted the licence: not in ``store.granted``) with ``X-Error-Code: GatedRepo`` on
+``resolve``, as the Hub does.
+
 ``store.kill_during_upload = True`` makes the next LFS PUT read part of the body, then drop the
 connection and stop the server, as if the Hub went away mid-upload.
 """
@@ -27,6 +33,7 @@ LFS_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".bin")
 @dataclass
 class Repo:
     private: bool
+    gated: bool = False
     branches: dict[str, str] = field(default_factory=dict)  # branch -> commit oid
     trees: dict[str, dict[str, dict]] = field(default_factory=dict)  # oid -> path -> entry
 
@@ -40,6 +47,26 @@ class HubStore:
     blobs: dict[str, bytes] = field(default_factory=dict)  # sha256 -> content
     requests: list[tuple[str, str, dict]] = field(default_factory=list)
     kill_during_upload: bool = False
+    granted: set[str] = field(default_factory=set)  # gated repos whose licence the user accepted
+
+    def add_repo(self, repo_id: str, files: dict[str, bytes], gated: bool = False) -> None:
+        """A repository holding ``files`` (``.safetensors``/``.pth`` as LFS) in one commit."""
+        tree = {}
+        for path, content in files.items():
+            if path.endswith((*LFS_SUFFIXES, ".pth", ".model")):
+                oid = hashlib.sha256(content).hexdigest()
+                self.blobs[oid] = content
+                tree[path] = {"lfs": True, "oid": oid}
+            else:
+                tree[path] = {"lfs": False, "content": content}
+        commit = hashlib.sha1(repo_id.encode() + repr(sorted(tree)).encode()).hexdigest()
+        self.repos[repo_id] = Repo(
+            private=False, gated=gated, branches={"main": commit}, trees={commit: tree}
+        )
+
+    def commit_of(self, repo: Repo, revision: str) -> str | None:
+        """A branch's commit, or ``revision`` itself when it is a commit."""
+        return repo.branches.get(revision) or (revision if revision in repo.trees else None)
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         """The content of every file at ``revision``."""
@@ -173,11 +200,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._error(404, "NotFound", f"no route for {path}")
 
     def _model_info(self, repo_id: str, repo: Repo, revision: str) -> None:
-        if revision not in repo.branches:
+        oid = self.store.commit_of(repo, revision)
+        if oid is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-        oid = repo.branches[revision]
-        siblings = [{"rfilename": p} for p in sorted(repo.trees[oid])]
-        self._json(200, {"id": repo_id, "sha": oid, "private": repo.private, "siblings": siblings})
+        tree = repo.trees[oid]
+        siblings = [
+            {"rfilename": p, "size": len(self.store._content(tree[p]))} for p in sorted(tree)
+        ]
+        gated = "manual" if repo.gated else False
+        info = {"id": repo_id, "sha": oid, "private": repo.private, "gated": gated}
+        self._json(200, {**info, "siblings": siblings})
 
     def _commit(self, repo_id: str, repo: Repo, revision: str, body: bytes) -> None:
         if revision not in repo.branches:
@@ -240,9 +272,13 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self.store.repos.get(f"{namespace}/{name}")
         if repo is None or (repo.private and not self._authorized()):
             return self._error(404, "RepoNotFound", "Repository not found")
-        if revision not in repo.branches:
+        commit = self.store.commit_of(repo, revision)
+        if commit is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
-        commit = repo.branches[revision]
+        repo_id = f"{namespace}/{name}"
+        if repo.gated and not (self._authorized() and repo_id in self.store.granted):
+            status = 403 if self._authorized() else 401
+            return self._error(status, "GatedRepo", f"Access to model {repo_id} is restricted")
         entry = repo.trees[commit].get("/".join(file_parts))
         if entry is None:
             return self._error(404, "EntryNotFound", "Entry not found")

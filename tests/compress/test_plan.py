@@ -1,0 +1,55 @@
+"""The memory/disk planner on made-up sizes (no model, no download)."""
+
+import pytest
+
+from compress.core.errors import BadInputError
+from compress.plan import GIB, DiskNeed, check_disk, plan_memory
+
+SEVEN_B = 6_738_000_000  # Llama-2-7b's parameters
+BLOCKS = 32
+
+
+def test_cpu_auto_is_float32_when_it_fits():
+    plan = plan_memory(SEVEN_B, BLOCKS, "auto", False, memory=64 * GIB, ram=64 * GIB)
+    assert (plan.dtype, plan.onload) == ("float32", False)
+
+
+def test_cpu_auto_picks_bfloat16_when_float32_would_not_fit():
+    plan = plan_memory(SEVEN_B, BLOCKS, "auto", False, memory=24 * GIB, ram=24 * GIB)
+    assert (plan.dtype, plan.onload, plan.weights_bytes) == ("bfloat16", False, 2 * SEVEN_B)
+
+
+def test_neither_fits_onloads_block_by_block():
+    plan = plan_memory(SEVEN_B, BLOCKS, "auto", False, memory=8 * GIB, ram=8 * GIB)
+    assert (plan.dtype, plan.onload) == ("bfloat16", True)
+
+
+def test_explicit_dtype_is_kept_and_onloaded():
+    plan = plan_memory(SEVEN_B, BLOCKS, "float32", False, memory=16 * GIB, ram=16 * GIB)
+    assert (plan.dtype, plan.onload) == ("float32", True)
+
+
+def test_gpu_auto_is_bfloat16_and_onloads_past_its_memory():
+    fits = plan_memory(SEVEN_B, BLOCKS, "auto", True, memory=80 * GIB, ram=16 * GIB)
+    assert (fits.dtype, fits.onload) == ("bfloat16", False)
+    small = plan_memory(SEVEN_B, BLOCKS, "auto", True, memory=8 * GIB, ram=32 * GIB)
+    assert (small.dtype, small.onload) == ("bfloat16", True)
+
+
+def test_refusal_gives_numbers_and_flags():
+    with pytest.raises(BadInputError) as caught:
+        plan_memory(SEVEN_B, BLOCKS, "float32", False, memory=2 * GIB, ram=2 * GIB)
+    message = str(caught.value)
+    assert "31.4 GiB of RAM in float32" in message and "2.0 GiB is available" in message
+    assert "--dtype bfloat16" in message and "--device cuda" in message
+    assert "\n" not in message
+
+
+def test_disk_needs_on_one_filesystem_add_up():
+    need = [
+        DiskNeed("download", 13 * GIB, "/hf", free=20 * GIB, filesystem=1),
+        DiskNeed("output", 13 * GIB, "out/x", free=20 * GIB, filesystem=1),
+    ]
+    with pytest.raises(BadInputError, match=r"the download \(13.0 GiB, /hf\) and the output"):
+        check_disk(need)
+    check_disk([need[0], DiskNeed("output", 13 * GIB, "/big", free=20 * GIB, filesystem=2)])
