@@ -282,10 +282,20 @@ def load_snippets(fmt: str) -> list[dict]:
                 "code": 'from vllm import LLM\n\nllm = LLM(model="{REPO}")',
             },
         ]
+    code = (
+        "from compressed_tensors import ModelCompressor\n"
+        "from transformers import AutoConfig, AutoModelForCausalLM\n\n"
+        'path = "{REPO}"  # a local copy of the folder\n'
+        "config = AutoConfig.from_pretrained(path)\n"
+        "del config.quantization_config  # build the dense architecture\n"
+        "model = AutoModelForCausalLM.from_config(config, dtype=config.dtype)\n"
+        "ModelCompressor.from_pretrained(path).decompress(path, model)\n"
+        "model.tie_weights()"
+    )
     return [
         {
-            "runtime": "compressed-tensors' own decompressor (transformers 4.57's from_pretrained cannot read sparse-bitmask)",
-            "code": "from exporters.compressed import load_compressed\n\n"
-            'model = load_compressed("{REPO}")  # a local copy of the folder',
+            "runtime": "compressed-tensors' own decompressor (transformers 4.57's from_pretrained "
+            "cannot read sparse-bitmask; `exporters.compressed.load_compressed` does the same)",
+            "code": code,
         }
     ]
