@@ -136,6 +136,7 @@ def render_card(folder: Path, repo_id: str | None = None, published_as: Path | N
     from cards.facts import (
         FORMATS,
         calibration_facts,
+        deployment,
         perplexity_row,
         reconstruction,
         reproduce_command,
@@ -176,6 +177,7 @@ def render_card(folder: Path, repo_id: str | None = None, published_as: Path | N
         export=records.export,
         onnx_path=records.onnx_path,
         repo=repo_id or str(final),
+        deploy=deployment(report, repo_id or str(final)),
         command=reproduce_command(report),
     )
     return ModelCard(text)

@@ -207,3 +207,16 @@ def reproduce_command(report: dict) -> str:
     if unexpressed:
         command += f"  # also set in recipe.json, not as flags: {', '.join(unexpressed)}"
     return command
+
+
+def deployment(report: dict, repo: str) -> list[dict]:
+    """The formats recorded in the report's ``deploy`` section (one record per format written,
+    by any exporter), with ``{REPO}`` in their loading code replaced by ``repo``. A record's
+    ``path`` is where its files are, relative to the folder (``.``: the folder's own weights)."""
+    rows = []
+    for record in (report.get("deploy") or {}).values():
+        load = [
+            {**entry, "code": entry["code"].replace("{REPO}", repo)} for entry in record["load"]
+        ]
+        rows.append({**record, "load": load})
+    return rows

@@ -22,7 +22,7 @@ from compress.calibration import (
     tokenize_stream,
     windows_from_stream,
 )
-from compress.core.config import PruneConfig
+from compress.core.config import PruneConfig, SaveFormat
 from compress.core.errors import BadInputError
 from compress.core.io import check_target, publish, staging_folder, work_folder
 from compress.core.report import (
@@ -107,7 +107,7 @@ def holdout_windows(loaded: LoadedModel, config: PruneConfig) -> Windows | None:
 def checkpoint_recipe(config: PruneConfig) -> dict:
     """The settings a checkpoint must match to be resumed (flags about this attempt excluded)."""
     recipe = config.to_dict()
-    for name in ("resume", "overwrite", "evaluation", "push_to_hub", "hub_repo_id"):
+    for name in ("resume", "overwrite", "evaluation", "push_to_hub", "hub_repo_id", "save_format"):
         recipe.pop(name)
     return recipe
 
@@ -124,6 +124,10 @@ def run_prune(
         BadInputError: any invalid input, before heavy work where it can be known then.
     """
     refuse_quantized(config.load_in_8bit, config.load_in_4bit)
+    if config.save_format is SaveFormat.compressed:
+        from exporters.compressed import require_sparse_compressors
+
+        require_sparse_compressors()
     target = Path(config.output)
     check_target(target, config.overwrite)
     started = time.perf_counter()
@@ -296,7 +300,11 @@ def build_report(
 def save_output(
     loaded: LoadedModel, config: PruneConfig, report: dict, target: Path, work: WorkFolder
 ) -> None:
-    """Write model, tokenizer, recipe, report and model card to a staging folder, then publish."""
+    """Write model, tokenizer, recipe, report and model card to a staging folder, then publish.
+
+    With ``--save-format compressed`` the dense staging folder is converted to compressed-tensors
+    (and checked bit-identical) before the card is written, so the card, the published folder
+    and the Hub push all hold what was saved."""
     staging = staging_folder(target)
     shutil.rmtree(staging, ignore_errors=True)
     loaded.model.save_pretrained(staging, safe_serialization=True)
@@ -305,6 +313,11 @@ def save_output(
     write_json_atomic(staging / REPORT_NAME, report)
     if work.selfgen.is_file():  # the texts behind the self-generated tokens
         shutil.copy2(work.selfgen, staging / SELFGEN)
+    if config.save_format is SaveFormat.compressed:
+        from exporters.compressed import convert_in_place
+
+        record = convert_in_place(staging)
+        report["deploy"] = {record["format"]: record}
     from cards.builder import write_card
 
     write_card(staging, config.hub_repo_id if config.push_to_hub else None, published_as=target)

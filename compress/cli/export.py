@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from compress.app import export as workflows
+from compress.app.compressed import CompressedExportConfig
 from compress.cli.base import new_app
 from compress.core.options import command
 
@@ -121,4 +122,28 @@ push = command(
     selects another Hub endpoint.
     """,
     name="push",
+)
+
+
+def _export_compressed(config: CompressedExportConfig) -> None:
+    """Rewrite a pruned folder in the compressed-tensors format (sparse-24-bitmask for 2:4,
+    sparse-bitmask otherwise); it is read back bit-identical before it is published."""
+    from compress.app.compressed import run_export_compressed
+
+    record = run_export_compressed(config)
+    typer.echo(
+        f"{record['format']}: {record['bytes'] / 2**20:.1f} MiB (dense {record['dense_bytes'] / 2**20:.1f}"
+        f" MiB, {record['ratio']:.3f}x); pruned Linears {record['linear_ratio']:.3f}x; "
+        f"{record['round_trip']}"
+    )
+    typer.echo(f"wrote {config.output}")
+
+
+export_app.command("compressed")(
+    command(
+        CompressedExportConfig,
+        _export_compressed,
+        _export_compressed.__doc__ or "",
+        name="compressed",
+    )
 )

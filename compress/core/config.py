@@ -204,6 +204,13 @@ class CalibrationConfig:
                 raise BadInputError(f"--{name} must be at least 1, got {getattr(self, name)}")
 
 
+class SaveFormat(str, Enum):
+    """How the pruned weights are saved (exporters/compressed.py for the compressed one)."""
+
+    dense = "dense"
+    compressed = "compressed"
+
+
 def _zero_is_none(value: int | None) -> int | None:
     return value or None
 
@@ -272,6 +279,11 @@ class PruneConfig:
         "Output folder (default: out/<model>-<method>-<sparsity or NofM>[-<reconstruction>])",
     )
     overwrite: bool = overwrite_option()
+    save_format: SaveFormat = option(
+        SaveFormat.dense,
+        flags="--save-format",
+        help="dense (safetensors holding the zeros) or compressed (compressed-tensors: sparse-24-bitmask for 2:4, sparse-bitmask for other patterns; needs compressed-tensors 0.14.0.1).",
+    )
     device: str = device_option()
     dtype: DType = dtype_option()
     skip: list[str] = option(
@@ -337,6 +349,7 @@ class PruneConfig:
     def __post_init__(self) -> None:
         self.method = Method(self.method)
         self.dtype = _choice(DType, self.dtype, "--dtype")
+        self.save_format = _choice(SaveFormat, self.save_format, "--save-format")
         if self.method is Method.magnitude:
             self.magnitude_scope = MagnitudeScope(self.magnitude_scope or MagnitudeScope.layer)
         elif self.magnitude_scope is not None:
