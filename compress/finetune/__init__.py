@@ -14,17 +14,24 @@ as ``output`` at the end: model, tokenizer, recipe and the source report with a 
 section (see :func:`save_output`).
 """
 
-from compress.finetune.config import FinetuneConfig, Optimizer, Precision, window_order
-from compress.finetune.run import FinetuneRun, finetune
-from compress.finetune.training import lr_lambda, sparsity_masks
+from compress.finetune.config import FinetuneConfig, Optimizer, Precision
 
-__all__ = [
-    "FinetuneConfig",
-    "FinetuneRun",
-    "Optimizer",
-    "Precision",
-    "finetune",
-    "lr_lambda",
-    "sparsity_masks",
-    "window_order",
-]
+# The torch-free config loads eagerly (the CLI builds its command from it); the rest, which
+# needs torch, on first use.
+_LAZY = {
+    "FinetuneRun": "compress.finetune.run",
+    "finetune": "compress.finetune.run",
+    "lr_lambda": "compress.finetune.training",
+    "sparsity_masks": "compress.finetune.training",
+    "window_order": "compress.finetune.data",
+}
+
+__all__ = ["FinetuneConfig", "Optimizer", "Precision", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_LAZY[name]), name)

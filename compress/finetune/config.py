@@ -1,14 +1,16 @@
-"""What a fine-tuning run is asked to do, and the token windows it trains and is scored on."""
+"""What a fine-tuning run is asked to do: every ``compress finetune`` option, declared once.
+
+Torch-free, so the command line (and its ``--help``) is built without loading torch.
+"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from enum import Enum
 
-import torch
-
 from compress.core.errors import BadInputError
+from compress.core.options import option
+from compress.core.shared_options import device_option, output_option, overwrite_option, seed_option
 
 
 class Optimizer(str, Enum):
@@ -23,29 +25,41 @@ class Precision(str, Enum):
     bf16 = "bf16"
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FinetuneConfig:
-    model: str  # a folder written by compress prune (or any saved causal-LM folder)
-    data: str = "wikipedia"
-    output: str = "out/finetuned"
-    steps: int = 100
-    lr: float = 1e-5
-    optimizer: Optimizer = Optimizer.adamw
-    rho: float | None = None  # None: 0.05 for SAM, 0.5 for ASAM (it wants ~10x larger)
-    eta: float = 0.01
-    weight_decay: float = 0.0
-    warmup: int = 0
-    seqlen: int = 256
-    batch: int = 4
-    grad_accum: int = 1
-    eval_every: int = 50
-    eval_windows: int = 16
-    save_every: int = 50
-    seed: int = 0
-    device: str = "auto"
-    precision: Precision = Precision.auto
-    resume: bool = False
-    overwrite: bool = False
+    model: str = option(  # a folder written by compress prune (or any saved causal-LM folder)
+        argument=True, metavar="MODEL_DIR", help="A model folder written by compress prune."
+    )
+    data: str = option(
+        "wikipedia", help="Text: wikipedia, lambada, boolq, a .txt/.jsonl file or folder."
+    )
+    steps: int = option(100, help="Optimizer steps.")
+    lr: float = option(1e-5, help="Peak learning rate (cosine decay to 0).")
+    optimizer: Optimizer = option(
+        Optimizer.adamw, help="adamw, or AdamW inside SAM / adaptive SAM (ASAM)."
+    )
+    rho: float | None = option(  # None: 0.05 for SAM, 0.5 for ASAM (it wants ~10x larger)
+        None, help="SAM radius ρ (default 0.05 for SAM, 0.5 for ASAM)."
+    )
+    eta: float = option(0.01, help="ASAM's η in T = |w| + η.")
+    weight_decay: float = option(0.0, help="AdamW weight decay.")
+    warmup: int = option(0, help="Linear warmup steps.")
+    seqlen: int = option(256, help="Tokens per training window.")
+    batch: int = option(4, help="Windows per micro-batch.")
+    grad_accum: int = option(1, help="Micro-batches per step (SAM redoes its ascent on each).")
+    eval_every: int = option(50, help="Held-out loss every K steps.")
+    eval_windows: int = option(16, help="Held-out windows from the test split (0: none).")
+    save_every: int = option(50, help="Checkpoint every K steps.")
+    seed: int = seed_option("the window sampling and order")
+    device: str = device_option()
+    precision: Precision = option(
+        Precision.auto, help="auto (bf16 autocast on GPU, else fp32), fp32, bf16."
+    )
+    output: str = output_option("out/finetuned", "Folder for the fine-tuned model")
+    resume: bool = option(
+        False, help="Continue an interrupted run from its checkpoint.", reproduce=False
+    )
+    overwrite: bool = overwrite_option("an existing OUTPUT")
 
     def __post_init__(self) -> None:
         self.optimizer = Optimizer(self.optimizer)
@@ -69,45 +83,3 @@ class FinetuneConfig:
         data["optimizer"] = self.optimizer.value
         data["precision"] = self.precision.value
         return data
-
-
-def training_windows(tokenizer, config: FinetuneConfig) -> tuple[torch.Tensor, dict]:
-    """All the train windows one run needs (or every window the text holds, reused by epoch)."""
-    from compress.calibration import load_texts, sample_windows, tokenize_stream
-
-    texts = load_texts(config.data, "train")
-    slots = len(tokenize_stream(tokenizer, texts)) // config.seqlen
-    per_step = config.batch * config.grad_accum
-    if slots < config.batch:
-        raise BadInputError(
-            f"--data {config.data} holds {slots} train windows of {config.seqlen} tokens, "
-            f"fewer than --batch {config.batch}; lower --seqlen/--batch or add text"
-        )
-    windows = sample_windows(
-        tokenizer,
-        texts,
-        min(slots, config.steps * per_step),
-        config.seqlen,
-        config.seed,
-        config.data,
-        "train",
-    )
-    return windows.ids, windows.describe()
-
-
-def window_order(available: int, needed: int, seed: int) -> torch.Tensor:
-    """Indices of ``needed`` windows: a fresh seeded permutation of all ``available`` per epoch."""
-    generator = torch.Generator().manual_seed(seed)
-    epochs = math.ceil(needed / available)
-    return torch.cat([torch.randperm(available, generator=generator) for _ in range(epochs)])
-
-
-def heldout_windows(tokenizer, config: FinetuneConfig) -> tuple[torch.Tensor | None, dict | None]:
-    if config.eval_windows == 0:
-        return None, None
-    from compress.calibration import load_windows
-
-    windows = load_windows(
-        tokenizer, config.data, config.eval_windows, config.seqlen, config.seed, "test"
-    )
-    return windows.ids, windows.describe()

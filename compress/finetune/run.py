@@ -25,7 +25,8 @@ from compress.core.report import (
     update_report,
     write_json_atomic,
 )
-from compress.finetune.config import FinetuneConfig, heldout_windows, training_windows, window_order
+from compress.finetune.config import FinetuneConfig
+from compress.finetune.data import heldout_windows, training_windows, window_order
 from compress.finetune.training import (
     build_optimizer,
     count_zeros,

@@ -5,22 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import fields
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from compress.blocks import BlockAdapter
-from compress.cli import finetune as finetune_cli
 from compress.cli.main import app
 from compress.core.errors import BadInputError
 from compress.core.report import REPORT_FORMAT
 from compress.finetune import (
     FinetuneConfig,
     FinetuneRun,
-    Optimizer,
-    Precision,
     finetune,
     lr_lambda,
     sparsity_masks,
@@ -240,21 +236,6 @@ def test_bad_settings_fail_at_the_boundary():
         FinetuneConfig(model="m", grad_accum=0)
     with pytest.raises(BadInputError, match="--lr"):
         FinetuneConfig(model="m", lr=0)
-
-
-def test_cli_defaults_and_choices_match_the_config():
-    import inspect
-
-    params = inspect.signature(finetune_cli.finetune).parameters
-    for field in fields(FinetuneConfig):
-        if field.name == "model":
-            continue
-        default = params[field.name].default
-        default = getattr(default, "value", default)
-        expected = getattr(field.default, "value", field.default)
-        assert str(default) == str(expected), field.name
-    assert [c.value for c in finetune_cli.OptimizerChoice] == [c.value for c in Optimizer]
-    assert [c.value for c in finetune_cli.PrecisionChoice] == [c.value for c in Precision]
 
 
 def test_cli_runs_and_reports(pruned_dir, text_file, tmp_path):
