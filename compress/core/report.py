@@ -271,6 +271,15 @@ def layer_entry(
     }
 
 
+def block_errors(before: dict[str, float | None], after: dict[str, float | None]) -> BlockErrors:
+    """A block's normalized errors per stream against the dense model, around reconstruction."""
+    return {
+        "before_reconstruction": before,
+        "after_reconstruction": after,
+        "reference": "dense model activations",
+    }
+
+
 def block_entry(
     index: int,
     seconds: float,

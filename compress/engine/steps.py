@@ -32,7 +32,14 @@ from compress import distributed
 from compress.blocks import BlockAdapter, BlockCall, weight_view
 from compress.core.config import PruneConfig, Technique
 from compress.core.dtypes import torch_dtype
-from compress.core.report import LayerCounts, layer_counts, layer_entry
+from compress.core.report import (
+    BlockEntry,
+    LayerCounts,
+    block_entry,
+    block_errors,
+    layer_counts,
+    layer_entry,
+)
 from compress.engine.activations import ActivationStore, Stream, Streams
 from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
@@ -263,13 +270,13 @@ class Engine:
     def _stream_errors(self, outputs: dict[str, Stream], sets: dict[str, Streams]) -> dict:
         return {name: stream_error(outputs[name], s.dense_out) for name, s in sets.items()}
 
-    def step(self, i: int, sets: dict[str, Streams]) -> dict:
-        """Steps 1-6 for block ``i`` on the calibration (and held-out) streams."""
+    def step(self, i: int, sets: dict[str, Streams]) -> BlockEntry:
+        """Steps 1-6 for block ``i`` on the calibration (and held-out) streams; the entry's
+        peak accelerator memory is filled in by :meth:`run`, which measures around the step."""
         start = time.perf_counter()
         for s in sets.values():
             self._targets(i, s)
         self._prune(i, sets["calibration"])
-        entry: dict = {"index": i}
         window = self.window(i)
         if self.recon.errors:
             pruned = {name: self.forward([i], s.sparse, s.calls) for name, s in sets.items()}
@@ -283,20 +290,16 @@ class Engine:
                 s.sparse, s.prev_sparse = ends[name][0], None
             trained.append(self._train(i, [i], sets))
             ends = {name: self._propagate([i], s) for name, s in sets.items()}
+        errors = None
         if self.recon.errors:
             after = self._stream_errors({name: end[1] for name, end in ends.items()}, sets)
-            entry["errors"] = {
-                "before_reconstruction": before,
-                "after_reconstruction": after,
-                "reference": "dense model activations",
-            }
+            errors = block_errors(before, after)
         if trained:
-            entry["reconstruction"] = trained
             self._measure(window)
         for name, s in sets.items():
             self._advance(s, *ends[name])
-        entry["seconds"] = round(time.perf_counter() - start, 3)
-        return entry
+        seconds = round(time.perf_counter() - start, 3)
+        return block_entry(i, seconds, None, errors, trained or None)
 
     def window(self, i: int) -> list[int]:
         """The blocks step ``i`` trains or runs: ``[i]``, or ``[i - 1, i]`` with CR."""
