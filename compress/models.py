@@ -245,6 +245,16 @@ def _hub_folder(
     return str(folder), plan
 
 
+def _local_plan(folder: Path, dtype: str, target: torch.device, output: str | None) -> Plan:
+    """The plan (dtype, onloading, room for the output) for a local model folder's weights."""
+    from compress.preflight import folder_sizes, preflight
+
+    sizes = folder_sizes(folder)
+    return preflight(
+        sizes, folder / "config.json", dtype, target, [], output, _offload_dir(folder.name)
+    )
+
+
 def _planned_placement(plan: Plan, name: str, target: torch.device) -> Placement | None:
     """Onloading as the plan says: weights wait on CPU/disk, blocks come to ``target``."""
     from compress.placement import Placement
@@ -309,13 +319,15 @@ def load_model(
         if not path.is_file():
             raise BadInputError(f"GGUF file {spec} does not exist")
         folder, kwargs = str(path.parent), {"gguf_file": path.name}
-    elif Path(spec).exists():
-        folder = _local_folder(spec, log)
-    elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
-        raise BadInputError(f"model path {spec} does not exist")
     else:
         name = getattr(dtype, "value", dtype)
-        folder, plan = _hub_folder(spec, name, target, output, log, placement is None)
+        if Path(spec).exists():
+            folder = _local_folder(spec, log)
+            plan = _local_plan(Path(folder), name, target, output) if placement is None else None
+        elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+            raise BadInputError(f"model path {spec} does not exist")
+        else:
+            folder, plan = _hub_folder(spec, name, target, output, log, placement is None)
         if plan is not None:
             weights_dtype = torch_dtype(plan.dtype, weights_dtype)
             placement = _planned_placement(plan, spec, target)

@@ -53,3 +53,22 @@ def test_disk_needs_on_one_filesystem_add_up():
     with pytest.raises(BadInputError, match=r"the download \(13.0 GiB, /hf\) and the output"):
         check_disk(need)
     check_disk([need[0], DiskNeed("output", 13 * GIB, "/big", free=20 * GIB, filesystem=2)])
+
+
+def test_local_folder_is_planned_before_loading(tiny_model_dir, monkeypatch):
+    """A local folder's weights are sized from its files: with RAM for bfloat16 but not for
+    float32, ``--dtype auto`` on a CPU loads bfloat16."""
+    import torch
+
+    from compress import preflight
+    from compress.models import load_model
+
+    stored = preflight.weights_bytes(preflight.folder_sizes(tiny_model_dir))  # float32 on disk
+    ram = int(stored * 0.9)  # float32 x headroom does not fit; bfloat16 does
+    monkeypatch.setattr(preflight, "memory", lambda device: (ram, ram))
+    loaded = load_model(str(tiny_model_dir), "cpu", "auto")
+    assert next(loaded.model.parameters()).dtype == torch.bfloat16
+    monkeypatch.setattr(preflight, "memory", lambda device: (stored * 2, stored * 2))
+    assert next(load_model(str(tiny_model_dir), "cpu", "auto").model.parameters()).dtype == (
+        torch.float32
+    )
