@@ -126,8 +126,18 @@ class BlockErrors(TypedDict):
     reference: str
 
 
+class BlockSparsity(TypedDict):
+    profile: str  # uniform | owl
+    target: float  # the block's target (parameter-weighted over its layers)
+    sparsity: float  # measured over the block's pruned layers
+    zeros: int
+    numel: int
+    outlier_ratio: NotRequired[float]  # owl
+
+
 class BlockEntry(TypedDict):
     index: int
+    sparsity: NotRequired[BlockSparsity]
     errors: NotRequired[BlockErrors]
     reconstruction: NotRequired[list[dict]]  # one entry per trained window
     seconds: float
@@ -280,15 +290,37 @@ def block_errors(before: dict[str, float | None], after: dict[str, float | None]
     }
 
 
+def block_sparsity(
+    profile: str, layers: Collection[LayerEntry], outlier_ratio: float | None = None
+) -> BlockSparsity:
+    """The sparsity a block was given and the one measured, over its pruned ``layers``."""
+    numel = sum(layer["numel"] for layer in layers)
+    zeros = sum(layer["zeros"] for layer in layers)
+    target = sum(layer["target_sparsity"] * layer["numel"] for layer in layers)
+    entry: BlockSparsity = {
+        "profile": profile,
+        "target": target / numel if numel else 0.0,
+        "sparsity": zeros / numel if numel else 0.0,
+        "zeros": zeros,
+        "numel": numel,
+    }
+    if outlier_ratio is not None:
+        entry["outlier_ratio"] = outlier_ratio
+    return entry
+
+
 def block_entry(
     index: int,
     seconds: float,
     peak_accelerator_bytes: int | None,
     errors: BlockErrors | None = None,
     reconstruction: list[dict] | None = None,
+    sparsity: BlockSparsity | None = None,
 ) -> BlockEntry:
     """One decoder block's step; ``errors`` and ``reconstruction`` only when measured/trained."""
     entry: dict = {"index": index}
+    if sparsity is not None:
+        entry["sparsity"] = sparsity
     if errors is not None:
         entry["errors"] = errors
     if reconstruction is not None:

@@ -30,13 +30,14 @@ from torch import nn
 
 from compress import distributed
 from compress.blocks import BlockAdapter, BlockCall, weight_view
-from compress.core.config import PruneConfig, Technique
+from compress.core.config import PruneConfig, SparsityProfile, Technique
 from compress.core.dtypes import torch_dtype
 from compress.core.report import (
     BlockEntry,
     LayerCounts,
     block_entry,
     block_errors,
+    block_sparsity,
     layer_counts,
     layer_entry,
 )
@@ -47,6 +48,7 @@ from compress.masks import zero_count
 from compress.placement import execution_device, measure_peak, onloaded
 from compress.pruners import PRUNERS, Pruner
 from compress.reconstruct import Batches, normalized_error, reconstruct
+from compress.sparsity_profile import outlier_ratio, owl_sparsity
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -119,6 +121,13 @@ class Engine:
         )
         self.outcome = PruneOutcome()
         check_widths(self.adapter, config)
+        self.block_sizes = [  # pruned weights per block: what the profile's mean weighs
+            sum(
+                weight_view(m).numel()
+                for m in self.adapter.prunable_layers(i, config.skip).values()
+            )
+            for i in range(len(self.adapter))
+        ]
 
     # -- running blocks on streams -------------------------------------------------------
     @torch.no_grad()
@@ -157,8 +166,22 @@ class Engine:
             self.stats_samples,
         )
 
-    def _prune(self, i: int, s: Streams) -> None:
-        """Steps 2-3 for block ``i``."""
+    def _sparsities(self, pruners: dict[str, Pruner]) -> tuple[dict[str, float], float | None]:
+        """Each layer's target in the block being pruned (and the block's outlier ratio for OWL), from the
+        statistics the pruners gathered on the sparse stream; OWL's budget counts the zeros
+        of the blocks already pruned (``outcome.layers``, restored on ``--resume``)."""
+        if self.config.sparsity_profile is SparsityProfile.uniform:
+            return {name: self.config.sparsity_for(name) for name in pruners}, None
+        ratio = outlier_ratio((p.scores() for p in pruners.values()), self.config.owl_m)
+        seen = [block["sparsity"]["outlier_ratio"] for block in self.outcome.blocks]
+        zeros = sum(layer["zeros"] for layer in self.outcome.layers.values())
+        target = owl_sparsity(
+            [*seen, ratio], self.block_sizes, zeros, self.config.sparsity, self.config.owl_lambda
+        )
+        return dict.fromkeys(pruners, target), ratio
+
+    def _prune(self, i: int, s: Streams) -> float | None:
+        """Steps 2-3 for block ``i``; returns its outlier ratio (OWL) or None."""
         layers = self.adapter.prunable_layers(i, self.config.skip)
         pruner_cls = PRUNERS[self.config.method.value]
         dense = (
@@ -176,8 +199,9 @@ class Engine:
             for pruner in pruners.values():  # data-parallel calibration: sum over ranks
                 for total in pruner.statistics():
                     total.all_reduce_()
+        targets, ratio = self._sparsities(pruners)
         for name, pruner in pruners.items():
-            target = self.config.sparsity_for(name)
+            target = targets[name]
             result = pruner.prune(target, self.config.parsed_pattern)
             pruner.free()
             weight = weight_view(layers[name])
@@ -188,6 +212,7 @@ class Engine:
             self.outcome.layers[name] = layer_entry(
                 weight.shape, target, zero_count(weight), result.seconds
             )
+        return ratio
 
     def _measure(self, window: list[int]) -> None:
         """Count the zeros of the window's pruned layers again after reconstruction: these are
@@ -276,7 +301,7 @@ class Engine:
         start = time.perf_counter()
         for s in sets.values():
             self._targets(i, s)
-        self._prune(i, sets["calibration"])
+        ratio = self._prune(i, sets["calibration"])
         window = self.window(i)
         if self.recon.errors:
             pruned = {name: self.forward([i], s.sparse, s.calls) for name, s in sets.items()}
@@ -299,7 +324,10 @@ class Engine:
         for name, s in sets.items():
             self._advance(s, *ends[name])
         seconds = round(time.perf_counter() - start, 3)
-        return block_entry(i, seconds, None, errors, trained or None)
+        names = self.adapter.prunable_layers(i, self.config.skip)
+        layers = [self.outcome.layers[name] for name in names]
+        sparsity = block_sparsity(self.config.sparsity_profile.value, layers, ratio)
+        return block_entry(i, seconds, None, errors, trained or None, sparsity)
 
     def window(self, i: int) -> list[int]:
         """The blocks step ``i`` trains or runs: ``[i]``, or ``[i - 1, i]`` with CR."""

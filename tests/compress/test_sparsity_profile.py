@@ -1,0 +1,117 @@
+"""Non-uniform sparsity: OWL ratios and allocations by hand, the engine's exact mean, refusals."""
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from compress.cli.main import app
+from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
+from compress.core.errors import BadInputError
+from compress.engine import prune_model
+from compress.sparsity_profile import outlier_ratio, owl_sparsity
+from tests.tiny_models import random_llama
+
+
+def test_outlier_ratio_by_hand():
+    # pooled scores 1, 1, 1, 1, 10: mean 2.8, M = 2 -> threshold 5.6, one outlier in five
+    scores = [torch.tensor([[1.0, 1.0]]), torch.tensor([1.0, 1.0, 10.0])]
+    assert outlier_ratio(scores, 2.0) == pytest.approx(0.2)
+    assert outlier_ratio(scores, 3.5) == pytest.approx(0.2)  # threshold 9.8
+    assert outlier_ratio(scores, 4.0) == 0.0  # threshold 11.2
+    assert outlier_ratio([], 5.0) == 0.0
+
+
+def test_owl_allocation_by_hand():
+    sizes, t, lam = [100, 100, 100], 0.5, 0.1
+    # block 0: one ratio, no spread -> the target
+    assert owl_sparsity([0.2], sizes, 0, t, lam) == pytest.approx(0.5)
+    # block 1: mean 0.3, spread 0.2 -> 0.5 - 2 * 0.1 * (0.4 - 0.3) / 0.2 = 0.4 (more outliers)
+    assert owl_sparsity([0.2, 0.4], sizes, 50, t, lam) == pytest.approx(0.4)
+    # last block: the formula says 0.589, but 150 - 50 - 40 = 60 zeros are left for 100 weights
+    assert owl_sparsity([0.2, 0.4, 0.1], sizes, 90, t, lam) == pytest.approx(0.6)
+    # block 0 took 0.4: the formula's 0.4 would leave 70 zeros for the last 100 weights, more
+    # than t + λ allows, so block 1 is raised to (150 - 40 - 0.6 * 100) / 100 = 0.5
+    assert owl_sparsity([0.0, 1.0], sizes, 40, t, lam) == pytest.approx(0.5)
+    assert owl_sparsity([0.0, 1.0], sizes, 50, t, lam) == pytest.approx(0.4)
+
+
+def test_dense_blocks_have_no_say():
+    # block 1 is left dense (size 0): its ratio must not widen the spread
+    assert owl_sparsity([0.2, 0.9, 0.2], [100, 0, 100], 50, 0.5, 0.1) == pytest.approx(0.5)
+
+
+def owl_run(method: str, sparsity: float = 0.5):
+    model = random_llama(vocab_size=256, layers=4)
+    config = PruneConfig(
+        method=method,
+        sparsity=sparsity,
+        sparsity_profile="owl",
+        owl_m=3.0,
+        calibration=CalibrationConfig(nsamples=4, seqlen=16, batch_size=2),
+        reconstruct=ReconstructConfig(technique="lr"),
+    )
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    return config, prune_model(model, ids, config)
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_engine_owl_mean_is_the_target(method):
+    config, outcome = owl_run(method, 0.6)
+    layers = outcome.layers.values()
+    zeros = sum(layer["zeros"] for layer in layers)
+    numel = sum(layer["numel"] for layer in layers)
+    blocks = [block["sparsity"] for block in outcome.blocks]
+    assert [block["profile"] for block in blocks] == ["owl"] * 4
+    targets = [block["target"] for block in blocks]
+    assert len(set(targets)) > 1  # non-uniform
+    assert all(abs(s - 0.6) <= config.owl_lambda + 1e-9 for s in targets[:-1])
+    # each block's rounding is carried into the next: only the last block's own rounding
+    # (at most half a weight per row for Wanda, per 128-column group for SparseGPT) remains
+    last = [layer for name, layer in outcome.layers.items() if ".layers.3." in name]
+    slack = sum(layer["shape"][0] for layer in last) / 2
+    assert abs(zeros - 0.6 * numel) <= slack
+    assert sum(block["zeros"] for block in blocks) == zeros
+    assert all(block["outlier_ratio"] >= 0 for block in blocks)
+
+
+def test_uniform_blocks_record_their_sparsity():
+    model = random_llama(vocab_size=256)
+    config = PruneConfig(
+        calibration=CalibrationConfig(nsamples=2, seqlen=8),
+        reconstruct=ReconstructConfig(technique="lr"),
+    )
+    outcome = prune_model(model, torch.randint(0, 256, (2, 8)), config)
+    for block in outcome.blocks:
+        assert block["sparsity"]["target"] == 0.5 and block["sparsity"]["sparsity"] == 0.5
+        assert "outlier_ratio" not in block["sparsity"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"pattern": "2:4"}, "N:M fixes every ratio"),
+        ({"layer_sparsity": {"*.q_proj": 0.3}}, "drop --layer-sparsity"),
+        ({"sparsity": 0.95}, "--sparsity + lambda < 1"),
+        ({"sparsity_profile": "peer"}, "choose uniform, owl"),
+    ],
+)
+def test_profile_refusals(settings, message):
+    with pytest.raises(BadInputError) as caught:
+        PruneConfig(**{"sparsity_profile": "owl", **settings})
+    assert message in str(caught.value)
+
+
+def test_cli_refuses_owl_with_n_m(tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        app,
+        ["prune", "--pattern", "2:4", "--sparsity-profile", "owl", "--output", str(out)],
+    )
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "N:M fixes every ratio" in lines[0]
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_owl_in_default_name():
+    assert PruneConfig(sparsity_profile="owl").output.endswith("-wanda-50-owl-br-gp")
