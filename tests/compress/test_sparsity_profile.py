@@ -1,5 +1,7 @@
 """Non-uniform sparsity: OWL ratios and allocations by hand, the engine's exact mean, refusals."""
 
+import json
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -115,3 +117,19 @@ def test_cli_refuses_owl_with_n_m(tmp_path):
 
 def test_owl_in_default_name():
     assert PruneConfig(sparsity_profile="owl").output.endswith("-wanda-50-owl-br-gp")
+
+
+@pytest.mark.slow
+def test_owl_prune_report_and_plot(tiny_model_dir, tmp_path):
+    out = tmp_path / "owl"
+    fast = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--device", "cpu"]
+    args = ["prune", str(tiny_model_dir), *fast, "--sparsity", "0.6", "--reconstruct", "lr"]
+    result = CliRunner().invoke(app, [*args, "--sparsity-profile", "owl", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["recipe"]["sparsity_profile"] == "owl"
+    assert all(block["sparsity"]["profile"] == "owl" for block in report["blocks"])
+    plot = tmp_path / "blocks.png"
+    drawn = CliRunner().invoke(app, ["info", str(out), "--plot", str(plot)])
+    assert drawn.exit_code == 0, drawn.output
+    assert plot.stat().st_size > 0
