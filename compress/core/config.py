@@ -80,10 +80,12 @@ class ReconOptimizer(str, Enum):
 
 
 class SparsityProfile(str, Enum):
-    """How the target spreads over blocks: the same everywhere, or OWL (compress/sparsity_profile.py)."""
+    """How the target spreads over blocks: the same everywhere, OWL, or the allocation that
+    minimises the summed block errors of a first pass (compress/sparsity_profile.py)."""
 
     uniform = "uniform"
     owl = "owl"
+    errors = "errors"
 
 
 class ActivationsDevice(str, Enum):
@@ -312,13 +314,15 @@ class PruneConfig:
     sparsity_profile: SparsityProfile = option(
         SparsityProfile.uniform,
         flags="--sparsity-profile",
-        help="uniform (--sparsity in every layer) or owl (per block from its outlier ratio, within ±--owl-lambda, parameter-weighted mean = --sparsity).",
+        help="uniform (--sparsity in every layer), owl (per block from its outlier ratio) or errors (per block from a first pass measuring each block's error at 5 sparsities, minimising their sum); within ±--owl-lambda, parameter-weighted mean = --sparsity.",
     )
     owl_m: float = option(
         5.0, flags="--owl-m", help="OWL: a score |W|·‖X‖ is an outlier above M × the block's mean."
     )
     owl_lambda: float = option(
-        0.08, flags="--owl-lambda", help="OWL: block sparsities lie within --sparsity ± lambda."
+        0.08,
+        flags="--owl-lambda",
+        help="owl / errors: block sparsities lie within --sparsity ± lambda.",
     )
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     resume: bool = option(

@@ -133,6 +133,8 @@ class BlockSparsity(TypedDict):
     zeros: int
     numel: int
     outlier_ratio: NotRequired[float]  # owl
+    planned: NotRequired[float]  # errors: the solve's share, before carrying rounding
+    candidates: NotRequired[list[list[float]]]  # errors: the first pass's (sparsity, error)
 
 
 class BlockEntry(TypedDict):
@@ -291,21 +293,35 @@ def block_errors(before: dict[str, float | None], after: dict[str, float | None]
 
 
 def block_sparsity(
-    profile: str, layers: Collection[LayerEntry], outlier_ratio: float | None = None
+    profile: str,
+    layers: Collection[LayerEntry],
+    outlier_ratio: float | None = None,
+    planned: float | None = None,
+    candidates: Sequence[tuple[float, float]] | None = None,
 ) -> BlockSparsity:
-    """The sparsity a block was given and the one measured, over its pruned ``layers``."""
+    """The sparsity a block was given and the one measured, over its pruned ``layers``, with
+    what the profile decided it from (OWL's ratio; the errors solve's share and curve)."""
     numel = sum(layer["numel"] for layer in layers)
     zeros = sum(layer["zeros"] for layer in layers)
-    target = sum(layer["target_sparsity"] * layer["numel"] for layer in layers)
+    targets = {layer["target_sparsity"] for layer in layers}
+    target = (
+        targets.pop()
+        if len(targets) == 1
+        else sum(layer["target_sparsity"] * layer["numel"] for layer in layers) / (numel or 1)
+    )
     entry: BlockSparsity = {
         "profile": profile,
-        "target": target / numel if numel else 0.0,
+        "target": target,
         "sparsity": zeros / numel if numel else 0.0,
         "zeros": zeros,
         "numel": numel,
     }
     if outlier_ratio is not None:
         entry["outlier_ratio"] = outlier_ratio
+    if planned is not None:
+        entry["planned"] = planned
+    if candidates is not None:
+        entry["candidates"] = [list(point) for point in candidates]
     return entry
 
 

@@ -42,13 +42,20 @@ from compress.core.report import (
     layer_entry,
 )
 from compress.engine.activations import ActivationStore, Stream, Streams
+from compress.engine.profile_pass import block_error_curves
 from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
 from compress.masks import zero_count
 from compress.placement import execution_device, measure_peak, onloaded
 from compress.pruners import PRUNERS, Pruner
 from compress.reconstruct import Batches, normalized_error, reconstruct
-from compress.sparsity_profile import outlier_ratio, owl_sparsity
+from compress.sparsity_profile import (
+    allocate_by_errors,
+    candidates,
+    carried,
+    outlier_ratio,
+    owl_sparsity,
+)
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -128,6 +135,8 @@ class Engine:
             )
             for i in range(len(self.adapter))
         ]
+        self.curves: list[list[tuple[float, float]]] = []  # errors profile: the first pass
+        self.plan: list[float] = []  # errors profile: the solve
 
     # -- running blocks on streams -------------------------------------------------------
     @torch.no_grad()
@@ -166,15 +175,22 @@ class Engine:
             self.stats_samples,
         )
 
-    def _sparsities(self, pruners: dict[str, Pruner]) -> tuple[dict[str, float], float | None]:
-        """Each layer's target in the block being pruned (and the block's outlier ratio for OWL), from the
+    def _sparsities(
+        self, i: int, pruners: dict[str, Pruner]
+    ) -> tuple[dict[str, float], float | None]:
+        """Each layer's target in block ``i`` (and the block's outlier ratio for OWL), from the
         statistics the pruners gathered on the sparse stream; OWL's budget counts the zeros
         of the blocks already pruned (``outcome.layers``, restored on ``--resume``)."""
-        if self.config.sparsity_profile is SparsityProfile.uniform:
+        profile = self.config.sparsity_profile
+        if profile is SparsityProfile.uniform:
             return {name: self.config.sparsity_for(name) for name in pruners}, None
+        zeros = sum(layer["zeros"] for layer in self.outcome.layers.values())
+        if profile is SparsityProfile.errors:
+            return dict.fromkeys(
+                pruners, carried(self.plan[: i + 1], self.block_sizes, zeros)
+            ), None
         ratio = outlier_ratio((p.scores() for p in pruners.values()), self.config.owl_m)
         seen = [block["sparsity"]["outlier_ratio"] for block in self.outcome.blocks]
-        zeros = sum(layer["zeros"] for layer in self.outcome.layers.values())
         target = owl_sparsity(
             [*seen, ratio], self.block_sizes, zeros, self.config.sparsity, self.config.owl_lambda
         )
@@ -199,7 +215,7 @@ class Engine:
             for pruner in pruners.values():  # data-parallel calibration: sum over ranks
                 for total in pruner.statistics():
                     total.all_reduce_()
-        targets, ratio = self._sparsities(pruners)
+        targets, ratio = self._sparsities(i, pruners)
         for name, pruner in pruners.items():
             target = targets[name]
             result = pruner.prune(target, self.config.parsed_pattern)
@@ -326,7 +342,13 @@ class Engine:
         seconds = round(time.perf_counter() - start, 3)
         names = self.adapter.prunable_layers(i, self.config.skip)
         layers = [self.outcome.layers[name] for name in names]
-        sparsity = block_sparsity(self.config.sparsity_profile.value, layers, ratio)
+        sparsity = block_sparsity(
+            self.config.sparsity_profile.value,
+            layers,
+            ratio,
+            self.plan[i] if self.plan else None,
+            self.curves[i] if self.curves else None,
+        )
         return block_entry(i, seconds, None, errors, trained or None, sparsity)
 
     def window(self, i: int) -> list[int]:
@@ -334,6 +356,13 @@ class Engine:
         return [i - 1, i] if self.technique.cross_block and i > 0 else [i]
 
     # -- the whole model -------------------------------------------------------------------
+    def _plan(self, calib_ids: torch.Tensor) -> None:
+        """The errors profile: measure every block at the candidates, solve the allocation
+        (deterministic, so ``--resume`` simply measures again)."""
+        t, lam = self.config.sparsity, self.config.owl_lambda
+        self.curves = block_error_curves(self, calib_ids, candidates(t, lam))
+        self.plan = allocate_by_errors(self.curves, self.block_sizes, t)
+
     def _streams(self, ids: torch.Tensor) -> Streams:
         need_dense = self.technique.global_targets or self.recon.errors
         batch_size = self.config.calibration.batch_size
@@ -378,6 +407,8 @@ class Engine:
         tokens = calib_ids.numel() + (0 if holdout_ids is None else holdout_ids.numel())
         streams = 3 if self.technique.trains else 2  # sparse, dense, and targets or CR inputs
         self.activations.place(tokens, hidden, streams)
+        if self.config.sparsity_profile is SparsityProfile.errors:
+            self._plan(calib_ids)
         sets = {"calibration": self._streams(calib_ids)}
         if holdout_ids is not None:
             sets["holdout"] = self._streams(holdout_ids)
