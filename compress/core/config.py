@@ -104,6 +104,11 @@ class ReconstructConfig:
     epochs: int = option(
         10, flags="--recon-epochs", help="Reconstruction epochs over the calibration set."
     )
+    steps: int | None = option(
+        None,  # None: --recon-epochs decide
+        flags="--recon-steps",
+        help="Optimizer steps per block (per window) instead of --recon-epochs: the budget in batches, the lr schedule spanning them.",
+    )
     lr: float = option(
         2e-4, flags="--recon-lr", help="Adam learning rate (decays linearly to 0, no warm-up)."
     )
@@ -149,6 +154,8 @@ class ReconstructConfig:
         self.activations_device = _choice(
             ActivationsDevice, self.activations_device, "--activations-device"
         )
+        if self.steps is not None and self.steps < 1:
+            raise BadInputError(f"--recon-steps must be at least 1, got {self.steps}")
         if self.epochs < 0 or self.lr <= 0 or self.holdout_nsamples < 1:
             raise BadInputError(
                 "--recon-epochs must be >= 0, --recon-lr > 0 and --holdout-nsamples >= 1"

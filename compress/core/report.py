@@ -123,6 +123,7 @@ class LayerEntry(LayerCounts):
 class BlockErrors(TypedDict):
     before_reconstruction: dict[str, float | None]  # per stream: calibration, holdout
     after_reconstruction: dict[str, float | None]
+    closed: dict[str, float]  # (before - after) / before, per stream
     reference: str
 
 
@@ -285,9 +286,15 @@ def layer_entry(
 
 def block_errors(before: dict[str, float | None], after: dict[str, float | None]) -> BlockErrors:
     """A block's normalized errors per stream against the dense model, around reconstruction."""
+    closed = {
+        name: (before[name] - after[name]) / before[name]
+        for name in before
+        if before[name] and after.get(name) is not None
+    }
     return {
         "before_reconstruction": before,
         "after_reconstruction": after,
+        "closed": closed,  # share of the block's error reconstruction removed, per stream
         "reference": "dense model activations",
     }
 
