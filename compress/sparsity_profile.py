@@ -1,19 +1,22 @@
-"""Per-block sparsity targets: OWL (Yin et al., arXiv 2310.05175), computed block by block.
+"""Per-block sparsity targets: OWL (Yin et al., arXiv 2310.05175) and ``errors``.
+
+Both start from a first pass over the dense model (:mod:`compress.engine.profile_pass`), block
+by block, from the same statistics the pruner gathers (its :meth:`~compress.pruners.base.Pruner.scores`,
+``|W|·‖X‖``), and give a plan: one sparsity per block whose parameter-weighted mean is the
+target. The engine then prunes block ``i`` at :func:`carried`: its planned share plus the zeros
+the earlier blocks' rounding missed, so the last block closes the budget.
 
 OWL prunes a block with more outliers less. A block's *outlier ratio* is the share of its
-weights' scores (``|W|·‖X‖``, pooled over the block's pruned layers) above ``M`` times their
-mean. The paper min-max normalises the ratios of all blocks at once, on the dense model, and
-spreads the sparsities over ``target ± λ``. The engine prunes block by block on the sparse
-stream, from the statistics its pruners already gathered, so block ``i`` knows the ratios
-``r_0 … r_i`` only. Block ``i`` takes the paper's formula over the blocks seen so far::
+weights' scores (pooled over its pruned layers) above ``M`` times their mean. The paper sets
+``s_i = t - 2λ (r_i - mean r) / (max r - min r)``; that mean is unweighted and the spread can
+leave ``t ± λ`` when the ratios are skewed. Here (:func:`owl_plan`) the line is the same, in
+``r_i`` and falling, but centred on the parameter-weighted mean ``r̄`` and scaled so the block
+furthest from it sits at exactly ``t ± λ``::
 
-    s_i = t - 2λ (r_i - mean(r_0..r_i)) / (max(r_0..r_i) - min(r_0..r_i))   (t when all equal)
+    s_i = t - λ (r_i - r̄) / max_j |r_j - r̄|
 
-clamped to ``[t - λ, t + λ]`` and then to what keeps the rest feasible: the later blocks must
-still be able to reach the zero budget ``t · P`` (``P``: pruned weights of the whole model)
-at sparsities within ``t ± λ``. The budget counts the zeros actually made, so each layer's
-rounding is carried forward, and the last block takes exactly what is left: the
-parameter-weighted mean sparsity equals ``t`` up to the last block's own rounding.
+so every block lies within ``t ± λ`` and ``Σ n_i s_i = t Σ n_i`` exactly (``Σ n_i (r_i - r̄) = 0``).
+The two agree whenever the ratios are symmetric about their mean.
 """
 
 from __future__ import annotations
@@ -33,35 +36,22 @@ def outlier_ratio(scores: Iterable[torch.Tensor], m: float) -> float:
     return sum(int((s > m * mean).sum()) for s in scores) / numel
 
 
-def owl_sparsity(
-    ratios: Sequence[float],
-    sizes: Sequence[int],
-    zeros_done: int,
-    target: float,
-    lam: float,
-) -> float:
-    """The sparsity of block ``i = len(ratios) - 1`` (see the module docstring).
-
-    Args:
-        ratios: outlier ratios of blocks ``0 … i``.
-        sizes: pruned weights per block, for every block of the model.
-        zeros_done: zeros made in blocks ``0 … i-1``.
-        target: the parameter-weighted mean sparsity ``t`` to reach.
-        lam: the spread ``λ`` around ``t``.
-    """
-    i = len(ratios) - 1
-    size, after = sizes[i], sum(sizes[i + 1 :])
-    if not size:
-        return target
-    low, high = max(target - lam, 0.0), target + lam
-    ratios = [r for r, n in zip(ratios, sizes, strict=False) if n]  # blocks left dense: no say
-    spread = max(ratios) - min(ratios)
-    mean = sum(ratios) / len(ratios)
-    s = target if spread == 0 else target - 2 * lam * (ratios[-1] - mean) / spread
-    s = min(max(s, low), high)
-    left = target * sum(sizes) - zeros_done  # zeros still to make, this block included
-    s = min(max(s, (left - high * after) / size), (left - low * after) / size)
-    return min(max(s, 0.0), 1.0 - 1.0 / size)
+def owl_plan(
+    ratios: Sequence[float], sizes: Sequence[int], target: float, lam: float
+) -> list[float]:
+    """Per-block sparsities from the outlier ``ratios`` (see the module docstring); blocks of
+    size 0 (left dense) keep ``target`` and have no say in the mean."""
+    total = sum(sizes)
+    if not total:
+        return [target] * len(sizes)
+    mean = sum(r * n for r, n in zip(ratios, sizes, strict=True)) / total
+    furthest = max(abs(r - mean) for r, n in zip(ratios, sizes, strict=True) if n)
+    if furthest == 0:
+        return [target] * len(sizes)
+    return [
+        target - lam * (r - mean) / furthest if n else target
+        for r, n in zip(ratios, sizes, strict=True)
+    ]
 
 
 def candidates(target: float, lam: float, count: int = 5) -> list[float]:

@@ -1,11 +1,12 @@
-"""The ``errors`` profile's first pass: each block's error at a few candidate sparsities.
+"""The non-uniform profiles' first pass: per block, its outlier ratio (OWL) and its error at a
+few candidate sparsities (``errors``).
 
-On the dense stream, block by block: gather the pruners' statistics once, then for each
-candidate prune every layer of the block, measure the block's normalized output error against
-its dense output, and put the dense weights back. Cheap next to the real run: no
-reconstruction, one statistics pass, and the candidates only re-run the pruner's mask (and
-SparseGPT's update) and one block forward each. The allocation then comes from
-:func:`compress.sparsity_profile.allocate_by_errors`.
+On the dense stream, block by block: gather the pruners' statistics once, take the block's
+outlier ratio from their scores, then for each candidate prune every layer of the block,
+measure the block's normalized output error against its dense output, and put the dense
+weights back. Cheap next to the real run: no reconstruction, one statistics pass, and each
+candidate only re-runs the pruner's mask (and SparseGPT's update) and one block forward. The
+plans then come from :mod:`compress.sparsity_profile`.
 """
 
 from __future__ import annotations
@@ -18,29 +19,33 @@ from compress.blocks import weight_view
 from compress.engine.statistics import collect_statistics
 from compress.placement import execution_device, onloaded
 from compress.pruners import PRUNERS
+from compress.sparsity_profile import outlier_ratio
 
 if TYPE_CHECKING:
     from compress.engine.steps import Engine
 
 
-def block_error_curves(
-    engine: Engine, ids: torch.Tensor, sparsities: list[float]
-) -> list[list[tuple[float, float]]]:
-    """Per block, ``(sparsity, normalized output error)`` for each of ``sparsities``."""
+def first_pass(
+    engine: Engine, ids: torch.Tensor, sparsities: list[float], owl_m: float
+) -> tuple[list[float], list[list[tuple[float, float]]]]:
+    """Per block: the outlier ratio at ``owl_m``, and ``(sparsity, normalized output error)`` for
+    each of ``sparsities`` (none: statistics and ratios only)."""
     from compress.engine.steps import stream_error
 
     config = engine.config
     batch = config.calibration.batch_size
     s = engine.activations.capture(engine.adapter, ids, batch, dense=False)
-    stream, curves = s.sparse, []
+    stream, ratios, curves = s.sparse, [], []
     for i in range(len(engine.adapter)):
         block = engine.adapter.blocks[i]
         with onloaded([block], execution_device(block, engine.accelerator)):
             dense_out = engine.forward([i], stream, s.calls)
             layers = engine.adapter.prunable_layers(i, config.skip)
             pruners = {
-                name: PRUNERS[config.method.value](weight_view(m), name, **config.pruner_options())
-                for name, m in layers.items()
+                name: PRUNERS[config.method.value](
+                    weight_view(module), name, **config.pruner_options()
+                )
+                for name, module in layers.items()
             }
             if pruners and next(iter(pruners.values())).needs_data:
 
@@ -51,7 +56,8 @@ def block_error_curves(
                 for pruner in pruners.values():
                     for total in pruner.statistics():
                         total.all_reduce_()
-            saved = {name: weight_view(m).detach().clone() for name, m in layers.items()}
+            ratios.append(outlier_ratio((p.scores() for p in pruners.values()), owl_m))
+            saved = {name: weight_view(module).detach().clone() for name, module in layers.items()}
             curve = []
             for sparsity in sparsities:
                 for pruner in pruners.values():
@@ -59,10 +65,10 @@ def block_error_curves(
                 error = stream_error(engine.forward([i], stream, s.calls), dense_out)
                 curve.append((sparsity, error or 0.0))
                 with torch.no_grad():
-                    for name, m in layers.items():
-                        weight_view(m).copy_(saved[name])
+                    for name, module in layers.items():
+                        weight_view(module).copy_(saved[name])
             for pruner in pruners.values():
                 pruner.free()
         curves.append(curve)
         stream = dense_out
-    return curves
+    return ratios, curves

@@ -42,20 +42,14 @@ from compress.core.report import (
     layer_entry,
 )
 from compress.engine.activations import ActivationStore, Stream, Streams
-from compress.engine.profile_pass import block_error_curves
+from compress.engine.profile_pass import first_pass
 from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
 from compress.masks import zero_count
 from compress.placement import execution_device, measure_peak, onloaded
 from compress.pruners import PRUNERS, Pruner
 from compress.reconstruct import Batches, normalized_error, reconstruct
-from compress.sparsity_profile import (
-    allocate_by_errors,
-    candidates,
-    carried,
-    outlier_ratio,
-    owl_sparsity,
-)
+from compress.sparsity_profile import allocate_by_errors, candidates, carried, owl_plan
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -135,8 +129,9 @@ class Engine:
             )
             for i in range(len(self.adapter))
         ]
+        self.ratios: list[float] = []  # non-uniform profiles: the first pass
         self.curves: list[list[tuple[float, float]]] = []  # errors profile: the first pass
-        self.plan: list[float] = []  # errors profile: the solve
+        self.plan: list[float] = []  # non-uniform profiles: each block's share
 
     # -- running blocks on streams -------------------------------------------------------
     @torch.no_grad()
@@ -175,29 +170,17 @@ class Engine:
             self.stats_samples,
         )
 
-    def _sparsities(
-        self, i: int, pruners: dict[str, Pruner]
-    ) -> tuple[dict[str, float], float | None]:
-        """Each layer's target in block ``i`` (and the block's outlier ratio for OWL), from the
-        statistics the pruners gathered on the sparse stream; OWL's budget counts the zeros
-        of the blocks already pruned (``outcome.layers``, restored on ``--resume``)."""
-        profile = self.config.sparsity_profile
-        if profile is SparsityProfile.uniform:
-            return {name: self.config.sparsity_for(name) for name in pruners}, None
+    def _sparsities(self, i: int, names: list[str]) -> dict[str, float]:
+        """Each layer's target in block ``i``: the config's, or the block's planned share
+        with the earlier blocks' rounding carried (``outcome.layers``, restored on
+        ``--resume``)."""
+        if self.config.sparsity_profile is SparsityProfile.uniform:
+            return {name: self.config.sparsity_for(name) for name in names}
         zeros = sum(layer["zeros"] for layer in self.outcome.layers.values())
-        if profile is SparsityProfile.errors:
-            return dict.fromkeys(
-                pruners, carried(self.plan[: i + 1], self.block_sizes, zeros)
-            ), None
-        ratio = outlier_ratio((p.scores() for p in pruners.values()), self.config.owl_m)
-        seen = [block["sparsity"]["outlier_ratio"] for block in self.outcome.blocks]
-        target = owl_sparsity(
-            [*seen, ratio], self.block_sizes, zeros, self.config.sparsity, self.config.owl_lambda
-        )
-        return dict.fromkeys(pruners, target), ratio
+        return dict.fromkeys(names, carried(self.plan[: i + 1], self.block_sizes, zeros))
 
-    def _prune(self, i: int, s: Streams) -> float | None:
-        """Steps 2-3 for block ``i``; returns its outlier ratio (OWL) or None."""
+    def _prune(self, i: int, s: Streams) -> None:
+        """Steps 2-3 for block ``i``."""
         layers = self.adapter.prunable_layers(i, self.config.skip)
         pruner_cls = PRUNERS[self.config.method.value]
         dense = (
@@ -215,7 +198,7 @@ class Engine:
             for pruner in pruners.values():  # data-parallel calibration: sum over ranks
                 for total in pruner.statistics():
                     total.all_reduce_()
-        targets, ratio = self._sparsities(i, pruners)
+        targets = self._sparsities(i, list(pruners))
         for name, pruner in pruners.items():
             target = targets[name]
             result = pruner.prune(target, self.config.parsed_pattern)
@@ -228,7 +211,6 @@ class Engine:
             self.outcome.layers[name] = layer_entry(
                 weight.shape, target, zero_count(weight), result.seconds
             )
-        return ratio
 
     def _measure(self, window: list[int]) -> None:
         """Count the zeros of the window's pruned layers again after reconstruction: these are
@@ -317,7 +299,7 @@ class Engine:
         start = time.perf_counter()
         for s in sets.values():
             self._targets(i, s)
-        ratio = self._prune(i, sets["calibration"])
+        self._prune(i, sets["calibration"])
         window = self.window(i)
         if self.recon.errors:
             pruned = {name: self.forward([i], s.sparse, s.calls) for name, s in sets.items()}
@@ -345,7 +327,7 @@ class Engine:
         sparsity = block_sparsity(
             self.config.sparsity_profile.value,
             layers,
-            ratio,
+            self.ratios[i] if self.config.sparsity_profile is SparsityProfile.owl else None,
             self.plan[i] if self.plan else None,
             self.curves[i] if self.curves else None,
         )
@@ -357,11 +339,17 @@ class Engine:
 
     # -- the whole model -------------------------------------------------------------------
     def _plan(self, calib_ids: torch.Tensor) -> None:
-        """The errors profile: measure every block at the candidates, solve the allocation
-        (deterministic, so ``--resume`` simply measures again)."""
-        t, lam = self.config.sparsity, self.config.owl_lambda
-        self.curves = block_error_curves(self, calib_ids, candidates(t, lam))
-        self.plan = allocate_by_errors(self.curves, self.block_sizes, t)
+        """Non-uniform profiles: the first pass, then each block's share (deterministic, so
+        ``--resume`` simply plans again)."""
+        config, sizes = self.config, self.block_sizes
+        t, lam = config.sparsity, config.owl_lambda
+        errors = config.sparsity_profile is SparsityProfile.errors
+        tried = candidates(t, lam) if errors else []
+        self.ratios, curves = first_pass(self, calib_ids, tried, config.owl_m)
+        if errors:
+            self.curves, self.plan = curves, allocate_by_errors(curves, sizes, t)
+        else:
+            self.plan = owl_plan(self.ratios, sizes, t, lam)
 
     def _streams(self, ids: torch.Tensor) -> Streams:
         need_dense = self.technique.global_targets or self.recon.errors
@@ -407,7 +395,7 @@ class Engine:
         tokens = calib_ids.numel() + (0 if holdout_ids is None else holdout_ids.numel())
         streams = 3 if self.technique.trains else 2  # sparse, dense, and targets or CR inputs
         self.activations.place(tokens, hidden, streams)
-        if self.config.sparsity_profile is SparsityProfile.errors:
+        if self.config.sparsity_profile is not SparsityProfile.uniform:
             self._plan(calib_ids)
         sets = {"calibration": self._streams(calib_ids)}
         if holdout_ids is not None:
