@@ -321,7 +321,7 @@ class PruneConfig:
     sparsity_profile: SparsityProfile = option(
         SparsityProfile.uniform,
         flags="--sparsity-profile",
-        help="uniform (--sparsity in every layer), owl (per block from its outlier ratio) or errors (per block from a first pass measuring each block's error at 5 sparsities, minimising their sum); within ±--owl-lambda, parameter-weighted mean = --sparsity.",
+        help="uniform (--sparsity in every layer), owl (fewer zeros in blocks with more outliers) or errors (the allocation minimising the summed block errors measured at 5 sparsities); both from a first pass over the dense model, within ±--owl-lambda, parameter-weighted mean = --sparsity.",
     )
     owl_m: float = option(
         5.0, flags="--owl-m", help="OWL: a score |W|·‖X‖ is an outlier above M × the block's mean."

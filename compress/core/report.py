@@ -123,7 +123,7 @@ class LayerEntry(LayerCounts):
 class BlockErrors(TypedDict):
     before_reconstruction: dict[str, float | None]  # per stream: calibration, holdout
     after_reconstruction: dict[str, float | None]
-    closed: dict[str, float]  # (before - after) / before, per stream
+    closed: NotRequired[dict[str, float]]  # (before - after) / before, per stream
     reference: str
 
 
