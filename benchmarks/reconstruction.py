@@ -7,6 +7,10 @@ block calibration error BR < LR by >= 50%, BR+GP below BR by >= 50%, CR lower st
 calibration; perplexity of BR+GP below LR for every pruner (magnitude by far).
 
     python benchmarks/reconstruction.py [--nsamples 64 --seqlen 512 --epochs 10]
+
+Budget sweep: ``--steps-sweep 4,16,64`` runs each technique once per ``--recon-steps`` budget
+(instead of ``--epochs``) and records the steps taken and the mean share of each block's error
+closed (calibration and held-out), the question being at what budget reconstruction pays.
 """
 
 from __future__ import annotations
@@ -44,12 +48,19 @@ def one(method: str, technique: str, args) -> dict:
             seed=0,
             batch_size=args.batch,
         ),
-        reconstruct=ReconstructConfig(technique, epochs=args.epochs, measure_errors=True),
+        reconstruct=ReconstructConfig(
+            technique=technique,
+            epochs=args.epochs,
+            steps=args.steps,
+            lr=args.lr,
+            measure_errors=True,
+        ),
     )
     start = time.perf_counter()
     outcome = prune_model(loaded.model, calib.ids, config, holdout_ids=holdout.ids)
     seconds = time.perf_counter() - start
-    last = outcome.blocks[-1]["errors"]["after_reconstruction"]
+    blocks = outcome.blocks
+    last = blocks[-1]["errors"]["after_reconstruction"]
     ppl = {
         name: perplexity(
             loaded.model, tok, load_texts(name, "test"), args.seqlen, args.ppl_windows
@@ -65,6 +76,12 @@ def one(method: str, technique: str, args) -> dict:
         "ppl_lambada": ppl["lambada"],
         "seconds": seconds,
         "peak_rss_bytes": peak_rss_bytes(),
+        "steps": args.steps,
+        "steps_run": [sum(w["steps_run"] for w in b.get("reconstruction", [])) for b in blocks],
+        "closed_mean": {
+            stream: sum(b["errors"]["closed"].get(stream, 0.0) for b in blocks) / len(blocks)
+            for stream in ("calibration", "holdout")
+        },
     }
 
 
@@ -75,6 +92,9 @@ def main() -> None:
     parser.add_argument("--holdout", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, help="--recon-steps per block instead of --epochs")
+    parser.add_argument("--steps-sweep", help="comma-separated --recon-steps budgets to sweep")
+    parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--ppl-windows", type=int, default=32)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--techniques", default=",".join(TECHNIQUES))
@@ -93,14 +113,18 @@ def main() -> None:
             ("epochs", args.epochs),
             ("batch", args.batch),
             ("ppl-windows", args.ppl_windows),
+            ("lr", args.lr),
         )
     ]
+    sweep = args.steps_sweep.split(",") if args.steps_sweep else [args.steps]
+    budgets = [[f"--steps={n}"] if n else [] for n in sweep]
     rows = []
     for method in args.methods.split(","):
         for technique in args.techniques.split(","):
-            row = run_isolated(__file__, ["--one", method, technique, *common])
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for budget in budgets:
+                row = run_isolated(__file__, ["--one", method, technique, *common, *budget])
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     print(
         f"\nembedded SmolLM2-135M, fp32, CPU; Wanda/SparseGPT/magnitude 50% unstructured; calibration {args.nsamples} x {args.seqlen} Wikipedia, held-out {args.holdout} x {args.seqlen}; {args.epochs} epochs, batch {args.batch}; ppl {args.ppl_windows} x {args.seqlen} windows"
     )
@@ -108,6 +132,11 @@ def main() -> None:
         f"{'method':10s} {'technique':9s} {'calib err':>10s} {'held err':>10s} {'ppl wiki':>9s} {'ppl lamb':>9s} {'sec':>7s} {'RSS':>6s}"
     )
     for r in rows:
+        if r["steps"]:
+            closed = r["closed_mean"]
+            print(
+                f"  steps {r['steps']}: closed calib {closed['calibration']:.1%}, held-out {closed['holdout']:.1%}"
+            )
         print(
             f"{r['method']:10s} {r['technique']:9s} {r['calib_error']:10.4f} {r['holdout_error']:10.4f} {r['ppl_wikipedia']:9.2f} {r['ppl_lambada']:9.2f} {r['seconds']:7.0f} {r['peak_rss_bytes'] / 2**30:5.2f}G"
         )

@@ -167,6 +167,9 @@ def render_card(folder: Path, repo_id: str | None = None, published_as: Path | N
         sam=sharpness_aware(report["recipe"]),
         layers=report["layers"],
         layer_rows=sparsity_by_type(report["layers"]),
+        block_rows=[
+            b["sparsity"] | {"index": b["index"]} for b in report["blocks"] if "sparsity" in b
+        ],
         calibration=calibration_facts(report.get("calibration", {})),
         ppl=perplexity_row(report.get("evaluation", {})),
         tasks=task_rows(records.eval_tasks),

@@ -3,8 +3,8 @@
 A mask is a bool tensor shaped like the weight, True where the weight is *kept*.
 Selection helpers take a score (higher = more important) and return such a mask:
 
-- unstructured, per output row: drop the ``round(s * in_features)`` lowest scores of each row
-  (Wanda's comparison group);
+- unstructured, per output row: drop the lowest scores of each row (Wanda's comparison
+  group), ``round(s * numel)`` in the layer: ``k`` or ``k + 1`` per row;
 - unstructured, per layer: drop the ``round(s * numel)`` lowest scores of the whole matrix (one
   threshold per layer: the magnitude baseline of the SparseGPT/Wanda papers and their code);
 - N:M: in every group of M consecutive input weights of a row keep the N highest.
@@ -32,14 +32,22 @@ __all__ = [
 
 
 def rowwise_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """Keep-mask dropping the ``round(sparsity * cols)`` lowest scores of every row."""
+    """Keep-mask dropping ``round(sparsity * numel)`` scores of the layer, the lowest of each
+    row: every row drops ``k`` or ``k + 1`` (the ``+1`` going to the rows whose next-lowest
+    score is lowest), so the layer's count is exact to one weight whatever its width."""
     rows, cols = score.shape
-    n_drop = int(round(sparsity * cols))
+    n_drop = int(round(sparsity * score.numel()))
+    base, extra = divmod(n_drop, rows)
     mask = torch.ones_like(score, dtype=torch.bool)
     if n_drop == 0:
         return mask
-    drop = torch.topk(score, n_drop, dim=1, largest=False).indices
-    return mask.scatter_(1, drop, False)
+    lowest = torch.topk(score, min(base + 1, cols), dim=1, largest=False)
+    drop = torch.zeros_like(lowest.indices, dtype=torch.bool)
+    drop[:, :base] = True
+    if extra:
+        next_lowest = lowest.values[:, base]
+        drop[torch.topk(next_lowest, extra, largest=False).indices, base] = True
+    return mask.scatter_(1, lowest.indices, ~drop)
 
 
 def layerwise_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:

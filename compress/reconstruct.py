@@ -136,7 +136,7 @@ def reconstruct(
 ) -> dict:
     """Train ``params`` so that ``run`` maps ``inputs`` to ``targets``; masks stay exact.
 
-    ``config`` gives epochs, learning rate, optimizer, SAM radius and early stopping (its other
+    ``config`` gives epochs (or steps: the last epoch may end part-way), learning rate, optimizer, SAM radius and early stopping (its other
     fields are the engine's); ``autocast_dtype`` (bf16/fp16) runs the forward in that dtype on
     a GPU, the master weights staying in float32.
 
@@ -151,7 +151,9 @@ def reconstruct(
     device, dtype = params[0].device, params[0].dtype
     optimizer = _make_optimizer(params, masks, config)
     base = optimizer.base_optimizer if isinstance(optimizer, SAM) else optimizer
-    total = max(config.epochs * len(inputs), 1)
+    total = config.steps or max(config.epochs * len(inputs), 1)
+    epochs = -(-config.steps // len(inputs)) if config.steps else config.epochs
+    steps_run = 0
     schedule = torch.optim.lr_scheduler.LambdaLR(base, lambda step: 1.0 - step / total)
     epoch_losses: list[float] = []
     watch = config.early_stop and holdout is not None
@@ -164,9 +166,11 @@ def reconstruct(
     first = float(sizes[0]) if distributed.rank() == 0 and sizes else 0.0
     width = round(distributed.sum_floats([first])[0])  # rank 0 holds min(width, rows) of batch 0
 
-    for _ in range(config.epochs):
-        loss_sum = 0.0
+    for _ in range(epochs):
+        loss_sum, taken = 0.0, 0
         for b, samples in epoch_steps(sizes, global_sizes, width, generator):
+            if steps_run == total:  # --recon-steps ends inside an epoch
+                break
             x = inputs.gather(samples, device, dtype)
             y = targets.gather(samples, device, torch.float32)
 
@@ -189,8 +193,9 @@ def reconstruct(
                 optimizer.step()
             mask_weights(masks)
             schedule.step()
+            steps_run, taken = steps_run + 1, taken + 1
             loss_sum += float(loss.detach())
-        epoch_losses.append(distributed.sum_floats([loss_sum])[0] / len(inputs))
+        epoch_losses.append(distributed.sum_floats([loss_sum])[0] / max(taken, 1))
         if watch:
             error = normalized_error(*holdout, device, dtype)
             improved = error < min(holdout_errors)
@@ -207,6 +212,7 @@ def reconstruct(
     optimizer.zero_grad(set_to_none=True)
     return {
         "epochs_run": len(epoch_losses),
+        "steps_run": steps_run,
         "loss": epoch_losses,
         "holdout_error_per_epoch": holdout_errors,  # [0] is before training
         "stopped_early": stopped_early,

@@ -26,6 +26,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compress.reconstruct",
             "compress.sam",
             "compress.distributed",
+            "compress.sparsity_profile",
         ),
     ),
     (

@@ -24,7 +24,8 @@ class InfoConfig:
         False, flags="--errors", help="Print per-block normalized reconstruction errors instead."
     )
     plot: Path | None = option(
-        None, help="Draw per-block errors (calibration vs held-out) to this PNG."
+        None,
+        help="Draw per-block errors (calibration vs held-out) and per-block sparsity to this PNG.",
     )
 
 
@@ -47,12 +48,13 @@ def inspect_folder(config: InfoConfig) -> FolderInfo:
     report = read_report(folder)
     if config.errors or plot:
         rows = error_rows(report["blocks"])
-        if not rows:
+        sparsities = block_sparsities(report["blocks"])
+        if not rows and (config.errors or not sparsities):
             raise BadInputError(
                 f"{folder} has no per-block errors: prune with --errors or a br* --reconstruct"
             )
         if plot:
-            plot_errors(rows, plot, report["recipe"])
+            plot_errors(rows, plot, report["recipe"], sparsities)
         return FolderInfo(report["recipe"], [], rows)
     return FolderInfo(report["recipe"], layer_rows(report["layers"], config.layers), [])
 
@@ -80,14 +82,46 @@ def error_rows(blocks: list[dict]) -> list[list]:
     return rows
 
 
-def plot_errors(rows: list[list], path: Path, recipe: dict) -> None:
+def block_sparsities(blocks: list[dict]) -> list[tuple[int, float]]:
+    """(block, measured sparsity) for the blocks whose report entry records it."""
+    return [
+        (block["index"], block["sparsity"]["sparsity"]) for block in blocks if "sparsity" in block
+    ]
+
+
+def plot_errors(
+    rows: list[list], path: Path, recipe: dict, sparsities: list[tuple[int, float]] = ()
+) -> None:
+    """Per-block errors (when measured) above the per-block sparsity actually used."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    panels = [kind for kind, present in (("errors", rows), ("sparsity", sparsities)) if present]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 3 + 1.5 * len(panels)), squeeze=False)
+    if sparsities:
+        low = axes[-1][0]
+        low.bar([b for b, _ in sparsities], [s for _, s in sparsities], color="tab:green")
+        low.axhline(recipe["sparsity"], color="gray", linestyle=":", label="target")
+        low.set_xlabel("block")
+        low.set_ylabel("sparsity")
+        low.set_ylim(max(min(s for _, s in sparsities) - 0.1, 0), 1)
+        low.legend()
+    if rows:
+        _draw_errors(axes[0][0], rows)
+    axes[0][0].set_title(
+        f"{recipe['method']} {recipe['pattern']} {recipe['sparsity']:.0%}, {recipe['reconstruct']['technique']}"
+        + (f", {recipe['sparsity_profile']}" if "sparsity_profile" in recipe else "")
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _draw_errors(ax, rows: list[list]) -> None:
     blocks = [row[0] for row in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
     ax.plot(blocks, [row[2] for row in rows], marker="o", label="calibration (after)")
     if all(row[4] is not None for row in rows):
         ax.plot(blocks, [row[4] for row in rows], marker="s", label="held-out (after)")
@@ -97,14 +131,7 @@ def plot_errors(rows: list[list], path: Path, recipe: dict) -> None:
     ax.set_xlabel("block")
     ax.set_ylabel("normalized error vs dense model")
     ax.set_yscale("log")
-    ax.set_title(
-        f"{recipe['method']} {recipe['pattern']} {recipe['sparsity']:.0%}, {recipe['reconstruct']['technique']}"
-    )
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def layer_rows(layers: dict[str, dict], per_layer: bool) -> list[list]:

@@ -79,6 +79,15 @@ class ReconOptimizer(str, Enum):
     sam = "sam"  # sharpness-aware, around Adam
 
 
+class SparsityProfile(str, Enum):
+    """How the target spreads over blocks: the same everywhere, OWL, or the allocation that
+    minimises the summed block errors of a first pass (compress/sparsity_profile.py)."""
+
+    uniform = "uniform"
+    owl = "owl"
+    errors = "errors"
+
+
 class ActivationsDevice(str, Enum):
     auto = "auto"
     accelerator = "accelerator"
@@ -94,6 +103,11 @@ class ReconstructConfig:
     )
     epochs: int = option(
         10, flags="--recon-epochs", help="Reconstruction epochs over the calibration set."
+    )
+    steps: int | None = option(
+        None,  # None: --recon-epochs decide
+        flags="--recon-steps",
+        help="Optimizer steps per block (per window) instead of --recon-epochs: the budget in batches, the lr schedule spanning them.",
     )
     lr: float = option(
         2e-4, flags="--recon-lr", help="Adam learning rate (decays linearly to 0, no warm-up)."
@@ -140,6 +154,8 @@ class ReconstructConfig:
         self.activations_device = _choice(
             ActivationsDevice, self.activations_device, "--activations-device"
         )
+        if self.steps is not None and self.steps < 1:
+            raise BadInputError(f"--recon-steps must be at least 1, got {self.steps}")
         if self.epochs < 0 or self.lr <= 0 or self.holdout_nsamples < 1:
             raise BadInputError(
                 "--recon-epochs must be >= 0, --recon-lr > 0 and --holdout-nsamples >= 1"
@@ -302,6 +318,19 @@ class PruneConfig:
         to_cli=_pairs_to_cli,
         from_cli=lambda items: parse_layer_sparsity(items or []),
     )
+    sparsity_profile: SparsityProfile = option(
+        SparsityProfile.uniform,
+        flags="--sparsity-profile",
+        help="uniform (--sparsity in every layer), owl (fewer zeros in blocks with more outliers) or errors (the allocation minimising the summed block errors measured at 5 sparsities); both from a first pass over the dense model, within ±--owl-lambda, parameter-weighted mean = --sparsity.",
+    )
+    owl_m: float = option(
+        5.0, flags="--owl-m", help="OWL: a score |W|·‖X‖ is an outlier above M × the block's mean."
+    )
+    owl_lambda: float = option(
+        0.08,
+        flags="--owl-lambda",
+        help="owl / errors: block sparsities lie within --sparsity ± lambda.",
+    )
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     resume: bool = option(
         False,
@@ -358,12 +387,29 @@ class PruneConfig:
         self.pattern = str(self.parsed_pattern)
         if self.parsed_pattern.structured:
             self.sparsity = self.parsed_pattern.sparsity
+        self._check_profile()
         self.output = str(self.output or Path("out") / self.default_name())
         if self.push_to_hub and not self.hub_repo_id:
             self.hub_repo_id = Path(self.output).name
         for where, value in [("--sparsity", self.sparsity), *self.layer_sparsity.items()]:
             if not 0.0 <= value < 1.0:
                 raise BadInputError(f"sparsity for {where} is {value}; it must lie in [0, 1)")
+
+    def _check_profile(self) -> None:
+        self.sparsity_profile = _choice(
+            SparsityProfile, self.sparsity_profile, "--sparsity-profile"
+        )
+        if self.sparsity_profile is SparsityProfile.uniform:
+            return
+        flag = f"--sparsity-profile {self.sparsity_profile.value}"
+        if self.parsed_pattern.structured:
+            raise BadInputError(f"{flag} needs unstructured sparsity: N:M fixes every ratio")
+        if self.layer_sparsity:
+            raise BadInputError(f"{flag} sets every layer's sparsity: drop --layer-sparsity")
+        if self.owl_m <= 0 or not 0 <= self.owl_lambda or self.sparsity + self.owl_lambda >= 1:
+            raise BadInputError(
+                "--owl-m must be > 0, --owl-lambda >= 0 and --sparsity + lambda < 1"
+            )
 
     def default_name(self) -> str:
         """``<model-name>-<method>-<sparsity % or NofM>[-<reconstruction>]``, in the characters
@@ -374,6 +420,8 @@ class PruneConfig:
         if self.parsed_pattern.structured:
             amount = self.pattern.replace(":", "of")
         parts = [model, self.method.value, amount]
+        if self.sparsity_profile is not SparsityProfile.uniform:
+            parts.append(self.sparsity_profile.value)
         if self.reconstruct.technique is not Technique.none:
             parts.append(self.reconstruct.technique.value.replace("+", "-"))
         return "-".join(parts)

@@ -123,11 +123,24 @@ class LayerEntry(LayerCounts):
 class BlockErrors(TypedDict):
     before_reconstruction: dict[str, float | None]  # per stream: calibration, holdout
     after_reconstruction: dict[str, float | None]
+    closed: NotRequired[dict[str, float]]  # (before - after) / before, per stream
     reference: str
+
+
+class BlockSparsity(TypedDict):
+    profile: str  # uniform | owl
+    target: float  # the block's target (parameter-weighted over its layers)
+    sparsity: float  # measured over the block's pruned layers
+    zeros: int
+    numel: int
+    outlier_ratio: NotRequired[float]  # owl
+    planned: NotRequired[float]  # errors: the solve's share, before carrying rounding
+    candidates: NotRequired[list[list[float]]]  # errors: the first pass's (sparsity, error)
 
 
 class BlockEntry(TypedDict):
     index: int
+    sparsity: NotRequired[BlockSparsity]
     errors: NotRequired[BlockErrors]
     reconstruction: NotRequired[list[dict]]  # one entry per trained window
     seconds: float
@@ -273,11 +286,50 @@ def layer_entry(
 
 def block_errors(before: dict[str, float | None], after: dict[str, float | None]) -> BlockErrors:
     """A block's normalized errors per stream against the dense model, around reconstruction."""
+    closed = {
+        name: (before[name] - after[name]) / before[name]
+        for name in before
+        if before[name] and after.get(name) is not None
+    }
     return {
         "before_reconstruction": before,
         "after_reconstruction": after,
+        "closed": closed,  # share of the block's error reconstruction removed, per stream
         "reference": "dense model activations",
     }
+
+
+def block_sparsity(
+    profile: str,
+    layers: Collection[LayerEntry],
+    outlier_ratio: float | None = None,
+    planned: float | None = None,
+    candidates: Sequence[tuple[float, float]] | None = None,
+) -> BlockSparsity:
+    """The sparsity a block was given and the one measured, over its pruned ``layers``, with
+    what the profile decided it from (OWL's ratio; the errors solve's share and curve)."""
+    numel = sum(layer["numel"] for layer in layers)
+    zeros = sum(layer["zeros"] for layer in layers)
+    targets = {layer["target_sparsity"] for layer in layers}
+    target = (
+        targets.pop()
+        if len(targets) == 1
+        else sum(layer["target_sparsity"] * layer["numel"] for layer in layers) / (numel or 1)
+    )
+    entry: BlockSparsity = {
+        "profile": profile,
+        "target": target,
+        "sparsity": zeros / numel if numel else 0.0,
+        "zeros": zeros,
+        "numel": numel,
+    }
+    if outlier_ratio is not None:
+        entry["outlier_ratio"] = outlier_ratio
+    if planned is not None:
+        entry["planned"] = planned
+    if candidates is not None:
+        entry["candidates"] = [list(point) for point in candidates]
+    return entry
 
 
 def block_entry(
@@ -286,9 +338,12 @@ def block_entry(
     peak_accelerator_bytes: int | None,
     errors: BlockErrors | None = None,
     reconstruction: list[dict] | None = None,
+    sparsity: BlockSparsity | None = None,
 ) -> BlockEntry:
     """One decoder block's step; ``errors`` and ``reconstruction`` only when measured/trained."""
     entry: dict = {"index": index}
+    if sparsity is not None:
+        entry["sparsity"] = sparsity
     if errors is not None:
         entry["errors"] = errors
     if reconstruction is not None:

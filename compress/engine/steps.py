@@ -30,23 +30,26 @@ from torch import nn
 
 from compress import distributed
 from compress.blocks import BlockAdapter, BlockCall, weight_view
-from compress.core.config import PruneConfig, Technique
+from compress.core.config import PruneConfig, SparsityProfile, Technique
 from compress.core.dtypes import torch_dtype
 from compress.core.report import (
     BlockEntry,
     LayerCounts,
     block_entry,
     block_errors,
+    block_sparsity,
     layer_counts,
     layer_entry,
 )
 from compress.engine.activations import ActivationStore, Stream, Streams
+from compress.engine.profile_pass import first_pass
 from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
 from compress.masks import zero_count
 from compress.placement import execution_device, measure_peak, onloaded
 from compress.pruners import PRUNERS, Pruner
 from compress.reconstruct import Batches, normalized_error, reconstruct
+from compress.sparsity_profile import allocate_by_errors, candidates, carried, owl_plan
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -119,6 +122,16 @@ class Engine:
         )
         self.outcome = PruneOutcome()
         check_widths(self.adapter, config)
+        self.block_sizes = [  # pruned weights per block: what the profile's mean weighs
+            sum(
+                weight_view(m).numel()
+                for m in self.adapter.prunable_layers(i, config.skip).values()
+            )
+            for i in range(len(self.adapter))
+        ]
+        self.ratios: list[float] = []  # non-uniform profiles: the first pass
+        self.curves: list[list[tuple[float, float]]] = []  # errors profile: the first pass
+        self.plan: list[float] = []  # non-uniform profiles: each block's share
 
     # -- running blocks on streams -------------------------------------------------------
     @torch.no_grad()
@@ -157,6 +170,15 @@ class Engine:
             self.stats_samples,
         )
 
+    def _sparsities(self, i: int, names: list[str]) -> dict[str, float]:
+        """Each layer's target in block ``i``: the config's, or the block's planned share
+        with the earlier blocks' rounding carried (``outcome.layers``, restored on
+        ``--resume``)."""
+        if self.config.sparsity_profile is SparsityProfile.uniform:
+            return {name: self.config.sparsity_for(name) for name in names}
+        zeros = sum(layer["zeros"] for layer in self.outcome.layers.values())
+        return dict.fromkeys(names, carried(self.plan[: i + 1], self.block_sizes, zeros))
+
     def _prune(self, i: int, s: Streams) -> None:
         """Steps 2-3 for block ``i``."""
         layers = self.adapter.prunable_layers(i, self.config.skip)
@@ -176,8 +198,9 @@ class Engine:
             for pruner in pruners.values():  # data-parallel calibration: sum over ranks
                 for total in pruner.statistics():
                     total.all_reduce_()
+        targets = self._sparsities(i, list(pruners))
         for name, pruner in pruners.items():
-            target = self.config.sparsity_for(name)
+            target = targets[name]
             result = pruner.prune(target, self.config.parsed_pattern)
             pruner.free()
             weight = weight_view(layers[name])
@@ -299,13 +322,35 @@ class Engine:
         for name, s in sets.items():
             self._advance(s, *ends[name])
         seconds = round(time.perf_counter() - start, 3)
-        return block_entry(i, seconds, None, errors, trained or None)
+        names = self.adapter.prunable_layers(i, self.config.skip)
+        layers = [self.outcome.layers[name] for name in names]
+        sparsity = block_sparsity(
+            self.config.sparsity_profile.value,
+            layers,
+            self.ratios[i] if self.config.sparsity_profile is SparsityProfile.owl else None,
+            self.plan[i] if self.plan else None,
+            self.curves[i] if self.curves else None,
+        )
+        return block_entry(i, seconds, None, errors, trained or None, sparsity)
 
     def window(self, i: int) -> list[int]:
         """The blocks step ``i`` trains or runs: ``[i]``, or ``[i - 1, i]`` with CR."""
         return [i - 1, i] if self.technique.cross_block and i > 0 else [i]
 
     # -- the whole model -------------------------------------------------------------------
+    def _plan(self, calib_ids: torch.Tensor) -> None:
+        """Non-uniform profiles: the first pass, then each block's share (deterministic, so
+        ``--resume`` simply plans again)."""
+        config, sizes = self.config, self.block_sizes
+        t, lam = config.sparsity, config.owl_lambda
+        errors = config.sparsity_profile is SparsityProfile.errors
+        tried = candidates(t, lam) if errors else []
+        self.ratios, curves = first_pass(self, calib_ids, tried, config.owl_m)
+        if errors:
+            self.curves, self.plan = curves, allocate_by_errors(curves, sizes, t)
+        else:
+            self.plan = owl_plan(self.ratios, sizes, t, lam)
+
     def _streams(self, ids: torch.Tensor) -> Streams:
         need_dense = self.technique.global_targets or self.recon.errors
         batch_size = self.config.calibration.batch_size
@@ -350,6 +395,8 @@ class Engine:
         tokens = calib_ids.numel() + (0 if holdout_ids is None else holdout_ids.numel())
         streams = 3 if self.technique.trains else 2  # sparse, dense, and targets or CR inputs
         self.activations.place(tokens, hidden, streams)
+        if self.config.sparsity_profile is not SparsityProfile.uniform:
+            self._plan(calib_ids)
         sets = {"calibration": self._streams(calib_ids)}
         if holdout_ids is not None:
             sets["holdout"] = self._streams(holdout_ids)

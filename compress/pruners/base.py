@@ -43,6 +43,11 @@ class Pruner(ABC):
         """Sums reduced across processes before :meth:`prune` (distributed calibration)."""
         return []
 
+    def scores(self) -> torch.Tensor:
+        """Each weight's importance from the statistics so far, before :meth:`prune` (OWL's
+        outlier scores): ``|W|`` here, ``|W|·‖X‖`` for pruners that see data."""
+        return self.weight.abs().float()
+
     @abstractmethod
     def prune(self, sparsity: float, pattern: SparsityPattern) -> PruneResult:
         """Return the keep-mask; may update ``self.weight`` in place (SparseGPT does). Pruned weights

@@ -73,6 +73,12 @@ class SparseGPTPruner(Pruner):
     def statistics(self) -> list[ExactSum]:
         return [self.xxt, self.count]
 
+    @torch.no_grad()
+    def scores(self) -> torch.Tensor:
+        """Wanda's ``|W|·‖X‖``: ``‖X_j‖²`` is the diagonal of ``X^T X``."""
+        norms = self.xxt.value().diagonal().float().sqrt()
+        return self.weight.abs().float() * norms.unsqueeze(0)
+
     def _inverse_hessian_factor(self, H: torch.Tensor) -> torch.Tensor:
         """Upper Cholesky factor of ``H^-1``, raising the damping until it succeeds."""
         diag = torch.arange(H.shape[0], device=H.device)

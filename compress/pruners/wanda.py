@@ -36,12 +36,14 @@ class WandaPruner(Pruner):
         return [self.scaler_row]
 
     @torch.no_grad()
+    def scores(self) -> torch.Tensor:
+        return self.weight.abs().float() * self.scaler_row.value().float().sqrt().unsqueeze(0)
+
+    @torch.no_grad()
     def prune(self, sparsity: float, pattern: SparsityPattern) -> PruneResult:
         start = time.perf_counter()
-        weight = self.weight
-        score = weight.abs().float() * self.scaler_row.value().float().sqrt().unsqueeze(0)
-        mask = select_mask(score, sparsity, pattern)
-        apply_mask(weight, mask)
+        mask = select_mask(self.scores(), sparsity, pattern)
+        apply_mask(self.weight, mask)
         return PruneResult(mask, time.perf_counter() - start)
 
     def free(self) -> None:

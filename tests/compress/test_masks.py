@@ -73,3 +73,15 @@ def test_masks_from_zeros_keep_nonzeros_of_weights_holding_zeros():
     assert list(masks) == [sparse]  # a weight without exact zeros gets no mask
     assert torch.equal(masks[sparse], torch.tensor([[False, True], [True, False]]))
     assert zero_count(sparse) == 2 and zero_count(dense) == 0
+
+
+def test_rowwise_mask_exact_per_layer():
+    # 0.45 of 4 x 10: 18 zeros, not 4 x round(4.5) = 16; the two extra go to the rows whose
+    # fifth-lowest score is lowest (rows 2 and 0 here)
+    score = torch.arange(40.0).reshape(4, 10)
+    score[2] -= 100
+    score[0, 4] = -50
+    mask = rowwise_mask(score, 0.45)
+    assert int((~mask).sum()) == 18
+    assert (~mask).sum(dim=1).tolist() == [5, 4, 5, 4]
+    assert not mask[0, 4] and not mask[2, :5].any()

@@ -198,3 +198,18 @@ def test_samples_reshuffled_across_batches_every_epoch_seeded():
     assert all(frozenset().union(*groups) == frozenset(range(10)) for groups in epochs)
     assert len({frozenset(groups) for groups in epochs}) > 1  # compositions change
     assert batch_compositions(seed=0) == epochs
+
+
+def test_recon_steps_budget_and_share_closed():
+    """--recon-steps 3 over 2 batches: two epochs, the second cut after one step; report.json
+    gives the steps taken and the share of each block's error reconstruction closed."""
+    model = tiny(layers=2)
+    outcome = prune_model(model, ids(), config("br+gp", steps=3))
+    for block in outcome.blocks:
+        trained = block["reconstruction"][0]
+        assert trained["steps_run"] == 3 and trained["epochs_run"] == 2
+        errors = block["errors"]
+        before, after = errors["before_reconstruction"], errors["after_reconstruction"]
+        closed = errors["closed"]["calibration"]
+        assert closed == (before["calibration"] - after["calibration"]) / before["calibration"]
+        assert 0 < closed < 1

@@ -1,0 +1,74 @@
+"""The non-uniform profiles' first pass: per block, its outlier ratio (OWL) and its error at a
+few candidate sparsities (``errors``).
+
+On the dense stream, block by block: gather the pruners' statistics once, take the block's
+outlier ratio from their scores, then for each candidate prune every layer of the block,
+measure the block's normalized output error against its dense output, and put the dense
+weights back. Cheap next to the real run: no reconstruction, one statistics pass, and each
+candidate only re-runs the pruner's mask (and SparseGPT's update) and one block forward. The
+plans then come from :mod:`compress.sparsity_profile`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from compress.blocks import weight_view
+from compress.engine.statistics import collect_statistics
+from compress.placement import execution_device, onloaded
+from compress.pruners import PRUNERS
+from compress.sparsity_profile import outlier_ratio
+
+if TYPE_CHECKING:
+    from compress.engine.steps import Engine
+
+
+def first_pass(
+    engine: Engine, ids: torch.Tensor, sparsities: list[float], owl_m: float
+) -> tuple[list[float], list[list[tuple[float, float]]]]:
+    """Per block: the outlier ratio at ``owl_m``, and ``(sparsity, normalized output error)`` for
+    each of ``sparsities`` (none: statistics and ratios only)."""
+    from compress.engine.steps import stream_error
+
+    config = engine.config
+    batch = config.calibration.batch_size
+    s = engine.activations.capture(engine.adapter, ids, batch, dense=False)
+    stream, ratios, curves = s.sparse, [], []
+    for i in range(len(engine.adapter)):
+        block = engine.adapter.blocks[i]
+        with onloaded([block], execution_device(block, engine.accelerator)):
+            dense_out = engine.forward([i], stream, s.calls)
+            layers = engine.adapter.prunable_layers(i, config.skip)
+            pruners = {
+                name: PRUNERS[config.method.value](
+                    weight_view(module), name, **config.pruner_options()
+                )
+                for name, module in layers.items()
+            }
+            if pruners and next(iter(pruners.values())).needs_data:
+
+                def run(b: int, x: torch.Tensor, i: int = i) -> torch.Tensor:
+                    return engine._run([i], s.calls, b, x)
+
+                collect_statistics(run, stream, pruners, layers, batch, engine.stats_samples)
+                for pruner in pruners.values():
+                    for total in pruner.statistics():
+                        total.all_reduce_()
+            ratios.append(outlier_ratio((p.scores() for p in pruners.values()), owl_m))
+            saved = {name: weight_view(module).detach().clone() for name, module in layers.items()}
+            curve = []
+            for sparsity in sparsities:
+                for pruner in pruners.values():
+                    pruner.prune(sparsity, config.parsed_pattern)
+                error = stream_error(engine.forward([i], stream, s.calls), dense_out)
+                curve.append((sparsity, error or 0.0))
+                with torch.no_grad():
+                    for name, module in layers.items():
+                        weight_view(module).copy_(saved[name])
+            for pruner in pruners.values():
+                pruner.free()
+        curves.append(curve)
+        stream = dense_out
+    return ratios, curves
