@@ -38,11 +38,14 @@ class ParityResult:
     max_new_tokens: int
     tokens_equal: bool
     mismatches: list[dict]  # {"prompt": i, "torch": [...], "ort": [...]} for each differing prompt
+    # False for quantized graphs: rounding may flip a near-tie, so differing greedy tokens are
+    # recorded but only the logit tolerance decides
+    tokens_required: bool = True
 
     @property
     def passed(self) -> bool:
         worst = max(self.max_abs_logit_diff, self.max_abs_decode_logit_diff)
-        return worst <= self.atol and self.tokens_equal
+        return worst <= self.atol and (self.tokens_equal or not self.tokens_required)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
@@ -89,6 +92,7 @@ def check_parity(
     max_new_tokens: int,
     atol: float,
     pad_token_id: int,
+    tokens_required: bool = True,
 ) -> ParityResult:
     """Compare ``ort_model`` against ``torch_model`` on ``prompts`` (each ``(1, T)``)."""
     prefill = decode = 0.0
@@ -112,4 +116,5 @@ def check_parity(
         max_new_tokens=max_new_tokens,
         tokens_equal=not mismatches,
         mismatches=mismatches,
+        tokens_required=tokens_required,
     )
