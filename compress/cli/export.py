@@ -24,6 +24,12 @@ FolderArg = Annotated[
 class Quantization(str, Enum):
     int8 = "int8"
     int8_weights = "int8-weights"
+    int4 = "int4"
+
+
+class Runtime(str, Enum):
+    optimum = "optimum"
+    genai = "genai"
 
 
 @export_app.callback()
@@ -45,9 +51,18 @@ def export_onnx(
         Quantization | None,
         typer.Option(
             help="Also write model_int8.onnx and measure it: int8 = ORT dynamic quantization "
-            "(weights and activations); int8-weights = 8-bit weights only (MatMulNBits)."
+            "(weights and activations); int8-weights = 8-bit weights only (MatMulNBits); "
+            "int4 = 4-bit weights only (MatMulNBits, model_int4.onnx, parity-checked)."
         ),
     ] = None,
+    block_size: Annotated[int, typer.Option(help="int4: weights per quantization block.")] = 32,
+    runtime: Annotated[
+        Runtime,
+        typer.Option(
+            help="optimum: optimum-onnx export; genai: onnxruntime-genai's model builder "
+            "(fp32, or int4 with --quantize int4; run with its generator)."
+        ),
+    ] = Runtime.optimum,
     opset: Annotated[
         int | None, typer.Option(help="ONNX opset (default: optimum's for the architecture).")
     ] = None,
@@ -70,6 +85,8 @@ def export_onnx(
         with_past=with_past,
         opset=opset,
         quantize=quantize.value if quantize else None,
+        block_size=block_size,
+        runtime=runtime.value,
         eval_source=eval_source,
         eval_windows=eval_windows,
         eval_seqlen=eval_seqlen,
@@ -80,6 +97,10 @@ def export_onnx(
 
 
 def _export_summary(report: dict, target: Path) -> str:
+    from exporters.summary import extra_lines, genai_lines
+
+    if report.get("runtime") == "onnxruntime-genai":
+        return "\n".join(genai_lines(report, target))
     parity = report["parity"]
     lines = [
         f"exported {report['task']} (opset {report['opset']}) to {target}",
@@ -99,7 +120,7 @@ def _export_summary(report: dict, target: Path) -> str:
             f"int8 perplexity on {ppl['dataset']} ({ppl['windows']} x {ppl['seqlen']} tokens): "
             f"{ppl['int8']:.2f} vs fp32 {ppl['fp32']:.2f} ({100 * ppl['relative_change']:+.2f}%)",
         ]
-    return "\n".join(lines)
+    return "\n".join(lines + extra_lines(report))
 
 
 def run_onnx(
@@ -107,11 +128,19 @@ def run_onnx(
     prompt: Annotated[str, typer.Argument(help="Text to continue.")],
     max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 50,
     int8: Annotated[bool, typer.Option(help="Use model_int8.onnx (from --quantize).")] = False,
+    int4: Annotated[bool, typer.Option(help="Use model_int4.onnx (--quantize int4).")] = False,
 ) -> None:
-    """Generate greedily with an exported model in ONNX Runtime."""
+    """Generate greedily with an exported model in ONNX Runtime (onnxruntime-genai's generator,
+    tokens streamed as they come, for a folder built with --runtime genai)."""
+    from exporters.genai import is_genai_folder, stream_text
     from exporters.onnx import generate_text
 
-    typer.echo(generate_text(folder, prompt, max_new_tokens, int8=int8))
+    if is_genai_folder(folder):
+        for piece in stream_text(folder, prompt, max_new_tokens):
+            typer.echo(piece, nl=False)
+        typer.echo()
+        return
+    typer.echo(generate_text(folder, prompt, max_new_tokens, int8=int8, int4=int4))
 
 
 def card(

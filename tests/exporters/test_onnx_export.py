@@ -146,8 +146,8 @@ def test_bad_inputs(tmp_path, pruned_llama_dir):
         export_onnx(tmp_path, tmp_path / "out", OnnxExportConfig())
     with pytest.raises(BadInputError, match="replace the model folder"):
         export_onnx(pruned_llama_dir, pruned_llama_dir, OnnxExportConfig())
-    with pytest.raises(BadInputError, match="use int8 or int8-weights"):
-        OnnxExportConfig(quantize="int4")
+    with pytest.raises(BadInputError, match="use int8 or int8-weights or int4"):
+        OnnxExportConfig(quantize="int2")
     with pytest.raises(BadInputError, match="--opset"):
         OnnxExportConfig(opset=11)
 
