@@ -183,10 +183,12 @@ def test_genai_fp32_build_matches_pytorch_and_streams(pruned_llama_dir, tmp_path
 
     from exporters.genai import stream_text
 
-    pieces = list(stream_text(output, "The capital of France is", 6))
+    prompt = "The capital of France is"
+    pieces = list(stream_text(output, prompt, 6))
     assert len(pieces) >= 1 and "".join(pieces)
-    result = CliRunner().invoke(app, ["run-onnx", str(output), "Hello", "--max-new-tokens", "4"])
-    assert result.exit_code == 0 and result.output.strip(), result.output
+    result = CliRunner().invoke(app, ["run-onnx", str(output), prompt, "--max-new-tokens", "6"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "".join(pieces) + "\n"  # the same greedy text, streamed
 
 
 @pytest.mark.slow
