@@ -1,7 +1,7 @@
 """What does each deployment format of a pruned model cost on disk and on this CPU?
 
 The embedded SmolLM2-135M-Instruct pruned with Wanda at 50 % unstructured and at 2:4 (few
-calibration windows, no reconstruction, to keep the run short); each pruned model in every
+calibration windows, ``--reconstruct lr``: no block reconstruction, to keep the run short); each pruned model in every
 format, measured in one run on the same prompt and held-out windows:
 
 - dense safetensors (PyTorch, as compress prune writes it);
@@ -48,10 +48,17 @@ PATTERNS = {"50%": "unstructured", "2:4": "2:4"}
 
 def prune(folder: Path, pattern: str, nsamples: int, seqlen: int) -> Path:
     from compress.app.prune import run_prune
-    from compress.core.config import CalibrationConfig, EvalConfig, PruneConfig
+    from compress.core.config import (
+        CalibrationConfig,
+        EvalConfig,
+        PruneConfig,
+        ReconstructConfig,
+        Technique,
+    )
 
     config = PruneConfig(
         pattern=pattern,
+        reconstruct=ReconstructConfig(technique=Technique.lr),
         calibration=CalibrationConfig(nsamples=nsamples, seqlen=seqlen),
         evaluation=EvalConfig(enabled=False),
         device="cpu",

@@ -1,7 +1,7 @@
 """Does 2:4 sparsity make the embedded model faster on a GPU? One prepared run, under 10 minutes.
 
 Steps: Wanda 2:4 on the embedded SmolLM2-135M-Instruct on the GPU (32 x 256 calibration tokens,
-no reconstruction: seconds), then :func:`exporters.sparse24.benchmark`: the same model dense and
+--reconstruct lr: seconds), then :func:`exporters.sparse24.benchmark`: the same model dense and
 with its 2:4 Linears on torch's semi-structured sparse kernels, prefill latency and per-token
 decode latency, logits compared within bf16 tolerance, for two prompt lengths. Prints a table,
 writes ``results.json`` under ``--output``. On a CPU it refuses with one line (exit 2).
@@ -30,10 +30,18 @@ from exporters.sparse24 import benchmark, require_gpu
 
 def prune_24(folder: Path) -> Path:
     from compress.app.prune import run_prune
-    from compress.core.config import CalibrationConfig, EvalConfig, Method, PruneConfig
+    from compress.core.config import (
+        CalibrationConfig,
+        EvalConfig,
+        Method,
+        PruneConfig,
+        ReconstructConfig,
+        Technique,
+    )
 
     config = PruneConfig(
         method=Method.wanda,
+        reconstruct=ReconstructConfig(technique=Technique.lr),
         pattern="2:4",
         calibration=CalibrationConfig(nsamples=32, seqlen=256),
         evaluation=EvalConfig(enabled=False),

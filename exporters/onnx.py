@@ -101,7 +101,9 @@ def export_onnx(
     with atomic_folder(output) as staging:
         report = run(folder, staging, config)
     if (folder / REPORT_NAME).is_file():
-        update_report(folder, "export", {"onnx": _relative_to(output, folder)})
+        key = "onnx_genai" if config.runtime == "genai" else "onnx"
+        record = {key: _relative_to(output, folder), f"{key}_files": report["files"]}
+        update_report(folder, "export", record)  # the files with their bytes, for the card
     for parity in _parities(report):
         if not parity["passed"]:
             raise ExportParityError(_parity_message(parity, output))

@@ -63,8 +63,10 @@ def test_parity_and_greedy_tokens(family, request):
 
 @pytest.mark.slow
 def test_export_is_recorded_in_the_model_report(llama_export, pruned_llama_dir):
+    _, export = llama_export
     report = json.loads((pruned_llama_dir / "report.json").read_text())
-    assert report["export"] == {"onnx": "onnx"}
+    assert report["export"] == {"onnx": "onnx", "onnx_files": export["files"]}
+    assert report["export"]["onnx_files"]["model_int8.onnx"] > 0
 
 
 @pytest.mark.slow
