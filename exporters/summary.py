@@ -8,10 +8,13 @@ from pathlib import Path
 
 def _parity_line(parity: dict, what: str) -> str:
     tokens = "identical" if parity["tokens_equal"] else f"differ on {len(parity['mismatches'])}"
+    limit = (
+        f"mean limit {parity['atol']:g}" if parity.get("quantized") else f"limit {parity['atol']:g}"
+    )
     return (
-        f"{what} vs PyTorch: max |logit diff| {parity['max_abs_logit_diff']:.2e} prompts, "
-        f"{parity['max_abs_decode_logit_diff']:.2e} decoding (limit {parity['atol']:g}); "
-        f"greedy tokens {tokens} of {parity['prompts']} prompts"
+        f"{what} vs PyTorch: mean |logit diff| {parity['mean_abs_logit_diff']:.2e}, max "
+        f"{parity['max_abs_logit_diff']:.2e} prompts, {parity['max_abs_decode_logit_diff']:.2e} "
+        f"decoding ({limit}); greedy tokens {tokens} of {parity['prompts']} prompts"
     )
 
 
