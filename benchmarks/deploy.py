@@ -9,7 +9,8 @@ format, measured in one run on the same prompt and held-out windows:
   until it is merged);
 - ONNX fp32 (optimum-onnx, parity-checked, tied embedding stored once), ONNX int8 (dynamic) and
   ONNX int4 (MatMulNBits, blocks of 32), all through optimum's ORTModelForCausalLM;
-- onnxruntime-genai int4 (its model builder; its runtime's key/value cache).
+- onnxruntime-genai int4 (its model builder, ``k_quant_mixed``: int4 with the LM head, tied
+  embedding and most sensitive layers in int8; its runtime's key/value cache).
 
 Columns: bytes on disk, load seconds, prompt (prefill) latency, greedy tokens/s, and perplexity
 on the same held-out windows (exporters.quantize.window_perplexity for every row). Goals

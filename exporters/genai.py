@@ -42,7 +42,14 @@ def execution_provider() -> str:
     return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
 
 
-def build(folder: Path, output: Path, precision: str, provider: str, block_size: int) -> None:
+def build(
+    folder: Path,
+    output: Path,
+    precision: str,
+    provider: str,
+    block_size: int = 32,
+    algorithm: str = "k_quant_mixed",
+) -> None:
     """Run the model builder on the local model ``folder`` into ``output`` (offline).
 
     Raises:
@@ -65,7 +72,7 @@ def build(folder: Path, output: Path, precision: str, provider: str, block_size:
         str(output / ".builder_cache"),
     ]
     if precision == "int4":
-        command += ["--extra_options", f"block_size={block_size}"]
+        command += ["--extra_options", f"block_size={block_size}", f"algo_config={algorithm}"]
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",

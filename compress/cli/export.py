@@ -63,6 +63,9 @@ def export_onnx(
             "(fp32, or int4 with --quantize int4; run with its generator)."
         ),
     ] = Runtime.optimum,
+    genai_algo: Annotated[
+        str, typer.Option(help="--runtime genai int4: default, rtn, k_quant or k_quant_mixed.")
+    ] = "k_quant_mixed",
     opset: Annotated[
         int | None, typer.Option(help="ONNX opset (default: optimum's for the architecture).")
     ] = None,
@@ -87,6 +90,7 @@ def export_onnx(
         quantize=quantize.value if quantize else None,
         block_size=block_size,
         runtime=runtime.value,
+        genai_algo=genai_algo,
         eval_source=eval_source,
         eval_windows=eval_windows,
         eval_seqlen=eval_seqlen,

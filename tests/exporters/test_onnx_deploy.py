@@ -201,7 +201,9 @@ def test_genai_int4_build_records_parity_and_perplexity(pruned_llama_dir, eval_t
     assert 0 < report["parity"]["mean_abs_logit_diff"] <= config.int4_atol
     ppl = report["perplexity"]
     assert np.isfinite(ppl["int4"]) and np.isfinite(ppl["pytorch_fp32"])
-    assert report["files"]["model.onnx"] < 0.25 * 4 * 49152 * 64  # tied, 4-bit, stored once
+    assert report["algorithm"] == "k_quant_mixed"
+    # the tied head in int8 (k_quant_mixed), stored once: about 0.3 of one fp32 copy
+    assert report["files"]["model.onnx"] < 0.35 * 4 * 49152 * 64
 
 
 def test_genai_run_onnx_needs_a_genai_folder(tmp_path):
