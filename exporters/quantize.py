@@ -48,7 +48,7 @@ def quantize_int8(folder: Path, method: str = "int8", block_size: int = 32) -> P
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(
-            _with_head_weights(source, external),
+            source,
             target,
             weight_type=QuantType.QInt8,
             per_channel=True,
@@ -58,20 +58,6 @@ def quantize_int8(folder: Path, method: str = "int8", block_size: int = 32) -> P
         bits, block = NBITS[method]
         _weight_only(source, target, bits, block or block_size, external)
     return target
-
-
-def _with_head_weights(source: Path, external: bool):
-    """The graph to quantize dynamically: a tied head that reads ``Transpose(embedding)`` gets
-    its own initializer again, so it is quantized as a weight (int8 keeps two int8 copies)
-    rather than as a runtime activation. Graphs over 2 GiB go by path, unchanged."""
-    if external:
-        return source
-    import onnx
-
-    from exporters.tied import materialise_head
-
-    model = onnx.load(str(source))
-    return model if materialise_head(model) else source
 
 
 def _weight_only(source: Path, target: Path, bits: int, block_size: int, external: bool) -> None:

@@ -96,14 +96,34 @@ def share_float(model) -> int:
     if not np.array_equal(_array(head), _array(embedding).T):
         return 0
     removed = _array(head).nbytes
-    transposed = f"{pair.embedding}_transposed"
-    node = helper.make_node("Transpose", [pair.embedding], [transposed], name="TiedHead/Transpose")
-    index = list(model.graph.node).index(pair.matmul)
-    model.graph.node.insert(index, node)
+    transposed = _transposed(model, pair.embedding)
+    if transposed is None:  # no Transpose of the embedding yet: add one before the head
+        transposed = _unique(model, f"{pair.embedding}_transposed")
+        node = helper.make_node("Transpose", [pair.embedding], [transposed], name=transposed)
+        model.graph.node.insert(list(model.graph.node).index(pair.matmul), node)
     pair.matmul.input[1] = transposed
     if not _readers(model, pair.head):
         model.graph.initializer.remove(head)
     return removed
+
+
+def _transposed(model, name: str) -> str | None:
+    """The output of a plain 2-D ``Transpose(name)`` the graph already computes, if any."""
+    for node in model.graph.node:
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), [1, 0])
+        if node.op_type == "Transpose" and node.input[0] == name and perm == [1, 0]:
+            return node.output[0]
+    return None
+
+
+def _unique(model, name: str) -> str:
+    taken = {out for node in model.graph.node for out in node.output}
+    taken |= {init.name for init in model.graph.initializer}
+    candidate, n = name, 0
+    while candidate in taken:
+        n += 1
+        candidate = f"{name}_{n}"
+    return candidate
 
 
 def materialise_head(model) -> bool:
