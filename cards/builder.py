@@ -168,7 +168,9 @@ def render_card(folder: Path, repo_id: str | None = None, published_as: Path | N
         layers=report["layers"],
         layer_rows=sparsity_by_type(report["layers"]),
         block_rows=[
-            b["sparsity"] | {"index": b["index"]} for b in report["blocks"] if "sparsity" in b
+            b["sparsity"] | {"index": b["index"]}
+            for b in report.get("blocks", [])
+            if "sparsity" in b
         ],
         calibration=calibration_facts(report.get("calibration", {})),
         ppl=perplexity_row(report.get("evaluation", {})),

@@ -1,9 +1,13 @@
 """Export a saved model folder to ONNX and prove, in ONNX Runtime, that it computes the same thing.
 
 Steps (:func:`export_onnx`): optimum-onnx's ``main_export`` (task ``text-generation-with-past`` or
-``text-generation``, float32) into a temporary folder; the tokenizer beside it; the parity check of
-:mod:`exporters.parity` against the PyTorch model; optionally int8 dynamic quantization measured by
-:mod:`exporters.quantize`; ``export_report.json``; then the folder is renamed into place.
+``text-generation``, float32) into a temporary folder; a tied embedding and LM head stored once
+(:mod:`exporters.tied`); the tokenizer beside it; the parity check of :mod:`exporters.parity`
+against the PyTorch model; optionally int8 or int4 quantization measured by
+:mod:`exporters.quantize` (int4 parity-checked against PyTorch too, within ``int4_atol``);
+``export_report.json``; then the folder is renamed into place. With ``runtime="genai"`` the
+model is built by onnxruntime-genai's model builder instead (:mod:`exporters.genai`) and checked
+the same way through its generator.
 
 optimum's own validation only logs a tolerance miss as a warning and keeps the export; here a miss
 raises :class:`ExportParityError` after marking the report, so a bad export never passes silently.
@@ -20,34 +24,44 @@ from compress.core.io import atomic_folder, write_json_atomic
 from compress.core.options import option
 from compress.core.report import (
     REPORT_NAME,
-    export_section,
     now_iso,
     package_versions,
     perplexity_protocol,
     update_report,
 )
 from exporters.onnx_files import (
-    INT8_FILE,
     MODEL_FILE,
     has_past,
+    label,
     model_bytes,
     opset,
+    quantized_file,
     size_note,
     weight_zeros,
 )
+from exporters.tied import share_in_file
 
 EXPORT_REPORT = "export_report.json"
 EXPORT_FORMAT = "compress.export/1"
 
 
-class Int8Method(str, Enum):
-    """The int8 graphs :mod:`exporters.quantize` writes (its ``METHODS`` describe them)."""
+class Quantization(str, Enum):
+    """The quantized graphs :mod:`exporters.quantize` writes (its ``METHODS`` describe them)."""
 
     int8 = "int8"
     int8_weights = "int8-weights"
+    int4 = "int4"
 
 
-QUANTIZATIONS = tuple(method.value for method in Int8Method)
+class Runtime(str, Enum):
+    optimum = "optimum"
+    genai = "genai"
+
+
+QUANTIZATIONS = tuple(method.value for method in Quantization)
+RUNTIMES = tuple(runtime.value for runtime in Runtime)
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # MatMulNBits: a power of two, at least 16
+GENAI_ALGOS = ("default", "rtn", "k_quant", "k_quant_mixed")  # the model builder's algo_config
 
 
 def _enum_value(choice: Enum | None) -> str | None:
@@ -67,12 +81,31 @@ class OnnxExportConfig:
     quantize: str | None = option(  # a QUANTIZATIONS name (plain text in export_report.json)
         None,
         help="Also write model_int8.onnx and measure it: int8 = ORT dynamic quantization "
-        "(weights and activations); int8-weights = 8-bit weights only (MatMulNBits).",
-        cli_type=Int8Method | None,
+        "(weights and activations); int8-weights = 8-bit weights only (MatMulNBits); "
+        "int4 = 4-bit weights only (MatMulNBits, model_int4.onnx, parity-checked).",
+        cli_type=Quantization | None,
         from_cli=_enum_value,
     )
     opset: int | None = option(None, help="ONNX opset (default: optimum's for the architecture).")
+    block_size: int = option(32, help="int4: weights per quantization block.")
+    runtime: str = option(
+        "optimum",
+        help="optimum: optimum-onnx export; genai: onnxruntime-genai's model builder "
+        "(fp32, or int4 with --quantize int4; run with its generator).",
+        cli_type=Runtime,
+        from_cli=_enum_value,
+    )
+    # genai int4: the builder's algorithm; k_quant_mixed keeps the LM head (and so the tied
+    # embedding) and the most sensitive layers in int8 (50%-pruned SmolLM2: perplexity +3.9 %
+    # over fp32, against +33 % for plain round-to-nearest "default")
+    genai_algo: str = option(
+        "k_quant_mixed", help="--runtime genai int4: default, rtn, k_quant or k_quant_mixed."
+    )
     atol: float = 1e-4  # max |logit difference| allowed between PyTorch and ORT (fp32)
+    # int4: mean |logit difference| allowed against PyTorch over the parity prompts; the max and
+    # differing greedy tokens are recorded, not judged (SmolLM2-135M, blocks of 32: mean 2.3,
+    # max 16 on logits up to 31)
+    int4_atol: float = 4.0
     max_new_tokens: int = 8  # greedy tokens compared per parity prompt
     eval_source: str = option("wikipedia", help="Held-out text for the int8 perplexity change.")
     eval_windows: int = option(4, help="Perplexity windows for --quantize.")
@@ -85,6 +118,18 @@ class OnnxExportConfig:
         if self.quantize is not None and self.quantize not in QUANTIZATIONS:
             choices = " or ".join(QUANTIZATIONS)
             raise BadInputError(f"--quantize {self.quantize!r} is not supported: use {choices}")
+        if self.runtime not in RUNTIMES:
+            raise BadInputError(
+                f"--runtime {self.runtime!r} is not supported: use optimum or genai"
+            )
+        if self.runtime == "genai" and self.quantize not in (None, "int4"):
+            raise BadInputError("--runtime genai builds fp32 or int4: drop --quantize or use int4")
+        if self.genai_algo not in GENAI_ALGOS:
+            choices = ", ".join(GENAI_ALGOS)
+            raise BadInputError(f"--genai-algo {self.genai_algo!r} is not supported: use {choices}")
+        if self.block_size not in BLOCK_SIZES:
+            sizes = ", ".join(map(str, BLOCK_SIZES))
+            raise BadInputError(f"--block-size {self.block_size} is not supported: use {sizes}")
         if self.opset is not None and self.opset < 14:
             raise BadInputError(f"--opset {self.opset} is too old for decoders: use 14 or newer")
         positive = ("max_new_tokens", "eval_windows", "eval_seqlen", "latency_tokens")
@@ -108,13 +153,23 @@ def export_onnx(
     """
     folder, output = Path(folder).resolve(), Path(output).resolve()
     _check_paths(folder, output, overwrite)
+    run = _genai_export_and_check if config.runtime == "genai" else _export_and_check
     with atomic_folder(output) as staging:
-        report = _export_and_check(folder, staging, config)
+        report = run(folder, staging, config)
     if (folder / REPORT_NAME).is_file():
-        update_report(folder, "export", export_section(_relative_to(output, folder)))
-    if not report["parity"]["passed"]:
-        raise ExportParityError(_parity_message(report["parity"], output))
+        key = "onnx_genai" if config.runtime == "genai" else "onnx"
+        record = {key: _relative_to(output, folder), f"{key}_files": report["files"]}
+        update_report(folder, "export", record)  # the files with their bytes, for the card
+    for parity in _parities(report):
+        if not parity["passed"]:
+            raise ExportParityError(_parity_message(parity, output))
     return report
+
+
+def _parities(report: dict) -> list[dict]:
+    """Every parity check the export ran: the float graph's, then the int4 graph's."""
+    int4 = report.get("int4", {}).get("parity")
+    return [report["parity"], *([int4] if int4 else [])]
 
 
 def _export_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> dict:
@@ -133,6 +188,7 @@ def _export_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> 
         do_validation=False,  # replaced by the stricter check below
         library_name="transformers",
     )
+    tied = share_in_file(staging / MODEL_FILE)
     loaded.tokenizer.save_pretrained(staging)
     pad_token_id = _pad_token_id(loaded.tokenizer)
     ort_model = load_ort(staging, MODEL_FILE)
@@ -156,37 +212,113 @@ def _export_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> 
         "files": {MODEL_FILE: fp32_bytes},
         "parity": parity.to_dict(),
         "size": {"fp32_bytes": fp32_bytes, **zeros, "note": size_note(fp32_bytes, zeros)},
+        "tied_embedding": tied,
         "versions": package_versions(),
         "created": now_iso(),
     }
     if parity.passed and config.quantize:
-        report["int8"] = _quantize_and_measure(staging, ort_model, loaded.tokenizer, config)
-        report["files"][INT8_FILE] = report["int8"]["bytes"]["int8"]
+        tag = label(config.quantize)
+        report[tag] = _quantize_and_measure(staging, ort_model, loaded, config)
+        report["files"][quantized_file(tag)] = report[tag]["bytes"][tag]
     write_json_atomic(staging / EXPORT_REPORT, report)
     return report
 
 
-def _quantize_and_measure(staging: Path, ort_model, tokenizer, config: OnnxExportConfig) -> dict:
+def _quantize_and_measure(staging: Path, ort_model, loaded, config: OnnxExportConfig) -> dict:
+    from exporters.parity import check_parity, encode_prompts
     from exporters.quantize import METHODS, compare_int8, eval_windows, quantize_int8
 
+    tokenizer, tag = loaded.tokenizer, label(config.quantize)
     windows = eval_windows(tokenizer, config.eval_source, config.eval_windows, config.eval_seqlen)
-    quantize_int8(staging, config.quantize)
-    int8_model = load_ort(staging, INT8_FILE)
+    quantize_int8(staging, config.quantize, config.block_size)
+    quantized = load_ort(staging, quantized_file(tag))
     latency_ids = windows[:1, : config.latency_tokens]
     result = compare_int8(
         ort_model,
-        int8_model,
+        quantized,
         staging,
         windows,
         latency_ids,
         config.latency_new_tokens,
         config.latency_repeats,
         _pad_token_id(tokenizer),
+        tag,
     )
     count, seqlen = windows.shape
     measured_on = perplexity_protocol(config.eval_source, "test", seqlen, count, windows.numel())
     result["perplexity"] = {**measured_on, **result["perplexity"]}
-    return {"quantize": config.quantize, "method": METHODS[config.quantize], **result}
+    method = METHODS[config.quantize].format(block_size=config.block_size)
+    if tag == "int4":
+        parity = check_parity(
+            loaded.model,
+            quantized,
+            encode_prompts(tokenizer),
+            config.max_new_tokens,
+            config.int4_atol,
+            _pad_token_id(tokenizer),
+            quantized=True,
+        )
+        result["parity"] = parity.to_dict()
+        result["block_size"] = config.block_size
+    return {"quantize": config.quantize, "method": method, **result}
+
+
+def _genai_export_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> dict:
+    """Build with onnxruntime-genai's model builder; parity (and for int4 perplexity against
+    PyTorch's) through its generator."""
+    from compress.models import load_model
+    from exporters.genai import GenaiLM, build, execution_provider
+    from exporters.parity import check_parity, encode_prompts
+    from exporters.quantize import eval_windows, window_perplexity
+
+    precision = "int4" if config.quantize == "int4" else "fp32"
+    provider = execution_provider()
+    build(folder, staging, precision, provider, config.block_size, config.genai_algo)
+    loaded = load_model(str(folder), device="cpu", dtype="float32")
+    loaded.tokenizer.save_pretrained(staging)  # the ids PyTorch saw, for run-onnx too
+    model = GenaiLM(staging)
+    int4 = precision == "int4"
+    parity = check_parity(
+        loaded.model,
+        model,
+        encode_prompts(loaded.tokenizer),
+        config.max_new_tokens,
+        config.int4_atol if int4 else config.atol,
+        _pad_token_id(loaded.tokenizer),
+        quantized=int4,
+    )
+    size = model_bytes(staging)
+    report = {
+        "format": EXPORT_FORMAT,
+        "source": str(folder),
+        "config": asdict(config),
+        "runtime": "onnxruntime-genai",
+        "precision": precision,
+        "algorithm": config.genai_algo if int4 else None,
+        "execution_provider": provider,
+        "files": {MODEL_FILE: size},
+        "parity": parity.to_dict(),
+        "size": {f"{precision}_bytes": size},
+        "versions": package_versions(),
+        "created": now_iso(),
+    }
+    if parity.passed and int4:
+        windows = eval_windows(
+            loaded.tokenizer, config.eval_source, config.eval_windows, config.eval_seqlen
+        )
+        before = window_perplexity(loaded.model, windows)
+        after = window_perplexity(model, windows)
+        report["perplexity"] = {
+            "dataset": config.eval_source,
+            "split": "test",
+            "windows": int(windows.shape[0]),
+            "seqlen": int(windows.shape[1]),
+            "pytorch_fp32": before,
+            "int4": after,
+            "relative_change": (after - before) / before,
+        }
+    write_json_atomic(staging / EXPORT_REPORT, report)
+    return report
 
 
 def load_ort(folder: Path, file_name: str = MODEL_FILE, threads: int | None = None):
@@ -210,24 +342,27 @@ def load_ort(folder: Path, file_name: str = MODEL_FILE, threads: int | None = No
     )
 
 
-def generate_text(folder: Path, prompt: str, max_new_tokens: int, int8: bool = False) -> str:
+def generate_text(
+    folder: Path, prompt: str, max_new_tokens: int, int8: bool = False, int4: bool = False
+) -> str:
     """Greedy continuation of ``prompt`` by an exported model, in ONNX Runtime.
 
     Raises:
-        BadInputError: ``folder`` holds no export (or no int8 graph when ``int8``).
+        BadInputError: ``folder`` holds no export (or no int8/int4 graph when asked for one).
     """
     import torch
     from transformers import AutoTokenizer
 
     folder = Path(folder)
-    file_name = INT8_FILE if int8 else MODEL_FILE
+    tag = "int4" if int4 else "int8" if int8 else None
+    file_name = quantized_file(tag) if tag else MODEL_FILE
     if not (folder / file_name).is_file():
-        hint = (
-            "run compress export onnx DIR --quantize int8 (or int8-weights)"
-            if int8
-            else "run compress export onnx"
-        )
-        raise BadInputError(f"{folder} has no {file_name}: {hint} first")
+        hints = {
+            "int8": "run compress export onnx DIR --quantize int8 (or int8-weights)",
+            "int4": "run compress export onnx DIR --quantize int4",
+            None: "run compress export onnx",
+        }
+        raise BadInputError(f"{folder} has no {file_name}: {hints[tag]} first")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = load_ort(folder, file_name)
     inputs = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)
@@ -262,9 +397,13 @@ def _relative_to(path: Path, folder: Path) -> str:
 
 
 def _parity_message(parity: dict, output: Path) -> str:
-    worst = max(parity["max_abs_logit_diff"], parity["max_abs_decode_logit_diff"])
     tokens = "same greedy tokens" if parity["tokens_equal"] else "different greedy tokens"
+    if parity.get("quantized"):
+        worst, what = parity["mean_abs_logit_diff"], "int4 mean |logit diff|"
+    else:
+        worst = max(parity["max_abs_logit_diff"], parity["max_abs_decode_logit_diff"])
+        what = "max |logit diff|"
     return (
-        f"ONNX export disagrees with PyTorch: max |logit diff| {worst:.3g} "
+        f"ONNX export disagrees with PyTorch: {what} {worst:.3g} "
         f"(limit {parity['atol']:g}), {tokens}; marked failed in {output / EXPORT_REPORT}"
     )

@@ -12,7 +12,18 @@ import numpy as np
 
 MODEL_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
+INT4_FILE = "model_int4.onnx"
 FLOAT_TYPES = (1, 10, 16, 11)  # onnx.TensorProto FLOAT, FLOAT16, BFLOAT16, DOUBLE
+
+
+def label(method: str) -> str:
+    """The report key and file tag of a quantization method: int4, or int8 for the others."""
+    return "int4" if method == "int4" else "int8"
+
+
+def quantized_file(tag: str) -> str:
+    """The graph file of a quantized export: ``int8`` or ``int4``."""
+    return INT4_FILE if tag == "int4" else INT8_FILE
 
 
 def model_files(folder: Path, file_name: str = MODEL_FILE) -> list[Path]:

@@ -38,9 +38,15 @@ class ParityResult:
     max_new_tokens: int
     tokens_equal: bool
     mismatches: list[dict]  # {"prompt": i, "torch": [...], "ort": [...]} for each differing prompt
+    mean_abs_logit_diff: float = 0.0  # prefill logits, mean over every position and vocab entry
+    # A quantized graph's rounding moves every logit a little and may flip a near-tie: it passes
+    # when the *mean* |logit diff| is within atol; the max and the greedy tokens are recorded
+    quantized: bool = False
 
     @property
     def passed(self) -> bool:
+        if self.quantized:
+            return self.mean_abs_logit_diff <= self.atol
         worst = max(self.max_abs_logit_diff, self.max_abs_decode_logit_diff)
         return worst <= self.atol and self.tokens_equal
 
@@ -89,15 +95,19 @@ def check_parity(
     max_new_tokens: int,
     atol: float,
     pad_token_id: int,
+    quantized: bool = False,
 ) -> ParityResult:
     """Compare ``ort_model`` against ``torch_model`` on ``prompts`` (each ``(1, T)``)."""
-    prefill = decode = 0.0
+    prefill = decode = total = 0.0
+    count = 0
     mismatches = []
     for index, ids in enumerate(prompts):
         mask = torch.ones_like(ids)
         expected = torch_model(input_ids=ids, attention_mask=mask).logits.float()
         got = ort_model(input_ids=ids, attention_mask=mask).logits.float()
-        prefill = max(prefill, (expected - got).abs().max().item())
+        difference = (expected - got).abs()
+        prefill = max(prefill, difference.max().item())
+        total, count = total + difference.sum().item(), count + difference.numel()
         torch_tokens, torch_steps = _greedy(torch_model, ids, max_new_tokens, pad_token_id)
         ort_tokens, ort_steps = _greedy(ort_model, ids, max_new_tokens, pad_token_id)
         decode = max(decode, _decode_diff(torch_steps, ort_steps, torch_tokens, ort_tokens))
@@ -112,4 +122,6 @@ def check_parity(
         max_new_tokens=max_new_tokens,
         tokens_equal=not mismatches,
         mismatches=mismatches,
+        mean_abs_logit_diff=total / count,
+        quantized=quantized,
     )

@@ -8,6 +8,7 @@ Heavy libraries are imported inside the workflows.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 
@@ -48,13 +49,21 @@ class RunOnnxConfig:
     prompt: str = option(argument=True, help="Text to continue.")
     max_new_tokens: int = option(50, help="Tokens to generate.")
     int8: bool = option(False, help="Use model_int8.onnx (from --quantize).")
+    int4: bool = option(False, help="Use model_int4.onnx (--quantize int4).")
 
 
-def run_onnx(config: RunOnnxConfig) -> str:
-    """The greedy continuation of the prompt by the exported model."""
+def run_onnx(config: RunOnnxConfig) -> Iterator[str]:
+    """The greedy continuation of the prompt by the exported model, piece by piece:
+    onnxruntime-genai's generator streams a folder built with ``--runtime genai``."""
+    from exporters.genai import is_genai_folder, stream_text
     from exporters.onnx import generate_text
 
-    return generate_text(config.folder, config.prompt, config.max_new_tokens, int8=config.int8)
+    if is_genai_folder(config.folder):
+        yield from stream_text(config.folder, config.prompt, config.max_new_tokens)
+        return
+    yield generate_text(
+        config.folder, config.prompt, config.max_new_tokens, int8=config.int8, int4=config.int4
+    )
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,10 @@ def _export_onnx(config: workflows.ExportOnnxConfig) -> None:
 
 
 def _export_summary(report: dict, target: Path) -> str:
+    from exporters.summary import extra_lines, genai_lines
+
+    if report.get("runtime") == "onnxruntime-genai":
+        return "\n".join(genai_lines(report, target))
     parity = report["parity"]
     lines = [
         f"exported {report['task']} (opset {report['opset']}) to {target}",
@@ -48,7 +52,7 @@ def _export_summary(report: dict, target: Path) -> str:
             f"int8 perplexity on {ppl['dataset']} ({ppl['windows']} x {ppl['seqlen']} tokens): "
             f"{ppl['int8']:.2f} vs fp32 {ppl['fp32']:.2f} ({100 * ppl['relative_change']:+.2f}%)",
         ]
-    return "\n".join(lines)
+    return "\n".join(lines + extra_lines(report))
 
 
 def _export_bnb(config: workflows.ExportBnbConfig) -> None:
@@ -65,7 +69,9 @@ def _export_bnb(config: workflows.ExportBnbConfig) -> None:
 
 
 def _run_onnx(config: workflows.RunOnnxConfig) -> None:
-    typer.echo(workflows.run_onnx(config))
+    for piece in workflows.run_onnx(config):
+        typer.echo(piece, nl=False)
+    typer.echo()
 
 
 def _card(config: workflows.CardConfig) -> None:

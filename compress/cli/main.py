@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from compress import __version__
-from compress.cli import eval_tasks, export, finetune, inspect, prune, sharpness
+from compress.cli import bench, eval_tasks, export, finetune, inspect, prune, sharpness
 from compress.cli.base import new_app
 from compress.cli.calib import app as calib_app
 from compress.cli.cbm import app as cbm_app
@@ -24,6 +24,7 @@ app.add_typer(export.export_app, name="export")
 app.command("run-onnx")(export.run_onnx)
 app.command("card")(export.card)
 app.command("push")(export.push)
+app.command("bench-sparse")(bench.bench_sparse)
 app.command("finetune")(finetune.finetune)
 app.add_typer(cbm_app, name="cbm")
 app.add_typer(calib_app, name="calib")

@@ -100,10 +100,10 @@ def test_choice_lists_come_from_one_enum_each():
     from compress.calibration import SPLITS
     from compress.core.shared_options import Split
     from exporters.bnb import SCHEMES, BnbScheme
-    from exporters.onnx import QUANTIZATIONS, Int8Method
+    from exporters.onnx import QUANTIZATIONS, Quantization
     from exporters.quantize import METHODS
 
-    assert tuple(METHODS) == QUANTIZATIONS == tuple(m.value for m in Int8Method)
+    assert tuple(METHODS) == QUANTIZATIONS == tuple(m.value for m in Quantization)
     assert tuple(SCHEMES) == tuple(s.value for s in BnbScheme)
     assert SPLITS == tuple(s.value for s in Split)
 

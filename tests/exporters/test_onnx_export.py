@@ -63,8 +63,10 @@ def test_parity_and_greedy_tokens(family, request):
 
 @pytest.mark.slow
 def test_export_is_recorded_in_the_model_report(llama_export, pruned_llama_dir):
+    _, export = llama_export
     report = json.loads((pruned_llama_dir / "report.json").read_text())
-    assert report["export"] == {"onnx": "onnx"}
+    assert report["export"] == {"onnx": "onnx", "onnx_files": export["files"]}
+    assert report["export"]["onnx_files"]["model_int8.onnx"] > 0
 
 
 @pytest.mark.slow
@@ -146,8 +148,8 @@ def test_bad_inputs(tmp_path, pruned_llama_dir):
         export_onnx(tmp_path, tmp_path / "out", OnnxExportConfig())
     with pytest.raises(BadInputError, match="replace the model folder"):
         export_onnx(pruned_llama_dir, pruned_llama_dir, OnnxExportConfig())
-    with pytest.raises(BadInputError, match="use int8 or int8-weights"):
-        OnnxExportConfig(quantize="int4")
+    with pytest.raises(BadInputError, match="use int8 or int8-weights or int4"):
+        OnnxExportConfig(quantize="int2")
     with pytest.raises(BadInputError, match="--opset"):
         OnnxExportConfig(opset=11)
 

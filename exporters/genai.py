@@ -1,0 +1,185 @@
+"""Build a model with onnxruntime-genai's model builder and run it with its generator.
+
+The builder (``onnxruntime_genai.models.builder``) writes a fused decoder (GroupQueryAttention,
+SkipLayerNorm, MatMulNBits for int4) plus ``genai_config.json``; the generator keeps the key/value
+cache inside the runtime. The builder runs in a child process (:mod:`exporters.genai_builder`)
+because it puts its own folder on ``sys.path`` and needs two adjustments for transformers 4.57.
+
+:class:`GenaiLM` gives a built folder the ``__call__``/``generate`` interface that
+:mod:`exporters.parity`, :func:`exporters.quantize.window_perplexity` and
+:mod:`exporters.timing` use for PyTorch and optimum models, so every runtime is checked and
+timed by the same code. Token ids come from the Hugging Face tokenizer saved beside the model:
+the same ids PyTorch sees.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from compress.core.errors import BadInputError
+
+GENAI_CONFIG = "genai_config.json"
+PRECISIONS = ("fp32", "int4")
+
+
+def is_genai_folder(folder: Path) -> bool:
+    """Whether ``folder`` was built for onnxruntime-genai (it holds ``genai_config.json``)."""
+    return (Path(folder) / GENAI_CONFIG).is_file()
+
+
+def execution_provider() -> str:
+    """``cuda`` where onnxruntime offers CUDA, else ``cpu``."""
+    import onnxruntime
+
+    return "cuda" if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else "cpu"
+
+
+def build(
+    folder: Path,
+    output: Path,
+    precision: str,
+    provider: str,
+    block_size: int = 32,
+    algorithm: str = "k_quant_mixed",
+) -> None:
+    """Run the model builder on the local model ``folder`` into ``output`` (offline).
+
+    Raises:
+        BadInputError: the builder fails (an unsupported architecture, say); its last lines.
+    """
+    root = Path(__file__).resolve().parent.parent
+    command = [
+        sys.executable,
+        "-m",
+        "exporters.genai_builder",
+        "-i",
+        str(folder),
+        "-o",
+        str(output),
+        "-p",
+        precision,
+        "-e",
+        provider,
+        "-c",
+        str(output / ".builder_cache"),
+    ]
+    if precision == "int4":
+        command += ["--extra_options", f"block_size={block_size}", f"algo_config={algorithm}"]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+    }
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
+        raise BadInputError(f"onnxruntime-genai's model builder failed: {' '.join(tail)}")
+    _remove_tree(output / ".builder_cache")
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class GenaiLM:
+    """An onnxruntime-genai model behind the ``__call__``/``generate`` interface of
+    transformers causal LMs (batch 1, greedy), for parity, perplexity and timing."""
+
+    def __init__(self, folder: Path, eos_token_ids: list[int] | None = None):
+        import json
+
+        import onnxruntime_genai as og
+
+        self.og = og
+        self.model = og.Model(str(folder))
+        if eos_token_ids is None:
+            eos = json.loads((Path(folder) / GENAI_CONFIG).read_text())["model"]["eos_token_id"]
+            eos_token_ids = eos if isinstance(eos, list) else [eos]
+        self.eos_token_ids = list(eos_token_ids)
+
+    def _generator(self, ids: torch.Tensor, max_length: int):
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=max_length, do_sample=False)
+        generator = self.og.Generator(self.model, params)
+        generator.append_tokens(np.asarray(ids.reshape(-1).tolist(), dtype=np.int32))
+        return generator
+
+    def _logits(self, generator) -> torch.Tensor:
+        return torch.from_numpy(np.array(generator.get_output("logits"), dtype=np.float32))
+
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.Tensor, attention_mask=None) -> SimpleNamespace:
+        """Logits ``(1, T, V)`` of one forward pass over the prompt."""
+        generator = self._generator(input_ids, input_ids.shape[1] + 1)
+        return SimpleNamespace(logits=self._logits(generator))
+
+    def stream(self, input_ids: torch.Tensor, max_new_tokens: int, exact: bool = False):
+        """Greedy tokens as they are generated, each with the raw logits it was chosen from.
+
+        The runtime's generator picks the tokens and stops at end-of-sequence; with ``exact``
+        every one of ``max_new_tokens`` is taken, end-of-sequence masked as transformers'
+        ``min_new_tokens`` does: the argmax is taken here and fed back with ``append_tokens``
+        (the runtime's own ``min_length`` writes -FLT_MAX into the logits it reports).
+        """
+        generator = self._generator(input_ids, input_ids.shape[1] + max_new_tokens)
+        if not exact:
+            while not generator.is_done():
+                generator.generate_next_token()  # runs the step, then picks from its logits
+                yield int(generator.get_next_tokens()[0]), self._logits(generator)[:, -1]
+            return
+        for step in range(max_new_tokens):
+            logits = self._logits(generator)[:, -1]
+            choice = logits.clone()
+            choice[:, self.eos_token_ids] = -torch.inf
+            token = int(choice.argmax(-1))
+            yield token, logits
+            if step + 1 < max_new_tokens:
+                generator.append_tokens(np.array([token], dtype=np.int32))
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        return_dict_in_generate: bool = False,
+        output_logits: bool = False,
+        **_: object,  # attention_mask, do_sample, pad_token_id: batch 1 greedy needs none
+    ):
+        exact = min_new_tokens >= max_new_tokens
+        steps = list(self.stream(input_ids, max_new_tokens, exact))
+        new = torch.tensor([[token for token, _ in steps]], dtype=input_ids.dtype)
+        sequences = torch.cat([input_ids, new], dim=1)
+        if not return_dict_in_generate:
+            return sequences
+        return SimpleNamespace(sequences=sequences, logits=[logits for _, logits in steps])
+
+
+def stream_text(folder: Path, prompt: str, max_new_tokens: int) -> Iterator[str]:
+    """Pieces of the greedy continuation of ``prompt``, yielded as the tokens come."""
+    from transformers import AutoTokenizer
+
+    if not is_genai_folder(folder):
+        raise BadInputError(
+            f"{folder} has no {GENAI_CONFIG}: run compress export onnx --runtime genai"
+        )
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)["input_ids"]
+    tokens: list[int] = []
+    shown = ""
+    for token, _ in GenaiLM(folder).stream(ids, max_new_tokens):
+        tokens.append(token)
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            yield text[len(shown) :]
+            shown = text

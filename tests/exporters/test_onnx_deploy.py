@@ -1,0 +1,284 @@
+"""Deploying the sparsity: int4 ONNX, a tied embedding stored once, onnxruntime-genai builds
+and their generator, and the 2:4 GPU benchmark's refusal on a CPU."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from compress.cli.main import app
+from compress.core.errors import BadInputError
+from exporters.onnx import EXPORT_REPORT, OnnxExportConfig, export_onnx
+from tests.exporters.test_onnx_export import FAST
+
+VOCAB, HIDDEN = 256, 64
+
+
+def tied_graph(head: np.ndarray):
+    """input_ids -> Gather(embedding) -> Identity ``embedded``; x @ head -> ``logits``: the
+    shape of a torch export whose tied head was written as its own ``(H, V)`` copy."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    embedding = np.random.default_rng(0).standard_normal((VOCAB, HIDDEN)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["embed", "input_ids"], ["gathered"]),
+        helper.make_node("Identity", ["gathered"], ["embedded"]),
+        helper.make_node("MatMul", ["x", "head"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tied",
+        [
+            helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "T"]),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", HIDDEN]),
+        ],
+        [
+            helper.make_tensor_value_info("embedded", TensorProto.FLOAT, [1, "T", HIDDEN]),
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "T", VOCAB]),
+        ],
+        [numpy_helper.from_array(embedding, "embed"), numpy_helper.from_array(head, "head")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return model, embedding
+
+
+def run(model, ids: np.ndarray, x: np.ndarray):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(model.SerializeToString())
+    return session.run(["embedded", "logits"], {"input_ids": ids, "x": x})
+
+
+INPUTS = (
+    np.array([[3, 17, 255, 0]], dtype=np.int64),
+    np.random.default_rng(1).standard_normal((1, 4, HIDDEN)).astype(np.float32),
+)
+
+
+def tied_copy_graph(scale: float = 1.0):
+    """:func:`tied_graph` with the head a copy of the embedding transposed (times ``scale``)."""
+    from onnx import numpy_helper
+
+    model, embedding = tied_graph(np.zeros((HIDDEN, VOCAB), np.float32))
+    head = numpy_helper.from_array(embedding.T.copy() * scale, "head")
+    model.graph.initializer[1].CopyFrom(head)
+    return model, embedding
+
+
+def test_tied_head_copy_is_replaced_by_a_transpose():
+    from exporters.tied import share_float
+
+    model, _ = tied_copy_graph()
+    before = run(model, *INPUTS)
+    size = model.ByteSize()
+    assert share_float(model) == VOCAB * HIDDEN * 4
+    assert [i.name for i in model.graph.initializer] == ["embed"]
+    assert size - model.ByteSize() > 0.99 * VOCAB * HIDDEN * 4  # less the Transpose node
+    for got, expected in zip(run(model, *INPUTS), before, strict=True):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_untied_head_is_left_alone():
+    from exporters.tied import share_float
+
+    head = np.random.default_rng(2).standard_normal((HIDDEN, VOCAB)).astype(np.float32)
+    model, _ = tied_graph(head)
+    assert share_float(model) == 0
+    assert len(model.graph.initializer) == 2
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_int4_embedding_reads_the_heads_blocks(tied):
+    """After 4-bit packing, a tied embedding becomes GatherBlockQuantized over the head's blocks
+    and looks up exactly the weights the head computes with; an untied one stays float."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from exporters.tied import materialise_head, share_float, share_quantized
+
+    model, embedding = tied_copy_graph(1.0 if tied else 1.5)
+    share_float(model)
+    materialise_head(model)  # the quantizer needs an initializer B
+    quantizer = MatMulNBitsQuantizer(model, bits=4, block_size=32, is_symmetric=True)
+    quantizer.process()
+    quantized = quantizer.model.model
+    removed = share_quantized(quantized)
+    ops = [node.op_type for node in quantized.graph.node]
+    names = [init.name for init in quantized.graph.initializer]
+    if not tied:
+        assert removed == 0 and "GatherBlockQuantized" not in ops and "embed" in names
+        return
+    assert removed == VOCAB * HIDDEN * 4
+    assert "GatherBlockQuantized" in ops and "embed" not in names
+    embedded, _ = run(quantized, *INPUTS)
+    # the rows the head multiplies with: logits of one-hot inputs through the MatMulNBits
+    eye = np.eye(HIDDEN, dtype=np.float32)[None]
+    _, head_rows = run(quantized, INPUTS[0], eye)  # (1, H, V): column v is row v dequantized
+    np.testing.assert_allclose(embedded[0], head_rows[0].T[INPUTS[0][0]], atol=1e-6)
+    assert np.abs(embedded[0] - embedding[INPUTS[0][0]]).max() < 0.5
+
+
+def test_new_config_choices_are_checked():
+    with pytest.raises(BadInputError, match="--runtime genai builds fp32 or int4"):
+        OnnxExportConfig(runtime="genai", quantize="int8")
+    with pytest.raises(BadInputError, match="--block-size 48"):
+        OnnxExportConfig(quantize="int4", block_size=48)
+    with pytest.raises(BadInputError, match="--runtime 'tvm'"):
+        OnnxExportConfig(runtime="tvm")
+
+
+@pytest.fixture(scope="module")
+def eval_text(tmp_path_factory) -> str:
+    from tests.exporters.test_onnx_export import PARAGRAPH
+
+    path = tmp_path_factory.mktemp("text") / "eval.txt"
+    path.write_text("\n\n".join(PARAGRAPH.format(i=i, year=1800 + i) for i in range(20)))
+    return str(path)
+
+
+def _eval(eval_text: str) -> dict:
+    return dict(eval_source=eval_text, eval_windows=2, eval_seqlen=16)
+
+
+@pytest.mark.slow
+def test_int4_export_is_checked_and_stores_the_embedding_once(
+    pruned_llama_dir, eval_text, tmp_path
+):
+    import onnx
+
+    output = tmp_path / "int4"
+    config = OnnxExportConfig(**FAST, quantize="int4", **_eval(eval_text))
+    report = export_onnx(pruned_llama_dir, output, config)
+    int4 = report["int4"]
+    assert int4["block_size"] == 32 and int4["file"] == "model_int4.onnx"
+    assert int4["bytes"]["int4"] < 0.25 * int4["bytes"]["fp32"]  # one 4-bit copy of 49152 x 64
+    assert int4["parity"]["passed"] and int4["parity"]["atol"] == config.int4_atol
+    assert int4["parity"]["quantized"] and int4["parity"]["max_abs_logit_diff"] > 0
+    assert 0 < int4["parity"]["mean_abs_logit_diff"] <= config.int4_atol
+    ppl = int4["perplexity"]
+    assert np.isfinite(ppl["int4"]) and ppl["change"] == pytest.approx(ppl["int4"] - ppl["fp32"])
+    graph = onnx.load(str(output / "model_int4.onnx")).graph
+    assert "GatherBlockQuantized" in {node.op_type for node in graph.node}
+    floats = [i for i in graph.initializer if i.data_type == 1 and list(i.dims) == [49152, 64]]
+    assert floats == []
+    assert json.loads((output / EXPORT_REPORT).read_text())["files"]["model_int4.onnx"] > 0
+
+    result = CliRunner().invoke(
+        app, ["run-onnx", str(output), "Hello", "--int4", "--max-new-tokens", "3"]
+    )
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow
+def test_genai_fp32_build_matches_pytorch_and_streams(pruned_llama_dir, tmp_path):
+    output = tmp_path / "genai"
+    report = export_onnx(pruned_llama_dir, output, OnnxExportConfig(**FAST, runtime="genai"))
+    parity = report["parity"]
+    assert report["runtime"] == "onnxruntime-genai" and report["precision"] == "fp32"
+    assert parity["passed"] and parity["tokens_equal"] and parity["mismatches"] == []
+    assert parity["max_abs_logit_diff"] <= 1e-4 and parity["max_abs_decode_logit_diff"] <= 1e-4
+    assert (output / "genai_config.json").is_file()
+
+    from exporters.genai import stream_text
+
+    prompt = "The capital of France is"
+    pieces = list(stream_text(output, prompt, 6))
+    assert len(pieces) >= 1 and "".join(pieces)
+    result = CliRunner().invoke(app, ["run-onnx", str(output), prompt, "--max-new-tokens", "6"])
+    assert result.exit_code == 0, result.output
+    assert result.output == "".join(pieces) + "\n"  # the same greedy text, streamed
+
+
+@pytest.mark.slow
+def test_genai_int4_build_records_parity_and_perplexity(pruned_llama_dir, eval_text, tmp_path):
+    output = tmp_path / "genai-int4"
+    config = OnnxExportConfig(**FAST, runtime="genai", quantize="int4", **_eval(eval_text))
+    report = export_onnx(pruned_llama_dir, output, config)
+    assert report["precision"] == "int4" and report["parity"]["passed"]
+    assert 0 < report["parity"]["mean_abs_logit_diff"] <= config.int4_atol
+    ppl = report["perplexity"]
+    assert np.isfinite(ppl["int4"]) and np.isfinite(ppl["pytorch_fp32"])
+    assert report["algorithm"] == "k_quant_mixed"
+    # the tied head in int8 (k_quant_mixed), stored once: about 0.3 of one fp32 copy
+    assert report["files"]["model.onnx"] < 0.35 * 4 * 49152 * 64
+
+
+def test_genai_run_onnx_needs_a_genai_folder(tmp_path):
+    from exporters.genai import stream_text
+
+    with pytest.raises(BadInputError, match="--runtime genai"):
+        next(stream_text(tmp_path, "hi", 2))
+
+
+def test_bench_sparse_refuses_on_a_cpu_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(app, ["bench-sparse", str(tmp_path)])
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "needs a CUDA GPU" in result.stderr
+
+
+def test_only_true_2_4_linears_are_swappable():
+    from exporters.sparse24 import is_24, swappable
+
+    linear = torch.nn.Linear(64, 64, bias=False)
+    assert not swappable(linear)
+    with torch.no_grad():
+        linear.weight.view(64, 16, 4)[..., :2] = 0
+    assert is_24(linear.weight) and swappable(linear)
+    with torch.no_grad():
+        linear.weight[0, 0] = 1.0  # one group now keeps three
+    assert not is_24(linear.weight)
+    assert not swappable(torch.nn.Linear(8, 8))
+
+
+def test_quantized_parity_is_judged_on_the_mean():
+    from exporters.parity import ParityResult
+
+    common = dict(prompts=1, prompt_tokens=4, max_new_tokens=2, mismatches=[{"prompt": 0}])
+    result = ParityResult(
+        atol=4.0,
+        max_abs_logit_diff=16.0,
+        max_abs_decode_logit_diff=12.0,
+        tokens_equal=False,
+        mean_abs_logit_diff=2.3,
+        quantized=True,
+        **common,
+    )
+    assert result.passed  # rounding: a large max and flipped tokens, a small mean
+    result.mean_abs_logit_diff = 4.5
+    assert not result.passed
+    result.quantized, result.mean_abs_logit_diff = False, 0.0
+    assert not result.passed  # fp32 keeps the strict max and token checks
+
+
+@pytest.mark.slow
+def test_export_stores_a_duplicated_tied_head_once(pruned_llama_dir, tmp_path, monkeypatch):
+    """optimum sometimes writes the tied head as its own (H, V) copy (SmolLM2-135M: 652.5 MB
+    instead of 539.3 MB); the export must share it again and still match PyTorch."""
+    import onnx
+    from onnx import numpy_helper
+    from optimum.exporters import onnx as optimum_onnx
+
+    from exporters.tied import find_pair
+
+    real_export = optimum_onnx.main_export
+
+    def export_with_a_copy(model, output, **kwargs):
+        real_export(model, output, **kwargs)
+        graph = onnx.load(str(output / "model.onnx"))
+        pair = find_pair(graph)
+        table = next(i for i in graph.graph.initializer if i.name == pair.embedding)
+        copy = numpy_helper.from_array(numpy_helper.to_array(table).T.copy(), "head_copy")
+        graph.graph.initializer.append(copy)
+        pair.matmul.input[1] = "head_copy"
+        onnx.save(graph, str(output / "model.onnx"))
+
+    monkeypatch.setattr(optimum_onnx, "main_export", export_with_a_copy)
+    report = export_onnx(pruned_llama_dir, tmp_path / "shared", OnnxExportConfig(**FAST))
+    tied = report["tied_embedding"]
+    assert tied["shared"] and report["parity"]["passed"]
+    assert tied["bytes_before"] - tied["bytes_after"] > 0.99 * 49152 * 64 * 4
+    assert report["files"]["model.onnx"] == tied["bytes_after"]
