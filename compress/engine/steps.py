@@ -171,15 +171,22 @@ class Engine:
             name: pruner_cls(weight_view(module), name, **options)
             for name, module in layers.items()
         }
+        groups = self.adapter.sibling_groups(i, pruners)
+        leaders = {group[0]: pruners[group[0]] for group in groups}
+        last = {group[-1]: pruners[group[0]] for group in groups}  # frees the group's statistics
+        for group in groups:  # siblings: one set of statistics, fed and reduced once
+            for name in group[1:]:
+                pruners[name].share(pruners[group[0]])
         if pruner_cls.needs_data and pruners:
-            self._collect(i, pruners, layers, s)
-            for pruner in pruners.values():  # data-parallel calibration: sum over ranks
+            self._collect(i, leaders, layers, s)
+            for pruner in leaders.values():  # data-parallel calibration: sum over ranks
                 for total in pruner.statistics():
                     total.all_reduce_()
         for name, pruner in pruners.items():
             target = self.config.sparsity_for(name)
             result = pruner.prune(target, self.config.parsed_pattern)
-            pruner.free()
+            if name in last:
+                last[name].free()
             weight = weight_view(layers[name])
             if name in dense:  # "none": keep the mask, undo the pruner's weight update
                 with torch.no_grad():
