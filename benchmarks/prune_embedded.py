@@ -190,6 +190,8 @@ def main() -> None:
         "--peer-script", type=Path, default=beside_repo("shared/bench/llmc_cpu_peer.py")
     )
     parser.add_argument("--reconstruction", action="store_true", help="add a BR+GP row")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
     parser.add_argument("--output", type=Path, default=Path("out/bench/prune_embedded.json"))
     args = parser.parse_args()
     if args.one:
@@ -205,10 +207,12 @@ def main() -> None:
         print(json.dumps(folder_perplexity(args.ppl_of, args)))
         return
     if not args.skip_peer and not args.peer_python.exists():
-        sys.exit(
+        print(
             f"error: no peer venv at {args.peer_python}; create it (shared/bench/README.md) "
-            "or pass --skip-peer"
+            "or pass --skip-peer",
+            file=sys.stderr,
         )
+        sys.exit(2)
     loadavg_before = Path("/proc/loadavg").read_text().strip()
     print("load average before:", loadavg_before, flush=True)
     common = common_args(args)
@@ -217,7 +221,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="prune-embedded-"))
     setup = run_isolated(__file__, ["--write-windows", str(work / "windows.json"), *common])
     rows = []
-    runs = [(m, p, "lr") for p in PATTERNS for m in METHODS]
+    runs = [(m, p, "lr") for p in args.patterns for m in args.methods]
     if args.reconstruction:
         runs.append(("wanda", "unstructured", "br+gp"))
     for method, pattern, technique in runs:
