@@ -10,6 +10,7 @@ right across families and library versions.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,29 @@ BLOCK_PATHS: dict[str, str] = {
     "gpt_neox": "gpt_neox.layers",
 }
 SUPPORTED_MODEL_TYPES = frozenset(BLOCK_PATHS)
+
+# Sibling layers: Linears of a block that read the very same input tensor, so they can share
+# one set of calibration statistics (names relative to the block; ``*`` stands for the same
+# segment in every member, e.g. one expert). Fused projections (GPT-2's c_attn, Phi-3's
+# qkv_proj) have no siblings. tests/compress/test_siblings.py checks every entry against the
+# input tensors the layers actually receive.
+_QKV = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+_GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
+SIBLINGS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "llama": (_QKV, _GATE_UP),
+    "mistral": (_QKV, _GATE_UP),
+    "mixtral": (_QKV, ("block_sparse_moe.experts.*.w1", "block_sparse_moe.experts.*.w3")),
+    "qwen2": (_QKV, _GATE_UP),
+    "qwen3": (_QKV, _GATE_UP),
+    "gemma": (_QKV, _GATE_UP),
+    "gemma2": (_QKV, _GATE_UP),
+    "gemma3_text": (_QKV, _GATE_UP),
+    "phi": ((*_QKV, "mlp.fc1"),),  # parallel attention and MLP read one layer norm
+    "phi3": (),
+    "opt": (_QKV,),
+    "gpt2": (),
+    "gpt_neox": (),
+}
 
 
 class _StopForward(Exception):
@@ -95,6 +119,27 @@ class BlockAdapter:
             if is_prunable(module)
             and not any(fnmatch.fnmatchcase(f"{prefix}.{name}", pattern) for pattern in skip)
         }
+
+    def sibling_groups(self, index: int, names: Iterable[str]) -> list[list[str]]:
+        """``names`` (qualified layers of block ``index``) grouped by the input they read:
+        declared siblings (:data:`SIBLINGS`) together, in the order given, every other layer
+        alone. The first member of a group is the one whose statistics the others share."""
+        prefix = self.block_name(index) + "."
+        declared = [
+            (re.compile(re.escape(prefix + pattern).replace(r"\*", r"([^.]+)")), g)
+            for g, group in enumerate(SIBLINGS[self.model.config.model_type])
+            for pattern in group
+        ]
+        groups: dict[object, list[str]] = {}
+        for name in names:
+            key: object = name
+            for regex, g in declared:
+                found = regex.fullmatch(name)
+                if found:
+                    key = (g, found.groups())
+                    break
+            groups.setdefault(key, []).append(name)
+        return list(groups.values())
 
     @torch.no_grad()
     def capture(

@@ -179,6 +179,19 @@ class Engine:
         zeros = sum(layer["zeros"] for layer in self.outcome.layers.values())
         return dict.fromkeys(names, carried(self.plan[: i + 1], self.block_sizes, zeros))
 
+    def _pruners(self, groups: list[list[str]], layers: dict[str, nn.Module]) -> dict[str, Pruner]:
+        """One pruner per layer; siblings share the first one's statistics, so they are fed,
+        reduced and factorised once per group (a sibling's own empty sums go as it shares)."""
+        pruner_cls = PRUNERS[self.config.method.value]
+        options = self.config.pruner_options()
+        pruners: dict[str, Pruner] = {}
+        for group in groups:
+            for name in group:
+                pruners[name] = pruner_cls(weight_view(layers[name]), name, **options)
+                if name != group[0]:
+                    pruners[name].share(pruners[group[0]])
+        return pruners
+
     def _prune(self, i: int, s: Streams) -> None:
         """Steps 2-3 for block ``i``."""
         layers = self.adapter.prunable_layers(i, self.config.skip)
@@ -188,21 +201,21 @@ class Engine:
             if self.technique is Technique.none
             else {}
         )
-        options = self.config.pruner_options()
-        pruners = {
-            name: pruner_cls(weight_view(module), name, **options)
-            for name, module in layers.items()
-        }
+        groups = self.adapter.sibling_groups(i, layers)
+        pruners = self._pruners(groups, layers)
+        leaders = {group[0]: pruners[group[0]] for group in groups}
+        last = {group[-1]: pruners[group[0]] for group in groups}  # frees the group's statistics
         if pruner_cls.needs_data and pruners:
-            self._collect(i, pruners, layers, s)
-            for pruner in pruners.values():  # data-parallel calibration: sum over ranks
+            self._collect(i, leaders, layers, s)
+            for pruner in leaders.values():  # data-parallel calibration: sum over ranks
                 for total in pruner.statistics():
                     total.all_reduce_()
-        targets = self._sparsities(i, list(pruners))
-        for name, pruner in pruners.items():
+        targets = self._sparsities(i, list(layers))
+        for name in layers:
             target = targets[name]
-            result = pruner.prune(target, self.config.parsed_pattern)
-            pruner.free()
+            result = pruners[name].prune(target, self.config.parsed_pattern)
+            if name in last:
+                last[name].free()
             weight = weight_view(layers[name])
             if name in dense:  # "none": keep the mask, undo the pruner's weight update
                 with torch.no_grad():

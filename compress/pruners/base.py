@@ -30,6 +30,7 @@ class Pruner(ABC):
     """Base of all pruners. Subclasses set ``needs_data`` and implement the two verbs."""
 
     needs_data: bool = True
+    shares: tuple[str, ...] = ()  # attributes holding the statistics (see :meth:`share`)
 
     def __init__(self, weight: torch.Tensor, name: str = "layer") -> None:
         self.weight = weight  # (out, in), shares storage with the module's parameter
@@ -38,6 +39,12 @@ class Pruner(ABC):
 
     def add_batch(self, inp: torch.Tensor) -> None:
         """Accumulate statistics from one batch of the layer's inputs ``(..., in_features)``."""
+
+    def share(self, leader: Pruner) -> None:
+        """Use ``leader``'s statistics (a sibling layer reading the very same input): the engine
+        then feeds, reduces and frees only the leader's, once for the whole group."""
+        for attr in self.shares:
+            setattr(self, attr, getattr(leader, attr))
 
     def statistics(self) -> list[ExactSum]:
         """Sums reduced across processes before :meth:`prune` (distributed calibration)."""

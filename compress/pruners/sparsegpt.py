@@ -18,6 +18,7 @@ yet visited (the OBS update), so the kept weights compensate. Damping starts at
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,15 +33,26 @@ from compress.pruners.base import Pruner, PruneResult, register, sequences
 MAX_DAMPING_TRIES = 5
 
 
+def column_loop_threads(cores: int, load: float, allowed: int) -> int:
+    """Threads for the column loop on a CPU: the cores the rest of the machine leaves idle.
+
+    The loop issues thousands of tiny ops; threads the machine cannot give it stall every op
+    on OpenMP start-up (100x slower measured on a loaded 2-core machine), while on a free
+    machine the extra cores help. ``load`` is the 1-minute load average, which counts this run
+    itself (busy in the forward passes just before): the others' load is ``load - 1``. Results
+    do not depend on the count (tests/compress/test_siblings.py)."""
+    others = max(load - 1.0, 0.0)
+    return max(1, min(allowed, cores - round(others)))
+
+
 @contextmanager
-def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
-    """The column loop issues thousands of tiny ops; on a CPU, OpenMP start-up per op costs
-    more than the op (100x slower on a loaded 2-core machine), so run it single-threaded."""
+def _threads_for_column_loop(device: torch.device) -> Iterator[None]:
+    """Run the column loop with :func:`column_loop_threads` threads on a CPU."""
     if device.type != "cpu":
         yield
         return
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(column_loop_threads(os.cpu_count() or 1, os.getloadavg()[0], threads))
     try:
         yield
     finally:
@@ -49,6 +61,8 @@ def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
 
 @register("sparsegpt")
 class SparseGPTPruner(Pruner):
+    shares = ("xxt", "count", "factor")
+
     def __init__(
         self,
         weight: torch.Tensor,
@@ -62,6 +76,7 @@ class SparseGPTPruner(Pruner):
         cols = weight.shape[1]
         self.xxt = ExactSum((cols, cols), weight.device)
         self.count = ExactSum((), weight.device)
+        self.factor: dict[str, torch.Tensor] = {}  # dead columns and Hinv, once per statistics
 
     @torch.no_grad()
     def add_batch(self, inp: torch.Tensor) -> None:
@@ -101,18 +116,25 @@ class SparseGPTPruner(Pruner):
     @torch.no_grad()
     def prune(self, sparsity: float, pattern: SparsityPattern) -> PruneResult:
         start = time.perf_counter()
-        with _one_thread_on_cpu(self.weight.device):
+        with _threads_for_column_loop(self.weight.device):
             mask = self._prune(sparsity, pattern)
         return PruneResult(mask, time.perf_counter() - start)
+
+    def _factorised(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dead input columns, ``Hinv``): computed by the first sibling to prune, then reused
+        (siblings share ``self.factor`` with their statistics)."""
+        if not self.factor:
+            H = (self.xxt.value() * (2.0 / max(float(self.count.value()), 1.0))).float()
+            dead = H.diagonal() == 0
+            H[dead, dead] = 1.0
+            self.factor.update(dead=dead, hinv=self._inverse_hessian_factor(H))
+        return self.factor["dead"], self.factor["hinv"]
 
     def _prune(self, sparsity: float, pattern: SparsityPattern) -> torch.Tensor:
         W = self.weight.detach().float().clone()
         rows, cols = W.shape
-        H = (self.xxt.value() * (2.0 / max(float(self.count.value()), 1.0))).float()
-        dead = H.diagonal() == 0
-        H[dead, dead] = 1.0
+        dead, Hinv = self._factorised()
         W[:, dead] = 0.0
-        Hinv = self._inverse_hessian_factor(H)
         pruned = torch.zeros_like(W, dtype=torch.bool)
 
         for i1 in range(0, cols, self.blocksize):
@@ -151,3 +173,4 @@ class SparseGPTPruner(Pruner):
 
     def free(self) -> None:
         self.xxt.free()
+        self.factor.clear()

@@ -22,6 +22,8 @@ from compress.pruners.base import Pruner, PruneResult, register, sequences
 
 @register("wanda")
 class WandaPruner(Pruner):
+    shares = ("scaler_row",)
+
     def __init__(self, weight: torch.Tensor, name: str = "layer") -> None:
         super().__init__(weight, name)
         self.scaler_row = ExactSum((weight.shape[1],), weight.device)
