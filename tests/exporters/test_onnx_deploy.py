@@ -173,6 +173,20 @@ def test_int4_export_is_checked_and_stores_the_embedding_once(
 
 
 @pytest.mark.slow
+def test_export_onnx_prints_the_int4_graphs_figures(pruned_llama_dir, eval_text, tmp_path):
+    output = tmp_path / "int4-cli"
+    args = ["export", "onnx", str(pruned_llama_dir), "--output", str(output), "--quantize", "int4"]
+    args += ["--block-size", "16", "--eval-source", eval_text, "--eval-windows", "2"]
+    result = CliRunner().invoke(app, [*args, "--eval-seqlen", "16"])
+    assert result.exit_code == 0, result.output
+    int4 = json.loads((output / EXPORT_REPORT).read_text())["int4"]
+    size = int4["bytes"]["int4"] / 2**20
+    assert f"int4 (blocks of 16): {size:.1f} MiB" in result.output
+    assert f"int4 perplexity on {eval_text}" in result.output
+    assert "int4 vs PyTorch: mean |logit diff|" in result.output
+
+
+@pytest.mark.slow
 def test_genai_fp32_build_matches_pytorch_and_streams(pruned_llama_dir, tmp_path):
     output = tmp_path / "genai"
     report = export_onnx(pruned_llama_dir, output, OnnxExportConfig(**FAST, runtime="genai"))
