@@ -296,3 +296,41 @@ def test_export_stores_a_duplicated_tied_head_once(pruned_llama_dir, tmp_path, m
     assert tied["shared"] and report["parity"]["passed"]
     assert tied["bytes_before"] - tied["bytes_after"] > 0.99 * 49152 * 64 * 4
     assert report["files"]["model.onnx"] == tied["bytes_after"]
+
+
+def test_genai_sessions_get_the_thread_count_of_the_other_runtimes(monkeypatch, tmp_path):
+    """onnxruntime-genai's default is every core; timings beside torch and optimum (which use
+    torch's thread count) must give it the same number."""
+    import sys
+    import types
+
+    from exporters.genai import session_config
+
+    overlays = []
+
+    class Config:
+        def __init__(self, path):
+            self.path = path
+
+        def overlay(self, text):
+            overlays.append(json.loads(text))
+
+    monkeypatch.setitem(sys.modules, "onnxruntime_genai", types.SimpleNamespace(Config=Config))
+    config = session_config(tmp_path, 3)
+    assert config.path == str(tmp_path)
+    assert overlays == [{"model": {"decoder": {"session_options": {"intra_op_num_threads": 3}}}}]
+
+
+def test_gpu_benchmark_script_refuses_on_a_cpu_in_one_line():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the script would run")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sparse24_gpu.py"
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: bench-sparse needs")
