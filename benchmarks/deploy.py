@@ -152,7 +152,7 @@ def compressed_tensors_row(pruned: str, folder: Path, work: Path, measure: Measu
         pruned,
         f"compressed-tensors {fmt} ({how})",
         safetensors_bytes(target),
-        lambda: load_compressed(target).float(),
+        lambda: load_compressed(target),  # the saved dtype: float32, as the dense row
     )
     keys = ("ratio", "linear_ratio", "bytes", "dense_bytes", "linear_bytes", "dense_linear_bytes")
     return {**row, "compressed": {key: record[key] for key in keys}}

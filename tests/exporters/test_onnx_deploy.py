@@ -334,3 +334,32 @@ def test_gpu_benchmark_script_refuses_on_a_cpu_in_one_line():
     )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: bench-sparse needs")
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, ["block_size=32", "algo_config=k_quant_mixed"]),  # the defaults
+        ({"block_size": 16, "genai_algo": "rtn"}, ["block_size=16", "algo_config=rtn"]),
+    ],
+)
+def test_genai_int4_options_reach_the_model_builder(options, expected, tmp_path, monkeypatch):
+    import subprocess
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    commands = []
+
+    def builder(command, **_):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 1, "", "stopped here by the test")
+
+    monkeypatch.setattr(subprocess, "run", builder)
+    config = OnnxExportConfig(runtime="genai", quantize="int4", **options)
+    with pytest.raises(BadInputError, match="stopped here by the test"):
+        export_onnx(folder, tmp_path / "out", config)
+    (command,) = commands
+    assert command[command.index("-p") + 1] == "int4"
+    assert command[command.index("--extra_options") + 1 :] == expected
+    assert not (tmp_path / "out").exists()  # nothing half-written
