@@ -1,8 +1,8 @@
 """What does each deployment format of a pruned model cost on disk and on this CPU?
 
-The embedded SmolLM2-135M-Instruct pruned with Wanda at 50 % unstructured and at 2:4 (few
-calibration windows, ``--reconstruct lr``: no block reconstruction, to keep the run short); each
-pruned model in every format, measured in one run on the same prompt and held-out windows:
+The embedded SmolLM2-135M-Instruct pruned with Wanda (or ``--method sparsegpt``) at 50 %
+unstructured and at 2:4 (few calibration windows, ``--reconstruct lr``: no block reconstruction,
+to keep the run short); each pruned model in every format, measured in one run on the same prompt and held-out windows:
 
 - dense safetensors (PyTorch, as compress prune writes it);
 - compressed-tensors (``exporters.compressed``: sparse-bitmask for 50 %, sparse-24-bitmask for
@@ -62,17 +62,19 @@ COMPRESSED_NOTE = (
 )
 
 
-def prune(folder: Path, pattern: str, nsamples: int, seqlen: int) -> Path:
+def prune(folder: Path, pattern: str, nsamples: int, seqlen: int, method: str) -> Path:
     from compress.app.prune import run_prune
     from compress.core.config import (
         CalibrationConfig,
         EvalConfig,
+        Method,
         PruneConfig,
         ReconstructConfig,
         Technique,
     )
 
     config = PruneConfig(
+        method=Method(method),
         pattern=pattern,
         reconstruct=ReconstructConfig(technique=Technique.lr),
         calibration=CalibrationConfig(nsamples=nsamples, seqlen=seqlen),
@@ -241,7 +243,8 @@ def main(
     prompt_tokens: Annotated[int, typer.Option(help="Prompt length for the timings.")] = 128,
     new_tokens: Annotated[int, typer.Option(help="Greedy tokens generated per timing.")] = 32,
     repeats: Annotated[int, typer.Option(help="Timed runs per figure (median).")] = 3,
-    nsamples: Annotated[int, typer.Option(help="Calibration windows for Wanda.")] = 16,
+    method: Annotated[str, typer.Option(help="Pruning method: wanda or sparsegpt.")] = "wanda",
+    nsamples: Annotated[int, typer.Option(help="Calibration windows for the pruner.")] = 16,
     seqlen: Annotated[int, typer.Option(help="Tokens per calibration/eval window.")] = 256,
     eval_windows: Annotated[int, typer.Option(help="Perplexity windows.")] = 4,
     rounds: Annotated[
@@ -264,7 +267,7 @@ def main(
         work = output / pattern.replace(":", "-")
         folder = work / "pruned"
         if not (reuse_pruned and (folder / "report.json").is_file()):
-            prune(folder, pattern, nsamples, seqlen)
+            prune(folder, pattern, nsamples, seqlen, method)
         measured, pair = variant_rows(pruned, folder, work, measure, seqlen)
         rows, pairs = rows + measured, pairs + [pair]
     header = ["pruned", "format", "MiB", "load s", "prompt ms", "tokens/s", "perplexity"]
@@ -274,7 +277,7 @@ def main(
         for r in rows
     ]  # fmt: skip
     where = (
-        f"{machine()}; {threads} threads; batch 1, {prompt_tokens}-token prompt, {new_tokens} "
+        f"{method}; {machine()}; {threads} threads; batch 1, {prompt_tokens}-token prompt, {new_tokens} "
         f"new tokens, medians of {repeats} runs; perplexity: first {eval_windows} "
         f"non-overlapping {seqlen}-token windows of the wikipedia test split"
     )
