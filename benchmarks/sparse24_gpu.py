@@ -7,6 +7,7 @@ decode latency, logits compared within bf16 tolerance, for two prompt lengths. P
 writes ``results.json`` under ``--output``. On a CPU it refuses with one line (exit 2).
 
     python benchmarks/sparse24_gpu.py [--pruned DIR] [--output out/bench/sparse24]
+        [--prompt-tokens 128 --prompt-tokens 2048] [--new-tokens 32] [--repeats 5]
 
 Expect little or no gain at batch 1 decoding (the sparse GEMM's fixed cost on 576-wide layers);
 prefill on long prompts is where 2:4 kernels can show up to ~1.3-1.7x on Ampere/Hopper.
@@ -14,6 +15,7 @@ prefill on long prompts is where 2:4 kernels can show up to ~1.3-1.7x on Ampere/
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -26,6 +28,8 @@ from compress.cli.render import table
 from compress.core.errors import BadInputError
 from compress.core.io import write_json_atomic
 from exporters.sparse24 import benchmark, require_gpu
+
+PROMPTS = (128, 2048)  # a chat-sized prompt (decode-bound) and a long one (prefill-bound)
 
 
 def prune_24(folder: Path) -> Path:
@@ -60,6 +64,9 @@ def main(
     pruned: Annotated[
         Path | None, typer.Option(help="Reuse this 2:4-pruned folder instead of pruning.")
     ] = None,
+    prompt_tokens: Annotated[
+        list[int] | None, typer.Option(help="Prompt lengths timed (repeat the flag).")
+    ] = None,
     new_tokens: Annotated[int, typer.Option(help="Greedy tokens per decode timing.")] = 32,
     repeats: Annotated[int, typer.Option(help="Timed runs per figure (median).")] = 5,
 ) -> None:
@@ -71,7 +78,7 @@ def main(
         raise typer.Exit(2) from None
     start, load = time.perf_counter(), os.getloadavg()
     folder = pruned or prune_24(output / "pruned-2-4")
-    runs = [benchmark(folder, tokens, new_tokens, repeats) for tokens in (128, 2048)]
+    runs = [benchmark(folder, tokens, new_tokens, repeats) for tokens in prompt_tokens or PROMPTS]
     header = [
         "prompt",
         "dense prefill ms",
@@ -93,7 +100,9 @@ def main(
     print(f"{runs[0]['gpu']}, torch {runs[0]['torch']}, bf16, {runs[0]['linears_swapped']} Linears")
     print(f"load average before {load}, after {os.getloadavg()}")
     seconds = time.perf_counter() - start
-    write_json_atomic(output / "results.json", {"runs": runs, "seconds": seconds})
+    results = {"runs": runs, "seconds": seconds}
+    write_json_atomic(output / "results.json", results)
+    print(json.dumps(results))
     print(f"wrote {output / 'results.json'} ({seconds:.0f}s)")
 
 

@@ -38,19 +38,30 @@ class Records:
     export: dict | None
     onnx_path: str | None  # the export folder, relative to the model folder when inside it
     dense_tasks: dict | None = None  # the base model's eval_tasks record, when measured
+    genai: dict | None = None  # an onnxruntime-genai build's export_report.json
+    genai_path: str | None = None
+    weights_bytes: int = 0  # the folder's own safetensors files, on disk
 
 
 def load_records(folder: Path) -> Records:
-    """report.json, plus the task records (this model's, the dense one's) and the ONNX export
-    report when they exist."""
+    """report.json, plus the task records (this model's, the dense one's), the ONNX export and
+    onnxruntime-genai build reports when they exist, and the bytes of the folder's weights."""
     folder = Path(folder)
     report = read_report(folder)
     eval_tasks, dense = (_optional_json(folder / name) for name in (EVAL_TASKS, EVAL_TASKS_DENSE))
-    onnx_path = report.get("export", {}).get("onnx") or DEFAULT_ONNX
-    export_file = folder / onnx_path / EXPORT_REPORT
-    if Path(onnx_path).is_absolute() or not export_file.is_file():  # outside: not shipped here
-        return Records(report, eval_tasks, None, None, dense)
-    return Records(report, eval_tasks, json.loads(export_file.read_text()), onnx_path, dense)
+    exports = report.get("export", {})
+    onnx_path, export = _shipped_export(folder, exports.get("onnx") or DEFAULT_ONNX)
+    genai_path, genai = _shipped_export(folder, exports.get("onnx_genai"))
+    weights = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+    return Records(report, eval_tasks, export, onnx_path, dense, genai, genai_path, weights)
+
+
+def _shipped_export(folder: Path, path: str | None) -> tuple[str | None, dict | None]:
+    """An export folder's path and report, when it lies inside ``folder`` (an absolute path is
+    outside: not shipped with the model)."""
+    if path is None or Path(path).is_absolute() or not (folder / path / EXPORT_REPORT).is_file():
+        return None, None
+    return path, json.loads((folder / path / EXPORT_REPORT).read_text())
 
 
 def _optional_json(path: Path) -> dict | None:
@@ -61,7 +72,7 @@ def eval_results(records: Records) -> list:
     """One ``EvalResult`` per measured result of this model (the dense baseline is not one)."""
     from huggingface_hub import EvalResult
 
-    from cards.facts import DATASET_IDS, perplexity_row, task_rows
+    from cards.facts import DATASET_IDS, perplexity_row, quantized_graphs, task_rows
 
     results = []
     ppl = perplexity_row(records.report.get("evaluation", {}))
@@ -81,10 +92,9 @@ def eval_results(records: Records) -> list:
     if ppl:
         name = f"perplexity ({ppl['windows']} x {ppl['seqlen']} tokens)"
         results.append(perplexity(ppl["after"], name, ppl["dataset"], ppl["split"]))
-    int8 = (records.export or {}).get("int8")
-    if int8:
-        p = int8["perplexity"]
-        for variant in ("fp32", "int8"):
+    for tag, quantized in quantized_graphs(records.export):
+        p = quantized["perplexity"]
+        for variant in ("fp32", tag):
             name = f"perplexity, ONNX {variant} ({p['windows']} x {p['seqlen']} tokens)"
             results.append(perplexity(p[variant], name, p["dataset"], p["split"]))
     for task in task_rows(records.eval_tasks):
@@ -138,6 +148,7 @@ def render_card(folder: Path, repo_id: str | None = None, published_as: Path | N
         calibration_facts,
         deployment,
         perplexity_row,
+        quantized_graphs,
         reconstruction,
         reproduce_command,
         sharpness_aware,
@@ -181,6 +192,10 @@ def render_card(folder: Path, repo_id: str | None = None, published_as: Path | N
         dense_tasks=records.dense_tasks,
         export=records.export,
         onnx_path=records.onnx_path,
+        quantized=quantized_graphs(records.export),
+        genai=records.genai,
+        genai_path=records.genai_path,
+        weights_bytes=records.weights_bytes,
         repo=repo_id or str(final),
         deploy=deployment(report, repo_id or str(final)),
         command=reproduce_command(report),

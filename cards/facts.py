@@ -209,6 +209,12 @@ def reproduce_command(report: dict) -> str:
     return command
 
 
+def quantized_graphs(export: dict | None) -> list[tuple[str, dict]]:
+    """The quantized graphs of an ONNX export (``int8``, ``int4``), each with its tag: the key
+    its file, bytes, latency and perplexity are filed under."""
+    return [(tag, export[tag]) for tag in ("int8", "int4") if export and export.get(tag)]
+
+
 def deployment(report: dict, repo: str) -> list[dict]:
     """The formats recorded in the report's ``deploy`` section (one record per format written,
     by any exporter), with ``{REPO}`` in their loading code replaced by ``repo``. A record's

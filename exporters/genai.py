@@ -91,17 +91,33 @@ def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def session_config(folder: Path, threads: int):
+    """The folder's ``genai_config.json`` with ``threads`` intra-op threads, like
+    :func:`exporters.onnx.load_ort` gives ONNX Runtime (the runtime's default is every core),
+    so that timings compare like with like."""
+    import json
+
+    import onnxruntime_genai as og
+
+    config = og.Config(str(folder))
+    options = {"intra_op_num_threads": threads}
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+    return config
+
+
 class GenaiLM:
     """An onnxruntime-genai model behind the ``__call__``/``generate`` interface of
     transformers causal LMs (batch 1, greedy), for parity, perplexity and timing."""
 
-    def __init__(self, folder: Path, eos_token_ids: list[int] | None = None):
+    def __init__(
+        self, folder: Path, eos_token_ids: list[int] | None = None, threads: int | None = None
+    ):
         import json
 
         import onnxruntime_genai as og
 
         self.og = og
-        self.model = og.Model(str(folder))
+        self.model = og.Model(session_config(folder, threads or torch.get_num_threads()))
         if eos_token_ids is None:
             eos = json.loads((Path(folder) / GENAI_CONFIG).read_text())["model"]["eos_token_id"]
             eos_token_ids = eos if isinstance(eos, list) else [eos]

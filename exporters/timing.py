@@ -51,8 +51,16 @@ def generate_seconds(
     model, input_ids: torch.Tensor, new_tokens: int, pad_token_id: int, repeats: int = 3
 ) -> float:
     """Seconds for greedy generation of exactly ``new_tokens`` tokens after ``input_ids``."""
+    return median_seconds(generation(model, input_ids, new_tokens, pad_token_id), repeats)
+
+
+def generation(
+    model, input_ids: torch.Tensor, new_tokens: int, pad_token_id: int
+) -> Callable[[], object]:
+    """A call that generates exactly ``new_tokens`` greedy tokens after ``input_ids``."""
     mask = torch.ones_like(input_ids)
 
+    @torch.no_grad()
     def run() -> object:
         return model.generate(
             input_ids=input_ids,
@@ -63,7 +71,7 @@ def generate_seconds(
             pad_token_id=pad_token_id,
         )
 
-    return median_seconds(run, repeats)
+    return run
 
 
 def measure_latency(

@@ -469,3 +469,104 @@ def test_card_warns_when_tasks_took_the_first_items(tmp_path):
     write_json_atomic(folder / "eval_tasks.json", record)
     text = str(render_card(folder))
     assert "first 50 of 3270" in text and "not a random sample" in text
+
+
+def int4_record(fp32: int) -> dict:
+    """``export_report.json``'s int4 section (``--quantize int4``), as the exporter writes it."""
+    int4 = 81_234_567
+    latency = {"batch": 1, "prompt_tokens": 64, "new_tokens": 16, "repeats": 3}
+    parity = {
+        "atol": 4.0,
+        "max_abs_logit_diff": 11.5,
+        "max_abs_decode_logit_diff": 9.25,
+        "mean_abs_logit_diff": 1.375,
+        "prompts": 4,
+        "prompt_tokens": 56,
+        "max_new_tokens": 8,
+        "tokens_equal": False,
+        "mismatches": [{"prompt": 2}],
+        "passed": True,
+        "quantized": True,
+    }
+    return {
+        "quantize": "int4",
+        "method": "onnxruntime MatMulNBits: 4-bit weights, symmetric blocks of 32",
+        "file": "model_int4.onnx",
+        "bytes": {"fp32": fp32, "int4": int4},
+        "size_ratio": int4 / fp32,
+        "machine": "Intel(R) Xeon(R) Processor, 2 CPU threads",
+        "latency": {
+            "fp32": {**latency, "prefill_ms": 181.234, "generate_ms": 1210.5,
+                     "tokens_per_second": 13.2176},
+            "int4": {**latency, "prefill_ms": 143.517, "generate_ms": 655.5,
+                     "tokens_per_second": 24.4089},
+        },
+        "perplexity": {"dataset": "wikipedia", "split": "test", "windows": 4, "seqlen": 256,
+                       "tokens": 1024, "fp32": 27.4391, "int4": 31.0478, "change": 3.6087,
+                       "relative_change": 0.131517},
+        "parity": parity,
+        "block_size": 32,
+    }  # fmt: skip
+
+
+def genai_record() -> dict:
+    """A ``--runtime genai --quantize int4`` build's ``export_report.json``."""
+    size = 108_654_321
+    return {
+        "format": "compress.export/1",
+        "config": {"block_size": 32, "genai_algo": "k_quant_mixed"},
+        "runtime": "onnxruntime-genai",
+        "precision": "int4",
+        "algorithm": "k_quant_mixed",
+        "execution_provider": "cpu",
+        "files": {"model.onnx": size},
+        "parity": {"atol": 4.0, "max_abs_logit_diff": 6.5, "max_abs_decode_logit_diff": 4.75,
+                   "mean_abs_logit_diff": 0.8125, "prompts": 4, "prompt_tokens": 56,
+                   "max_new_tokens": 8, "tokens_equal": True, "mismatches": [], "passed": True,
+                   "quantized": True},
+        "size": {"int4_bytes": size},
+        "perplexity": {"dataset": "wikipedia", "split": "test", "windows": 4, "seqlen": 256,
+                       "pytorch_fp32": 27.4391, "int4": 28.0117, "relative_change": 0.020868},
+    }  # fmt: skip
+
+
+def deploy_folder(tmp_path: Path) -> Path:
+    """A pruned folder with its dense weights, an int4 ONNX export and a genai build."""
+    folder = make_folder(tmp_path, tasks=False, export=False)
+    (folder / "model.safetensors").write_bytes(b"\0" * 3_456_789)
+    export = export_record()
+    export["int4"] = int4_record(export["size"]["fp32_bytes"])
+    del export["int8"]
+    write_json_atomic(folder / "onnx" / "export_report.json", export)
+    write_json_atomic(folder / "genai-int4" / "export_report.json", genai_record())
+    report = json.loads((folder / "report.json").read_text())
+    report["export"] = {"onnx": "onnx", "onnx_genai": "genai-int4"}
+    write_json_atomic(folder / "report.json", report)
+    return folder
+
+
+def test_card_lists_every_written_format_with_its_size_and_how_to_load_it(tmp_path):
+    folder = deploy_folder(tmp_path)
+    text = str(render_card(folder, "me/smollm2-wanda-50"))
+    deployment = text.split("## Deployment")[1].split("## Limitations")[0]
+    assert "dense safetensors: 3.3 MiB" in deployment  # measured on disk: 3,456,789 bytes
+    assert "| File size | 515.0 MiB | 77.5 MiB |" in deployment  # fp32 and int4 graphs
+    assert "| Generation | 13.22 tokens/s | 24.41 tokens/s |" in deployment
+    assert "mean |logit difference| 1.38 (limit 4.00)" in deployment
+    assert 'file_name="model_int4.onnx"' in deployment and "--int4" in deployment
+    assert "### onnxruntime-genai int4 (`genai-int4`)" in deployment
+    assert "k_quant_mixed, blocks of 32" in deployment and "103.6 MiB" in deployment
+    assert "import onnxruntime_genai as og" in deployment and 'og.Model("genai-int4")' in deployment
+    assert "compress run-onnx genai-int4" in deployment
+
+
+def test_every_figure_of_the_deployment_formats_is_recorded(tmp_path):
+    folder = deploy_folder(tmp_path)
+    text = str(render_card(folder))
+    records = [
+        json.loads((folder / name).read_text())
+        for name in ("report.json", "onnx/export_report.json", "genai-int4/export_report.json")
+    ]
+    allowed = allowed_numbers(records[0], {}, records[1:]) | {"3.3"}  # the weights' MiB
+    figures = NUMBER.findall(prose(text))
+    assert [f for f in figures if f not in allowed] == []

@@ -173,6 +173,20 @@ def test_int4_export_is_checked_and_stores_the_embedding_once(
 
 
 @pytest.mark.slow
+def test_export_onnx_prints_the_int4_graphs_figures(pruned_llama_dir, eval_text, tmp_path):
+    output = tmp_path / "int4-cli"
+    args = ["export", "onnx", str(pruned_llama_dir), "--output", str(output), "--quantize", "int4"]
+    args += ["--block-size", "16", "--eval-source", eval_text, "--eval-windows", "2"]
+    result = CliRunner().invoke(app, [*args, "--eval-seqlen", "16"])
+    assert result.exit_code == 0, result.output
+    int4 = json.loads((output / EXPORT_REPORT).read_text())["int4"]
+    size = int4["bytes"]["int4"] / 2**20
+    assert f"int4 (blocks of 16): {size:.1f} MiB" in result.output
+    assert f"int4 perplexity on {eval_text}" in result.output
+    assert "int4 vs PyTorch: mean |logit diff|" in result.output
+
+
+@pytest.mark.slow
 def test_genai_fp32_build_matches_pytorch_and_streams(pruned_llama_dir, tmp_path):
     output = tmp_path / "genai"
     report = export_onnx(pruned_llama_dir, output, OnnxExportConfig(**FAST, runtime="genai"))
@@ -282,3 +296,70 @@ def test_export_stores_a_duplicated_tied_head_once(pruned_llama_dir, tmp_path, m
     assert tied["shared"] and report["parity"]["passed"]
     assert tied["bytes_before"] - tied["bytes_after"] > 0.99 * 49152 * 64 * 4
     assert report["files"]["model.onnx"] == tied["bytes_after"]
+
+
+def test_genai_sessions_get_the_thread_count_of_the_other_runtimes(monkeypatch, tmp_path):
+    """onnxruntime-genai's default is every core; timings beside torch and optimum (which use
+    torch's thread count) must give it the same number."""
+    import sys
+    import types
+
+    from exporters.genai import session_config
+
+    overlays = []
+
+    class Config:
+        def __init__(self, path):
+            self.path = path
+
+        def overlay(self, text):
+            overlays.append(json.loads(text))
+
+    monkeypatch.setitem(sys.modules, "onnxruntime_genai", types.SimpleNamespace(Config=Config))
+    config = session_config(tmp_path, 3)
+    assert config.path == str(tmp_path)
+    assert overlays == [{"model": {"decoder": {"session_options": {"intra_op_num_threads": 3}}}}]
+
+
+def test_gpu_benchmark_script_refuses_on_a_cpu_in_one_line():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the script would run")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "sparse24_gpu.py"
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: bench-sparse needs")
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({}, ["block_size=32", "algo_config=k_quant_mixed"]),  # the defaults
+        ({"block_size": 16, "genai_algo": "rtn"}, ["block_size=16", "algo_config=rtn"]),
+    ],
+)
+def test_genai_int4_options_reach_the_model_builder(options, expected, tmp_path, monkeypatch):
+    import subprocess
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    commands = []
+
+    def builder(command, **_):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, 1, "", "stopped here by the test")
+
+    monkeypatch.setattr(subprocess, "run", builder)
+    config = OnnxExportConfig(runtime="genai", quantize="int4", **options)
+    with pytest.raises(BadInputError, match="stopped here by the test"):
+        export_onnx(folder, tmp_path / "out", config)
+    (command,) = commands
+    assert command[command.index("-p") + 1] == "int4"
+    assert command[command.index("--extra_options") + 1 :] == expected
+    assert not (tmp_path / "out").exists()  # nothing half-written
