@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from compress.cli.main import app
 from compress.models import load_model
-from tests.exporters.fake_hub import FakeHub, HubStore
+from tests.exporters.fake_hub import FakeHub, HubStore, point_clients_at
 from tests.meta_format import (
     sentencepiece_model,
     tiny_meta_llama,
@@ -66,18 +66,7 @@ def caches(monkeypatch, tmp_path):
 
 
 def point_at(monkeypatch, url: str) -> None:
-    import transformers.utils.hub
-    from huggingface_hub import constants, file_download
-    from huggingface_hub.utils import reset_sessions
-
-    template = url + "/{repo_id}/resolve/{revision}/{filename}"
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(transformers.utils.hub, "_is_offline_mode", False)
-    reset_sessions()
+    point_clients_at(monkeypatch, url)
 
 
 @pytest.fixture

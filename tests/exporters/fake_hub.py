@@ -318,3 +318,33 @@ def _upload_mode(file: dict) -> dict:
 
 def _git_oid(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def point_clients_at(monkeypatch, url: str) -> None:
+    """huggingface_hub and transformers in this process talk to ``url``, online, without Xet.
+
+    The attributes differ between the supported stacks (huggingface_hub 0.x keeps a copy of the
+    URL template in ``file_download``, transformers 4.57 caches the offline flag); each is
+    patched where it exists.
+    """
+    import transformers.utils.hub
+    from huggingface_hub import constants, file_download
+
+    template = url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    if hasattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE"):
+        monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    if hasattr(transformers.utils.hub, "_is_offline_mode"):
+        monkeypatch.setattr(transformers.utils.hub, "_is_offline_mode", False)
+    reset_sessions()
+
+
+def reset_sessions() -> None:
+    """Drop huggingface_hub's pooled HTTP connections (``reset_sessions`` before 1.0,
+    ``close_session`` after), so the next request opens a fresh one."""
+    from huggingface_hub import utils
+
+    (getattr(utils, "reset_sessions", None) or utils.close_session)()
