@@ -66,3 +66,15 @@ def hub_network_errors() -> tuple[type[BaseException], ...]:
             continue
         errors.extend(getattr(found, name) for name in names)
     return tuple(errors)
+
+
+def is_hub_network_error(exc: BaseException) -> bool:
+    """The Hub could not be reached or dropped the connection.
+
+    From huggingface_hub 1.0 files upload in parallel over one shared client, and a dropped
+    connection in one upload closes that client: the uploads still running then fail with
+    httpx's "client has been closed" ``RuntimeError`` rather than a network error.
+    """
+    if isinstance(exc, hub_network_errors()):
+        return True
+    return isinstance(exc, RuntimeError) and "client has been closed" in str(exc)

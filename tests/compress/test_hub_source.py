@@ -49,9 +49,8 @@ def hf_files(original, tmp_path_factory) -> dict[str, bytes]:
     folder = tmp_path_factory.mktemp("hf")
     (folder / "tokenizer.model").write_bytes(tokenizer_model)
     model.save_pretrained(folder)
-    LlamaTokenizerFast(vocab_file=str(folder / "tokenizer.model"), legacy=False).save_pretrained(
-        folder
-    )
+    tokenizer = LlamaTokenizerFast.from_pretrained(str(folder), legacy=False, add_bos_token=True)
+    tokenizer.save_pretrained(folder)
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
