@@ -228,3 +228,17 @@ def test_permute_rotary_moves_meta_pairs_to_transformers_halves():
     order = permute_rotary(rows, heads).squeeze(1).long().tolist()
     assert order[:head_dim] == [0, 2, 4, 6, 1, 3, 5, 7]
     assert order[head_dim:] == [8, 10, 12, 14, 9, 11, 13, 15]
+
+
+def test_converted_tokenizer_gives_sentencepieces_own_pieces(original, meta_files, caches):
+    """BOS, then exactly what SentencePiece (Meta's reference tokenizer) makes of the text."""
+    import sentencepiece
+
+    folder = caches / "Tiny-2-7b"
+    folder.mkdir()
+    for name, content in meta_files.items():
+        (folder / name).write_bytes(content)
+    tokenizer = load_model(str(folder), dtype="float32").tokenizer
+    reference = sentencepiece.SentencePieceProcessor(model_proto=original[1])
+    for text in ("the quick brown fox jumps", "Hello world. A second sentence"):
+        assert tokenizer(text).input_ids == [reference.bos_id(), *reference.encode(text)]
