@@ -125,9 +125,6 @@ class OnnxExportConfig:
             raise BadInputError(
                 f"--runtime {self.runtime!r} is not supported: use auto, optimum or genai"
             )
-        if self.runtime == "auto":  # int8 graphs come from the optimum route only
-            genai = not optimum_installed() and self.quantize in (None, "int4")
-            self.runtime = "genai" if genai else "optimum"
         if self.runtime == "genai" and self.quantize not in (None, "int4"):
             raise BadInputError("--runtime genai builds fp32 or int4: drop --quantize or use int4")
         if self.genai_algo not in GENAI_ALGOS:
@@ -149,13 +146,22 @@ class OnnxExportConfig:
         Raises:
             BadInputError: optimum-onnx or onnxruntime-genai is missing.
         """
-        if self.runtime == "optimum":
+        if self.route == "optimum":
             needs = f" (which --quantize {self.quantize} needs)" if self.quantize else ""
             require_optimum(f"the optimum route of export onnx{needs}")
-        if self.runtime == "genai" and importlib.util.find_spec("onnxruntime_genai") is None:
+        if self.route == "genai" and importlib.util.find_spec("onnxruntime_genai") is None:
             raise BadInputError(
                 "--runtime genai needs onnxruntime-genai: pip install 'compress[export]'"
             )
+
+    @property
+    def route(self) -> str:
+        """The route that runs: ``runtime``, or for ``auto`` optimum where it is installed and
+        genai elsewhere (int8 graphs come from the optimum route only)."""
+        if self.runtime != "auto":
+            return self.runtime
+        genai = not optimum_installed() and self.quantize in (None, "int4")
+        return "genai" if genai else "optimum"
 
     @property
     def task(self) -> str:
@@ -198,11 +204,11 @@ def export_onnx(
     folder, output = Path(folder).resolve(), Path(output).resolve()
     _check_paths(folder, output, overwrite)
     config.require_runtime()
-    run = _genai_export_and_check if config.runtime == "genai" else _export_and_check
+    run = _genai_export_and_check if config.route == "genai" else _export_and_check
     with atomic_folder(output) as staging:
         report = run(folder, staging, config)
     if (folder / REPORT_NAME).is_file():
-        key = "onnx_genai" if config.runtime == "genai" else "onnx"
+        key = "onnx_genai" if config.route == "genai" else "onnx"
         record = {key: _relative_to(output, folder), f"{key}_files": report["files"]}
         update_report(folder, "export", record)  # the files with their bytes, for the card
     for parity in _parities(report):

@@ -230,11 +230,12 @@ def test_auto_runtime_is_optimum_where_installed_else_genai(monkeypatch):
     import exporters.onnx
 
     monkeypatch.setattr(exporters.onnx, "optimum_installed", lambda: True)
-    assert OnnxExportConfig().runtime == "optimum"
+    assert OnnxExportConfig().route == "optimum"
     monkeypatch.setattr(exporters.onnx, "optimum_installed", lambda: False)
-    assert OnnxExportConfig().runtime == "genai"
-    assert OnnxExportConfig(quantize="int4").runtime == "genai"
-    assert OnnxExportConfig(quantize="int8").runtime == "optimum"  # only optimum writes int8
+    assert OnnxExportConfig().route == "genai"
+    assert OnnxExportConfig(quantize="int4").route == "genai"
+    assert OnnxExportConfig(quantize="int8").route == "optimum"  # only optimum writes int8
+    assert OnnxExportConfig(runtime="optimum").route == "optimum"
 
 
 @pytest.mark.parametrize("args", [["--runtime", "optimum"], ["--quantize", "int8"]])
