@@ -8,7 +8,7 @@ from compress.blocks import SUPPORTED_MODEL_TYPES, BlockAdapter
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.core.errors import BadInputError
 from compress.engine import prune_model
-from tests.tiny_models import family_configs, random_model
+from tests.tiny_models import family_configs, fused_weights, random_model, skip_fused
 
 FAMILIES = family_configs()
 
@@ -37,11 +37,6 @@ def test_replayed_blocks_match_model(model_type):
     torch.testing.assert_close(single, reference[1][:1])
 
 
-def fused_weights(model) -> list[str]:
-    """Block parameters holding many layers in one tensor (transformers 5's MoE experts)."""
-    return [name for name, p in model.named_parameters() if p.ndim > 2]
-
-
 WANDA = PruneConfig(
     method="wanda",
     calibration=CalibrationConfig(nsamples=4, seqlen=16, batch_size=2),
@@ -52,8 +47,7 @@ WANDA = PruneConfig(
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_pruned_family_runs_and_reloads(model_type, tmp_path):
     model = build(model_type)
-    if fused_weights(model):
-        pytest.skip(f"{model_type}: experts fused into 3-D tensors here (transformers 5), refused")
+    skip_fused(model, model_type)
     ids = torch.randint(0, 256, (4, 16))
     outcome = prune_model(model, ids, WANDA)
     assert outcome.layers and all(entry["sparsity"] == 0.5 for entry in outcome.layers.values())
