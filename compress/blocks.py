@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from compress.core.errors import BadInputError
+
 BLOCK_PATHS: dict[str, str] = {
     "llama": "model.layers",
     "mistral": "model.layers",
@@ -105,6 +107,28 @@ class BlockAdapter:
 
     def __len__(self) -> int:
         return len(self.blocks)
+
+    def check_prunable(self) -> None:
+        """Refuse blocks that keep layer weights outside prunable modules.
+
+        transformers 5 stores MoE experts (Mixtral) as one ``(experts, out, in)`` tensor per
+        projection instead of a Linear per expert; compress prunes Linear layers, so those
+        experts would silently stay dense.
+
+        Raises:
+            BadInputError: a block parameter has more than two dimensions.
+        """
+        fused = [(n, p.ndim) for n, p in self.blocks[0].named_parameters() if p.ndim > 2]
+        if fused:
+            import transformers
+
+            (name, ndim), model_type = fused[0], self.model.config.model_type
+            raise BadInputError(
+                f"{model_type} under transformers {transformers.__version__} stores "
+                f"{self.block_name(0)}.{name} as one {ndim}-D tensor for all experts; compress "
+                "prunes Linear layers, so the experts would stay dense: prune it with "
+                "transformers 4.57 (pip install 'transformers>=4.57,<4.58')"
+            )
 
     def block_name(self, index: int) -> str:
         return f"{self.blocks_path}.{index}"

@@ -150,7 +150,9 @@ def convert_meta(folder: Path, target: Path) -> None:
     params = json.loads((folder / PARAMS).read_text())
     merged = merge_shards(read_shards(folder))
     config = llama_config(params, merged)
-    tokenizer = LlamaTokenizerFast(vocab_file=str(folder / TOKENIZER), legacy=False)
+    # from the folder, not vocab_file=: the same pieces as SentencePiece itself, BOS first, on
+    # transformers 4.57 and 5.x alike
+    tokenizer = LlamaTokenizerFast.from_pretrained(str(folder), legacy=False, add_bos_token=True)
     with atomic_folder(target) as tmp:
         config.save_pretrained(tmp)
         state = hf_state_dict(merged, config)

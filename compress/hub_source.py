@@ -74,13 +74,14 @@ def look(repo_id: str) -> Remote | None:
     Raises:
         BadInputError: the repository is gated, private or missing.
     """
-    import requests
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
+    from compress.compat import hub_network_errors
+
     try:
         info = HfApi().model_info(repo_id, files_metadata=True, timeout=hub_timeout())
-    except (requests.ConnectionError, requests.Timeout):
+    except hub_network_errors():
         return None
     except HfHubHTTPError as exc:
         raise access_error(repo_id, exc) from None

@@ -20,6 +20,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
+from compress.compat import GGUF_READ_ERRORS
 from compress.core.dtypes import torch_dtype
 from compress.core.errors import BadInputError
 from compress.core.io import atomic_folder, package_dir
@@ -117,7 +118,7 @@ def _read_config(spec: str | None, folder: str, trust_remote_code: bool, kwargs:
     if "gguf_file" in kwargs:
         try:
             return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
-        except (ValueError, IndexError) as exc:  # what the gguf reader raises on a cut file
+        except GGUF_READ_ERRORS as exc:  # what the gguf readers raise on a cut file
             raise _gguf_error(Path(folder) / kwargs["gguf_file"], exc) from exc
     try:
         return AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
@@ -134,7 +135,7 @@ def _gguf_error(path: Path, exc: Exception) -> BadInputError:
 
     try:
         GGUFReader(path)
-    except (ValueError, IndexError):
+    except GGUF_READ_ERRORS:
         return BadInputError(
             f"GGUF file {path} ({path.stat().st_size:,} bytes) is damaged or truncated: it does not "
             "parse as GGUF; download or convert it again"

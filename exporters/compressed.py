@@ -51,8 +51,9 @@ def require_sparse_compressors() -> None:
         from compressed_tensors.compressors import BaseCompressor
     except ImportError:
         raise BadInputError(
-            f"compressed checkpoints need compressed-tensors: pip install "
-            f"'compressed-tensors=={NEEDED_VERSION}' (or save with --save-format dense)"
+            f"compressed checkpoints need compressed-tensors {NEEDED_VERSION}, which needs "
+            "transformers<5: pip install 'compress[compressed]' 'transformers>=4.57,<4.58' "
+            "(or save with --save-format dense)"
         ) from None
     if SPARSE_BITMASK not in BaseCompressor.registered_names():
         raise BadInputError(

@@ -102,8 +102,9 @@ def _as_push_error(exc: Exception, endpoint: str, retry: str) -> HubPushError | 
     ``huggingface_hub`` wraps LFS upload failures in a ``RuntimeError``, so the cause chain is
     searched for the network or HTTP error underneath.
     """
-    import requests
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    from compress.compat import is_hub_network_error
 
     while isinstance(exc, RuntimeError) and exc.__cause__ is not None:
         exc = exc.__cause__
@@ -116,7 +117,7 @@ def _as_push_error(exc: Exception, endpoint: str, retry: str) -> HubPushError | 
         else:
             detail = " ".join((exc.server_message or "").split())[:200]
             why = f"{endpoint} answered HTTP {status}" + (f" ({detail})" if detail else "")
-    elif isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+    elif is_hub_network_error(exc):
         why = f"could not reach {endpoint} or the connection dropped ({type(exc).__name__})"
     else:
         return None

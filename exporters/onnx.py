@@ -15,6 +15,7 @@ raises :class:`ExportParityError` after marking the report, so a bad export neve
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
@@ -54,6 +55,7 @@ class Quantization(str, Enum):
 
 
 class Runtime(str, Enum):
+    auto = "auto"
     optimum = "optimum"
     genai = "genai"
 
@@ -89,9 +91,10 @@ class OnnxExportConfig:
     opset: int | None = option(None, help="ONNX opset (default: optimum's for the architecture).")
     block_size: int = option(32, help="int4: weights per quantization block.")
     runtime: str = option(
-        "optimum",
-        help="optimum: optimum-onnx export; genai: onnxruntime-genai's model builder "
-        "(fp32, or int4 with --quantize int4; run with its generator).",
+        "auto",
+        help="optimum: optimum-onnx export (the onnx-optimum extra, transformers 4.57); genai: "
+        "onnxruntime-genai's model builder (fp32, or int4 with --quantize int4; run with its "
+        "generator); auto: optimum where it is installed, else genai.",
         cli_type=Runtime,
         from_cli=_enum_value,
     )
@@ -120,7 +123,7 @@ class OnnxExportConfig:
             raise BadInputError(f"--quantize {self.quantize!r} is not supported: use {choices}")
         if self.runtime not in RUNTIMES:
             raise BadInputError(
-                f"--runtime {self.runtime!r} is not supported: use optimum or genai"
+                f"--runtime {self.runtime!r} is not supported: use auto, optimum or genai"
             )
         if self.runtime == "genai" and self.quantize not in (None, "int4"):
             raise BadInputError("--runtime genai builds fp32 or int4: drop --quantize or use int4")
@@ -137,9 +140,56 @@ class OnnxExportConfig:
             if getattr(self, name) < 1:
                 raise BadInputError(f"{name} must be at least 1, got {getattr(self, name)}")
 
+    def require_runtime(self) -> None:
+        """Refuse, in one line naming what to install, a route this environment cannot run.
+
+        Raises:
+            BadInputError: optimum-onnx or onnxruntime-genai is missing.
+        """
+        if self.route == "optimum":
+            needs = f" (which --quantize {self.quantize} needs)" if self.quantize else ""
+            require_optimum(f"the optimum route of export onnx{needs}")
+        if self.route == "genai" and importlib.util.find_spec("onnxruntime_genai") is None:
+            raise BadInputError(
+                "--runtime genai needs onnxruntime-genai: pip install 'compress[export]'"
+            )
+
+    @property
+    def route(self) -> str:
+        """The route that runs: ``runtime``, or for ``auto`` optimum where it is installed and
+        genai elsewhere (int8 graphs come from the optimum route only)."""
+        if self.runtime != "auto":
+            return self.runtime
+        genai = not optimum_installed() and self.quantize in (None, "int4")
+        return "genai" if genai else "optimum"
+
     @property
     def task(self) -> str:
         return "text-generation-with-past" if self.with_past else "text-generation"
+
+
+def optimum_installed() -> bool:
+    """Whether optimum-onnx's exporter can be imported (it needs transformers < 4.58)."""
+    return importlib.util.find_spec("optimum") is not None and (
+        importlib.util.find_spec("optimum.exporters.onnx") is not None
+    )
+
+
+def require_optimum(what: str) -> None:
+    """Refuse ``what`` in one line saying what to install where optimum-onnx is missing.
+
+    Raises:
+        BadInputError: optimum-onnx is not installed.
+    """
+    if optimum_installed():
+        return
+    import transformers
+
+    raise BadInputError(
+        f"{what} needs optimum-onnx, which needs transformers 4.57 (installed: "
+        f"{transformers.__version__}): pip install 'compress[onnx-optimum]' "
+        "'transformers>=4.57,<4.58' 'huggingface_hub<1.0'; or use --runtime genai (fp32 or int4)"
+    )
 
 
 def export_onnx(
@@ -153,11 +203,12 @@ def export_onnx(
     """
     folder, output = Path(folder).resolve(), Path(output).resolve()
     _check_paths(folder, output, overwrite)
-    run = _genai_export_and_check if config.runtime == "genai" else _export_and_check
+    config.require_runtime()
+    run = _genai_export_and_check if config.route == "genai" else _export_and_check
     with atomic_folder(output) as staging:
         report = run(folder, staging, config)
     if (folder / REPORT_NAME).is_file():
-        key = "onnx_genai" if config.runtime == "genai" else "onnx"
+        key = "onnx_genai" if config.route == "genai" else "onnx"
         record = {key: _relative_to(output, folder), f"{key}_files": report["files"]}
         update_report(folder, "export", record)  # the files with their bytes, for the card
     for parity in _parities(report):
@@ -273,8 +324,8 @@ def _genai_export_and_check(folder: Path, staging: Path, config: OnnxExportConfi
 
     precision = "int4" if config.quantize == "int4" else "fp32"
     provider = execution_provider()
+    loaded = load_model(str(folder), device="cpu", dtype="float32")  # refuses damaged weights
     build(folder, staging, precision, provider, config.block_size, config.genai_algo)
-    loaded = load_model(str(folder), device="cpu", dtype="float32")
     loaded.tokenizer.save_pretrained(staging)  # the ids PyTorch saw, for run-onnx too
     model = GenaiLM(staging)
     int4 = precision == "int4"
@@ -328,6 +379,7 @@ def load_ort(folder: Path, file_name: str = MODEL_FILE, threads: int | None = No
     ``threads`` intra-op threads (default: as many as torch uses, so timings compare like with
     like).
     """
+    require_optimum("running an optimum-onnx export")
     import onnxruntime
     import torch
     from optimum.onnxruntime import ORTModelForCausalLM

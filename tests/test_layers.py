@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "model plumbing",
         (
             "compress.models",
+            "compress.compat",
             "compress.blocks",
             "compress.placement",
             "compress.calibration",

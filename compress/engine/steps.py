@@ -109,6 +109,7 @@ class Engine:
         self.recon = config.reconstruct
         self.technique = config.reconstruct.technique
         self.adapter = BlockAdapter(model)
+        self.adapter.check_prunable()
         self.work = work if work is not None and work.checkpoints() else None
         self.device = model.get_input_embeddings().weight.device
         self.dtype = next(model.parameters()).dtype

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from compress.compat import no_split_modules
 from compress.core.errors import BadInputError
 
 PRESETS = ("auto", "balanced", "balanced_low_0", "sequential")
@@ -160,7 +161,7 @@ def resolve_device_map(model: nn.Module, placement: Placement, dtype: torch.dtyp
         except ValueError as exc:
             raise BadInputError(f"--device-map does not cover the model: {exc}") from exc
     else:
-        no_split = model._get_no_split_modules("auto")
+        no_split = no_split_modules(model)
         budget = placement.max_memory
         if placement.device_map != "sequential":
             budget = get_balanced_memory(

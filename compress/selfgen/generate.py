@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from compress.compat import library_generation_defaults
 from compress.core.errors import BadInputError
 from compress.selfgen.inspection import detect_language, known_language
 from compress.selfgen.samples import next_draw, read_samples, text_seed, token_lengths
@@ -98,13 +99,13 @@ def generate_ids(model, tokenizer, seeds: list[int], recipe: Recipe) -> list[lis
         pad_token_id=stops[0] if stops else 0,
     )
     prompt = torch.tensor(first, device=device)[:, None]  # (B, 1): no padding needed
-    out = model.generate(
-        prompt,
-        attention_mask=torch.ones_like(prompt),
-        generation_config=config,
-        logits_processor=LogitsProcessorList([_row_sampler(generators, recipe)]),
-        use_model_defaults=False,
-    )
+    with library_generation_defaults(model):
+        out = model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            generation_config=config,
+            logits_processor=LogitsProcessorList([_row_sampler(generators, recipe)]),
+        )
     texts = []
     for row in out.tolist():
         end = next((i for i, t in enumerate(row) if i > 0 and t in stops), len(row))

@@ -6,8 +6,9 @@ from transformers import AutoModelForCausalLM
 
 from compress.blocks import SUPPORTED_MODEL_TYPES, BlockAdapter
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
+from compress.core.errors import BadInputError
 from compress.engine import prune_model
-from tests.tiny_models import family_configs, random_model
+from tests.tiny_models import family_configs, fused_weights, random_model, skip_fused
 
 FAMILIES = family_configs()
 
@@ -36,16 +37,19 @@ def test_replayed_blocks_match_model(model_type):
     torch.testing.assert_close(single, reference[1][:1])
 
 
+WANDA = PruneConfig(
+    method="wanda",
+    calibration=CalibrationConfig(nsamples=4, seqlen=16, batch_size=2),
+    reconstruct=ReconstructConfig(technique="lr"),
+)
+
+
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_pruned_family_runs_and_reloads(model_type, tmp_path):
     model = build(model_type)
+    skip_fused(model, model_type)
     ids = torch.randint(0, 256, (4, 16))
-    config = PruneConfig(
-        method="wanda",
-        calibration=CalibrationConfig(nsamples=4, seqlen=16, batch_size=2),
-        reconstruct=ReconstructConfig(technique="lr"),
-    )
-    outcome = prune_model(model, ids, config)
+    outcome = prune_model(model, ids, WANDA)
     assert outcome.layers and all(entry["sparsity"] == 0.5 for entry in outcome.layers.values())
     head = model.get_output_embeddings().weight
     assert (head == 0).float().mean() < 0.01  # the LM head is never pruned
@@ -56,6 +60,27 @@ def test_pruned_family_runs_and_reloads(model_type, tmp_path):
         actual = reloaded(input_ids=ids).logits
     assert torch.isfinite(actual).all()
     assert torch.equal(expected, actual)
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_no_expert_is_left_dense_silently(model_type):
+    """Every 2-D block weight is pruned; fused 3-D expert tensors are refused in one line."""
+    model = build(model_type)
+    ids = torch.randint(0, 256, (4, 16))
+    if fused_weights(model):
+        with pytest.raises(BadInputError, match=r"experts would stay dense.*transformers 4\.57"):
+            prune_model(model, ids, WANDA)
+        assert all((p != 0).all() for p in model.parameters() if p.ndim > 2)
+        return
+    outcome = prune_model(model, ids, WANDA)
+    adapter = BlockAdapter(model)
+    matrices = {
+        f"{adapter.block_name(i)}.{name.removesuffix('.weight')}"
+        for i, block in enumerate(adapter.blocks)
+        for name, p in block.named_parameters()
+        if p.ndim == 2 and name.endswith(".weight")
+    }
+    assert matrices <= set(outcome.layers)
 
 
 def test_skip_and_layer_override():

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from compress.cli.main import app
 from compress.models import load_model
-from tests.exporters.fake_hub import FakeHub, HubStore
+from tests.exporters.fake_hub import FakeHub, HubStore, point_clients_at
 from tests.meta_format import (
     sentencepiece_model,
     tiny_meta_llama,
@@ -49,9 +49,8 @@ def hf_files(original, tmp_path_factory) -> dict[str, bytes]:
     folder = tmp_path_factory.mktemp("hf")
     (folder / "tokenizer.model").write_bytes(tokenizer_model)
     model.save_pretrained(folder)
-    LlamaTokenizerFast(vocab_file=str(folder / "tokenizer.model"), legacy=False).save_pretrained(
-        folder
-    )
+    tokenizer = LlamaTokenizerFast.from_pretrained(str(folder), legacy=False, add_bos_token=True)
+    tokenizer.save_pretrained(folder)
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
@@ -66,18 +65,7 @@ def caches(monkeypatch, tmp_path):
 
 
 def point_at(monkeypatch, url: str) -> None:
-    import transformers.utils.hub
-    from huggingface_hub import constants, file_download
-    from huggingface_hub.utils import reset_sessions
-
-    template = url + "/{repo_id}/resolve/{revision}/{filename}"
-    monkeypatch.setattr(constants, "ENDPOINT", url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(transformers.utils.hub, "_is_offline_mode", False)
-    reset_sessions()
+    point_clients_at(monkeypatch, url)
 
 
 @pytest.fixture
@@ -240,3 +228,20 @@ def test_permute_rotary_moves_meta_pairs_to_transformers_halves():
     order = permute_rotary(rows, heads).squeeze(1).long().tolist()
     assert order[:head_dim] == [0, 2, 4, 6, 1, 3, 5, 7]
     assert order[head_dim:] == [8, 10, 12, 14, 9, 11, 13, 15]
+
+
+def test_converted_tokenizer_gives_sentencepieces_own_pieces(original, meta_files, caches):
+    """BOS, then exactly what SentencePiece (Meta's reference tokenizer) makes of the text.
+
+    Texts within the toy vocabulary: for characters it lacks (no byte fallback in this model)
+    transformers 5's converted tokenizer and SentencePiece disagree on the unknown pieces."""
+    import sentencepiece
+
+    folder = caches / "Tiny-2-7b"
+    folder.mkdir()
+    for name, content in meta_files.items():
+        (folder / name).write_bytes(content)
+    tokenizer = load_model(str(folder), dtype="float32").tokenizer
+    reference = sentencepiece.SentencePieceProcessor(model_proto=original[1])
+    for text in ("the quick brown fox jumps", "pruning removes every weight of the model"):
+        assert tokenizer(text).input_ids == [reference.bos_id(), *reference.encode(text)]

@@ -10,7 +10,7 @@ from compress.engine import prune_model
 from compress.masks import SparsityPattern
 from compress.pruners import PRUNERS
 from compress.pruners.sparsegpt import column_loop_threads
-from tests.tiny_models import family_configs, random_model
+from tests.tiny_models import family_configs, random_model, skip_fused
 
 FAMILIES = family_configs()
 WITH_SIBLINGS = sorted(name for name, groups in blocks.SIBLINGS.items() if groups)
@@ -52,6 +52,7 @@ def prune(model_type: str, method: str, pattern: str, monkeypatch, share: bool):
     if not share:
         monkeypatch.setattr(blocks, "SIBLINGS", {name: () for name in blocks.SIBLINGS})
     model = random_model(FAMILIES[model_type])
+    skip_fused(model, model_type)
     config = PruneConfig(
         method=method,
         pattern=pattern,

@@ -87,6 +87,7 @@ class FakeHub:
         self.server = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
+        self.down = False  # set when a kill drops an upload: every later request is dropped too
         self.url = f"http://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -143,6 +144,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = unquote(urlsplit(self.path).path)
         headers = {key.lower(): value for key, value in self.headers.items()}
         self.store.requests.append((self.command, path, headers))
+        if self.hub.down:  # gone away (huggingface_hub >= 1 uploads in parallel and retries)
+            return self._drop()
         for prefix, handler in self.ROUTES.get(self.command, ()):
             if path.startswith(prefix) or prefix == "*":
                 handler(self, path)
@@ -159,7 +162,8 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = f"{body.get('organization') or 'user'}/{body['name']}"
         if repo_id in self.store.repos:
             return self._json(409, {"error": "repo exists", "url": f"{self.hub.url}/{repo_id}"})
-        repo = Repo(private=bool(body.get("private")))
+        # huggingface_hub < 2 sends "private": true, 2.x "visibility": "private"
+        repo = Repo(private=bool(body.get("private")) or body.get("visibility") == "private")
         repo.trees["0" * 40] = {}
         repo.branches["main"] = "0" * 40
         self.store.repos[repo_id] = repo
@@ -188,6 +192,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(401, "Unauthorized", "Invalid credentials in Authorization header")
         if action in ("", "revision"):
             return self._model_info(repo_id, repo, rest or "main")
+        if action == "tree":  # huggingface_hub >= 1 lists files through it (snapshot_download)
+            return self._tree(repo, rest.split("/", 1)[0])
         if action == "preupload":
             return self._json(200, {"files": [_upload_mode(f) for f in json.loads(body)["files"]]})
         if action == "commit":
@@ -210,6 +216,20 @@ class _Handler(BaseHTTPRequestHandler):
         gated = "manual" if repo.gated else False
         info = {"id": repo_id, "sha": oid, "private": repo.private, "gated": gated}
         self._json(200, {**info, "siblings": siblings})
+
+    def _tree(self, repo: Repo, revision: str) -> None:
+        """Every file of ``revision`` (as with ``recursive=true``), one page."""
+        oid = self.store.commit_of(repo, revision)
+        if oid is None:
+            return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        entries = []
+        for path, entry in sorted(repo.trees[oid].items()):
+            content = self.store._content(entry)
+            item = {"type": "file", "path": path, "size": len(content), "oid": _git_oid(content)}
+            if entry["lfs"]:
+                item["lfs"] = {"oid": entry["oid"], "size": len(content), "pointerSize": 134}
+            entries.append(item)
+        self._json(200, entries)
 
     def _commit(self, repo_id: str, repo: Repo, revision: str, body: bytes) -> None:
         if revision not in repo.branches:
@@ -260,10 +280,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200)
 
     def _die_mid_body(self) -> None:
+        self.hub.down = True
         self.rfile.read(max(int(self.headers.get("Content-Length", 2)) // 2, 1))
+        self._drop()
+        threading.Thread(target=self.hub.stop, daemon=True).start()
+
+    def _drop(self) -> None:
         self.close_connection = True
         self.connection.shutdown(socket.SHUT_RDWR)
-        threading.Thread(target=self.hub.stop, daemon=True).start()
 
     # --- read API -------------------------------------------------------------------------
     def resolve(self, path: str) -> None:
@@ -318,3 +342,33 @@ def _upload_mode(file: dict) -> dict:
 
 def _git_oid(content: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()
+
+
+def point_clients_at(monkeypatch, url: str) -> None:
+    """huggingface_hub and transformers in this process talk to ``url``, online, without Xet.
+
+    The attributes differ between the supported stacks (huggingface_hub 0.x keeps a copy of the
+    URL template in ``file_download``, transformers 4.57 caches the offline flag); each is
+    patched where it exists.
+    """
+    import transformers.utils.hub
+    from huggingface_hub import constants, file_download
+
+    template = url + "/{repo_id}/resolve/{revision}/{filename}"
+    monkeypatch.setattr(constants, "ENDPOINT", url)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    if hasattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE"):
+        monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    if hasattr(transformers.utils.hub, "_is_offline_mode"):
+        monkeypatch.setattr(transformers.utils.hub, "_is_offline_mode", False)
+    reset_sessions()
+
+
+def reset_sessions() -> None:
+    """Drop huggingface_hub's pooled HTTP connections (``reset_sessions`` before 1.0,
+    ``close_session`` after), so the next request opens a fresh one."""
+    from huggingface_hub import utils
+
+    (getattr(utils, "reset_sessions", None) or utils.close_session)()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import warnings
 
 import pytest
@@ -32,7 +33,8 @@ def has_sparse_compressors() -> bool:
 
 needs_sparse = pytest.mark.skipif(
     not has_sparse_compressors(),
-    reason="needs compressed-tensors 0.14.0.1 (0.15+ dropped its sparse compressors)",
+    reason="needs compressed-tensors 0.14.0.1 (extra compressed; 0.15+ dropped its sparse "
+    "compressors), which needs transformers<5",
 )
 runner = CliRunner()
 
@@ -151,11 +153,23 @@ def test_non_linear_layers_refused_in_one_line(tmp_path, tokenizer):
 
 
 def test_missing_sparse_compressors_refused(monkeypatch):
-    from compressed_tensors.compressors import BaseCompressor
+    compressors = pytest.importorskip(
+        "compressed_tensors.compressors", reason="compressed-tensors is not installed here"
+    )
+    BaseCompressor = compressors.BaseCompressor
 
     monkeypatch.setattr(BaseCompressor, "registered_names", classmethod(lambda cls: ["dense"]))
     with pytest.raises(BadInputError, match="compressed-tensors==0.14.0.1"):
         compressed.require_sparse_compressors()
+
+
+def test_missing_package_names_the_extra_and_the_transformers_it_needs(monkeypatch):
+    monkeypatch.setitem(sys.modules, "compressed_tensors", None)  # import raises ImportError
+    with pytest.raises(BadInputError) as refused:
+        compressed.require_sparse_compressors()
+    message = str(refused.value)
+    assert "compress[compressed]" in message and "transformers>=4.57,<4.58" in message
+    assert "--save-format dense" in message and "\n" not in message
 
 
 @needs_sparse

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_hub import FakeHub, HubStore
+from fake_hub import FakeHub, HubStore, point_clients_at, reset_sessions
 from typer.testing import CliRunner
 
 from cards.builder import write_card
@@ -71,21 +71,12 @@ def model_dir(pruned_llama_dir, tmp_path) -> Path:
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
     """A fake Hub on 127.0.0.1 and huggingface_hub/transformers pointed at it in-process."""
-    import transformers.utils.hub
-    from huggingface_hub import constants, file_download
-    from huggingface_hub.utils import reset_sessions
+    from huggingface_hub import constants
 
     server = FakeHub(HubStore(token=TOKEN)).start()
-    monkeypatch.setattr(constants, "ENDPOINT", server.url)
-    template = server.url + "/{repo_id}/resolve/{revision}/{filename}"
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setattr(file_download, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    point_clients_at(monkeypatch, server.url)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login-cache"))
-    monkeypatch.setattr(transformers.utils.hub, "_is_offline_mode", False)
     monkeypatch.setenv("HF_TOKEN", TOKEN)
-    reset_sessions()
     yield server
     server.stop()
     reset_sessions()
@@ -140,7 +131,7 @@ def test_cli_push_round_trip_is_bit_identical(model_dir, hub, tmp_path, caplog):
 def test_server_killed_mid_upload_fails_cleanly_then_retry_succeeds(
     model_dir, hub, monkeypatch, caplog
 ):
-    from huggingface_hub.utils import _http, reset_sessions
+    from huggingface_hub.utils import _http
 
     caplog.set_level(logging.DEBUG)
     # huggingface_hub retries a dropped upload 5 times with 1-8 s waits; skip the waiting.
@@ -192,7 +183,6 @@ def test_no_token_names_where_to_put_one(model_dir, hub, monkeypatch):
 
 def test_offline_mode_is_one_line(model_dir, hub, monkeypatch):
     from huggingface_hub import constants
-    from huggingface_hub.utils import reset_sessions
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     reset_sessions()

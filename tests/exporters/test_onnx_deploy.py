@@ -14,6 +14,7 @@ from compress.cli.main import app
 from compress.core.errors import BadInputError
 from exporters.onnx import EXPORT_REPORT, OnnxExportConfig, export_onnx
 from tests.exporters.test_onnx_export import FAST
+from tests.stacks import needs_optimum
 
 VOCAB, HIDDEN = 256, 64
 
@@ -143,6 +144,7 @@ def _eval(eval_text: str) -> dict:
     return dict(eval_source=eval_text, eval_windows=2, eval_seqlen=16)
 
 
+@needs_optimum
 @pytest.mark.slow
 def test_int4_export_is_checked_and_stores_the_embedding_once(
     pruned_llama_dir, eval_text, tmp_path
@@ -268,6 +270,7 @@ def test_quantized_parity_is_judged_on_the_mean():
     assert not result.passed  # fp32 keeps the strict max and token checks
 
 
+@needs_optimum
 @pytest.mark.slow
 def test_export_stores_a_duplicated_tied_head_once(pruned_llama_dir, tmp_path, monkeypatch):
     """optimum sometimes writes the tied head as its own (H, V) copy (SmolLM2-135M: 652.5 MB

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from compress.cli.main import app
 from compress.core.errors import BadInputError, ExportParityError
 from exporters.onnx import EXPORT_REPORT, OnnxExportConfig, export_onnx
+from tests.stacks import needs_optimum
 
 FAST = dict(max_new_tokens=4, latency_new_tokens=4, latency_repeats=1)
 PARAGRAPH = (
@@ -47,6 +48,7 @@ def gpt2_export(pruned_gpt2_dir, tmp_path_factory):
     return output, export_onnx(pruned_gpt2_dir, output, OnnxExportConfig(**FAST))
 
 
+@needs_optimum
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["llama_export", "gpt2_export"])
 def test_parity_and_greedy_tokens(family, request):
@@ -61,6 +63,7 @@ def test_parity_and_greedy_tokens(family, request):
     assert (output / "model.onnx").is_file() and (output / "tokenizer.json").is_file()
 
 
+@needs_optimum
 @pytest.mark.slow
 def test_export_is_recorded_in_the_model_report(llama_export, pruned_llama_dir):
     _, export = llama_export
@@ -69,6 +72,7 @@ def test_export_is_recorded_in_the_model_report(llama_export, pruned_llama_dir):
     assert report["export"]["onnx_files"]["model_int8.onnx"] > 0
 
 
+@needs_optimum
 @pytest.mark.slow
 def test_size_note_counts_the_zeros_it_exported(llama_export, pruned_llama_dir):
     _, report = llama_export
@@ -80,6 +84,7 @@ def test_size_note_counts_the_zeros_it_exported(llama_export, pruned_llama_dir):
     assert "stores every one of them as a dense float" in size["note"]
 
 
+@needs_optimum
 @pytest.mark.slow
 def test_int8_is_smaller_and_its_perplexity_is_reported(llama_export):
     _, report = llama_export
@@ -95,6 +100,7 @@ def test_int8_is_smaller_and_its_perplexity_is_reported(llama_export):
     assert report["files"]["model_int8.onnx"] == int8["bytes"]["int8"]
 
 
+@needs_optimum
 @pytest.mark.slow
 def test_weight_only_int8_keeps_activations_float(llama_export, tmp_path):
     import onnx
@@ -114,6 +120,7 @@ def test_weight_only_int8_keeps_activations_float(llama_export, tmp_path):
     assert abs(int8 - fp32) / fp32 < 0.05
 
 
+@needs_optimum
 @pytest.mark.slow
 def test_parity_miss_raises_and_marks_the_report(
     pruned_llama_dir, eval_text, tmp_path, monkeypatch
@@ -154,6 +161,7 @@ def test_bad_inputs(tmp_path, pruned_llama_dir):
         OnnxExportConfig(opset=11)
 
 
+@needs_optimum
 @pytest.mark.slow
 def test_cli_export_no_past_then_run(pruned_gpt2_dir, tmp_path):
     runner = CliRunner()
@@ -173,6 +181,7 @@ def test_cli_export_no_past_then_run(pruned_gpt2_dir, tmp_path):
     assert result.output.strip()
 
 
+@needs_optimum
 @pytest.mark.slow
 def test_cli_run_onnx_int8(llama_export):
     output, _ = llama_export
@@ -215,3 +224,32 @@ def test_command_module_loads_no_heavy_library():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_auto_runtime_is_optimum_where_installed_else_genai(monkeypatch):
+    import exporters.onnx
+
+    monkeypatch.setattr(exporters.onnx, "optimum_installed", lambda: True)
+    assert OnnxExportConfig().route == "optimum"
+    monkeypatch.setattr(exporters.onnx, "optimum_installed", lambda: False)
+    assert OnnxExportConfig().route == "genai"
+    assert OnnxExportConfig(quantize="int4").route == "genai"
+    assert OnnxExportConfig(quantize="int8").route == "optimum"  # only optimum writes int8
+    assert OnnxExportConfig(runtime="optimum").route == "optimum"
+
+
+@pytest.mark.parametrize("args", [["--runtime", "optimum"], ["--quantize", "int8"]])
+def test_optimum_route_without_optimum_onnx_is_one_line(args, pruned_llama_dir, monkeypatch):
+    """Where optimum-onnx cannot be installed (transformers 5), the line names the extra and
+    the transformers it needs, and the route that works."""
+    import exporters.onnx
+
+    monkeypatch.setattr(exporters.onnx, "optimum_installed", lambda: False)
+    out = pruned_llama_dir.parent / "never-written"
+    args = ["export", "onnx", str(pruned_llama_dir), "--output", str(out), *args]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "compress[onnx-optimum]" in lines[0] and "transformers>=4.57,<4.58" in lines[0]
+    assert "--runtime genai" in lines[0] and not out.exists()

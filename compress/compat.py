@@ -1,0 +1,80 @@
+"""The few places where the supported library stacks differ, one function per difference.
+
+compress runs on transformers 4.57 with huggingface_hub 0.x and on transformers 5.x with
+huggingface_hub 1.x/2.x (pyproject.toml says which releases are tested). Code elsewhere calls
+these functions instead of checking versions; each one asks the installed library what it
+offers rather than comparing version numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import struct
+from collections.abc import Iterator
+
+from torch import nn
+
+# What reading a cut or damaged GGUF raises: the gguf package (transformers 4.57) raises
+# ValueError/IndexError, transformers 5's own reader struct.error.
+GGUF_READ_ERRORS: tuple[type[BaseException], ...] = (ValueError, IndexError, struct.error)
+
+
+def no_split_modules(model: nn.Module) -> list[str]:
+    """Class names of the modules a device map must keep whole (the decoder blocks).
+
+    transformers 4.57 computes them with ``_get_no_split_modules``; 5.x collects them into
+    ``_no_split_modules`` when the model is built.
+    """
+    collect = getattr(model, "_get_no_split_modules", None)
+    if collect is not None:
+        return list(collect("auto"))
+    return sorted(getattr(model, "_no_split_modules", None) or ())
+
+
+@contextlib.contextmanager
+def library_generation_defaults(model: nn.Module) -> Iterator[None]:
+    """Within the block, ``model.generate`` fills what a passed ``GenerationConfig`` leaves
+    unset from the library's defaults, never from the checkpoint's generation_config.json
+    (its temperature, top-p or repetition penalty would change the sampled text).
+
+    Both versions merge the model's ``generation_config`` into the one passed (4.57 unless
+    ``use_model_defaults=False``, which 5.x no longer accepts), so it is swapped for a blank one.
+    """
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def hub_network_errors() -> tuple[type[BaseException], ...]:
+    """What huggingface_hub's HTTP client raises when the Hub cannot be reached or drops the
+    connection: requests' errors before 1.0, httpx's in 1.x, httpx2's from 2.0."""
+    errors: list[type[BaseException]] = []
+    for module, names in (
+        ("requests", ("ConnectionError", "Timeout")),
+        ("httpx", ("TransportError",)),
+        ("httpx2", ("TransportError",)),
+    ):
+        try:
+            found = importlib.import_module(module)
+        except ImportError:
+            continue
+        errors.extend(getattr(found, name) for name in names)
+    return tuple(errors)
+
+
+def is_hub_network_error(exc: BaseException) -> bool:
+    """The Hub could not be reached or dropped the connection.
+
+    From huggingface_hub 1.0 files upload in parallel over one shared client, and a dropped
+    connection in one upload closes that client: the uploads still running then fail with
+    httpx's "client has been closed" ``RuntimeError`` rather than a network error.
+    """
+    if isinstance(exc, hub_network_errors()):
+        return True
+    return isinstance(exc, RuntimeError) and "client has been closed" in str(exc)
