@@ -32,7 +32,7 @@ TF5_IGNORE := tests/test_layers.py tests/compress/test_masks.py tests/compress/t
 	tests/evaluators/cbm/test_cbm_intervene.py
 TF5_MARKS := not integration
 
-.PHONY: setup demo test test-tf5 test-fast lint format clean
+.PHONY: setup demo test test-default test-tf5 test-fast lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -66,14 +66,21 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# The two stacks run side by side (two jobs on two cores: the second stack's install is mostly
+# I/O, and neither suite keeps both cores busy alone); each job's output is printed whole when it
+# ends, and either one failing fails the target.
 test: lint
+	$(MAKE) -j2 --output-sync=target test-default test-tf5
+
+# The default stack alone: every test.
+test-default: $(STAMP)
 	$(BIN)/python -m pytest
-	$(MAKE) test-tf5
 
 # The transformers 5.x stack alone (make test runs it after the default stack).
 test-tf5: $(TF5_STAMP)
 	$(TF5_BIN)/python -c "import transformers, huggingface_hub as h; print('transformers', transformers.__version__, 'huggingface_hub', h.__version__)"
-	$(TF5_BIN)/python -m pytest -m "$(TF5_MARKS)" -rs $(addprefix --ignore=,$(TF5_IGNORE))
+	$(TF5_BIN)/python -m pytest -m "$(TF5_MARKS)" -rs --basetemp=$(TF5_VENV)/pytest-tmp \
+		$(addprefix --ignore=,$(TF5_IGNORE))
 
 # Leaves out the embedded-model (integration) and slow-marked tests.
 test-fast: $(STAMP)
