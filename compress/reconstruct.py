@@ -19,6 +19,7 @@ targets and its masks".
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from compress import distributed
-from compress.core.config import ReconOptimizer, ReconstructConfig
+from compress.core.config import ReconOptimizer, ReconSchedule, ReconstructConfig
 from compress.sam import SAM, mask_gradients, mask_weights
 
 # (index of a stored batch as large as the inputs, whose recorded call they use; inputs) -> outputs
@@ -108,6 +109,16 @@ def normalized_error(
     return num / max(den, 1e-30)
 
 
+def lr_factor(schedule: ReconSchedule, step: int, total: int) -> float:
+    """The multiple of the base learning rate at ``step`` of ``total`` (0-based, no warm-up)."""
+    done = min(step / total, 1.0)
+    if schedule is ReconSchedule.cosine:
+        return 0.5 * (1.0 + math.cos(math.pi * done))
+    if schedule is ReconSchedule.constant:
+        return 1.0
+    return 1.0 - done
+
+
 def _make_optimizer(params: list[nn.Parameter], masks: dict, config: ReconstructConfig):
     if config.optimizer is ReconOptimizer.sam:
         return SAM(
@@ -154,7 +165,9 @@ def reconstruct(
     total = config.steps or max(config.epochs * len(inputs), 1)
     epochs = -(-config.steps // len(inputs)) if config.steps else config.epochs
     steps_run = 0
-    schedule = torch.optim.lr_scheduler.LambdaLR(base, lambda step: 1.0 - step / total)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        base, lambda step: lr_factor(config.schedule, step, total)
+    )
     epoch_losses: list[float] = []
     watch = config.early_stop and holdout is not None
     holdout_errors = [normalized_error(*holdout, device, dtype)] if watch else []

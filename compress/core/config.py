@@ -79,6 +79,14 @@ class ReconOptimizer(str, Enum):
     sam = "sam"  # sharpness-aware, around Adam
 
 
+class ReconSchedule(str, Enum):
+    """How the learning rate moves over a block's steps (from --recon-lr, no warm-up)."""
+
+    linear = "linear"  # down to 0 (the paper's)
+    cosine = "cosine"  # half a cosine down to 0
+    constant = "constant"
+
+
 class SparsityProfile(str, Enum):
     """How the target spreads over blocks: the same everywhere, OWL, or the allocation that
     minimises the summed block errors of a first pass (compress/sparsity_profile.py)."""
@@ -111,6 +119,11 @@ class ReconstructConfig:
     )
     lr: float = option(
         2e-4, flags="--recon-lr", help="Adam learning rate (decays linearly to 0, no warm-up)."
+    )
+    schedule: ReconSchedule = option(
+        ReconSchedule.linear,
+        flags="--recon-schedule",
+        help="Learning-rate schedule over a block's steps: linear (to 0), cosine (to 0), constant.",
     )
     optimizer: ReconOptimizer = option(
         ReconOptimizer.adam,
@@ -150,6 +163,7 @@ class ReconstructConfig:
     def __post_init__(self) -> None:
         self.technique = Technique(self.technique)
         self.optimizer = _choice(ReconOptimizer, self.optimizer, "--recon-optimizer")
+        self.schedule = _choice(ReconSchedule, self.schedule, "--recon-schedule")
         self.activations_dtype = _choice(DType, self.activations_dtype, "--activations-dtype")
         self.activations_device = _choice(
             ActivationsDevice, self.activations_device, "--activations-device"
