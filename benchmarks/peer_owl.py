@@ -41,7 +41,7 @@ ap.add_argument("--windows", required=True, help="JSON file: a list of token-id 
 ap.add_argument("--method", choices=["wanda", "sparsegpt"], default="wanda")
 ap.add_argument("--sparsity", type=float, default=0.5)
 ap.add_argument("--sparsity-profile", choices=["uniform", "owl"], default="uniform")
-ap.add_argument("--owl-m", type=int, default=5)
+ap.add_argument("--owl-m", type=float, default=5.0)
 ap.add_argument("--owl-lambda", type=float, default=0.08)
 ap.add_argument("--owl-targets", help="the modules OWL allocates over (default: decoder layers)")
 a = ap.parse_args()
@@ -96,7 +96,8 @@ class Modifier(Base):
 options = {"sparsity": a.sparsity, "mask_structure": "0:0", "ignore": ["re:.*lm_head"]}
 if a.sparsity_profile == "owl":
     layer_class = type(model.model.layers[0]).__name__
-    options |= {"sparsity_profile": "owl", "owl_m": a.owl_m, "owl_lmbda": a.owl_lambda}
+    owl_m = int(a.owl_m) if a.owl_m.is_integer() else a.owl_m  # the peer's field is an int
+    options |= {"sparsity_profile": "owl", "owl_m": owl_m, "owl_lmbda": a.owl_lambda}
     options["targets"] = [a.owl_targets or layer_class]
 else:
     options["targets"] = ["Linear"]

@@ -31,17 +31,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, peak_rss_bytes, run_isolated, save  # noqa: E402
+from common import (  # noqa: E402
+    load_average,
+    machine,
+    peak_rss_bytes,
+    resumed,
+    run_isolated,
+    save_rows,
+)
 
 METHODS = ("wanda", "sparsegpt")
 TECHNIQUES = ("lr", "br+gp")
 EPOCHS = "epochs"  # the budget that means --epochs instead of a step count
 # the settings that identify a finished result in --output (besides method, technique, budget)
 KEYED = ("nsamples", "seqlen", "holdout", "epochs", "batch", "lr", "schedule", "ppl_windows")
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def one(method: str, technique: str, budget: str, args) -> dict:
@@ -62,7 +65,7 @@ def one(method: str, technique: str, budget: str, args) -> dict:
         recon = ReconstructConfig(
             technique=technique,
             epochs=args.epochs,
-            steps=None if budget == EPOCHS else int(budget),
+            steps=int(budget) if budget.isdigit() else None,  # "-" (LR) or "epochs"
             lr=args.lr,
             schedule=args.schedule,
             measure_errors=True,
@@ -127,14 +130,6 @@ def configurations(args) -> list[tuple[str, str, str]]:
 
 def settings_of(args) -> dict:
     return {k: getattr(args, k) for k in KEYED} | {"sparsity": args.sparsity}
-
-
-def finished(path: Path, settings: dict) -> list[dict]:
-    """The rows already in ``path`` measured with the same settings (resume)."""
-    if not path.exists():
-        return []
-    saved = json.loads(path.read_text())
-    return [r for r in saved.get("rows", []) if r.get("settings") == settings]
 
 
 def gap_closed(row: dict, rows: list[dict]) -> float | None:
@@ -206,7 +201,7 @@ def main() -> None:
         print(json.dumps(one(*args.one, args)))
         return
     settings = settings_of(args)
-    rows = [] if args.redo else finished(args.output, settings)
+    rows = [] if args.redo else resumed(args.output, settings)
     common = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
     result = {"machine": machine(), "settings": settings, "load_average_start": load_average()}
     for method, technique, budget in configurations(args):
@@ -215,22 +210,14 @@ def main() -> None:
             continue
         row = run_isolated(__file__, ["--one", method, technique, budget, *common])
         rows = [r for r in rows if (r["method"], r["technique"], r["budget"]) != key]
-        rows.append(row | {"settings": settings})
+        rows.append(row)
         print(json.dumps(row), flush=True)
-        save(args.output, {**result, "rows": _merge(args.output, settings, rows)})
+        save_rows(args.output, result, settings, rows)
     order = {key: n for n, key in enumerate(configurations(args))}
     rows.sort(key=lambda r: order.get((r["method"], r["technique"], r["budget"]), len(order)))
     print(table(rows, args))
     result["load_average_end"] = load_average()
-    save(args.output, {**result, "rows": _merge(args.output, settings, rows)})
-
-
-def _merge(path: Path, settings: dict, rows: list[dict]) -> list[dict]:
-    """This run's rows plus those of other settings already saved in ``path``."""
-    if not path.exists():
-        return rows
-    others = [r for r in json.loads(path.read_text()).get("rows", []) if r.get("settings") != settings]
-    return others + rows
+    save_rows(args.output, result, settings, rows)
 
 
 if __name__ == "__main__":
