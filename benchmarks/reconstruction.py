@@ -12,6 +12,10 @@ Budget sweep (the default: Wanda and SparseGPT, LR and BR+GP, 32 x 512 calibrati
 
     python benchmarks/reconstruction.py --budgets 4,16,64,320
 
+The learning rate is ``--recon-lr``'s default unless ``--lr`` is given: 2e-4 x 320 / steps per
+block within [2e-4, 3e-3] (``ReconstructConfig.learning_rate``), so each budget runs at its own
+default, as a user's run would; the rate used is in each row (``lr_used``).
+
 Each result is written to ``--output`` as soon as it finishes; running the same command again
 skips the configurations already there (same settings), so a long sweep resumes where it
 stopped, and ``--budgets 320`` alone adds one budget to an earlier sweep. ``--redo`` reruns.
@@ -113,6 +117,7 @@ def block_rows(blocks: list[dict]) -> dict:
         "closed": closed,
         "closed_mean": {k: round(sum(v) / len(v), 4) for k, v in closed.items()},
         "steps_run": [sum(w["steps_run"] for w in b.get("reconstruction") or []) for b in blocks],
+        "lr_used": next((w["lr"] for b in blocks for w in b.get("reconstruction") or []), None),
     }
 
 
@@ -146,9 +151,9 @@ def table(rows: list[dict], args) -> str:
     lines = [
         f"embedded SmolLM2-135M, fp32, CPU ({os.cpu_count()} cores); {args.sparsity:.0%} "
         f"unstructured; calibration {args.nsamples} x {args.seqlen} Wikipedia, batch {args.batch}, "
-        f"held-out errors {args.holdout} x {args.seqlen}; lr {args.lr} {args.schedule}; "
+        f"held-out errors {args.holdout} x {args.seqlen}; lr {args.lr or 'auto'} {args.schedule}; "
         f"ppl {args.ppl_windows} x {args.seqlen} held-out Wikipedia windows",
-        f"{'method':10s} {'technique':9s} {'steps/blk':>9s} {'ppl':>8s} {'gap closed':>10s} "
+        f"{'method':10s} {'technique':9s} {'steps/blk':>9s} {'lr':>7s} {'ppl':>8s} {'gap closed':>10s} "
         f"{'closed cal':>10s} {'closed held':>11s} {'sec':>7s} {'load before/after':>18s}",
     ]
     for r in rows:
@@ -158,12 +163,17 @@ def table(rows: list[dict], args) -> str:
         budget = str(max(steps)) if steps and r["technique"].startswith("br") else "-"
         load = r["load_average"]
         lines.append(
-            f"{r['method']:10s} {r['technique']:9s} {budget:>9s} {r['ppl_wikipedia']:8.2f} "
+            f"{r['method']:10s} {r['technique']:9s} {budget:>9s} {_lr(r.get('lr_used')):>7s} "
+            f"{r['ppl_wikipedia']:8.2f} "
             f"{'' if gap is None else f'{gap:.0%}':>10s} "
             f"{_pct(closed.get('calibration')):>10s} {_pct(closed.get('holdout')):>11s} "
             f"{r.get('seconds', 0):7.0f} {load['before'][0]:8.2f} / {load['after'][0]:<7.2f}"
         )
     return "\n".join(lines)
+
+
+def _lr(x: float | None) -> str:
+    return "" if x is None else f"{x:.1e}"
 
 
 def _pct(x: float | None) -> str:
@@ -183,7 +193,9 @@ def main() -> None:
         default="4,16,64,320",
         help="comma-separated --recon-steps per block, or 'epochs' (use --epochs)",
     )
-    parser.add_argument("--lr", type=float, default=None, help="default: --recon-lr's")
+    parser.add_argument(
+        "--lr", type=float, default=None, help="default: --recon-lr's (scaled to the budget)"
+    )
     parser.add_argument("--schedule", default=None, help="default: --recon-schedule's")
     parser.add_argument("--ppl-windows", type=int, default=32)
     parser.add_argument("--methods", default=",".join(METHODS))
@@ -194,15 +206,13 @@ def main() -> None:
     args = parser.parse_args()
     from compress.core.config import ReconstructConfig
 
-    default = ReconstructConfig()
-    args.lr = default.lr if args.lr is None else args.lr
-    args.schedule = args.schedule or default.schedule.value
+    args.schedule = args.schedule or ReconstructConfig().schedule.value
     if args.one:
         print(json.dumps(one(*args.one, args)))
         return
     settings = settings_of(args)
     rows = [] if args.redo else resumed(args.output, settings)
-    common = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    common = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items() if v is not None]
     result = {"machine": machine(), "settings": settings, "load_average_start": load_average()}
     for method, technique, budget in configurations(args):
         key = (method, technique, budget)

@@ -80,7 +80,14 @@ class ReconOptimizer(str, Enum):
 
 
 class ReconSchedule(str, Enum):
-    """How the learning rate moves over a block's steps (from --recon-lr, no warm-up)."""
+    """How the learning rate moves over a block's steps (from --recon-lr, no warm-up).
+
+    linear is the default (the paper's): at 16 steps and 3e-3 (Wanda 50%, blocks 3 / 9 of the
+    embedded model), constant closed 48% / 37% of the calibration error against linear's 40% /
+    27%, but only 21% / 12% of the held-out error against 20% / 11.5%: what constant adds is
+    mostly fit to the calibration set. No warm-up: Adam's first steps are already bounded by
+    the rate, and a few-step budget cannot spare any.
+    """
 
     linear = "linear"  # down to 0 (the paper's)
     cosine = "cosine"  # half a cosine down to 0
