@@ -199,8 +199,9 @@ class ReconstructConfig:
 
         Why (issue 18, embedded SmolLM2-135M, Wanda 50%, 32 x 256 calibration, 16 steps, share
         of block 3 / 9 error closed on held-out text): 2e-4 closes 9% / 5%, 1e-3 16% / 10%,
-        3e-3 20% / 12%, while 1e-2 diverges (-47% / -1%). At 4-40 steps, the budgets CPU
-        calibration affords, 2e-4 barely moves the weights (the demo's 4 steps closed ~2%).
+        3e-3 20% / 12%, while 1e-2 diverges (-47% / -1%); at 64 steps block 3 closes 15% with
+        2e-4 and 24% with this default (1e-3), the best of all tried. At 4-64 steps, the budgets
+        CPU calibration affords, 2e-4 barely moves the weights.
         """
         if self.lr is not None:
             return self.lr
