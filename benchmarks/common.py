@@ -39,3 +39,28 @@ def save(path: Path, data: dict) -> None:
 
     write_json_atomic(path, data)
     print(f"wrote {path}")
+
+
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages (how busy the machine was around a measurement)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def resumed(path: Path, settings: dict) -> list[dict]:
+    """The rows already in ``path`` that were measured with ``settings`` (to resume a sweep)."""
+    if not path.exists():
+        return []
+    return [
+        r for r in json.loads(path.read_text()).get("rows", []) if r.get("settings") == settings
+    ]
+
+
+def save_rows(path: Path, data: dict, settings: dict, rows: list[dict]) -> None:
+    """Write ``data`` with ``rows`` (each tagged with ``settings``) after the rows of other
+    settings already in ``path``, atomically: called after every result, so a sweep resumes."""
+    others = []
+    if path.exists():
+        others = [
+            r for r in json.loads(path.read_text()).get("rows", []) if r.get("settings") != settings
+        ]
+    save(path, {**data, "rows": others + [r | {"settings": settings} for r in rows]})

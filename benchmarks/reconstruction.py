@@ -1,149 +1,233 @@
-"""Does reconstruction pay off on the embedded SmolLM2-135M, and does it overfit?
+"""Does reconstruction pay off on the embedded SmolLM2-135M, at what budget, and does it overfit?
 
-For each pruner x technique at 50% unstructured: normalized error vs the dense model at the last
-block (calibration and held-out Wikipedia), perplexity on held-out Wikipedia and LAMBADA,
-seconds and peak RSS (each run in a fresh process). The paper's pattern to compare with: final
-block calibration error BR < LR by >= 50%, BR+GP below BR by >= 50%, CR lower still on
-calibration; perplexity of BR+GP below LR for every pruner (magnitude by far).
+Each configuration (pruner x technique x budget, 50% unstructured) runs in a fresh process:
+perplexity on held-out Wikipedia (its test split), the normalized error vs the dense model per
+block before and after reconstruction (calibration and held-out Wikipedia) and the share of it
+closed, the steps each block took, seconds of the pruning run, peak RSS and the load average
+around it. LR (the pruner's own update, no training) is the baseline of every pruner and the
+dense model the floor: the budget sweep asks at what steps per block BR+GP closes at least half
+of the LR-to-dense perplexity gap (``gap_closed`` in the table).
 
-    python benchmarks/reconstruction.py [--nsamples 64 --seqlen 512 --epochs 10]
+Budget sweep (the default: Wanda and SparseGPT, LR and BR+GP, 32 x 512 calibration):
 
-Budget sweep: ``--steps-sweep 4,16,64`` runs each technique once per ``--recon-steps`` budget
-(instead of ``--epochs``) and records the steps taken and the mean share of each block's error
-closed (calibration and held-out), the question being at what budget reconstruction pays.
+    python benchmarks/reconstruction.py --budgets 4,16,64,320
+
+The learning rate is ``--recon-lr``'s default unless ``--lr`` is given: 2e-4 x 320 / steps per
+block within [2e-4, 3e-3] (``ReconstructConfig.learning_rate``), so each budget runs at its own
+default, as a user's run would; the rate used is in each row (``lr_used``).
+
+Each result is written to ``--output`` as soon as it finishes; running the same command again
+skips the configurations already there (same settings), so a long sweep resumes where it
+stopped, and ``--budgets 320`` alone adds one budget to an earlier sweep. ``--redo`` reruns.
+The technique comparison of the paper (its settings: epochs instead of a step budget):
+
+    python benchmarks/reconstruction.py --methods wanda,sparsegpt,magnitude \\
+        --techniques lr,br,br+gp,br+gp+cr --budgets epochs --nsamples 64
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, peak_rss_bytes, run_isolated, save  # noqa: E402
+from common import (  # noqa: E402
+    load_average,
+    machine,
+    peak_rss_bytes,
+    resumed,
+    run_isolated,
+    save_rows,
+)
 
-METHODS = ("wanda", "sparsegpt", "magnitude")
-TECHNIQUES = ("lr", "br", "br+gp", "br+gp+cr")
+METHODS = ("wanda", "sparsegpt")
+TECHNIQUES = ("lr", "br+gp")
+EPOCHS = "epochs"  # the budget that means --epochs instead of a step count
+# the settings that identify a finished result in --output (besides method, technique, budget)
+KEYED = ("nsamples", "seqlen", "holdout", "epochs", "batch", "lr", "schedule", "ppl_windows")
 
 
-def one(method: str, technique: str, args) -> dict:
+def one(method: str, technique: str, budget: str, args) -> dict:
+    """One configuration in this process; ``method`` "dense" measures the unpruned model."""
     from compress.calibration import load_texts, load_windows
     from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
     from compress.engine import prune_model
     from compress.models import load_model
     from evaluators.perplexity import perplexity
 
+    load_before = load_average()
     loaded = load_model(None, "cpu", "float32")
     tok = loaded.tokenizer
-    calib = load_windows(tok, "wikipedia", args.nsamples, args.seqlen, seed=0)
-    holdout = load_windows(tok, "wikipedia", args.holdout, args.seqlen, seed=0, split="test")
-    config = PruneConfig(
-        method=method,
-        calibration=CalibrationConfig(
-            source="wikipedia",
-            nsamples=args.nsamples,
-            seqlen=args.seqlen,
-            seed=0,
-            batch_size=args.batch,
-        ),
-        reconstruct=ReconstructConfig(
+    row: dict = {"method": method, "technique": technique, "budget": budget}
+    if method != "dense":
+        calib = load_windows(tok, "wikipedia", args.nsamples, args.seqlen, seed=0)
+        holdout = load_windows(tok, "wikipedia", args.holdout, args.seqlen, seed=0, split="test")
+        recon = ReconstructConfig(
             technique=technique,
             epochs=args.epochs,
-            steps=args.steps,
+            steps=int(budget) if budget.isdigit() else None,  # "-" (LR) or "epochs"
             lr=args.lr,
+            schedule=args.schedule,
             measure_errors=True,
-        ),
-    )
-    start = time.perf_counter()
-    outcome = prune_model(loaded.model, calib.ids, config, holdout_ids=holdout.ids)
-    seconds = time.perf_counter() - start
-    blocks = outcome.blocks
-    last = blocks[-1]["errors"]["after_reconstruction"]
-    ppl = {
-        name: perplexity(
-            loaded.model, tok, load_texts(name, "test"), args.seqlen, args.ppl_windows
-        )["perplexity"]
-        for name in ("wikipedia", "lambada")
+        )
+        config = PruneConfig(
+            method=method,
+            sparsity=args.sparsity,
+            calibration=CalibrationConfig(
+                source="wikipedia",
+                nsamples=args.nsamples,
+                seqlen=args.seqlen,
+                seed=0,
+                batch_size=args.batch,
+            ),
+            reconstruct=recon,
+        )
+        start = time.perf_counter()
+        outcome = prune_model(loaded.model, calib.ids, config, holdout_ids=holdout.ids)
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        row.update(block_rows(outcome.blocks))
+    row["ppl_wikipedia"] = perplexity(
+        loaded.model, tok, load_texts("wikipedia", "test"), args.seqlen, args.ppl_windows
+    )["perplexity"]
+    row["peak_rss_bytes"] = peak_rss_bytes()
+    row["load_average"] = {"before": load_before, "after": load_average()}
+    return row
+
+
+def block_rows(blocks: list[dict]) -> dict:
+    """Per block: normalized errors before/after, the share closed, steps taken."""
+    errors = [b["errors"] for b in blocks]
+
+    def per_block(stage: str, stream: str) -> list[float | None]:
+        return [e[stage][stream] for e in errors]
+
+    closed = {
+        stream: [round(e["closed"].get(stream, 0.0), 4) for e in errors]
+        for stream in ("calibration", "holdout")
     }
     return {
-        "method": method,
-        "technique": technique,
-        "calib_error": last["calibration"],
-        "holdout_error": last["holdout"],
-        "ppl_wikipedia": ppl["wikipedia"],
-        "ppl_lambada": ppl["lambada"],
-        "seconds": seconds,
-        "peak_rss_bytes": peak_rss_bytes(),
-        "steps": args.steps,
-        "steps_run": [sum(w["steps_run"] for w in b.get("reconstruction", [])) for b in blocks],
-        "closed_mean": {
-            stream: sum(b["errors"]["closed"].get(stream, 0.0) for b in blocks) / len(blocks)
-            for stream in ("calibration", "holdout")
-        },
+        "calib_error": per_block("after_reconstruction", "calibration")[-1],
+        "holdout_error": per_block("after_reconstruction", "holdout")[-1],
+        "errors_before": per_block("before_reconstruction", "calibration"),
+        "errors_after": per_block("after_reconstruction", "calibration"),
+        "closed": closed,
+        "closed_mean": {k: round(sum(v) / len(v), 4) for k, v in closed.items()},
+        "steps_run": [sum(w["steps_run"] for w in b.get("reconstruction") or []) for b in blocks],
+        "lr_used": next((w["lr"] for b in blocks for w in b.get("reconstruction") or []), None),
     }
+
+
+def configurations(args) -> list[tuple[str, str, str]]:
+    """(method, technique, budget): the dense model, then per pruner LR once and every
+    training technique at every budget."""
+    budgets = args.budgets.split(",")
+    rows = [("dense", "none", "-")]
+    for method in args.methods.split(","):
+        for technique in args.techniques.split(","):
+            trains = technique.startswith("br")
+            rows += [(method, technique, b) for b in (budgets if trains else ["-"])]
+    return rows
+
+
+def settings_of(args) -> dict:
+    return {k: getattr(args, k) for k in KEYED} | {"sparsity": args.sparsity}
+
+
+def gap_closed(row: dict, rows: list[dict]) -> float | None:
+    """Share of the LR-to-dense perplexity gap a row closes (None for LR/dense or without them)."""
+    lr = [r for r in rows if r["method"] == row["method"] and r["technique"] == "lr"]
+    dense = [r for r in rows if r["method"] == "dense"]
+    if row["technique"] in ("lr", "none") or not lr or not dense:
+        return None
+    gap = lr[0]["ppl_wikipedia"] - dense[0]["ppl_wikipedia"]
+    return (lr[0]["ppl_wikipedia"] - row["ppl_wikipedia"]) / gap if gap else None
+
+
+def table(rows: list[dict], args) -> str:
+    lines = [
+        f"embedded SmolLM2-135M, fp32, CPU ({os.cpu_count()} cores); {args.sparsity:.0%} "
+        f"unstructured; calibration {args.nsamples} x {args.seqlen} Wikipedia, batch {args.batch}, "
+        f"held-out errors {args.holdout} x {args.seqlen}; lr {args.lr or 'auto'} {args.schedule}; "
+        f"ppl {args.ppl_windows} x {args.seqlen} held-out Wikipedia windows",
+        f"{'method':10s} {'technique':9s} {'steps/blk':>9s} {'lr':>7s} {'ppl':>8s} {'gap closed':>10s} "
+        f"{'closed cal':>10s} {'closed held':>11s} {'sec':>7s} {'load before/after':>18s}",
+    ]
+    for r in rows:
+        gap = gap_closed(r, rows)
+        closed = r.get("closed_mean", {})
+        steps = r.get("steps_run")
+        budget = str(max(steps)) if steps and r["technique"].startswith("br") else "-"
+        load = r["load_average"]
+        lines.append(
+            f"{r['method']:10s} {r['technique']:9s} {budget:>9s} {_lr(r.get('lr_used')):>7s} "
+            f"{r['ppl_wikipedia']:8.2f} "
+            f"{'' if gap is None else f'{gap:.0%}':>10s} "
+            f"{_pct(closed.get('calibration')):>10s} {_pct(closed.get('holdout')):>11s} "
+            f"{r.get('seconds', 0):7.0f} {load['before'][0]:8.2f} / {load['after'][0]:<7.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _lr(x: float | None) -> str:
+    return "" if x is None else f"{x:.1e}"
+
+
+def _pct(x: float | None) -> str:
+    return "" if x is None else f"{x:.1%}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nsamples", type=int, default=64)
+    parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--holdout", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--epochs", type=int, default=10, help="for the budget 'epochs'")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, help="--recon-steps per block instead of --epochs")
-    parser.add_argument("--steps-sweep", help="comma-separated --recon-steps budgets to sweep")
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument(
+        "--budgets",
+        default="4,16,64,320",
+        help="comma-separated --recon-steps per block, or 'epochs' (use --epochs)",
+    )
+    parser.add_argument(
+        "--lr", type=float, default=None, help="default: --recon-lr's (scaled to the budget)"
+    )
+    parser.add_argument("--schedule", default=None, help="default: --recon-schedule's")
     parser.add_argument("--ppl-windows", type=int, default=32)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--techniques", default=",".join(TECHNIQUES))
-    parser.add_argument("--one", nargs=2, metavar=("METHOD", "TECHNIQUE"))
+    parser.add_argument("--redo", action="store_true", help="rerun configurations already saved")
+    parser.add_argument("--one", nargs=3, metavar=("METHOD", "TECHNIQUE", "BUDGET"))
     parser.add_argument("--output", type=Path, default=Path("out/bench/reconstruction.json"))
     args = parser.parse_args()
+    from compress.core.config import ReconstructConfig
+
+    args.schedule = args.schedule or ReconstructConfig().schedule.value
     if args.one:
         print(json.dumps(one(*args.one, args)))
         return
-    common = [
-        f"--{k}={v}"
-        for k, v in (
-            ("nsamples", args.nsamples),
-            ("seqlen", args.seqlen),
-            ("holdout", args.holdout),
-            ("epochs", args.epochs),
-            ("batch", args.batch),
-            ("ppl-windows", args.ppl_windows),
-            ("lr", args.lr),
-        )
-    ]
-    sweep = args.steps_sweep.split(",") if args.steps_sweep else [args.steps]
-    budgets = [[f"--steps={n}"] if n else [] for n in sweep]
-    rows = []
-    for method in args.methods.split(","):
-        for technique in args.techniques.split(","):
-            for budget in budgets:
-                row = run_isolated(__file__, ["--one", method, technique, *common, *budget])
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    print(
-        f"\nembedded SmolLM2-135M, fp32, CPU; Wanda/SparseGPT/magnitude 50% unstructured; calibration {args.nsamples} x {args.seqlen} Wikipedia, held-out {args.holdout} x {args.seqlen}; {args.epochs} epochs, batch {args.batch}; ppl {args.ppl_windows} x {args.seqlen} windows"
-    )
-    print(
-        f"{'method':10s} {'technique':9s} {'calib err':>10s} {'held err':>10s} {'ppl wiki':>9s} {'ppl lamb':>9s} {'sec':>7s} {'RSS':>6s}"
-    )
-    for r in rows:
-        if r["steps"]:
-            closed = r["closed_mean"]
-            print(
-                f"  steps {r['steps']}: closed calib {closed['calibration']:.1%}, held-out {closed['holdout']:.1%}"
-            )
-        print(
-            f"{r['method']:10s} {r['technique']:9s} {r['calib_error']:10.4f} {r['holdout_error']:10.4f} {r['ppl_wikipedia']:9.2f} {r['ppl_lambada']:9.2f} {r['seconds']:7.0f} {r['peak_rss_bytes'] / 2**30:5.2f}G"
-        )
-    save(
-        args.output,
-        {"machine": machine(), "settings": vars(args) | {"output": str(args.output)}, "rows": rows},
-    )
+    settings = settings_of(args)
+    rows = [] if args.redo else resumed(args.output, settings)
+    common = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items() if v is not None]
+    result = {"machine": machine(), "settings": settings, "load_average_start": load_average()}
+    for method, technique, budget in configurations(args):
+        key = (method, technique, budget)
+        if any((r["method"], r["technique"], r["budget"]) == key for r in rows):
+            continue
+        row = run_isolated(__file__, ["--one", method, technique, budget, *common])
+        rows = [r for r in rows if (r["method"], r["technique"], r["budget"]) != key]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        save_rows(args.output, result, settings, rows)
+    order = {key: n for n, key in enumerate(configurations(args))}
+    rows.sort(key=lambda r: order.get((r["method"], r["technique"], r["budget"]), len(order)))
+    print(table(rows, args))
+    result["load_average_end"] = load_average()
+    save_rows(args.output, result, settings, rows)
 
 
 if __name__ == "__main__":

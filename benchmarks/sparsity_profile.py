@@ -1,19 +1,27 @@
-"""Does a non-uniform sparsity profile pay on the embedded SmolLM2-135M?
+"""Does a non-uniform sparsity profile pay on the embedded SmolLM2-135M, against the peer's OWL?
 
 Wanda and SparseGPT (LR: the pruner's own update, no training) at 50/60/70% unstructured,
-``--sparsity-profile`` uniform vs owl vs errors, calibration 32 x 512 Wikipedia, perplexity on
-held-out Wikipedia (its test split), each run in a fresh process. With ``--peer PYTHON`` (the
-peer's own venv, see ../shared/bench/README.md) the peer's OWL at the same settings runs too,
-through ../shared/bench/llmc_cpu_peer.py on the very same windows, when that script accepts
-``--sparsity-profile`` (it is recorded as not run otherwise).
+``--sparsity-profile`` uniform vs owl vs errors, and llm-compressor's own OWL (``peer-owl``) at
+the same settings (``--owl-m``, ``--owl-lambda``) on the very same calibration windows (32 x 512
+Wikipedia), through ``peer_owl.py`` in the peer's venv (../shared/bench/README.md); perplexity on
+held-out Wikipedia (its test split) of every result, ours and the peer's, measured by the
+project. Each configuration runs in a fresh process. Goal (issue 18): at 70%, ``owl`` within 5%
+of ``peer-owl``'s perplexity, ``errors`` below both.
 
-    python benchmarks/sparsity_profile.py [--sparsities 0.5,0.6,0.7 --nsamples 32 --seqlen 512]
+    python benchmarks/sparsity_profile.py                       # the whole table
+    python benchmarks/sparsity_profile.py --sparsities 0.7      # one column of it
+
+Each result is written to ``--output`` as soon as it finishes; the same command again skips
+those already there (same settings), so an interrupted run resumes; ``--redo`` reruns them.
+``--profiles uniform,owl,errors`` leaves the peer out; ``peer-uniform`` adds the peer's uniform
+pruning as a check that both sides prune alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -21,20 +29,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, peak_rss_bytes, run_isolated, save  # noqa: E402
+from common import (  # noqa: E402
+    load_average,
+    machine,
+    peak_rss_bytes,
+    resumed,
+    run_isolated,
+    save_rows,
+)
+from prune_embedded import beside_repo  # noqa: E402
 
 METHODS = ("wanda", "sparsegpt")
-PROFILES = ("uniform", "owl", "errors")
-PEER_SCRIPT = Path(__file__).resolve().parents[1] / ".." / "shared" / "bench" / "llmc_cpu_peer.py"
-
-
-def calibration(args):
-    from compress.calibration import load_windows
-    from compress.models import load_model
-
-    loaded = load_model(None, "cpu", "float32")
-    calib = load_windows(loaded.tokenizer, "wikipedia", args.nsamples, args.seqlen, seed=0)
-    return loaded, calib
+PROFILES = ("uniform", "owl", "errors", "peer-owl")
+PEER_SCRIPT = Path(__file__).resolve().parent / "peer_owl.py"
+KEYED = ("nsamples", "seqlen", "batch", "ppl_windows", "owl_m", "owl_lambda")
 
 
 def held_out_ppl(model, tokenizer, args) -> float:
@@ -45,60 +53,124 @@ def held_out_ppl(model, tokenizer, args) -> float:
     return perplexity(model, tokenizer, texts, args.seqlen, args.ppl_windows)["perplexity"]
 
 
+def windows(args):
+    from compress.calibration import load_windows
+    from compress.models import load_model
+
+    loaded = load_model(None, "cpu", "float32")
+    calib = load_windows(loaded.tokenizer, "wikipedia", args.nsamples, args.seqlen, seed=0)
+    return loaded, calib
+
+
 def one(method: str, profile: str, sparsity: float, args) -> dict:
+    """One of ours in this process; ``method`` "dense" measures the unpruned model."""
     from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
     from compress.engine import prune_model
 
-    loaded, calib = calibration(args)
-    config = PruneConfig(
-        method=method,
-        sparsity=sparsity,
-        sparsity_profile=profile,
-        calibration=CalibrationConfig(
-            nsamples=args.nsamples, seqlen=args.seqlen, seed=0, batch_size=args.batch
-        ),
-        reconstruct=ReconstructConfig(technique="lr"),
-    )
-    start = time.perf_counter()
-    outcome = prune_model(loaded.model, calib.ids, config)
-    seconds = time.perf_counter() - start
-    layers = outcome.layers.values()
-    zeros, numel = sum(x["zeros"] for x in layers), sum(x["numel"] for x in layers)
+    load_before = load_average()
+    loaded, calib = windows(args)
+    row: dict = {"method": method, "profile": profile, "sparsity": sparsity}
+    if method != "dense":
+        config = PruneConfig(
+            method=method,
+            sparsity=sparsity,
+            sparsity_profile=profile,
+            owl_m=args.owl_m,
+            owl_lambda=args.owl_lambda,
+            calibration=CalibrationConfig(
+                nsamples=args.nsamples, seqlen=args.seqlen, seed=0, batch_size=args.batch
+            ),
+            reconstruct=ReconstructConfig(technique="lr"),
+        )
+        start = time.perf_counter()
+        outcome = prune_model(loaded.model, calib.ids, config)
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        layers = outcome.layers.values()
+        zeros, numel = sum(x["zeros"] for x in layers), sum(x["numel"] for x in layers)
+        row["measured_sparsity"] = zeros / numel
+        row["zeros_off_target"] = zeros - round(sparsity * numel)
+        row["block_sparsity"] = [round(b["sparsity"]["sparsity"], 4) for b in outcome.blocks]
+    row["ppl_wikipedia"] = held_out_ppl(loaded.model, loaded.tokenizer, args)
+    row["peak_rss_bytes"] = peak_rss_bytes()
+    row["load_average"] = {"before": load_before, "after": load_average()}
+    return row
+
+
+def write_windows(path: Path, args) -> dict:
+    """The calibration windows ours use, as token-id lists (the peer's ``--windows``)."""
+    from compress.models import embedded_model_dir
+
+    _, calib = windows(args)
+    path.write_text(json.dumps(calib.ids.tolist()))
+    return {"windows": str(path), "model_dir": str(embedded_model_dir())}
+
+
+def folder_ppl(folder: str, args) -> dict:
+    from compress.models import load_model
+
+    loaded = load_model(folder, "cpu", "float32")
+    return {"ppl_wikipedia": held_out_ppl(loaded.model, loaded.tokenizer, args)}
+
+
+def peer(method: str, profile: str, sparsity: float, args, common: list[str]) -> dict:
+    """llm-compressor's pruning (its OWL for ``peer-owl``) on our windows; our perplexity."""
+    load_before = load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        setup = run_isolated(__file__, ["--write-windows", f"{tmp}/windows.json", *common])
+        out = Path(tmp) / "peer"
+        command = [str(args.peer_python), str(PEER_SCRIPT), setup["model_dir"], str(out)]
+        command += ["--windows", setup["windows"], "--method", method]
+        command += ["--sparsity", str(sparsity), "--sparsity-profile", profile.split("-")[1]]
+        command += ["--owl-m", str(args.owl_m), "--owl-lambda", str(args.owl_lambda)]
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the peer's own stack
+        done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"peer {method} {profile} failed:\n{done.stderr[-2000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        ppl = run_isolated(__file__, ["--ppl-of", str(out), *common])
     return {
         "method": method,
         "profile": profile,
         "sparsity": sparsity,
-        "measured_sparsity": zeros / numel,
-        "zeros_off_target": zeros - round(sparsity * numel),
-        "block_sparsity": [round(b["sparsity"]["sparsity"], 4) for b in outcome.blocks],
-        "ppl_wikipedia": held_out_ppl(loaded.model, loaded.tokenizer, args),
-        "seconds": seconds,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "measured_sparsity": result["measured_sparsity"],
+        "block_sparsity": result["block_sparsity"],
+        "seconds": result["oneshot_seconds"],
+        "peak_rss_bytes": int(result["peak_rss_gib"] * 2**30),
+        **ppl,
+        "load_average": {"before": load_before, "after": load_average()},
+        "peer": result,
     }
 
 
-def peer(method: str, sparsity: float, args) -> dict:
-    """The peer's OWL on the project's windows, its perplexity measured by the project."""
-    row = {"method": method, "profile": "owl (peer)", "sparsity": sparsity}
-    accepts = subprocess.run(
-        [args.peer, str(PEER_SCRIPT), "--help"], capture_output=True, text=True, check=False
-    )
-    if "--sparsity-profile" not in accepts.stdout:
-        return {**row, "not_run": f"{PEER_SCRIPT.name} has no --sparsity-profile"}
-    from compress.models import embedded_model_dir, load_model
+def configurations(args) -> list[tuple[str, str, float]]:
+    rows = [("dense", "none", 0.0)]
+    for sparsity in args.sparsities.split(","):
+        for method in args.methods.split(","):
+            rows += [(method, profile, float(sparsity)) for profile in args.profiles.split(",")]
+    return rows
 
-    _, calib = calibration(args)
-    with tempfile.TemporaryDirectory() as tmp:
-        windows, out = Path(tmp) / "windows.json", Path(tmp) / "peer"
-        windows.write_text(json.dumps(calib.ids.tolist()))
-        command = [args.peer, str(PEER_SCRIPT), str(embedded_model_dir()), "-", str(out)]
-        command += ["--method", method, "--sparsity", str(sparsity), "--windows", str(windows)]
-        command += ["--sparsity-profile", "owl"]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
-        result = json.loads(done.stdout.strip().splitlines()[-1])
-        loaded = load_model(str(out), "cpu", "float32")
-        ppl = held_out_ppl(loaded.model, loaded.tokenizer, args)
-    return {**row, **result, "ppl_wikipedia": ppl}
+
+def table(rows: list[dict], args) -> str:
+    peer_ppl = {
+        (r["method"], r["sparsity"]): r["ppl_wikipedia"] for r in rows if r["profile"] == "peer-owl"
+    }
+    lines = [
+        f"embedded SmolLM2-135M, fp32, CPU ({os.cpu_count()} cores); LR; calibration "
+        f"{args.nsamples} x {args.seqlen} Wikipedia; OWL M {args.owl_m}, lambda "
+        f"{args.owl_lambda}; ppl {args.ppl_windows} x {args.seqlen} held-out windows",
+        f"{'sparsity':>8s} {'method':10s} {'profile':12s} {'measured':>9s} {'ppl':>9s} "
+        f"{'x peer-owl':>10s} {'sec':>6s} {'load before/after':>18s}",
+    ]
+    for r in rows:
+        ref = peer_ppl.get((r["method"], r["sparsity"]))
+        ratio = f"{r['ppl_wikipedia'] / ref:.3f}" if ref and r["profile"] != "peer-owl" else ""
+        load = r["load_average"]
+        lines.append(
+            f"{r['sparsity']:8.2f} {r['method']:10s} {r['profile']:12s} "
+            f"{r.get('measured_sparsity', 0.0):9.5f} {r['ppl_wikipedia']:9.2f} {ratio:>10s} "
+            f"{r.get('seconds', 0):6.0f} {load['before'][0]:8.2f} / {load['after'][0]:<7.2f}"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -107,54 +179,64 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--ppl-windows", type=int, default=32)
+    parser.add_argument("--owl-m", type=float, default=None, help="default: --owl-m's")
+    parser.add_argument("--owl-lambda", type=float, default=None, help="default: --owl-lambda's")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--profiles", default=",".join(PROFILES))
+    parser.add_argument(
+        "--profiles",
+        default=",".join(PROFILES),
+        help="of uniform, owl, errors, peer-owl, peer-uniform",
+    )
     parser.add_argument("--sparsities", default="0.5,0.6,0.7")
-    parser.add_argument("--peer", help="the peer venv's python, e.g. .peer/bin/python")
+    parser.add_argument("--peer-python", type=Path, default=beside_repo(".peer/bin/python"))
+    parser.add_argument("--redo", action="store_true", help="rerun configurations already saved")
     parser.add_argument("--one", nargs=3, metavar=("METHOD", "PROFILE", "SPARSITY"))
+    parser.add_argument("--write-windows", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--ppl-of", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=Path("out/bench/sparsity_profile.json"))
     args = parser.parse_args()
+    from compress.core.config import PruneConfig
+
+    defaults = PruneConfig()
+    args.owl_m = defaults.owl_m if args.owl_m is None else args.owl_m
+    args.owl_lambda = defaults.owl_lambda if args.owl_lambda is None else args.owl_lambda
     if args.one:
         method, profile, sparsity = args.one
         print(json.dumps(one(method, profile, float(sparsity), args)))
         return
-    common = [
-        f"--nsamples={args.nsamples}",
-        f"--seqlen={args.seqlen}",
-        f"--batch={args.batch}",
-        f"--ppl-windows={args.ppl_windows}",
-    ]
-    rows = []
-    for sparsity in args.sparsities.split(","):
-        for method in args.methods.split(","):
-            for profile in args.profiles.split(","):
-                rows.append(run_isolated(__file__, ["--one", method, profile, sparsity, *common]))
-                print(json.dumps(rows[-1]), flush=True)
-            if args.peer:
-                rows.append(peer(method, float(sparsity), args))
-                print(json.dumps(rows[-1]), flush=True)
-    print(
-        f"\nembedded SmolLM2-135M, fp32, CPU; LR; calibration {args.nsamples} x {args.seqlen} "
-        f"Wikipedia; ppl {args.ppl_windows} x {args.seqlen} held-out windows"
-    )
-    print(
-        f"{'sparsity':>8s} {'method':10s} {'profile':12s} {'measured':>9s} {'ppl':>9s} {'sec':>6s}"
-    )
-    for r in rows:
-        if "not_run" in r:
-            print(
-                f"{r['sparsity']:8.2f} {r['method']:10s} {r['profile']:12s} not run: {r['not_run']}"
-            )
-            continue
-        measured = r.get("measured_sparsity", float("nan"))
+    if args.write_windows:
+        print(json.dumps(write_windows(args.write_windows, args)))
+        return
+    if args.ppl_of:
+        print(json.dumps(folder_ppl(args.ppl_of, args)))
+        return
+    if "peer-" in args.profiles and not args.peer_python.exists():
         print(
-            f"{r['sparsity']:8.2f} {r['method']:10s} {r['profile']:12s} {measured:9.5f} "
-            f"{r['ppl_wikipedia']:9.2f} {r.get('seconds', float('nan')):6.0f}"
+            f"error: no peer venv at {args.peer_python}; create it (../shared/bench/README.md) "
+            "or leave peer-owl out of --profiles",
+            file=sys.stderr,
         )
-    save(
-        args.output,
-        {"machine": machine(), "settings": vars(args) | {"output": str(args.output)}, "rows": rows},
-    )
+        sys.exit(2)
+    settings = {k: getattr(args, k) for k in KEYED}
+    common = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
+    rows = [] if args.redo else resumed(args.output, settings)
+    result = {"machine": machine(), "settings": settings, "load_average_start": load_average()}
+    for method, profile, sparsity in configurations(args):
+        key = (method, profile, sparsity)
+        if any((r["method"], r["profile"], r["sparsity"]) == key for r in rows):
+            continue
+        if profile.startswith("peer-"):
+            row = peer(method, profile, sparsity, args, common)
+        else:
+            row = run_isolated(__file__, ["--one", method, profile, str(sparsity), *common])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        save_rows(args.output, result, settings, rows)
+    order = {key: n for n, key in enumerate(configurations(args))}
+    rows.sort(key=lambda r: order.get((r["method"], r["profile"], r["sparsity"]), len(order)))
+    print(table(rows, args))
+    result["load_average_end"] = load_average()
+    save_rows(args.output, result, settings, rows)
 
 
 if __name__ == "__main__":

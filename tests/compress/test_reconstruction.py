@@ -213,3 +213,62 @@ def test_recon_steps_budget_and_share_closed():
         closed = errors["closed"]["calibration"]
         assert closed == (before["calibration"] - after["calibration"]) / before["calibration"]
         assert 0 < closed < 1
+
+
+def test_recon_schedules_shape_the_learning_rate():
+    """linear and cosine reach 0 at the last step from --recon-lr, constant stays; cosine stays
+    above linear in the first half (more of the budget near the base rate)."""
+    from compress.core.config import ReconSchedule
+    from compress.reconstruct import lr_factor
+
+    total = 8
+    linear, cosine, constant = (
+        [lr_factor(s, step, total) for step in range(total + 1)] for s in ReconSchedule
+    )
+    assert linear[0] == cosine[0] == constant[0] == 1.0
+    assert linear[-1] == 0.0 and abs(cosine[-1]) < 1e-12 and constant == [1.0] * (total + 1)
+    assert linear[2] == 0.75 and all(c > lin for c, lin in zip(cosine[1:4], linear[1:4]))
+
+
+def test_recon_schedule_reaches_the_optimizer(monkeypatch):
+    """The learning rate each Adam step uses follows --recon-schedule."""
+    seen: list[float] = []
+    step = torch.optim.Adam.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", spy)
+    prune_model(tiny(layers=1), ids(), config("br", steps=4, schedule="constant"))
+    assert seen == [1e-3] * 4
+    seen.clear()
+    prune_model(tiny(layers=1), ids(), config("br", steps=4))
+    assert seen == [1e-3, 0.75e-3, 0.5e-3, 0.25e-3]
+
+
+def test_default_lr_scales_with_the_budget_and_is_recorded():
+    """No --recon-lr: the paper's 2e-4 at its 320 steps per block, 2e-4 x 320 / steps below,
+    capped at 3e-3; an explicit --recon-lr wins; report.json gives the rate each block used."""
+    auto = ReconstructConfig()
+    assert auto.lr is None
+    assert auto.learning_rate(320) == auto.learning_rate(1000) == 2e-4
+    assert abs(auto.learning_rate(64) - 1e-3) < 1e-15
+    assert auto.learning_rate(16) == auto.learning_rate(1) == 3e-3
+    assert ReconstructConfig(lr=5e-4).learning_rate(16) == 5e-4
+    recon = PruneConfig(
+        method="wanda",
+        calibration=CalibrationConfig(nsamples=8, seqlen=32, batch_size=4),
+        reconstruct=ReconstructConfig(technique="br", steps=160),
+    )
+    outcome = prune_model(tiny(layers=1), ids(), recon)
+    assert outcome.blocks[0]["reconstruction"][0]["lr"] == 4e-4
+
+
+def test_unknown_schedule_is_refused_in_one_line():
+    import pytest
+
+    from compress.core.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="--recon-schedule 'warm'"):
+        ReconstructConfig(schedule="warm")
