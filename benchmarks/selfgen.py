@@ -18,7 +18,8 @@ every window); reconstruction trains on real + self-generated.
 --gen-batch, --max-len) written by the library (continuous batching, preallocated cache) and by
 the former path (one ``model.generate`` per batch with DynamicCache, kept here only as the
 baseline), back to back in this process; it prints accepted texts/s, tokens/s, the rejection
-rate of each and the new/old ratios.
+rate of each, the tokens each fed to the model (the work, unaffected by a busy machine) and the
+new/old ratios.
 
     python benchmarks/selfgen.py --speed [--speed-texts 32 --gen-batch 32 --max-len 1024]
 """
@@ -93,54 +94,87 @@ def former_generate(model, tokenizer, n: int, recipe, batch_size: int) -> dict:
     texts, every text of a batch counted (as it counted them)."""
     from compress.selfgen import detect_language, text_seed
 
-    draws = rejected = tokens = added = 0
+    draws = rejected = tokens = 0
+    kept = []
     start = time.perf_counter()
-    while added < n:
+    while len(kept) < n:
         seeds = [text_seed(0, draws + i) for i in range(batch_size)]
         for ids in former_generate_ids(model, tokenizer, seeds, recipe):
             draws, tokens = draws + 1, tokens + len(ids)
-            if added < n:
-                english = detect_language(tokenizer.decode(ids))[0] == "en"
-                added, rejected = added + english, rejected + (not english)
+            if len(kept) < n:
+                text = tokenizer.decode(ids)
+                english = detect_language(text)[0] == "en"
+                kept, rejected = kept + [text] * english, rejected + (not english)
     seconds = time.perf_counter() - start
+    added = len(kept)
     return {
-        "added": added, "draws": draws, "rejected": rejected, "tokens": tokens,
+        "kept": kept, "added": added, "draws": draws, "rejected": rejected, "tokens": tokens,
         "seconds": seconds, "texts_per_second": added / seconds,
         "tokens_per_second": tokens / seconds, "rejection_rate": rejected / draws,
     }  # fmt: skip
+
+
+class TokensFed:
+    """Counts the tokens every forward pass of ``model`` takes in: the work, free of the
+    machine's noise (a padded row of a finished text counts like any other)."""
+
+    def __init__(self, model):
+        self.model, self.forward, self.count = model, model.forward, 0
+
+    def __enter__(self):
+        def counting(*args, **kwargs):
+            self.count += kwargs["input_ids"].numel()
+            return self.forward(*args, **kwargs)
+
+        self.model.forward = counting
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward  # the class's forward again
 
 
 def speed(args, model, tokenizer) -> dict:
     """The library's generation against the former path, same texts asked, back to back."""
     import tempfile
 
-    from compress.selfgen import Recipe, generate_file
+    from compress.selfgen import Recipe, generate_file, read_samples
 
     recipe = Recipe(max_len=args.max_len)
-    former = former_generate(model, tokenizer, args.speed_texts, recipe, args.gen_batch)
+    with TokensFed(model) as fed:
+        former = former_generate(model, tokenizer, args.speed_texts, recipe, args.gen_batch)
+    former["tokens_fed"] = fed.count
+    kept = former.pop("kept")
     print(f"former: {former}", flush=True)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, TokensFed(model) as fed:
+        path = Path(folder) / "speed.jsonl"
         stats = generate_file(
-            model, tokenizer, Path(folder) / "speed.jsonl", args.speed_texts, recipe,
-            batch_size=args.gen_batch, progress=False,
+            model, tokenizer, path, args.speed_texts, recipe, batch_size=args.gen_batch,
+            progress=False,
         )  # fmt: skip
-    now = stats.describe()
+        texts = [sample["text"] for sample in read_samples(path)]
+    same = sum(a == b for a, b in zip(kept, texts))
+    now = {**stats.describe(), "tokens_fed": fed.count, "same_texts": same}
     print(f"now: {now}", flush=True)
     ratios = {k: now[k] / former[k] for k in ("tokens_per_second", "texts_per_second")}
+    ratios["tokens_fed"] = former["tokens_fed"] / now["tokens_fed"]
     print(
         f"\nembedded SmolLM2-135M, fp32, CPU ({machine()['cores']} cores, "
         f"{machine()['torch_threads']} threads); {args.speed_texts} English texts, batch "
         f"{args.gen_batch}, max-len {args.max_len}, seed 0\n"
-        f"{'':8s} {'texts/s':>9s} {'tokens/s':>9s} {'rejected':>9s} {'seconds':>8s}"
+        f"{'':8s} {'texts/s':>9s} {'tokens/s':>9s} {'rejected':>9s} {'seconds':>8s} "
+        f"{'tokens':>8s} {'fed':>8s}"
     )
     for name, row in (("former", former), ("now", now)):
         print(
             f"{name:8s} {row['texts_per_second']:9.3f} {row['tokens_per_second']:9.1f} "
-            f"{row['rejection_rate']:9.1%} {row['seconds']:8.1f}"
+            f"{row['rejection_rate']:9.1%} {row['seconds']:8.1f} {row['tokens']:8d} "
+            f"{row['tokens_fed']:8d}"
         )
     print(
         f"now / former: tokens/s x{ratios['tokens_per_second']:.2f}, "
-        f"accepted texts/s x{ratios['texts_per_second']:.2f}"
+        f"accepted texts/s x{ratios['texts_per_second']:.2f}; tokens fed to the model "
+        f"/{ratios['tokens_fed']:.2f}; {now['same_texts']} of "
+        f"{len(texts)} texts identical to the former path's (float rounding may differ)"
     )
     return {"former": former, "now": now, "ratios": ratios}
 

@@ -6,9 +6,12 @@ Every step writes all rows' new keys and values into the same column ``col``; a 
 at column ``start`` owns the columns ``start..col``, so an additive 4D mask hides the others and
 its position ids count from ``start``. Attention reads the view ``lo..col`` (``lo``: the oldest
 live row's start), never a copy. When ``col`` reaches the buffer's end, the columns in use move
-to the front, at most once every ``max_len // 4`` steps, so the cache costs one write per token
-instead of DynamicCache's copy of the whole cache per step. Rows leave the buffer only when no
-draw takes their place (the tail of a run), so finished rows cost no compute.
+to the front, at most once every ``max(64, max_len // 4)`` steps, so the cache costs one write
+per token instead of DynamicCache's copy of the whole cache per step. Rows leave the buffer only
+when no draw takes their place (the tail of a run), so finished rows cost no compute.
+
+The mask is the full causal one: a model's sliding-window layers see the whole text, which
+matters only for texts longer than the window.
 
 With ``sdpa`` attention the model's attention runs grouped for the duration (the query heads of
 one key/value head as that head's queries), which needs neither ``repeat_kv``'s copy of the
@@ -208,7 +211,9 @@ def _fill(decoder: Decoder, free: list[int], next_row: Callable[[], Row | None])
     while vacant and (row := next_row()) is not None:
         row.start, rows[vacant.pop(0)] = col, row
     new = []
-    while not vacant and len(rows) + len(new) < decoder.max_rows and (row := next_row()):
+    while (
+        not vacant and len(rows) + len(new) < decoder.max_rows and (row := next_row()) is not None
+    ):
         row.start = col
         new.append(row)
     if vacant or new:
