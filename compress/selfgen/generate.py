@@ -17,7 +17,6 @@ from compress.selfgen.inspection import detect_language, known_language
 from compress.selfgen.samples import next_draw, read_samples, split_seed, text_seed, token_lengths
 
 LanguageFn = Callable[[str], tuple[str, float]]
-DEFAULT_BATCH = 16  # rows decoded together; see benchmarks/selfgen.py --speed for the choice
 
 
 @dataclass(frozen=True)
@@ -203,7 +202,7 @@ def generate_file(
     n: int,
     recipe: Recipe,
     seed: int = 0,
-    batch_size: int = DEFAULT_BATCH,
+    batch_size: int = 16,
     language: str | None = "en",
     detect: LanguageFn = detect_language,
     max_draws: int | None = None,
