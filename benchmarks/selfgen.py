@@ -13,6 +13,15 @@ Wanda's statistics come from the real windows only, as in the paper (``--stats-f
 every window); reconstruction trains on real + self-generated.
 
     python benchmarks/selfgen.py [--real 64 --selfgen 0,64,256 --seqlen 512 --epochs 10]
+
+``--speed`` measures generation alone instead: the same --speed-texts English texts (same seed,
+--gen-batch, --max-len) written by the library (continuous batching, preallocated cache) and by
+the former path (one ``model.generate`` per batch with DynamicCache, kept here only as the
+baseline), back to back in this process; it prints accepted texts/s, tokens/s, the rejection
+rate of each, the tokens each fed to the model (the work, unaffected by a busy machine) and the
+new/old ratios.
+
+    python benchmarks/selfgen.py --speed [--speed-texts 32 --gen-batch 32 --max-len 1024]
 """
 
 from __future__ import annotations
@@ -35,13 +44,139 @@ def generate(args, model, tokenizer) -> dict:
         model, tokenizer, args.selfgen_file, want, args.seqlen, Recipe(max_len=args.max_len),
         batch_size=args.gen_batch,
     )  # fmt: skip
+    return {**stats.describe(), "reused_file": stats.draws == 0}
+
+
+def former_generate_ids(model, tokenizer, seeds: list[int], recipe) -> list[list[int]]:
+    """The former library path, the baseline: one ``model.generate`` for the whole batch
+    (DynamicCache; finished rows padded until the longest ends), a logits processor drawing each
+    row's token from its own generator."""
+    import torch
+    from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+    from compress.selfgen import first_token_choices, stop_ids
+
+    class RowSampler(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] <= recipe.greedy_tokens:
+                return scores
+            values, index = scores.float().topk(min(recipe.top_k, scores.shape[-1]), dim=-1)
+            probs = torch.softmax(values / recipe.temperature, dim=-1)
+            if recipe.top_p < 1.0:
+                probs = probs * (probs.cumsum(-1) - probs < recipe.top_p)
+            probs = probs.cpu()
+            picks = [int(torch.multinomial(probs[r], 1, generator=g)) for r, g in enumerate(gens)]
+            chosen = index[torch.arange(len(picks)), torch.tensor(picks, device=index.device)]
+            return torch.full_like(scores, float("-inf")).scatter_(1, chosen[:, None], 0.0)
+
+    choices = first_token_choices(model, tokenizer)
+    gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+    first = [int(choices[torch.randint(len(choices), (1,), generator=g)]) for g in gens]
+    stops = stop_ids(model, tokenizer)
+    config = GenerationConfig(
+        do_sample=False, max_new_tokens=recipe.max_len - 1, eos_token_id=stops or None,
+        pad_token_id=stops[0] if stops else 0,
+    )  # fmt: skip
+    prompt = torch.tensor(first)[:, None]
+    with torch.no_grad():
+        out = model.generate(
+            prompt, attention_mask=torch.ones_like(prompt), generation_config=config,
+            logits_processor=LogitsProcessorList([RowSampler()]), use_model_defaults=False,
+        )  # fmt: skip
+    return [
+        row[: next((i for i, t in enumerate(row) if i > 0 and t in stops), len(row))]
+        for row in out.tolist()
+    ]
+
+
+def former_generate(model, tokenizer, n: int, recipe, batch_size: int) -> dict:
+    """The former ``generate_file`` loop without the file: batches of draws until ``n`` English
+    texts, every text of a batch counted (as it counted them)."""
+    from compress.selfgen import detect_language, text_seed
+
+    draws = rejected = tokens = 0
+    kept = []
+    start = time.perf_counter()
+    while len(kept) < n:
+        seeds = [text_seed(0, draws + i) for i in range(batch_size)]
+        for ids in former_generate_ids(model, tokenizer, seeds, recipe):
+            draws, tokens = draws + 1, tokens + len(ids)
+            if len(kept) < n:
+                text = tokenizer.decode(ids)
+                english = detect_language(text)[0] == "en"
+                kept, rejected = kept + [text] * english, rejected + (not english)
+    seconds = time.perf_counter() - start
+    added = len(kept)
     return {
-        **{k: getattr(stats, k) for k in ("texts", "added", "draws", "rejected", "tokens")},
-        "seconds": stats.seconds,
-        "tokens_per_second": stats.tokens_per_second or None,
-        "texts_per_second": stats.texts_per_second or None,
-        "reused_file": stats.draws == 0,
-    }
+        "kept": kept, "added": added, "draws": draws, "rejected": rejected, "tokens": tokens,
+        "seconds": seconds, "texts_per_second": added / seconds,
+        "tokens_per_second": tokens / seconds, "rejection_rate": rejected / draws,
+    }  # fmt: skip
+
+
+class TokensFed:
+    """Counts the tokens every forward pass of ``model`` takes in: the work, free of the
+    machine's noise (a padded row of a finished text counts like any other)."""
+
+    def __init__(self, model):
+        self.model, self.forward, self.count = model, model.forward, 0
+
+    def __enter__(self):
+        def counting(*args, **kwargs):
+            self.count += kwargs["input_ids"].numel()
+            return self.forward(*args, **kwargs)
+
+        self.model.forward = counting
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward  # the class's forward again
+
+
+def speed(args, model, tokenizer) -> dict:
+    """The library's generation against the former path, same texts asked, back to back."""
+    import tempfile
+
+    from compress.selfgen import Recipe, generate_file, read_samples
+
+    recipe = Recipe(max_len=args.max_len)
+    with TokensFed(model) as fed:
+        former = former_generate(model, tokenizer, args.speed_texts, recipe, args.gen_batch)
+    former["tokens_fed"] = fed.count
+    kept = former.pop("kept")
+    print(f"former: {former}", flush=True)
+    with tempfile.TemporaryDirectory() as folder, TokensFed(model) as fed:
+        path = Path(folder) / "speed.jsonl"
+        stats = generate_file(
+            model, tokenizer, path, args.speed_texts, recipe, batch_size=args.gen_batch,
+            progress=False,
+        )  # fmt: skip
+        texts = [sample["text"] for sample in read_samples(path)]
+    same = sum(a == b for a, b in zip(kept, texts))
+    now = {**stats.describe(), "tokens_fed": fed.count, "same_texts": same}
+    print(f"now: {now}", flush=True)
+    ratios = {k: now[k] / former[k] for k in ("tokens_per_second", "texts_per_second")}
+    ratios["tokens_fed"] = former["tokens_fed"] / now["tokens_fed"]
+    print(
+        f"\nembedded SmolLM2-135M, fp32, CPU ({machine()['cores']} cores, "
+        f"{machine()['torch_threads']} threads); {args.speed_texts} English texts, batch "
+        f"{args.gen_batch}, max-len {args.max_len}, seed 0\n"
+        f"{'':8s} {'texts/s':>9s} {'tokens/s':>9s} {'rejected':>9s} {'seconds':>8s} "
+        f"{'tokens':>8s} {'fed':>8s}"
+    )
+    for name, row in (("former", former), ("now", now)):
+        print(
+            f"{name:8s} {row['texts_per_second']:9.3f} {row['tokens_per_second']:9.1f} "
+            f"{row['rejection_rate']:9.1%} {row['seconds']:8.1f} {row['tokens']:8d} "
+            f"{row['tokens_fed']:8d}"
+        )
+    print(
+        f"now / former: tokens/s x{ratios['tokens_per_second']:.2f}, "
+        f"accepted texts/s x{ratios['texts_per_second']:.2f}; tokens fed to the model "
+        f"/{ratios['tokens_fed']:.2f}; {now['same_texts']} of "
+        f"{len(texts)} texts identical to the former path's (float rounding may differ)"
+    )
+    return {"former": former, "now": now, "ratios": ratios}
 
 
 def ppl(model, tokenizer, args) -> dict:
@@ -104,20 +239,30 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--gen-batch", type=int, default=32)
+    parser.add_argument("--speed", action="store_true", help="measure generation speed only")
+    parser.add_argument("--speed-texts", type=int, default=32, help="English texts for --speed")
     parser.add_argument(
         "--stats-from", choices=("real", "all"), default="real", help="windows for Wanda norms"
     )
     parser.add_argument("--ppl-windows", type=int, default=32)
     parser.add_argument("--selfgen-file", type=Path, default=Path("out/bench/selfgen.jsonl"))
-    parser.add_argument("--output", type=Path, default=Path("out/bench/selfgen.json"))
+    parser.add_argument(
+        "--output", type=Path, default=None, help="default out/bench/selfgen[_speed].json"
+    )
     args = parser.parse_args()
     args.max_len = args.max_len or 2 * args.seqlen
+    args.output = args.output or Path(f"out/bench/selfgen{'_speed' if args.speed else ''}.json")
 
     from compress.calibration import load_windows
     from compress.models import load_model
 
     loaded = load_model(None, "cpu", "float32")
     tok = loaded.tokenizer
+    if args.speed:
+        result = speed(args, loaded.model, tok)
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        save(args.output, {"machine": machine(), "settings": settings, "speed": result})
+        return
     generation = generate(args, loaded.model, tok)
     print(f"generation: {generation}", flush=True)
     dense = ppl(loaded.model, tok, args)
@@ -147,8 +292,9 @@ def main() -> None:
         print(
             f"generation (batch {args.gen_batch}, max-len {args.max_len}): "
             f"{generation['tokens_per_second']:.1f} tokens/s, "
-            f"{generation['texts_per_second']:.3f} texts/s, {generation['rejected']} of "
-            f"{generation['draws']} draws rejected as non-English"
+            f"{generation['texts_per_second']:.3f} accepted texts/s, {generation['rejected']} of "
+            f"{generation['draws']} draws ({generation['rejection_rate']:.1%}) rejected as "
+            "non-English"
         )
     save(
         args.output,

@@ -8,10 +8,8 @@ offers rather than comparing version numbers.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import struct
-from collections.abc import Iterator
 
 from torch import nn
 
@@ -30,25 +28,6 @@ def no_split_modules(model: nn.Module) -> list[str]:
     if collect is not None:
         return list(collect("auto"))
     return sorted(getattr(model, "_no_split_modules", None) or ())
-
-
-@contextlib.contextmanager
-def library_generation_defaults(model: nn.Module) -> Iterator[None]:
-    """Within the block, ``model.generate`` fills what a passed ``GenerationConfig`` leaves
-    unset from the library's defaults, never from the checkpoint's generation_config.json
-    (its temperature, top-p or repetition penalty would change the sampled text).
-
-    Both versions merge the model's ``generation_config`` into the one passed (4.57 unless
-    ``use_model_defaults=False``, which 5.x no longer accepts), so it is swapped for a blank one.
-    """
-    from transformers import GenerationConfig
-
-    saved = model.generation_config
-    model.generation_config = GenerationConfig()
-    try:
-        yield
-    finally:
-        model.generation_config = saved
 
 
 def hub_network_errors() -> tuple[type[BaseException], ...]:

@@ -209,7 +209,7 @@ def self_generated_windows(
                 f"generating {count} calibration texts of up to {max_len} tokens with the model itself"
             )
             work.path.mkdir(parents=True, exist_ok=True)
-            generate_long_texts(
+            stats = generate_long_texts(
                 loaded.model,
                 loaded.tokenizer,
                 path,
@@ -218,6 +218,11 @@ def self_generated_windows(
                 Recipe(max_len=max_len),
                 seed=calib.seed,
                 batch_size=calib.batch_size,
+            )
+            log(
+                f"self-generated {stats.added} texts in {stats.seconds:.0f} s: "
+                f"{stats.texts_per_second:.2f} accepted texts/s, {stats.tokens_per_second:.0f} "
+                f"tokens/s, {stats.rejection_rate:.0%} of {stats.draws} drawn rejected"
             )
         distributed.barrier()
     else:

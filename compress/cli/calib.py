@@ -16,8 +16,9 @@ def _generate(config: workflow.GenerateConfig) -> None:
     stats = workflow.generate(config)
     typer.echo(
         f"{config.output}: {stats.texts} texts ({stats.added} new; {stats.draws} drawn, "
-        f"{stats.rejected} rejected) in {stats.seconds:.1f} s: "
-        f"{stats.texts_per_second:.2f} texts/s, {stats.tokens_per_second:.1f} tokens/s generated"
+        f"{stats.rejected} rejected = {stats.rejection_rate:.1%}) in {stats.seconds:.1f} s: "
+        f"{stats.texts_per_second:.2f} accepted texts/s, {stats.tokens_per_second:.1f} tokens/s "
+        "generated"
     )
 
 

@@ -11,14 +11,18 @@ reconstruction overfitting. Recipe per text:
    otherwise the text is rejected and another one is drawn.
 
 Each text has its own seed, ``seed = (base_seed << 32) | draw``, which seeds a CPU generator for
-its first token and every sampling step. A batch is one ``model.generate`` call (KV cache) whose
-logits processor samples each row with that row's generator, so a text does not depend on the
-other texts of its batch: regenerating one seed alone gives the same text, up to the float
-rounding differences that another batch shape can cause.
+its first token and every sampling step, so a text does not depend on the other texts of its
+batch: regenerating one seed alone gives the same text, up to the float rounding differences
+that another batch shape can cause; the same seed and batch size give the same file.
 
-Output: JSONL, one line per kept text, ``{text, seed, tokens, lang, lang_score}``, appended as
-texts are accepted; a rerun continues the draws after the last recorded seed until the file
-holds ``n`` texts, and drops a partially written last line first.
+Texts are written ``batch_size`` at a time with continuous batching (:mod:`.decoding`): one
+forward pass per token for every live row over a preallocated KV cache; a row that ends (EOS,
+``max_len``) or whose text is rejected takes the next draw at once, and rows nobody needs any
+more leave the batch.
+
+Output: JSONL, one line per kept text, ``{text, seed, tokens, lang, lang_score}``, appended in
+draw order as texts are accepted; a rerun continues the draws after the last recorded seed
+until the file holds ``n`` texts, and drops a partially written last line first.
 """
 
 from compress.selfgen.generate import (
@@ -29,6 +33,7 @@ from compress.selfgen.generate import (
     generate_file,
     generate_ids,
     generate_long_texts,
+    sample_texts,
     stop_ids,
 )
 from compress.selfgen.inspection import detect_language, inspect, length_histogram, looks_like_code
@@ -53,6 +58,7 @@ __all__ = [
     "length_histogram",
     "looks_like_code",
     "read_samples",
+    "sample_texts",
     "selfgen_windows",
     "split_seed",
     "stop_ids",

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from compress.compat import library_generation_defaults
 from compress.core.errors import BadInputError
+from compress.selfgen.decoding import Picker, Row, decode
 from compress.selfgen.inspection import detect_language, known_language
-from compress.selfgen.samples import next_draw, read_samples, text_seed, token_lengths
+from compress.selfgen.samples import next_draw, read_samples, split_seed, text_seed, token_lengths
 
 LanguageFn = Callable[[str], tuple[str, float]]
 
@@ -56,61 +57,60 @@ def stop_ids(model, tokenizer) -> list[int]:
     return sorted(set(ids))
 
 
-def _row_sampler(generators: list[torch.Generator], recipe: Recipe):
-    """A logits processor: greedy for the first ``greedy_tokens`` steps, then one draw per row
-    from that row's own generator (top-k, temperature, top-p). It returns 0 at the drawn token
-    and -inf elsewhere, so ``generate(do_sample=False)`` takes exactly that token."""
-    from transformers import LogitsProcessor
+def _picker(recipe: Recipe) -> Picker:
+    """Each row's next token: greedy while a row holds at most ``greedy_tokens`` tokens (the
+    first token included), then one draw from that row's own generator (top-k, temperature,
+    top-p), so that a text does not depend on the other rows of its batch."""
 
-    class RowSampler(LogitsProcessor):
-        def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
-            if input_ids.shape[1] <= recipe.greedy_tokens:  # (B, 1 + tokens generated so far)
-                return scores
-            values, index = scores.float().topk(min(recipe.top_k, scores.shape[-1]), dim=-1)
-            probs = torch.softmax(values / recipe.temperature, dim=-1)  # (B, k), sorted
-            if recipe.top_p < 1.0:  # keep the smallest head whose mass reaches top_p
-                probs = probs * (probs.cumsum(-1) - probs < recipe.top_p)
-            probs = probs.cpu()
-            picks = [
-                int(torch.multinomial(probs[row], 1, generator=generator))
-                for row, generator in enumerate(generators)
-            ]
-            chosen = index[torch.arange(len(picks)), torch.tensor(picks, device=index.device)]
-            out = torch.full_like(scores, float("-inf"))
-            return out.scatter_(1, chosen[:, None], 0.0)
+    def pick(logits: torch.Tensor, rows: list[Row]) -> list[int]:
+        tokens = logits.argmax(-1).tolist()
+        sampled = [i for i, row in enumerate(rows) if len(row.ids) > recipe.greedy_tokens]
+        if not sampled:
+            return tokens
+        values, index = logits[sampled].topk(min(recipe.top_k, logits.shape[-1]), dim=-1)
+        probs = torch.softmax(values / recipe.temperature, dim=-1)  # (rows, k), sorted
+        if recipe.top_p < 1.0:  # keep the smallest head whose mass reaches top_p
+            probs = probs * (probs.cumsum(-1) - probs < recipe.top_p)
+        probs, index = probs.cpu(), index.cpu()
+        for j, i in enumerate(sampled):
+            draw = torch.multinomial(probs[j], 1, generator=rows[i].generator)
+            tokens[i] = int(index[j, draw])
+        return tokens
 
-    return RowSampler()
+    return pick
 
 
-@torch.no_grad()
-def generate_ids(model, tokenizer, seeds: list[int], recipe: Recipe) -> list[list[int]]:
-    """One batch of texts as token ids (first token included, EOS and padding excluded)."""
-    from transformers import GenerationConfig, LogitsProcessorList
-
-    device = model.get_input_embeddings().weight.device
+def sample_texts(
+    model, tokenizer, recipe: Recipe, batch_size: int, next_seed: Callable[[], int | None]
+) -> Iterator[Row]:
+    """Texts as they end, written ``batch_size`` at a time with continuous batching
+    (:func:`compress.selfgen.decoding.decode`); ``next_seed`` gives the seed of each new text
+    (None: no new text now). A row's ``ids`` hold its text's tokens, first token included, EOS
+    excluded."""
     choices = first_token_choices(model, tokenizer)
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-    first = [int(choices[torch.randint(len(choices), (1,), generator=g)]) for g in generators]
-    stops = stop_ids(model, tokenizer)
-    config = GenerationConfig(
-        do_sample=False,
-        max_new_tokens=recipe.max_len - 1,
-        eos_token_id=stops or None,
-        pad_token_id=stops[0] if stops else 0,
+
+    def next_row() -> Row | None:
+        seed = next_seed()
+        if seed is None:
+            return None
+        generator = torch.Generator().manual_seed(seed)
+        first = int(choices[torch.randint(len(choices), (1,), generator=generator)])
+        return Row(seed, generator, [first])
+
+    stops = set(stop_ids(model, tokenizer))
+    return decode(model, batch_size, recipe.max_len, stops, _picker(recipe), next_row)
+
+
+def generate_ids(
+    model, tokenizer, seeds: list[int], recipe: Recipe, batch_size: int | None = None
+) -> list[list[int]]:
+    """The texts of ``seeds`` as token ids, in that order (``batch_size`` default: all at once)."""
+    pending = iter(seeds)
+    rows = sample_texts(
+        model, tokenizer, recipe, batch_size or len(seeds), lambda: next(pending, None)
     )
-    prompt = torch.tensor(first, device=device)[:, None]  # (B, 1): no padding needed
-    with library_generation_defaults(model):
-        out = model.generate(
-            prompt,
-            attention_mask=torch.ones_like(prompt),
-            generation_config=config,
-            logits_processor=LogitsProcessorList([_row_sampler(generators, recipe)]),
-        )
-    texts = []
-    for row in out.tolist():
-        end = next((i for i, t in enumerate(row) if i > 0 and t in stops), len(row))
-        texts.append(row[:end])
-    return texts
+    texts = {row.seed: row.ids for row in rows}
+    return [texts[seed] for seed in seeds]
 
 
 def check_request(n: int, batch_size: int, seed: int, language: str | None = None) -> None:
@@ -129,13 +129,14 @@ def check_request(n: int, batch_size: int, seed: int, language: str | None = Non
 
 @dataclass
 class GenerationStats:
-    """What one ``generate_file`` call did (draws include rejected texts)."""
+    """What one ``generate_file`` call did: ``draws`` counts the texts the model finished,
+    rejected ones included; ``tokens`` their tokens."""
 
     texts: int  # lines in the file afterwards
     added: int
     draws: int
     rejected: int
-    tokens: int  # generated tokens over all draws
+    tokens: int
     seconds: float
 
     @property
@@ -144,7 +145,54 @@ class GenerationStats:
 
     @property
     def texts_per_second(self) -> float:
+        """Accepted texts per second."""
         return self.added / self.seconds if self.seconds else 0.0
+
+    @property
+    def rejection_rate(self) -> float:
+        return self.rejected / self.draws if self.draws else 0.0
+
+    def describe(self) -> dict:
+        """The counts and rates, for report.json and benchmark JSON."""
+        rates = ("texts_per_second", "tokens_per_second", "rejection_rate")
+        return {**asdict(self), **{name: getattr(self, name) for name in rates}}
+
+
+class _InDrawOrder:
+    """Writes finished texts in draw order: a text that ends before an earlier draw waits for
+    it, so the file, and a rerun that resumes it, do not depend on which rows finish first."""
+
+    def __init__(self, handle, first_draw: int, wanted: int):
+        self.handle, self.next, self.wanted = handle, first_draw, wanted
+        self.waiting: dict[int, dict | None] = {}
+        self.written = 0
+
+    def add(self, draw: int, line: dict | None) -> int:
+        """Record draw ``draw`` (None: rejected); returns how many lines it let through."""
+        self.waiting[draw] = line
+        before = self.written
+        while self.next in self.waiting and self.written < self.wanted:
+            line = self.waiting.pop(self.next)
+            self.next += 1
+            if line is not None:
+                self.handle.write(json.dumps(line) + "\n")
+                self.written += 1
+        self.handle.flush()
+        return self.written - before
+
+
+def _judged(text: str, row: Row, detect: LanguageFn, language: str | None) -> dict | None:
+    """The file line of a finished text, or None when its language is not ``language``."""
+    lang, score = detect(text)
+    if language is not None and lang != language:
+        return None
+    return {
+        "text": text,
+        "seed": row.seed,
+        "tokens": len(row.ids),
+        "lang": lang,
+        "lang_score": score,
+    }
 
 
 def generate_file(
@@ -161,6 +209,8 @@ def generate_file(
     progress: bool = True,
 ) -> GenerationStats:
     """Append self-generated texts to ``path`` until it holds ``n`` (resumes a partial file).
+    A rejected text's row goes to the next draw at once; no new draw starts once the accepted
+    texts and those still being written could fill the file.
 
     Args:
         language: keep only texts ``detect`` assigns this code; None keeps every text.
@@ -173,43 +223,44 @@ def generate_file(
     from tqdm.auto import tqdm
 
     samples = read_samples(path, repair=True)
-    draw = next_draw(path, samples, seed)
+    first_draw = next_draw(path, samples, seed)
     have, missing = len(samples), max(n - len(samples), 0)
     limit = max_draws if max_draws is not None else 20 * missing + 100
     stats = GenerationStats(have, 0, 0, 0, 0, 0.0)
+    started, accepted = 0, 0
+
+    def next_seed() -> int | None:
+        nonlocal started
+        if accepted + started - stats.draws >= missing or started >= limit:
+            return None
+        started += 1
+        return text_seed(seed, first_draw + started - 1)
+
     start = time.perf_counter()
     bar = tqdm(total=n, initial=min(have, n), unit="text", disable=not progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as handle, bar:
-        while stats.added < missing:
-            if stats.draws >= limit:
-                raise BadInputError(
-                    f"{stats.rejected} of {stats.draws} drawn texts were not {language!r}; "
-                    "use another model or --lang any"
+        order = _InDrawOrder(handle, first_draw, missing)
+        rows = sample_texts(model, tokenizer, recipe, batch_size, next_seed)
+        with contextlib.closing(rows):
+            while stats.added < missing and (row := next(rows, None)) is not None:
+                line = _judged(tokenizer.decode(row.ids), row, detect, language)
+                stats.draws, stats.tokens = stats.draws + 1, stats.tokens + len(row.ids)
+                stats.rejected += line is None
+                accepted += line is not None
+                bar.update(order.add(split_seed(row.seed)[1], line))
+                stats.added, stats.seconds = order.written, time.perf_counter() - start
+                bar.set_postfix(
+                    texts_s=f"{stats.texts_per_second:.2f}",
+                    tokens_s=f"{stats.tokens_per_second:.0f}",
+                    rejected=f"{stats.rejection_rate:.0%}",
                 )
-            seeds = [text_seed(seed, draw + i) for i in range(batch_size)]
-            for text_seed_, ids in zip(seeds, generate_ids(model, tokenizer, seeds, recipe)):
-                stats.draws, stats.tokens = stats.draws + 1, stats.tokens + len(ids)
-                if stats.added == missing:  # the batch's remaining draws: a rerun redraws them
-                    continue
-                text = tokenizer.decode(ids)
-                lang, score = detect(text)
-                if language is not None and lang != language:
-                    stats.rejected += 1
-                    continue
-                line = {"text": text, "seed": text_seed_, "tokens": len(ids)}
-                handle.write(json.dumps({**line, "lang": lang, "lang_score": score}) + "\n")
-                stats.added += 1
-                bar.update(1)
-            handle.flush()
-            draw += batch_size
-            stats.seconds = time.perf_counter() - start
-            bar.set_postfix(
-                texts_s=f"{stats.texts_per_second:.2f}",
-                tokens_s=f"{stats.tokens_per_second:.0f}",
-                rejected=stats.rejected,
-            )
     stats.texts, stats.seconds = have + stats.added, time.perf_counter() - start
+    if stats.added < missing:
+        raise BadInputError(
+            f"{stats.rejected} of {stats.draws} drawn texts were not {language!r}; "
+            "use another model or --lang any"
+        )
     return stats
 
 

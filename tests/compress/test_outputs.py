@@ -64,11 +64,13 @@ def crash_after_first_block(done: int, total: int, tokens_per_second: float) -> 
 def test_self_generated_texts_reach_the_output(tiny_model_dir, tmp_path, english):
     from compress.app.prune import run_prune
 
-    out = tmp_path / "out"
-    report = run_prune(selfgen_config(tiny_model_dir, out), log=lambda m: None)
+    out, logs = tmp_path / "out", []
+    report = run_prune(selfgen_config(tiny_model_dir, out), log=logs.append)
     lines = (out / "selfgen.jsonl").read_text().splitlines()
     kinds = [s["kind"] for s in report["calibration"]["sources"]]
     assert kinds == ["real", "self-generated"] and len(lines) >= 4
+    rates = [m for m in logs if m.startswith("self-generated")]
+    assert rates and "accepted texts/s" in rates[0] and "rejected" in rates[0]
 
 
 def test_resume_reuses_the_self_generated_texts(tiny_model_dir, tmp_path, english, monkeypatch):
@@ -85,7 +87,7 @@ def test_resume_reuses_the_self_generated_texts(tiny_model_dir, tmp_path, englis
     def no_generation(*args, **kwargs):
         raise AssertionError("--resume generated the calibration texts again")
 
-    monkeypatch.setattr(selfgen.generate, "generate_ids", no_generation)
+    monkeypatch.setattr(selfgen.generate, "decode", no_generation)
     run_prune(replace(config, resume=True), log=lambda m: None)
     assert (out / "selfgen.jsonl").read_text() == generated
 
@@ -108,6 +110,7 @@ def test_one_rank_writes_the_self_generated_texts(tiny_model_dir, tmp_path, monk
         path.write_text(
             "".join(json.dumps({"text": t, "seed": i}) + "\n" for i, t in enumerate(texts))
         )
+        return selfgen.GenerationStats(4, 4, 4, 0, 100, 1.0)
 
     if not main:  # what rank 0 wrote before the barrier
         work.mkdir(parents=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from compress.selfgen import (
     split_seed,
     text_seed,
 )
+from compress.selfgen.decoding import SlotLayer
 
 
 def accept_all(text: str) -> tuple[str, float]:
@@ -72,6 +74,86 @@ def test_sampling_is_seeded_per_text_not_per_batch(tiny_llama, tokenizer):
     assert together[0][5:] != together[2][5:]  # sampled tails differ between seeds
 
 
+def greedy_alone(model, first: int, max_len: int) -> list[int]:
+    """The greedy text from ``first`` computed alone by transformers' own generate."""
+    steps = max_len - 1
+    prompt = torch.tensor([[first]])
+    out = model.generate(
+        prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=steps,
+        min_new_tokens=steps, pad_token_id=0,
+    )  # fmt: skip
+    return out[0].tolist()
+
+
+def ending_at(ids: list[int], stop: int) -> list[int]:
+    return ids[: next((i for i, t in enumerate(ids) if i > 0 and t == stop), len(ids))]
+
+
+def staggered(model, tokenizer, seeds: list[int], max_len: int) -> tuple[int, list[list[int]]]:
+    """A stop id that ends the last seed's greedy text after 3 tokens, and every seed's greedy
+    text cut there: rows of one batch then end at different steps, the last draw first."""
+    choices = first_token_choices(model, tokenizer)
+    firsts = [
+        int(choices[torch.randint(len(choices), (1,), generator=torch.Generator().manual_seed(s))])
+        for s in seeds
+    ]
+    full = [greedy_alone(model, first, max_len) for first in firsts]
+    stop = full[-1][3]
+    return stop, [ending_at(ids, stop) for ids in full]
+
+
+def test_rows_that_end_give_their_place_to_the_next_text(tiny_llama, tokenizer, monkeypatch):
+    seeds = [text_seed(0, d) for d in range(7)]
+    stop, expected = staggered(tiny_llama, tokenizer, seeds, 24)
+    monkeypatch.setattr(tiny_llama.generation_config, "eos_token_id", stop)
+    assert len({len(ids) for ids in expected}) > 1  # rows do end at different steps
+    rows_per_pass = []
+    forward = tiny_llama.forward
+
+    def counting(*args, **kwargs):
+        rows_per_pass.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_llama, "forward", counting)
+    texts = generate_ids(tiny_llama, tokenizer, seeds, Recipe(max_len=24, top_k=1), batch_size=3)
+    assert texts == expected  # cache, mask and positions right for rows that start late
+    # every token fed once; the last token of a text cut by the length limit is never fed
+    assert sum(rows_per_pass) == sum(len(ids) - (len(ids) == 24) for ids in texts)
+    assert max(rows_per_pass) == 3 and rows_per_pass[-1] < 3  # the tail shrinks
+
+
+def test_a_long_run_moves_its_cache_columns_to_the_front(tiny_llama, tokenizer, monkeypatch):
+    seeds = [text_seed(0, d) for d in range(30)]  # ~150 steps; the buffer holds 12 + 64
+    stop, expected = staggered(tiny_llama, tokenizer, seeds, 12)
+    monkeypatch.setattr(tiny_llama.generation_config, "eos_token_id", stop)
+    moves = []
+    monkeypatch.setattr(
+        SlotLayer,
+        "move_to_front",
+        lambda self, lo, col, f=SlotLayer.move_to_front: moves.append(lo) or f(self, lo, col),
+    )
+    texts = generate_ids(tiny_llama, tokenizer, seeds, Recipe(max_len=12, top_k=1), batch_size=2)
+    assert moves and texts == expected
+
+
+def test_texts_reach_the_file_in_draw_order(tiny_llama, tokenizer, tmp_path, monkeypatch):
+    seeds = [text_seed(0, d) for d in range(4)]
+    stop, expected = staggered(tiny_llama, tokenizer, seeds, 16)
+    monkeypatch.setattr(tiny_llama.generation_config, "eos_token_id", stop)
+    recipe, run = Recipe(max_len=16, top_k=1), dict(detect=accept_all, progress=False)
+    path = tmp_path / "calib.jsonl"
+    stats = generate_file(tiny_llama, tokenizer, path, 4, recipe, batch_size=4, **run)
+    samples = read_samples(path)
+    assert len(expected[-1]) < len(expected[0])  # the last draw ends first
+    assert [s["seed"] for s in samples] == seeds
+    assert [s["tokens"] for s in samples] == [len(ids) for ids in expected]
+    assert stats.tokens == sum(len(ids) for ids in expected)
+    resumed = tmp_path / "resumed.jsonl"
+    generate_file(tiny_llama, tokenizer, resumed, 2, recipe, batch_size=4, **run)
+    generate_file(tiny_llama, tokenizer, resumed, 4, recipe, batch_size=4, **run)
+    assert resumed.read_text() == path.read_text()
+
+
 def test_language_identifier():
     assert detect_language("The committee approved the budget for the new library.")[0] == "en"
     lang, score = detect_language(
@@ -94,6 +176,8 @@ def test_non_english_texts_are_rejected_and_redrawn(tiny_llama, tokenizer, tmp_p
     )  # fmt: skip
     samples = read_samples(path)
     assert (stats.texts, stats.added, stats.rejected, stats.draws) == (3, 3, 3, 6)
+    assert stats.rejection_rate == 0.5
+    assert stats.describe()["texts_per_second"] == stats.texts_per_second > 0
     assert [split_seed(s["seed"])[1] for s in samples] == [1, 3, 5]  # draws 0, 2, 4 rejected
     assert all(s["lang"] == "en" and s["lang_score"] == 0.8 for s in samples)
 
@@ -230,7 +314,8 @@ def test_cli_generate_then_inspect(tiny_model_dir, tmp_path):
     args += ["--batch-size", "2", "--lang", "any", "--device", "cpu", "--output", str(out)]
     result = CliRunner().invoke(app, [*args, "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "2 texts (2 new; 2 drawn, 0 rejected)" in result.output
+    assert "2 texts (2 new; 2 drawn, 0 rejected = 0.0%)" in result.output
+    assert "accepted texts/s" in result.output and "tokens/s generated" in result.output
     assert [s["tokens"] for s in read_samples(out)] == [8, 8]
     result = CliRunner().invoke(app, ["calib", "inspect", str(out)])
     assert result.exit_code == 0, result.output
@@ -257,3 +342,14 @@ def test_help(command):
         check=True,
     )
     assert "Usage" in out.stdout
+
+
+def test_self_generation_ignores_the_checkpoints_generation_config(tiny_llama, tokenizer):
+    """A checkpoint's sampling settings (generation_config.json) never reach the recipe: the
+    decoding loop is our own, so transformers' generate never merges them in."""
+    recipe, seeds = Recipe(max_len=12), [3, 4]
+    plain = generate_ids(tiny_llama, tokenizer, seeds, recipe)
+    model = copy.deepcopy(tiny_llama)
+    saved = model.generation_config
+    saved.repetition_penalty, saved.no_repeat_ngram_size, saved.min_new_tokens = 5.0, 1, 11
+    assert generate_ids(model, tokenizer, seeds, recipe) == plain
