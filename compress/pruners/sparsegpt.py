@@ -80,10 +80,12 @@ class SparseGPTPruner(Pruner):
 
     @torch.no_grad()
     def add_batch(self, inp: torch.Tensor) -> None:
+        tokens = 0
         for x in sequences(inp.to(self.weight.device)):
-            self.xxt.add_(x.t() @ x)
-            self.count.add_(torch.tensor(float(x.shape[0])))
-            self.nsamples += x.shape[0]
+            self.xxt.add_(x.t() @ x)  # float32, one sequence at a time
+            tokens += x.shape[0]
+        self.count.add_(torch.tensor(float(tokens)))  # integers: exact in any order
+        self.nsamples += tokens
 
     def statistics(self) -> list[ExactSum]:
         return [self.xxt, self.count]

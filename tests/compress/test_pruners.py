@@ -109,3 +109,26 @@ def test_recipe_names_the_magnitude_scope():
     assert PruneConfig(method="wanda").to_dict()["magnitude_scope"] is None
     with pytest.raises(BadInputError, match="--method magnitude only"):
         PruneConfig(method="wanda", magnitude_scope="row")
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_statistics_do_not_depend_on_batching_or_threads(method):
+    """Float32 terms per sequence (issue 17: float64 ones cost as much as a forward) keep the
+    promise of compress.distributed: the same sums however the sequences are batched or split
+    among ranks, and whatever the thread count, at the embedded model's widths."""
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randn(6, 512, 1536, generator=gen) * torch.rand(1536, generator=gen) * 4
+    threads = torch.get_num_threads()
+    values = []
+    for count, cuts in [(1, [6]), (2, [6]), (2, [2, 1, 3]), (1, [1] * 6)]:
+        torch.set_num_threads(count)
+        try:
+            pruner = PRUNERS[method](torch.zeros(4, 1536), "layer")
+            for part in inputs.split(cuts):
+                pruner.add_batch(part)
+        finally:
+            torch.set_num_threads(threads)
+        values.append([total.value() for total in pruner.statistics()])
+    for other in values[1:]:
+        for got, want in zip(other, values[0]):
+            assert torch.equal(got, want)
