@@ -12,6 +12,9 @@ Per block ``i``, in this order:
   6. measure the normalized error against the dense model before and after step 4;
   7. checkpoint the changed blocks, the streams and the outcome so far (``--resume``).
 
+With ``--one-pass`` (no reconstruction, no errors measured) steps 2, 3 and 5 are one forward of
+block ``i`` over the whole calibration set as one batch (:mod:`.one_pass`).
+
 The engine reaches models only through :class:`~compress.blocks.BlockAdapter`, pruners only
 through :class:`~compress.pruners.base.Pruner`, training only through
 :func:`~compress.reconstruct.reconstruct`, the activations only through its
