@@ -143,7 +143,6 @@ class SparseGPTPruner(Pruner):
             i2 = min(i1 + self.blocksize, cols)
             count = i2 - i1
             W1 = W[:, i1:i2].clone()
-            Q1 = torch.zeros_like(W1)
             Err1 = torch.zeros_like(W1)
             Hinv1 = Hinv[i1:i2, i1:i2]
             d2 = Hinv1.diagonal().pow(2)
@@ -158,14 +157,12 @@ class SparseGPTPruner(Pruner):
                     score = W1[:, i : i + pattern.m].pow(2) / d2[i : i + pattern.m]
                     low = torch.topk(score, pattern.m - pattern.n, dim=1, largest=False).indices
                     prune1.scatter_(1, i + low, True)
-                w = W1[:, i]
-                d = Hinv1[i, i]
-                q = w.masked_fill(prune1[:, i], 0.0)
-                Q1[:, i] = q
-                err1 = (w - q) / d
+                err1 = Err1[:, i]  # (w - q) / d: w where pruned, else 0
+                torch.mul(W1[:, i], prune1[:, i], out=err1)
+                err1.div_(Hinv1[i, i])
                 W1[:, i:] -= err1.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-                Err1[:, i] = err1
-            W[:, i1:i2] = Q1
+            # kept weights are q already (their error is 0); pruned ones ~0, zeroed by the mask
+            W[:, i1:i2] = W1
             pruned[:, i1:i2] = prune1
             W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
