@@ -133,7 +133,9 @@ class SparseGPTPruner(Pruner):
         return self.factor["dead"], self.factor["hinv"]
 
     def _prune(self, sparsity: float, pattern: SparsityPattern) -> torch.Tensor:
-        W = self.weight.detach().float().clone()
+        W = (
+            self.weight.detach().float().clone(memory_format=torch.contiguous_format)
+        )  # Conv1D: a view
         rows, cols = W.shape
         dead, Hinv = self._factorised()
         W[:, dead] = 0.0

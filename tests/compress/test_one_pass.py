@@ -7,7 +7,7 @@ from compress.blocks import BlockAdapter, weight_view
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.engine import prune_model
 from compress.pruners import PRUNERS
-from tests.tiny_models import random_llama
+from tests.tiny_models import family_configs, random_llama, random_model
 
 IDS = torch.randint(0, 256, (6, 16), generator=torch.Generator().manual_seed(0))
 
@@ -103,3 +103,13 @@ def test_one_pass_falls_back_where_it_does_not_apply(technique):
     model = random_llama(vocab_size=256, layers=2)
     outcome = prune_model(model, IDS, config("wanda", True, technique))
     assert {block["passes"] for block in outcome.blocks} == {2 if technique == "br" else 1}
+
+
+@pytest.mark.parametrize("model_type", sorted(family_configs()))
+def test_one_pass_prunes_every_family(model_type):
+    """Every family (fused and split projections, GPT-2's Conv1D, routed experts some of which
+    may see no token) gets every layer pruned in one pass."""
+    model = random_model(family_configs()[model_type])
+    outcome = prune_model(model, IDS, config("sparsegpt", True))
+    assert {block["passes"] for block in outcome.blocks} == {1}
+    assert outcome.layers and all(entry["sparsity"] == 0.5 for entry in outcome.layers.values())
