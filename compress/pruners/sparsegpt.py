@@ -133,9 +133,8 @@ class SparseGPTPruner(Pruner):
         return self.factor["dead"], self.factor["hinv"]
 
     def _prune(self, sparsity: float, pattern: SparsityPattern) -> torch.Tensor:
-        W = (
-            self.weight.detach().float().clone(memory_format=torch.contiguous_format)
-        )  # Conv1D: a view
+        # row-major, also for a Conv1D weight (a transposed view): the loop views it flat
+        W = self.weight.detach().float().clone(memory_format=torch.contiguous_format)
         rows, cols = W.shape
         dead, Hinv = self._factorised()
         W[:, dead] = 0.0
