@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 
 import torch
 
@@ -59,6 +60,12 @@ def _threads_for_column_loop(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@lru_cache(maxsize=4)
+def _lower_triangle(cols: int, device: torch.device) -> torch.Tensor:
+    """Bool ``(cols, cols)``: True on and below the diagonal."""
+    return torch.ones(cols, cols, dtype=torch.bool, device=device).tril()
+
+
 @register("sparsegpt")
 class SparseGPTPruner(Pruner):
     shares = ("xxt", "count", "factor")
@@ -74,15 +81,16 @@ class SparseGPTPruner(Pruner):
         self.blocksize = blocksize
         self.percdamp = percdamp
         cols = weight.shape[1]
-        self.xxt = ExactSum((cols, cols), weight.device)
+        self.xxt = ExactSum((cols * (cols + 1) // 2,), weight.device)  # lower triangle, packed
         self.count = ExactSum((), weight.device)
         self.factor: dict[str, torch.Tensor] = {}  # dead columns and Hinv, once per statistics
 
     @torch.no_grad()
     def add_batch(self, inp: torch.Tensor) -> None:
         tokens = 0
+        lower = _lower_triangle(self.weight.shape[1], self.weight.device)
         for x in sequences(inp.to(self.weight.device)):
-            self.xxt.add_(x.t() @ x)  # float32, one sequence at a time
+            self.xxt.add_((x.t() @ x).masked_select(lower))  # float32, one sequence at a time
             tokens += x.shape[0]
         self.count.add_(torch.tensor(float(tokens)))  # integers: exact in any order
         self.nsamples += tokens
@@ -93,8 +101,18 @@ class SparseGPTPruner(Pruner):
     @torch.no_grad()
     def scores(self) -> torch.Tensor:
         """Wanda's ``|W|·‖X‖``: ``‖X_j‖²`` is the diagonal of ``X^T X``."""
-        norms = self.xxt.value().diagonal().float().sqrt()
+        norms = self._xxt().diagonal().float().sqrt()
         return self.weight.abs().float() * norms.unsqueeze(0)
+
+    def _xxt(self) -> torch.Tensor:
+        """``sum x x^T`` (float64) from its summed lower triangle, mirrored: the Cholesky
+        factorisation reads the lower triangle only, so summing half of each term (half the
+        exact-sum work and memory) changes no bit of the result."""
+        cols = self.weight.shape[1]
+        lower = _lower_triangle(cols, self.weight.device)
+        full = torch.zeros(cols, cols, dtype=torch.float64, device=self.weight.device)
+        full.masked_scatter_(lower, self.xxt.value())
+        return torch.where(lower, full, full.t())
 
     def _inverse_hessian_factor(self, H: torch.Tensor) -> torch.Tensor:
         """Upper Cholesky factor of ``H^-1``, raising the damping until it succeeds."""
@@ -126,7 +144,7 @@ class SparseGPTPruner(Pruner):
         """(dead input columns, ``Hinv``): computed by the first sibling to prune, then reused
         (siblings share ``self.factor`` with their statistics)."""
         if not self.factor:
-            H = (self.xxt.value() * (2.0 / max(float(self.count.value()), 1.0))).float()
+            H = (self._xxt() * (2.0 / max(float(self.count.value()), 1.0))).float()
             dead = H.diagonal() == 0
             H[dead, dead] = 1.0
             self.factor.update(dead=dead, hinv=self._inverse_hessian_factor(H))

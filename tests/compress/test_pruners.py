@@ -132,3 +132,24 @@ def test_statistics_do_not_depend_on_batching_or_threads(method):
     for other in values[1:]:
         for got, want in zip(other, values[0]):
             assert torch.equal(got, want)
+
+
+def test_sparsegpt_sums_half_of_each_term_and_factorises_the_same():
+    """Only the lower triangle of ``x^T x`` is summed (issue 17: half the exact-sum work); the
+    Cholesky factor reads only that triangle, so it equals the full matrix's bit for bit."""
+    from compress.distributed import ExactSum
+
+    gen = torch.Generator().manual_seed(3)
+    inputs = torch.randn(3, 40, 24, generator=gen) * torch.rand(24, generator=gen)
+    pruner = PRUNERS["sparsegpt"](torch.randn(8, 24, generator=gen), "layer")
+    pruner.add_batch(inputs)
+    full = ExactSum((24, 24), torch.device("cpu"))
+    for x in inputs:
+        full.add_(x.t() @ x)
+    half = pruner._xxt()
+    assert torch.equal(half.tril(), full.value().tril()) and torch.equal(half, half.t())
+    damped = full.value().float() + torch.eye(24)
+    assert torch.equal(
+        torch.linalg.cholesky(half.float() + torch.eye(24)), torch.linalg.cholesky(damped)
+    )
+    assert pruner.xxt.hi.numel() == 24 * 25 // 2
