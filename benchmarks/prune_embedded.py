@@ -1,20 +1,21 @@
-"""How fast and how good is one-shot pruning of the embedded SmolLM2-135M on this CPU?
+"""How fast and how good is one-shot pruning of the embedded SmolLM2-135M on this CPU, next to
+the peer?
 
-For magnitude / Wanda / SparseGPT at 50% unstructured and 2:4 (LR, no reconstruction), with
-64 x 512 calibration tokens from the Wikipedia snippet: pruning seconds, the seconds of one
-plain forward pass over the same calibration set (the floor no one-shot method can beat), the
-ratio, peak RSS (each configuration in a fresh process), and held-out Wikipedia perplexity before
-and after. Targets (issue 2): Wanda <= 1.5x and SparseGPT <= 2.5x the floor; peak RSS < 2 GB.
+Issue 17's table in one run: ours (``compress prune``, the whole process: imports, model load,
+calibration text, pruning, saving the folder) and the peer's (llm-compressor's Wanda and SparseGPT
+through ``shared/bench/llmc_cpu_peer.py`` in its own venv, ``shared/bench/README.md``: its whole
+process too, and its ``oneshot`` seconds alone) on the very same calibration windows
+(``--windows``), for Wanda and SparseGPT, unstructured and 2:4 (no reconstruction): seconds, peak
+RSS (each run a fresh process), held-out Wikipedia perplexity of the saved folder on the same
+windows, and the load average before and after. Goals: ours <= 0.5x the peer's seconds, peak RSS
+<= the peer's, perplexity within 2%. Ours run with ``--one-pass`` and without (``--passes 1 2``,
+the default; ``--passes 2`` alone is the CLI's default); ``--skip-peer`` leaves the peer out
+(needed where its venv is absent). Also printed: the seconds of one plain forward pass over the calibration set (the
+floor). ``--reconstruction`` adds BR+GP (Wanda, unstructured; in-process): seconds per block and
+in total, x floor.
 
-The peer's columns (issue 17): llm-compressor's Wanda and SparseGPT through
-``shared/bench/llmc_cpu_peer.py`` in its own venv (``shared/bench/README.md``), in the same run,
-on the very same calibration windows (``--windows``), its pruned folder's perplexity on the same
-held-out windows. Goals: ours <= 0.5x the peer's seconds, peak RSS <= the peer's, perplexity
-within 2%. ``--skip-peer`` leaves the peer out (needed where its venv is absent).
-``--reconstruction`` adds BR+GP (Wanda, unstructured): seconds per block and in total, x floor.
-
-    python benchmarks/prune_embedded.py [--nsamples 64 --seqlen 512 --ppl-windows 32]
-        [--skip-peer | --peer-python ../.peer/bin/python] [--reconstruction --recon-epochs 1]
+    python benchmarks/prune_embedded.py [--nsamples 16 --seqlen 512 --ppl-windows 32]
+        [--passes 1 2] [--skip-peer | --peer-python ../.peer/bin/python] [--reconstruction]
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, peak_rss_bytes, run_isolated, save  # noqa: E402
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
+MEASURED = """import json, resource, subprocess, sys, time
+start = time.perf_counter()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+print(json.dumps({"rc": done.returncode, "seconds": time.perf_counter() - start,
+    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+    "stdout": done.stdout[-4000:], "stderr": done.stderr[-4000:]}))"""
 PEER_METHODS = ("wanda", "sparsegpt")
 PATTERNS = ("unstructured", "2:4")
 REPO = Path(__file__).resolve().parents[1]
@@ -131,8 +138,71 @@ def folder_perplexity(folder: str, args) -> dict:
     return {"ppl_after": result["perplexity"]}
 
 
+def measured(command: list[str], env: dict | None = None) -> dict:
+    """``command`` in a fresh process under a fresh parent: its wall seconds (interpreter start
+    to exit) and its own peak RSS (the parent's only child); raises on a failure."""
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURED, *command],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    result = json.loads(done.stdout)
+    if result["rc"] != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result['stderr']}")
+    return result
+
+
+def ours(method: str, pattern: str, passes: int, work: Path, args) -> dict:
+    """One row of ours: ``compress prune`` as a user runs it, then its folder's perplexity."""
+    out = work / f"ours-{method}-{pattern.replace(':', 'of')}-{passes}"
+    command = [
+        sys.executable,
+        "-m",
+        "compress.cli",
+        "prune",
+        "--method",
+        method,
+        "--pattern",
+        pattern,
+        "--calib",
+        "wikipedia",
+        "--nsamples",
+        str(args.nsamples),
+        "--seqlen",
+        str(args.seqlen),
+        "--batch-size",
+        "8",
+        "--reconstruct",
+        "lr",
+        "--device",
+        "cpu",
+        "--dtype",
+        "float32",
+        "--one-pass" if passes == 1 else "--no-one-pass",
+        "--output",
+        str(out),
+    ]
+    run = measured(command, {**os.environ, "PYTHONPATH": str(REPO)})
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    ppl = run_isolated(__file__, ["--ppl-of", str(out), *common_args(args)])
+    return {
+        "method": method,
+        "pattern": pattern,
+        "technique": "lr",
+        "passes": passes,
+        "process_seconds": run["seconds"],
+        "prune_seconds": summary["prune_seconds"],
+        "peak_rss_bytes": run["peak_rss_bytes"],
+        "sparsity": summary["sparsity"],
+        **ppl,
+    }
+
+
 def peer(method: str, pattern: str, setup: dict, work: Path, args) -> dict:
-    """One peer row: llm-compressor's own seconds and peak RSS, then its folder's perplexity."""
+    """One peer row: its whole process (seconds, peak RSS), its ``oneshot`` seconds alone, then
+    its folder's perplexity."""
     out = work / f"peer-{method}-{pattern.replace(':', 'of')}"
     command = [
         str(args.peer_python),
@@ -148,17 +218,52 @@ def peer(method: str, pattern: str, setup: dict, work: Path, args) -> dict:
         setup["windows"],
     ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the peer's own stack
-    done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
-    if done.returncode != 0:
-        raise RuntimeError(f"peer {method} {pattern} failed:\n{done.stderr[-2000:]}")
-    row = json.loads(done.stdout.strip().splitlines()[-1])
+    run = measured(command, env)
+    row = json.loads(run["stdout"].strip().splitlines()[-1])
     ppl = run_isolated(__file__, ["--ppl-of", str(out), *common_args(args)])
     return {
+        "process_seconds": run["seconds"],
         "prune_seconds": row["oneshot_seconds"],
-        "peak_rss_bytes": int(row["peak_rss_gib"] * 2**30),
+        "peak_rss_bytes": run["peak_rss_bytes"],
         **ppl,
         "peer": row,
     }
+
+
+def table(rows: list[dict], base: dict, args) -> str:
+    """The issue's table: ours and the peer's seconds (whole process, and pruning alone), peak
+    RSS and perplexity, with the ratios the goals are stated in."""
+    gib = 2**30
+    lines = [
+        f"\nembedded SmolLM2-135M, fp32, CPU, calibration {args.nsamples} x {args.seqlen}, "
+        f"batch 8, no reconstruction; ppl: Wikipedia test split, {args.ppl_windows} x "
+        f"{args.seqlen}; process = interpreter start to exit (load, calibrate, prune, save)",
+        f"forward floor {base['forward_floor_seconds']:.1f} s, dense ppl {base['ppl_dense']:.2f}",
+        f"{'pattern':12s} {'method':9s} {'pass':>4s} {'proc s':>7s} {'prune s':>7s} "
+        f"{'RSS':>6s} {'ppl':>7s} | {'peer proc':>9s} {'oneshot':>7s} {'RSS':>6s} {'ppl':>7s} | "
+        f"{'x peer':>6s} {'x prune':>7s} {'ppl/peer':>8s}",
+    ]
+    for r in rows:
+        if "process_seconds" not in r:  # the in-process reconstruction row
+            per_block = sum(r["block_seconds"]) / max(len(r["block_seconds"]), 1)
+            lines.append(
+                f"{r['pattern']:12s} {r['method']:9s} {r['technique']}: {r['prune_seconds']:.1f} s "
+                f"({per_block:.2f} s/block, {r['x_floor']:.2f} x floor), ppl {r['ppl_after']:.2f}"
+            )
+            continue
+        line = (
+            f"{r['pattern']:12s} {r['method']:9s} {r['passes']:4d} {r['process_seconds']:7.1f} "
+            f"{r['prune_seconds']:7.1f} {r['peak_rss_bytes'] / gib:5.2f}G {r['ppl_after']:7.2f}"
+        )
+        if "peer" in r:
+            p = r["peer"]
+            line += (
+                f" | {p['process_seconds']:9.1f} {p['prune_seconds']:7.1f} "
+                f"{p['peak_rss_bytes'] / gib:5.2f}G {p['ppl_after']:7.2f} | {r['x_peer']:6.2f} "
+                f"{r['x_peer_prune']:7.2f} {r['ppl_vs_peer']:8.3f}"
+            )
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def common_args(args) -> list[str]:
@@ -176,7 +281,7 @@ def common_args(args) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nsamples", type=int, default=64)
+    parser.add_argument("--nsamples", type=int, default=16)
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--ppl-windows", type=int, default=32)
     parser.add_argument("--recon-epochs", type=int, default=1)
@@ -190,7 +295,15 @@ def main() -> None:
         "--peer-script", type=Path, default=beside_repo("shared/bench/llmc_cpu_peer.py")
     )
     parser.add_argument("--reconstruction", action="store_true", help="add a BR+GP row")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(PEER_METHODS))
+    parser.add_argument(
+        "--passes",
+        nargs="+",
+        type=int,
+        choices=(1, 2),
+        default=[1, 2],
+        help="ours: --one-pass (1), --no-one-pass (2)",
+    )
     parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
     parser.add_argument("--output", type=Path, default=Path("out/bench/prune_embedded.json"))
     args = parser.parse_args()
@@ -221,46 +334,30 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="prune-embedded-"))
     setup = run_isolated(__file__, ["--write-windows", str(work / "windows.json"), *common])
     rows = []
-    runs = [(m, p, "lr") for p in args.patterns for m in args.methods]
+    for pattern in args.patterns:
+        for method in args.methods:
+            other = None
+            if not args.skip_peer and method in PEER_METHODS:
+                other = peer(method, pattern, setup, work, args)
+                print(json.dumps({"peer": method, "pattern": pattern, **other}), flush=True)
+            for passes in args.passes:
+                row = ours(method, pattern, passes, work, args)
+                row["x_floor"] = row["prune_seconds"] / floor
+                if other is not None:
+                    row["peer"] = other
+                    row["x_peer"] = row["process_seconds"] / other["process_seconds"]
+                    row["x_peer_prune"] = row["prune_seconds"] / other["prune_seconds"]
+                    row["ppl_vs_peer"] = row["ppl_after"] / other["ppl_after"]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     if args.reconstruction:
-        runs.append(("wanda", "unstructured", "br+gp"))
-    for method, pattern, technique in runs:
-        row = run_isolated(__file__, ["--one", method, pattern, technique, *common])
+        row = run_isolated(__file__, ["--one", "wanda", "unstructured", "br+gp", *common])
         row["x_floor"] = row["prune_seconds"] / floor
-        if not args.skip_peer and method in PEER_METHODS and technique == "lr":
-            row["peer"] = peer(method, pattern, setup, work, args)
-            row["x_peer"] = row["prune_seconds"] / row["peer"]["prune_seconds"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     loadavg_after = Path("/proc/loadavg").read_text().strip()
     print("load average after:", loadavg_after)
-    print(
-        f"\nembedded SmolLM2-135M, fp32, CPU, calibration {args.nsamples} x {args.seqlen}, "
-        f"batch 8; ppl: Wikipedia test split, {args.ppl_windows} x {args.seqlen}"
-    )
-    print(
-        f"forward floor {floor:.1f} s, dense ppl {base['ppl_dense']:.2f}, "
-        f"dense peak RSS {base['peak_rss_bytes'] / 2**30:.2f} GiB"
-    )
-    print(
-        f"{'pattern':13s} {'method':10s} {'tech':6s} {'prune s':>8s} {'x floor':>8s} "
-        f"{'s/block':>8s} {'peak RSS':>9s} {'ppl':>8s} | {'peer s':>7s} {'x peer':>7s} "
-        f"{'peer RSS':>9s} {'peer ppl':>9s}"
-    )
-    for r in rows:
-        per_block = sum(r["block_seconds"]) / max(len(r["block_seconds"]), 1)
-        line = (
-            f"{r['pattern']:13s} {r['method']:10s} {r['technique']:6s} {r['prune_seconds']:8.1f} "
-            f"{r['x_floor']:8.2f} {per_block:8.2f} {r['peak_rss_bytes'] / 2**30:8.2f}G "
-            f"{r['ppl_after']:8.2f}"
-        )
-        if "peer" in r:
-            p = r["peer"]
-            line += (
-                f" | {p['prune_seconds']:7.1f} {r['x_peer']:7.2f} "
-                f"{p['peak_rss_bytes'] / 2**30:8.2f}G {p['ppl_after']:9.2f}"
-            )
-        print(line)
+    print(table(rows, base, args))
     save(
         args.output,
         {

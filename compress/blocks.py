@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,8 +173,10 @@ class BlockAdapter:
         """Run the embeddings on each batch of token ids and record what reaches the blocks.
 
         Returns the hidden states entering block 0 (one tensor per batch) and, per batch, the
-        :class:`BlockCall` of every block. Only the first batch of each shape runs the whole
-        model (to see the call of every block); the others stop at block 0 and reuse it.
+        :class:`BlockCall` of every block. Only the first batch of each shape goes past block 0
+        (to see the call of every block), and even it computes block 0 only: the later blocks
+        pass their input through while recording (:meth:`_passing_through`), since what the
+        model hands a block does not depend on the hidden states it gets.
         """
         hidden: list[torch.Tensor] = []
         calls: list[list[BlockCall]] = []
@@ -201,21 +204,51 @@ class BlockAdapter:
         ]
         device = self.model.get_input_embeddings().weight.device
         try:
-            for ids in batches:
-                shape = tuple(ids.shape)
-                stop_at_first = shape in seen
-                recorded = []
-                try:
-                    self.model(input_ids=ids.to(device), use_cache=False)
-                except _StopForward:
-                    pass
-                if shape not in seen:
-                    seen[shape] = recorded
-                calls.append(seen[shape])
+            with self._passing_through():
+                for ids in batches:
+                    shape = tuple(ids.shape)
+                    stop_at_first = shape in seen
+                    recorded = []
+                    try:
+                        self.model(input_ids=ids.to(device), use_cache=False)
+                    except _StopForward:
+                        pass
+                    if shape not in seen:
+                        seen[shape] = recorded
+                    calls.append(seen[shape])
         finally:
             for handle in handles:
                 handle.remove()
         return hidden, calls
+
+    @contextmanager
+    def _passing_through(self) -> Iterator[None]:
+        """Blocks 1.. return their input unchanged, in the structure block 0 really returned
+        (a tensor, or a tuple led by it); their own ``forward`` (an accelerate hook's too) is
+        put back on leaving."""
+        returned: list[Any] = []
+
+        def passthrough(*args: Any, **kwargs: Any) -> Any:
+            state = args[0] if args else kwargs["hidden_states"]
+            out = returned[0]
+            return (state, *out[1:]) if isinstance(out, tuple) else state
+
+        def keep_structure(module: nn.Module, args: tuple, out: Any) -> None:
+            returned[:] = [out]
+
+        handle = self.blocks[0].register_forward_hook(keep_structure)
+        saved = {i: b.__dict__.get("forward") for i, b in enumerate(self.blocks) if i}
+        for i in saved:
+            self.blocks[i].forward = passthrough
+        try:
+            yield
+        finally:
+            handle.remove()
+            for i, original in saved.items():
+                if original is None:
+                    del self.blocks[i].forward
+                else:
+                    self.blocks[i].forward = original
 
     def run_block(self, index: int, hidden: torch.Tensor, call: BlockCall) -> torch.Tensor:
         """Block ``index`` applied to ``hidden`` with the recorded call, on the block's device."""

@@ -102,14 +102,22 @@ class ExactSum:
     def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
         self.hi = torch.zeros(shape, dtype=torch.float64, device=device)
         self.lo = torch.zeros_like(self.hi)
+        self._scratch: list[torch.Tensor] = []  # three buffers shaped like hi, made on demand
 
     @torch.no_grad()
     def add_(self, term: torch.Tensor) -> None:
-        term = term.to(torch.float64)
-        total = self.hi + term
-        big = self.hi.abs() >= term.abs()
-        self.lo += torch.where(big, (self.hi - total) + term, (term - total) + self.hi)
-        self.hi = total
+        """Add ``term`` (any float dtype); Knuth's TwoSum gives the rounding error of
+        ``hi + term`` exactly (the value Neumaier's branch computes), all in place."""
+        if not self._scratch:
+            self._scratch = [torch.empty_like(self.hi) for _ in range(3)]
+        t, total, b = self._scratch
+        t.copy_(term)
+        torch.add(self.hi, t, out=total)
+        torch.sub(total, self.hi, out=b)  # b' = total - hi: the part of t that made it in
+        t.sub_(b)  # t - b'
+        torch.sub(total, b, out=b)  # a' = total - b'
+        self.lo.add_(self.hi.sub_(b).add_(t))  # the exact error (hi - a') + (t - b')
+        self.hi, self._scratch[1] = total, self.hi
 
     def value(self) -> torch.Tensor:
         return self.hi + self.lo
@@ -127,9 +135,11 @@ class ExactSum:
             total.add_(part)
         dist.all_reduce(self.lo, op=dist.ReduceOp.SUM)
         self.hi, self.lo = total.hi, total.lo + self.lo
+        self._scratch = []
 
     def free(self) -> None:
         self.hi = self.lo = torch.empty(0)
+        self._scratch = []
 
 
 def sum_floats(values: list[float], device: torch.device | None = None) -> list[float]:

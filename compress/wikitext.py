@@ -28,19 +28,24 @@ _LIST = re.compile(r"^[*#:;]+\s*", re.M)
 _BLANKS = re.compile(r"\n{3,}")
 
 
+_BRACES = re.compile(r"\{\{|\}\}")
+
+
 def _drop_templates(text: str) -> str:
-    """Remove ``{{...}}`` templates, nested ones included."""
-    out, depth, i = [], 0, 0
-    while i < len(text):
-        pair = text[i : i + 2]
-        if pair == "{{":
-            depth, i = depth + 1, i + 2
-        elif pair == "}}" and depth:
-            depth, i = depth - 1, i + 2
-        else:
+    """Remove ``{{...}}`` templates, nested ones included (an unmatched ``}}`` stays), scanning
+    from one ``{{``/``}}`` to the next rather than character by character."""
+    out, depth, kept_from = [], 0, 0
+    for brace in _BRACES.finditer(text):
+        if brace.group() == "{{":
             if not depth:
-                out.append(text[i])
-            i += 1
+                out.append(text[kept_from : brace.start()])
+            depth += 1
+        elif depth:
+            depth -= 1
+            if not depth:
+                kept_from = brace.end()
+    if not depth:
+        out.append(text[kept_from:])
     return "".join(out)
 
 

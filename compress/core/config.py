@@ -373,6 +373,11 @@ class PruneConfig:
         flags="--owl-lambda",
         help="owl / errors: block sparsities lie within --sparsity ± lambda.",
     )
+    one_pass: bool = option(
+        False,
+        flags="--one-pass",
+        help="One forward per block: each group of layers is pruned as its input arrives, so later layers of a block are calibrated on its pruned earlier ones (GPTQ's true-sequential); without reconstruction, --errors or --distributed and when the calibration set fits one batch, else two passes (calibrate the dense block, then propagate).",
+    )
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     resume: bool = option(
         False,

@@ -143,6 +143,7 @@ class BlockEntry(TypedDict):
     sparsity: NotRequired[BlockSparsity]
     errors: NotRequired[BlockErrors]
     reconstruction: NotRequired[list[dict]]  # one entry per trained window
+    passes: NotRequired[int]  # forwards over the calibration set: 1 with --one-pass, else 2
     seconds: float
     peak_accelerator_bytes: int | None
 
@@ -339,9 +340,12 @@ def block_entry(
     errors: BlockErrors | None = None,
     reconstruction: list[dict] | None = None,
     sparsity: BlockSparsity | None = None,
+    passes: int | None = None,
 ) -> BlockEntry:
     """One decoder block's step; ``errors`` and ``reconstruction`` only when measured/trained."""
     entry: dict = {"index": index}
+    if passes is not None:
+        entry["passes"] = passes
     if sparsity is not None:
         entry["sparsity"] = sparsity
     if errors is not None:

@@ -12,6 +12,9 @@ Per block ``i``, in this order:
   6. measure the normalized error against the dense model before and after step 4;
   7. checkpoint the changed blocks, the streams and the outcome so far (``--resume``).
 
+With ``--one-pass`` (no reconstruction, no errors measured) steps 2, 3 and 5 are one forward of
+block ``i`` over the whole calibration set as one batch (:mod:`.one_pass`).
+
 The engine reaches models only through :class:`~compress.blocks.BlockAdapter`, pruners only
 through :class:`~compress.pruners.base.Pruner`, training only through
 :func:`~compress.reconstruct.reconstruct`, the activations only through its
@@ -42,6 +45,7 @@ from compress.core.report import (
     layer_entry,
 )
 from compress.engine.activations import ActivationStore, Stream, Streams
+from compress.engine.one_pass import fits_one_batch, hooked_forward
 from compress.engine.profile_pass import first_pass
 from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
@@ -133,6 +137,7 @@ class Engine:
         self.ratios: list[float] = []  # non-uniform profiles: the first pass
         self.curves: list[list[tuple[float, float]]] = []  # errors profile: the first pass
         self.plan: list[float] = []  # non-uniform profiles: each block's share
+        self.one_pass = False  # decided by run() (--one-pass where it applies)
 
     # -- running blocks on streams -------------------------------------------------------
     @torch.no_grad()
@@ -193,15 +198,36 @@ class Engine:
                     pruners[name].share(pruners[group[0]])
         return pruners
 
+    def _dense_copies(self, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+        """``none`` keeps the masks only: the dense weights to put back under them."""
+        if self.technique is not Technique.none:
+            return {}
+        return {name: weight_view(m).detach().clone() for name, m in layers.items()}
+
+    def _prune_layer(
+        self,
+        name: str,
+        pruner: Pruner,
+        layer: nn.Module,
+        target: float,
+        dense: dict[str, torch.Tensor],
+    ) -> None:
+        """Step 3 for one layer: its mask, its weights, its entry in ``outcome``."""
+        result = pruner.prune(target, self.config.parsed_pattern)
+        weight = weight_view(layer)
+        if name in dense:  # "none": keep the mask, undo the pruner's weight update
+            with torch.no_grad():
+                weight.copy_(dense[name] * result.mask)
+        self.outcome.masks[name] = result.mask.cpu()  # off the accelerator: 1 byte/weight
+        self.outcome.layers[name] = layer_entry(
+            weight.shape, target, zero_count(weight), result.seconds
+        )
+
     def _prune(self, i: int, s: Streams) -> None:
         """Steps 2-3 for block ``i``."""
         layers = self.adapter.prunable_layers(i, self.config.skip)
         pruner_cls = PRUNERS[self.config.method.value]
-        dense = (
-            {name: weight_view(m).detach().clone() for name, m in layers.items()}
-            if self.technique is Technique.none
-            else {}
-        )
+        dense = self._dense_copies(layers)
         groups = self.adapter.sibling_groups(i, layers)
         pruners = self._pruners(groups, layers)
         leaders = {group[0]: pruners[group[0]] for group in groups}
@@ -213,18 +239,31 @@ class Engine:
                     total.all_reduce_()
         targets = self._sparsities(i, list(layers))
         for name in layers:
-            target = targets[name]
-            result = pruners[name].prune(target, self.config.parsed_pattern)
+            self._prune_layer(name, pruners[name], layers[name], targets[name], dense)
             if name in last:
                 last[name].free()
-            weight = weight_view(layers[name])
-            if name in dense:  # "none": keep the mask, undo the pruner's weight update
-                with torch.no_grad():
-                    weight.copy_(dense[name] * result.mask)
-            self.outcome.masks[name] = result.mask.cpu()  # off the accelerator: 1 byte/weight
-            self.outcome.layers[name] = layer_entry(
-                weight.shape, target, zero_count(weight), result.seconds
-            )
+
+    def _prune_in_one_pass(self, i: int, s: Streams) -> Stream:
+        """Steps 2, 3 and 5 for block ``i`` in one forward (``--one-pass``, :mod:`.one_pass`):
+        the pruned stream leaving the block."""
+        layers = self.adapter.prunable_layers(i, self.config.skip)
+        dense = self._dense_copies(layers)
+        groups = self.adapter.sibling_groups(i, layers)
+        pruners = self._pruners(groups, layers)
+        targets = self._sparsities(i, list(layers))
+
+        def prune_group(group: list[str]) -> None:
+            for name in group:
+                self._prune_layer(name, pruners[name], layers[name], targets[name], dense)
+            pruners[group[0]].free()
+
+        assert len(s.sparse) == 1, "one pass runs the calibration set as one batch"
+        out = hooked_forward(
+            lambda: self.forward([i], s.sparse, s.calls), groups, pruners, layers, prune_group
+        )
+        for name in layers:  # report order: the block's layers, not the order they ran in
+            self.outcome.layers[name] = self.outcome.layers.pop(name)
+        return out
 
     def _measure(self, window: list[int]) -> None:
         """Count the zeros of the window's pruned layers again after reconstruction: these are
@@ -313,6 +352,15 @@ class Engine:
         start = time.perf_counter()
         for s in sets.values():
             self._targets(i, s)
+        if self.one_pass:
+            calib = sets["calibration"]
+            ends = {"calibration": (calib.sparse, self._prune_in_one_pass(i, calib))}
+            for name, s in sets.items():
+                if name != "calibration":
+                    ends[name] = self._propagate([i], s)
+            for name, s in sets.items():
+                self._advance(s, *ends[name])
+            return self._entry(i, start, None, [])
         self._prune(i, sets["calibration"])
         window = self.window(i)
         if self.recon.errors:
@@ -335,6 +383,10 @@ class Engine:
             self._measure(window)
         for name, s in sets.items():
             self._advance(s, *ends[name])
+        return self._entry(i, start, errors, trained)
+
+    def _entry(self, i: int, start: float, errors: dict | None, trained: list) -> BlockEntry:
+        """Block ``i``'s entry in report.json (its step began at ``start``)."""
         seconds = round(time.perf_counter() - start, 3)
         names = self.adapter.prunable_layers(i, self.config.skip)
         layers = [self.outcome.layers[name] for name in names]
@@ -345,7 +397,8 @@ class Engine:
             self.plan[i] if self.plan else None,
             self.curves[i] if self.curves else None,
         )
-        return block_entry(i, seconds, None, errors, trained or None, sparsity)
+        passes = 1 if self.one_pass else 2
+        return block_entry(i, seconds, None, errors, trained or None, sparsity, passes)
 
     def window(self, i: int) -> list[int]:
         """The blocks step ``i`` trains or runs: ``[i]``, or ``[i - 1, i]`` with CR."""
@@ -365,9 +418,19 @@ class Engine:
         else:
             self.plan = owl_plan(self.ratios, sizes, t, lam)
 
+    def _one_pass_applies(self, ids: torch.Tensor) -> bool:
+        """``--one-pass`` where it keeps its promise: nothing trained or measured against the
+        dense block, one process (ranks could not keep equal to it), every sequence feeding
+        the statistics, and the whole calibration set fitting one batch."""
+        if not self.config.one_pass or self.technique.trains or self.recon.errors:
+            return False
+        if distributed.is_distributed() or self.stats_samples is not None:
+            return False
+        return fits_one_batch(self.model.config, *ids.shape, self.accelerator)
+
     def _streams(self, ids: torch.Tensor) -> Streams:
         need_dense = self.technique.global_targets or self.recon.errors
-        batch_size = self.config.calibration.batch_size
+        batch_size = len(ids) if self.one_pass else self.config.calibration.batch_size
         return self.activations.capture(self.adapter, ids, batch_size, need_dense)
 
     def _checkpoint(self, i: int, sets: dict[str, Streams], recipe: dict) -> None:
@@ -409,6 +472,7 @@ class Engine:
         tokens = calib_ids.numel() + (0 if holdout_ids is None else holdout_ids.numel())
         streams = 3 if self.technique.trains else 2  # sparse, dense, and targets or CR inputs
         self.activations.place(tokens, hidden, streams)
+        self.one_pass = self._one_pass_applies(calib_ids)
         if self.config.sparsity_profile is not SparsityProfile.uniform:
             self._plan(calib_ids)
         sets = {"calibration": self._streams(calib_ids)}

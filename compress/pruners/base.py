@@ -65,12 +65,14 @@ class Pruner(ABC):
 
 
 def sequences(inp: torch.Tensor) -> Iterator[torch.Tensor]:
-    """A batch of layer inputs ``(B, T, in)`` as one float64 ``(T, in)`` matrix per sequence
-    (a 2-D input is one sequence). Statistics added up per sequence do not depend on how the
-    sequences were batched, or shared among processes."""
+    """A batch of layer inputs ``(B, T, in)`` as one float32 ``(T, in)`` matrix per sequence
+    (a 2-D input is one sequence). A statistic's term computed per sequence (one kernel call
+    of one shape) does not depend on how the sequences were batched, or shared among
+    processes, nor on the thread count (tests/compress/test_pruners.py checks this on the
+    machine it runs on); the terms are then added exactly (:class:`ExactSum`)."""
     batch = inp.reshape(-1, *inp.shape[-2:]) if inp.dim() > 2 else inp.unsqueeze(0)
     for x in batch:
-        yield x.to(torch.float64)
+        yield x.float()
 
 
 PRUNERS: dict[str, type[Pruner]] = {}

@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 
 import torch
 
@@ -59,6 +60,12 @@ def _threads_for_column_loop(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@lru_cache(maxsize=4)
+def _lower_triangle(cols: int, device: torch.device) -> torch.Tensor:
+    """Bool ``(cols, cols)``: True on and below the diagonal."""
+    return torch.ones(cols, cols, dtype=torch.bool, device=device).tril()
+
+
 @register("sparsegpt")
 class SparseGPTPruner(Pruner):
     shares = ("xxt", "count", "factor")
@@ -74,16 +81,19 @@ class SparseGPTPruner(Pruner):
         self.blocksize = blocksize
         self.percdamp = percdamp
         cols = weight.shape[1]
-        self.xxt = ExactSum((cols, cols), weight.device)
+        self.xxt = ExactSum((cols * (cols + 1) // 2,), weight.device)  # lower triangle, packed
         self.count = ExactSum((), weight.device)
         self.factor: dict[str, torch.Tensor] = {}  # dead columns and Hinv, once per statistics
 
     @torch.no_grad()
     def add_batch(self, inp: torch.Tensor) -> None:
+        tokens = 0
+        lower = _lower_triangle(self.weight.shape[1], self.weight.device)
         for x in sequences(inp.to(self.weight.device)):
-            self.xxt.add_(x.t() @ x)
-            self.count.add_(torch.tensor(float(x.shape[0])))
-            self.nsamples += x.shape[0]
+            self.xxt.add_((x.t() @ x).masked_select(lower))  # float32, one sequence at a time
+            tokens += x.shape[0]
+        self.count.add_(torch.tensor(float(tokens)))  # integers: exact in any order
+        self.nsamples += tokens
 
     def statistics(self) -> list[ExactSum]:
         return [self.xxt, self.count]
@@ -91,8 +101,18 @@ class SparseGPTPruner(Pruner):
     @torch.no_grad()
     def scores(self) -> torch.Tensor:
         """Wanda's ``|W|·‖X‖``: ``‖X_j‖²`` is the diagonal of ``X^T X``."""
-        norms = self.xxt.value().diagonal().float().sqrt()
+        norms = self._xxt().diagonal().float().sqrt()
         return self.weight.abs().float() * norms.unsqueeze(0)
+
+    def _xxt(self) -> torch.Tensor:
+        """``sum x x^T`` (float64) from its summed lower triangle, mirrored: the Cholesky
+        factorisation reads the lower triangle only, so summing half of each term (half the
+        exact-sum work and memory) changes no bit of the result."""
+        cols = self.weight.shape[1]
+        lower = _lower_triangle(cols, self.weight.device)
+        full = torch.zeros(cols, cols, dtype=torch.float64, device=self.weight.device)
+        full.masked_scatter_(lower, self.xxt.value())
+        return torch.where(lower, full, full.t())
 
     def _inverse_hessian_factor(self, H: torch.Tensor) -> torch.Tensor:
         """Upper Cholesky factor of ``H^-1``, raising the damping until it succeeds."""
@@ -124,14 +144,15 @@ class SparseGPTPruner(Pruner):
         """(dead input columns, ``Hinv``): computed by the first sibling to prune, then reused
         (siblings share ``self.factor`` with their statistics)."""
         if not self.factor:
-            H = (self.xxt.value() * (2.0 / max(float(self.count.value()), 1.0))).float()
+            H = (self._xxt() * (2.0 / max(float(self.count.value()), 1.0))).float()
             dead = H.diagonal() == 0
             H[dead, dead] = 1.0
             self.factor.update(dead=dead, hinv=self._inverse_hessian_factor(H))
         return self.factor["dead"], self.factor["hinv"]
 
     def _prune(self, sparsity: float, pattern: SparsityPattern) -> torch.Tensor:
-        W = self.weight.detach().float().clone()
+        # row-major, also for a Conv1D weight (a transposed view): the loop views it flat
+        W = self.weight.detach().float().clone(memory_format=torch.contiguous_format)
         rows, cols = W.shape
         dead, Hinv = self._factorised()
         W[:, dead] = 0.0
@@ -141,7 +162,6 @@ class SparseGPTPruner(Pruner):
             i2 = min(i1 + self.blocksize, cols)
             count = i2 - i1
             W1 = W[:, i1:i2].clone()
-            Q1 = torch.zeros_like(W1)
             Err1 = torch.zeros_like(W1)
             Hinv1 = Hinv[i1:i2, i1:i2]
             d2 = Hinv1.diagonal().pow(2)
@@ -156,14 +176,12 @@ class SparseGPTPruner(Pruner):
                     score = W1[:, i : i + pattern.m].pow(2) / d2[i : i + pattern.m]
                     low = torch.topk(score, pattern.m - pattern.n, dim=1, largest=False).indices
                     prune1.scatter_(1, i + low, True)
-                w = W1[:, i]
-                d = Hinv1[i, i]
-                q = w.masked_fill(prune1[:, i], 0.0)
-                Q1[:, i] = q
-                err1 = (w - q) / d
+                err1 = Err1[:, i]  # (w - q) / d: w where pruned, else 0
+                torch.mul(W1[:, i], prune1[:, i], out=err1)
+                err1.div_(Hinv1[i, i])
                 W1[:, i:] -= err1.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
-                Err1[:, i] = err1
-            W[:, i1:i2] = Q1
+            # kept weights are q already (their error is 0); pruned ones ~0, zeroed by the mask
+            W[:, i1:i2] = W1
             pruned[:, i1:i2] = prune1
             W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 

@@ -18,3 +18,45 @@ def test_absent_peer_venv_is_one_error_line_naming_the_flag(tmp_path):
     assert done.stderr.strip().startswith("error: no peer venv")
     assert "--skip-peer" in done.stderr and "Traceback" not in done.stderr
     assert "load average" not in done.stdout  # refused before any work
+
+
+def bench():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prune_embedded", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_measured_is_the_childs_own_seconds_and_peak_rss():
+    """Each run's peak RSS is its own, not the largest of the benchmark's children so far."""
+    module = bench()
+    big = module.measured([sys.executable, "-c", "x = bytearray(300 * 2**20); print(1)"])
+    small = module.measured([sys.executable, "-c", "print(2)"])
+    assert big["stdout"].strip() == "1" and big["seconds"] > 0
+    assert big["peak_rss_bytes"] > 300 * 2**20 > small["peak_rss_bytes"]
+
+
+def test_table_shows_the_goal_ratios():
+    from types import SimpleNamespace
+
+    peer = {"process_seconds": 40.0, "prune_seconds": 30.0, "peak_rss_bytes": 2**31}
+    row = {
+        "method": "wanda",
+        "pattern": "2:4",
+        "passes": 1,
+        "process_seconds": 10.0,
+        "prune_seconds": 6.0,
+        "peak_rss_bytes": 2**30,
+        "ppl_after": 20.2,
+        "peer": {**peer, "ppl_after": 20.0},
+        "x_peer": 0.25,
+        "x_peer_prune": 0.2,
+        "ppl_vs_peer": 1.01,
+    }
+    args = SimpleNamespace(nsamples=16, seqlen=512, ppl_windows=32)
+    text = bench().table([row], {"forward_floor_seconds": 5.0, "ppl_dense": 15.0}, args)
+    last = text.splitlines()[-1].split()
+    assert last[:5] == ["2:4", "wanda", "1", "10.0", "6.0"]
+    assert last[-3:] == ["0.25", "0.20", "1.010"]

@@ -119,3 +119,37 @@ def test_sequential_inputs_come_from_pruned_blocks():
         out0 = adapter.run_block(0, hidden[0], calls[0][0])
         expected = model.model.layers[1].input_layernorm(out0)
     torch.testing.assert_close(seen[0], expected)  # the statistics pass, the first to run it
+
+
+def deeper(model_type: str, layers: int = 4):
+    """The family's tiny model with ``layers`` blocks (gemma's layer types derived again)."""
+    fields = FAMILIES[model_type].to_dict()
+    fields.pop("layer_types", None)
+    fields["n_layer" if model_type == "gpt2" else "num_hidden_layers"] = layers
+    return random_model(type(FAMILIES[model_type])(**fields))
+
+
+@pytest.mark.parametrize("model_type", sorted(FAMILIES))
+def test_capture_computes_only_the_first_block(model_type):
+    """Recording every block's call costs no block computation past block 0 (issue 17: it was
+    half a forward over the calibration set); the calls still replay the model exactly."""
+    model = deeper(model_type)
+    adapter = BlockAdapter(model)
+    ran: list[int] = []
+    handles = [
+        module.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+        for i, block in enumerate(adapter.blocks)
+        for module in adapter.prunable_layers(i).values()
+    ]
+    ids = torch.randint(0, 256, (2, 12))
+    with torch.no_grad():
+        hidden, calls = adapter.capture([ids, ids])
+        assert set(ran) == {0} and len(calls[0]) == len(adapter) == 4
+        reference = model(input_ids=ids, output_hidden_states=True).hidden_states
+        state = hidden[1]
+        for index in range(len(adapter) - 1):
+            state = adapter.run_block(index, state, calls[1][index])
+            torch.testing.assert_close(state, reference[index + 1])
+    assert set(ran) == {0, 1, 2, 3}  # the blocks compute again after the capture
+    for handle in handles:
+        handle.remove()

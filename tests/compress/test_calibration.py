@@ -162,3 +162,31 @@ def test_early_stopping_holdout_is_disjoint_from_the_evaluation_text(tokenizer):
     assert holdout.describe()["split"] == "validation" and evaluated.split == "test"
     validation = load_texts(config.calibration.source, "validation")
     assert not any(document in evaluated.text for document in validation)
+
+
+def _drop_templates_by_character(text: str) -> str:
+    """The former character loop (issue 17: 2 s of every run), the reference."""
+    out, depth, i = [], 0, 0
+    while i < len(text):
+        pair = text[i : i + 2]
+        if pair == "{{":
+            depth, i = depth + 1, i + 2
+        elif pair == "}}" and depth:
+            depth, i = depth - 1, i + 2
+        else:
+            if not depth:
+                out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def test_drop_templates_equals_the_character_loop():
+    import random
+
+    from compress.wikitext import _drop_templates
+
+    rng = random.Random(0)
+    cases = ["a{{b}}c", "{{a{{b}}c}}d", "}}x{{", "{{{x}}}", "x}}}y", "{{a}b}}c", "a{{b"]
+    cases += ["".join(rng.choice("{}ab") for _ in range(rng.randint(0, 40))) for _ in range(3000)]
+    for text in cases:
+        assert _drop_templates(text) == _drop_templates_by_character(text), text

@@ -109,3 +109,47 @@ def test_recipe_names_the_magnitude_scope():
     assert PruneConfig(method="wanda").to_dict()["magnitude_scope"] is None
     with pytest.raises(BadInputError, match="--method magnitude only"):
         PruneConfig(method="wanda", magnitude_scope="row")
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_statistics_do_not_depend_on_batching_or_threads(method):
+    """Float32 terms per sequence (issue 17: float64 ones cost as much as a forward) keep the
+    promise of compress.distributed: the same sums however the sequences are batched or split
+    among ranks, and whatever the thread count, at the embedded model's widths."""
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randn(6, 512, 1536, generator=gen) * torch.rand(1536, generator=gen) * 4
+    threads = torch.get_num_threads()
+    values = []
+    for count, cuts in [(1, [6]), (2, [6]), (2, [2, 1, 3]), (1, [1] * 6)]:
+        torch.set_num_threads(count)
+        try:
+            pruner = PRUNERS[method](torch.zeros(4, 1536), "layer")
+            for part in inputs.split(cuts):
+                pruner.add_batch(part)
+        finally:
+            torch.set_num_threads(threads)
+        values.append([total.value() for total in pruner.statistics()])
+    for other in values[1:]:
+        for got, want in zip(other, values[0]):
+            assert torch.equal(got, want)
+
+
+def test_sparsegpt_sums_half_of_each_term_and_factorises_the_same():
+    """Only the lower triangle of ``x^T x`` is summed (issue 17: half the exact-sum work); the
+    Cholesky factor reads only that triangle, so it equals the full matrix's bit for bit."""
+    from compress.distributed import ExactSum
+
+    gen = torch.Generator().manual_seed(3)
+    inputs = torch.randn(3, 40, 24, generator=gen) * torch.rand(24, generator=gen)
+    pruner = PRUNERS["sparsegpt"](torch.randn(8, 24, generator=gen), "layer")
+    pruner.add_batch(inputs)
+    full = ExactSum((24, 24), torch.device("cpu"))
+    for x in inputs:
+        full.add_(x.t() @ x)
+    half = pruner._xxt()
+    assert torch.equal(half.tril(), full.value().tril()) and torch.equal(half, half.t())
+    damped = full.value().float() + torch.eye(24)
+    assert torch.equal(
+        torch.linalg.cholesky(half.float() + torch.eye(24)), torch.linalg.cholesky(damped)
+    )
+    assert pruner.xxt.hi.numel() == 24 * 25 // 2
