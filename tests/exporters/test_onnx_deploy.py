@@ -174,6 +174,7 @@ def test_int4_export_is_checked_and_stores_the_embedding_once(
     assert result.exit_code == 0, result.output
 
 
+@needs_optimum  # --quantize int4 with the default runtime: the optimum graph quantized
 @pytest.mark.slow
 def test_export_onnx_prints_the_int4_graphs_figures(pruned_llama_dir, eval_text, tmp_path):
     output = tmp_path / "int4-cli"
@@ -346,12 +347,12 @@ def test_gpu_benchmark_script_refuses_on_a_cpu_in_one_line():
         ({"block_size": 16, "genai_algo": "rtn"}, ["block_size=16", "algo_config=rtn"]),
     ],
 )
-def test_genai_int4_options_reach_the_model_builder(options, expected, tmp_path, monkeypatch):
+def test_genai_int4_options_reach_the_model_builder(
+    options, expected, pruned_llama_dir, tmp_path, monkeypatch
+):
     import subprocess
 
-    folder = tmp_path / "model"
-    folder.mkdir()
-    (folder / "config.json").write_text("{}")
+    folder = pruned_llama_dir  # a real folder: the genai route loads the model before building
     commands = []
 
     def builder(command, **_):
