@@ -8,6 +8,8 @@ from torch.nn import functional as F
 
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.engine import prune_model
+from compress.finetune import sparsity_masks
+from compress.finetune.training import count_zeros
 from compress.moe import UnfusedExperts, is_fused_experts, unfused_experts
 from tests.tiny_models import expert_matrices, family_configs, random_model
 
@@ -126,3 +128,16 @@ def test_pruned_mixtral_zeroes_half_of_every_expert(method):
     for name, weight in matrices.items():
         assert outcome.layers[name]["sparsity"] == 0.5
         assert (weight == 0).float().mean() == 0.5, name
+
+
+def test_finetune_masks_hold_every_pruned_expert():
+    """Fine-tuning keeps the experts sparse: its masks cover every zero the pruning left."""
+    model = mixtral()
+    config = PruneConfig(
+        method="magnitude",
+        calibration=CalibrationConfig(nsamples=2, seqlen=8),
+        reconstruct=ReconstructConfig(technique="lr"),
+    )
+    outcome = prune_model(model, torch.randint(0, 256, (2, 8)), config)
+    masks = sparsity_masks(model)
+    assert count_zeros(masks) == sum(entry["zeros"] for entry in outcome.layers.values())
