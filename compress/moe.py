@@ -1,4 +1,4 @@
-"""Fused MoE experts seen as one Linear per expert projection, for as long as a run prunes.
+"""Fused MoE experts seen as one Linear per expert projection, for as long as a block is pruned.
 
 transformers 5 keeps a Mixtral block's experts in one module with two 3-D parameters,
 ``gate_up_proj`` ``(E, 2I, H)`` (each expert's gate rows, then its up rows) and ``down_proj``
@@ -13,7 +13,7 @@ move (block training, onloading) gave the Linears tensors of their own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -103,18 +103,25 @@ class UnfusedExperts(nn.Module):
 
 
 @contextmanager
-def unfused_experts(root: nn.Module) -> Iterator[None]:
-    """Inside, every fused experts module under ``root`` is an :class:`UnfusedExperts` at the
-    same place; leaving (also on error), the originals are back, holding the weights."""
+def unfused_experts(roots: nn.Module | Iterable[nn.Module]) -> Iterator[None]:
+    """Inside, every fused experts module under ``roots`` is an :class:`UnfusedExperts` at the
+    same place; leaving (also on error), the originals are back, holding the weights.
+
+    Enter it where the weights are real tensors (inside :func:`compress.placement.onloaded`:
+    views of offloaded ``meta`` parameters would hold nothing), and leave it before saving
+    state dicts, which then keep the library's fused names.
+    """
+    roots = [roots] if isinstance(roots, nn.Module) else list(roots)
     swapped: list[tuple[nn.Module, str, nn.Module, UnfusedExperts]] = []
     try:
-        for name, module in list(root.named_modules()):
-            if name and is_fused_experts(module):
-                parent_name, _, child = name.rpartition(".")
-                parent = root.get_submodule(parent_name)
-                unfused = UnfusedExperts(module)
-                setattr(parent, child, unfused)
-                swapped.append((parent, child, module, unfused))
+        for root in roots:
+            for name, module in list(root.named_modules()):
+                if name and is_fused_experts(module):
+                    parent_name, _, child = name.rpartition(".")
+                    parent = root.get_submodule(parent_name)
+                    unfused = UnfusedExperts(module)
+                    setattr(parent, child, unfused)
+                    swapped.append((parent, child, module, unfused))
         yield
     finally:
         for parent, child, fused, unfused in reversed(swapped):

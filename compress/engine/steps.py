@@ -468,20 +468,10 @@ class Engine:
 
         ``holdout_ids`` (optional) get their own streams: held-out errors and early stopping.
         ``recipe`` identifies the run in checkpoints; ``resume`` continues from the last one.
-        Fused MoE experts are one Linear per expert projection throughout (:mod:`compress.moe`;
-        layer names, checkpoints and masks use those names), fused again on return.
+        Fused MoE experts are one Linear per expert projection while their block is onloaded
+        and stepped (:mod:`compress.moe`; layer names and masks use those names), fused again
+        before the checkpoint.
         """
-        with unfused_experts(self.adapter.blocks):
-            return self._run_all(calib_ids, holdout_ids, recipe, resume, on_block)
-
-    def _run_all(
-        self,
-        calib_ids: torch.Tensor,
-        holdout_ids: torch.Tensor | None,
-        recipe: dict | None,
-        resume: bool,
-        on_block: ProgressFn | None,
-    ) -> PruneOutcome:
         start = time.perf_counter()
         hidden = self.model.get_input_embeddings().embedding_dim
         tokens = calib_ids.numel() + (0 if holdout_ids is None else holdout_ids.numel())
@@ -503,7 +493,7 @@ class Engine:
             blocks = [self.adapter.blocks[j] for j in self.window(i)]
             device = execution_device(blocks[-1], self.accelerator)
             with onloaded(blocks, device):
-                with measure_peak(device) as peak:
+                with unfused_experts(blocks), measure_peak(device) as peak:
                     entry = self.step(i, sets)
                 entry["peak_accelerator_bytes"] = peak.bytes
                 self.outcome.blocks.append(entry)
