@@ -5,12 +5,14 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import AutoModelForCausalLM
 
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.engine import prune_model
 from compress.finetune import sparsity_masks
 from compress.finetune.training import count_zeros
 from compress.moe import UnfusedExperts, is_fused_experts, unfused_experts
+from compress.placement import Placement, dispatch
 from tests.tiny_models import expert_matrices, family_configs, random_model
 
 EXPERTS, HIDDEN, INNER = 4, 64, 128  # the tiny Mixtral's widths
@@ -141,3 +143,46 @@ def test_finetune_masks_hold_every_pruned_expert():
     outcome = prune_model(model, torch.randint(0, 256, (2, 8)), config)
     masks = sparsity_masks(model)
     assert count_zeros(masks) == sum(entry["zeros"] for entry in outcome.layers.values())
+
+
+def test_mixtral_pruned_offloaded_to_disk_equals_plain_cpu(tmp_path):
+    """A block waiting on disk (meta parameters) is unfused once onloaded: the same weights as
+    a plain CPU run, trained (float32 copies of the Linears on the way) and written back to
+    the offload folder."""
+    config = PruneConfig(
+        method="wanda",
+        calibration=CalibrationConfig(nsamples=4, seqlen=16, batch_size=2),
+        reconstruct=ReconstructConfig(technique="br", epochs=1),
+    )
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    plain = mixtral()
+    prune_model(plain, ids, config)
+    cpu = ("model.embed_tokens", "model.rotary_emb", "model.layers.0", "model.norm", "lm_head")
+    device_map = dict.fromkeys(cpu, "cpu") | {"model.layers.1": "disk"}
+    offloaded = dispatch(mixtral(), Placement(device_map, offload_folder=str(tmp_path / "off")))
+    assert all(p.device.type == "meta" for p in offloaded.model.layers[1].parameters())
+    prune_model(offloaded, ids, config)
+    offloaded.save_pretrained(tmp_path / "saved")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "saved")
+    got = reloaded.state_dict()
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for name, weight in expert_matrices(reloaded).items():
+        assert (weight == 0).float().mean() == 0.5, name
+
+
+def test_mixtral_with_a_profile_and_cross_block_windows():
+    """The profile's first pass and two-block windows see every expert too."""
+    model = mixtral()
+    config = PruneConfig(
+        method="wanda",
+        sparsity_profile="owl",
+        calibration=CalibrationConfig(nsamples=4, seqlen=16, batch_size=2),
+        reconstruct=ReconstructConfig(technique="br+gp+cr", epochs=1),
+    )
+    outcome = prune_model(model, torch.randint(0, 256, (4, 16)), config)
+    matrices = expert_matrices(model)
+    assert set(matrices) <= set(outcome.layers)
+    for name, weight in matrices.items():
+        assert (weight == 0).any(), name
+        assert outcome.layers[name]["zeros"] == int((weight == 0).sum()), name
