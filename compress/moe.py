@@ -37,22 +37,24 @@ def is_fused_experts(module: nn.Module) -> bool:
     return bool(layout) and gate_up.shape == (experts, 2 * inner, down.shape[1])
 
 
-def _view_linear(weight: torch.Tensor) -> nn.Linear:
+def _view_linear(weight: torch.Tensor, requires_grad: bool) -> nn.Linear:
     """A bias-free Linear whose weight is ``weight`` itself (a view, no copy)."""
     out_features, in_features = weight.shape
     linear = nn.Linear(in_features, out_features, bias=False, device="meta")
-    linear.weight = nn.Parameter(weight, requires_grad=weight.requires_grad)
+    linear.weight = nn.Parameter(weight, requires_grad=requires_grad)
     return linear
 
 
 class Expert(nn.Module):
-    """One expert: ``down(act(gate(x)) * up(x))``."""
+    """One expert: ``down(act(gate(x)) * up(x))``; trainable where the fused tensors are."""
 
-    def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> None:
+    def __init__(
+        self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor, requires_grad: bool
+    ) -> None:
         super().__init__()
-        self.gate_proj = _view_linear(gate)
-        self.up_proj = _view_linear(up)
-        self.down_proj = _view_linear(down)
+        self.gate_proj = _view_linear(gate, requires_grad)
+        self.up_proj = _view_linear(up, requires_grad)
+        self.down_proj = _view_linear(down, requires_grad)
 
 
 class UnfusedExperts(nn.Module):
@@ -63,8 +65,10 @@ class UnfusedExperts(nn.Module):
         super().__init__()
         gate_up, down = fused.gate_up_proj.detach(), fused.down_proj.detach()
         inner, self.num_experts = down.shape[2], len(down)
+        trains = fused.gate_up_proj.requires_grad
         for e in range(self.num_experts):
-            self.add_module(str(e), Expert(gate_up[e, :inner], gate_up[e, inner:], down[e]))
+            expert = Expert(gate_up[e, :inner], gate_up[e, inner:], down[e], trains)
+            self.add_module(str(e), expert)
         self.act_fn = fused.act_fn
 
     def expert(self, index: int) -> Expert:
@@ -97,9 +101,15 @@ class UnfusedExperts(nn.Module):
         inner = fused.down_proj.shape[2]
         for e in range(self.num_experts):
             expert = self.expert(e)
-            fused.gate_up_proj[e, :inner].copy_(expert.gate_proj.weight)
-            fused.gate_up_proj[e, inner:].copy_(expert.up_proj.weight)
-            fused.down_proj[e].copy_(expert.down_proj.weight)
+            _copy(fused.gate_up_proj[e, :inner], expert.gate_proj.weight)
+            _copy(fused.gate_up_proj[e, inner:], expert.up_proj.weight)
+            _copy(fused.down_proj[e], expert.down_proj.weight)
+
+
+def _copy(target: torch.Tensor, weight: torch.Tensor) -> None:
+    """``weight`` into ``target``, unless it still is ``target`` (the view held)."""
+    if weight.data_ptr() != target.data_ptr() or weight.device != target.device:
+        target.copy_(weight)
 
 
 @contextmanager

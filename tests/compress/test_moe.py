@@ -186,3 +186,25 @@ def test_mixtral_with_a_profile_and_cross_block_windows():
     for name, weight in matrices.items():
         assert (weight == 0).any(), name
         assert outcome.layers[name]["zeros"] == int((weight == 0).sum()), name
+
+
+def test_block_training_trains_the_experts():
+    """Reconstruction (BR) moves block 0's routed experts' kept weights, the fused ones too
+    (block 0: its masks do not depend on the technique, so only training moves them)."""
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    weights = {}
+    for technique in ("lr", "br"):
+        model = mixtral()
+        config = PruneConfig(
+            method="wanda",
+            calibration=CalibrationConfig(nsamples=4, seqlen=16, batch_size=2),
+            reconstruct=ReconstructConfig(technique=technique, epochs=2, lr=1e-3),
+        )
+        prune_model(model, ids, config)
+        weights[technique] = {
+            k: v.detach().clone()
+            for k, v in expert_matrices(model).items()
+            if k.startswith("model.layers.0.")
+        }
+    moved = [name for name, w in weights["br"].items() if not torch.equal(w, weights["lr"][name])]
+    assert len(moved) >= len(weights["br"]) // 2, moved  # experts no token reaches stay put
