@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from compress.core.errors import BadInputError
+from compress.moe import is_fused_experts
 
 BLOCK_PATHS: dict[str, str] = {
     "llama": "model.layers",
@@ -48,7 +49,11 @@ _GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
 SIBLINGS: dict[str, tuple[tuple[str, ...], ...]] = {
     "llama": (_QKV, _GATE_UP),
     "mistral": (_QKV, _GATE_UP),
-    "mixtral": (_QKV, ("block_sparse_moe.experts.*.w1", "block_sparse_moe.experts.*.w3")),
+    "mixtral": (  # transformers 4.57's experts; 5's, unfused by compress.moe
+        _QKV,
+        ("block_sparse_moe.experts.*.w1", "block_sparse_moe.experts.*.w3"),
+        ("mlp.experts.*.gate_proj", "mlp.experts.*.up_proj"),
+    ),
     "qwen2": (_QKV, _GATE_UP),
     "qwen3": (_QKV, _GATE_UP),
     "gemma": (_QKV, _GATE_UP),
@@ -113,13 +118,21 @@ class BlockAdapter:
         """Refuse blocks that keep layer weights outside prunable modules.
 
         transformers 5 stores MoE experts (Mixtral) as one ``(experts, out, in)`` tensor per
-        projection instead of a Linear per expert; compress prunes Linear layers, so those
-        experts would silently stay dense.
+        projection instead of a Linear per expert; compress prunes Linear layers, so experts
+        it cannot unfuse (:func:`compress.moe.unfused_experts`) would silently stay dense.
 
         Raises:
-            BadInputError: a block parameter has more than two dimensions.
+            BadInputError: a block parameter has more than two dimensions, outside an experts
+                module that :func:`compress.moe.is_fused_experts` accepts.
         """
-        fused = [(n, p.ndim) for n, p in self.blocks[0].named_parameters() if p.ndim > 2]
+        unfusable = {
+            id(p) for m in self.blocks[0].modules() if is_fused_experts(m) for p in m.parameters()
+        }
+        fused = [
+            (n, p.ndim)
+            for n, p in self.blocks[0].named_parameters()
+            if p.ndim > 2 and id(p) not in unfusable
+        ]
         if fused:
             import transformers
 

@@ -35,6 +35,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compress.models",
             "compress.compat",
             "compress.blocks",
+            "compress.moe",
             "compress.placement",
             "compress.calibration",
             "compress.wikitext",

@@ -75,15 +75,20 @@ def random_llama(vocab_size: int = EMBEDDED_VOCAB, layers: int = 2, seed: int = 
     return random_model(tiny_llama_config(vocab_size, layers), seed)
 
 
-def fused_weights(model: torch.nn.Module) -> list[str]:
-    """Parameters holding many layers in one tensor: transformers 5 stores MoE experts
-    (Mixtral) as ``(experts, out, in)`` tensors, which compress refuses to prune."""
-    return [name for name, p in model.named_parameters() if p.ndim > 2]
+def expert_matrices(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every expert's weight matrix by name, whichever way the library stores them: a Linear
+    per expert projection (transformers 4.57's Mixtral) or fused ``(experts, out, in)``
+    tensors (transformers 5's), sliced per expert and projection."""
+    from compress.moe import is_fused_experts
 
-
-def skip_fused(model: torch.nn.Module, model_type: str) -> None:
-    """Skip a pruning test whose model keeps its experts fused (refused; see test_blocks)."""
-    import pytest
-
-    if fused_weights(model):
-        pytest.skip(f"{model_type}: experts fused into 3-D tensors (transformers 5), refused")
+    found: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if is_fused_experts(module):
+            inner = module.down_proj.shape[2]
+            for e in range(len(module.down_proj)):
+                found[f"{name}.{e}.gate_proj"] = module.gate_up_proj[e, :inner]
+                found[f"{name}.{e}.up_proj"] = module.gate_up_proj[e, inner:]
+                found[f"{name}.{e}.down_proj"] = module.down_proj[e]
+        elif ".experts." in name and isinstance(module, torch.nn.Linear):
+            found[name] = module.weight
+    return found

@@ -17,6 +17,7 @@ import torch
 
 from compress.blocks import weight_view
 from compress.engine.statistics import collect_statistics
+from compress.moe import unfused_experts
 from compress.placement import execution_device, onloaded
 from compress.pruners import PRUNERS
 from compress.sparsity_profile import outlier_ratio
@@ -38,7 +39,8 @@ def first_pass(
     stream, ratios, curves = s.sparse, [], []
     for i in range(len(engine.adapter)):
         block = engine.adapter.blocks[i]
-        with onloaded([block], execution_device(block, engine.accelerator)):
+        device = execution_device(block, engine.accelerator)
+        with onloaded([block], device), unfused_experts([block]):
             dense_out = engine.forward([i], stream, s.calls)
             layers = engine.adapter.prunable_layers(i, config.skip)
             pruners = {

@@ -50,6 +50,7 @@ from compress.engine.profile_pass import first_pass
 from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
 from compress.masks import zero_count
+from compress.moe import unfused_experts
 from compress.placement import execution_device, measure_peak, onloaded
 from compress.pruners import PRUNERS, Pruner
 from compress.reconstruct import Batches, normalized_error, reconstruct
@@ -126,14 +127,15 @@ class Engine:
             self.accelerator,
         )
         self.outcome = PruneOutcome()
-        check_widths(self.adapter, config)
-        self.block_sizes = [  # pruned weights per block: what the profile's mean weighs
-            sum(
-                weight_view(m).numel()
-                for m in self.adapter.prunable_layers(i, config.skip).values()
-            )
-            for i in range(len(self.adapter))
-        ]
+        with unfused_experts(self.adapter.blocks):
+            check_widths(self.adapter, config)
+            self.block_sizes = [  # pruned weights per block: what the profile's mean weighs
+                sum(
+                    weight_view(m).numel()
+                    for m in self.adapter.prunable_layers(i, config.skip).values()
+                )
+                for i in range(len(self.adapter))
+            ]
         self.ratios: list[float] = []  # non-uniform profiles: the first pass
         self.curves: list[list[tuple[float, float]]] = []  # errors profile: the first pass
         self.plan: list[float] = []  # non-uniform profiles: each block's share
@@ -466,6 +468,9 @@ class Engine:
 
         ``holdout_ids`` (optional) get their own streams: held-out errors and early stopping.
         ``recipe`` identifies the run in checkpoints; ``resume`` continues from the last one.
+        Fused MoE experts are one Linear per expert projection while their block is onloaded
+        and stepped (:mod:`compress.moe`; layer names and masks use those names), fused again
+        before the checkpoint.
         """
         start = time.perf_counter()
         hidden = self.model.get_input_embeddings().embedding_dim
@@ -488,7 +493,7 @@ class Engine:
             blocks = [self.adapter.blocks[j] for j in self.window(i)]
             device = execution_device(blocks[-1], self.accelerator)
             with onloaded(blocks, device):
-                with measure_peak(device) as peak:
+                with unfused_experts(blocks), measure_peak(device) as peak:
                     entry = self.step(i, sets)
                 entry["peak_accelerator_bytes"] = peak.bytes
                 self.outcome.blocks.append(entry)

@@ -15,12 +15,16 @@ from compress.sam import SAM, accumulated_step, mask_gradients, mask_weights
 
 
 def sparsity_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
-    """Keep-masks (``weight != 0``) of the block Linear weights that hold exact zeros."""
+    """Keep-masks (``weight != 0``) of the block Linear weights that hold exact zeros, and of
+    fused MoE expert tensors (transformers 5; pruned as Linears, see :mod:`compress.moe`)."""
     from compress.blocks import BlockAdapter
+    from compress.moe import is_fused_experts
 
     adapter = BlockAdapter(model)
     layers = [m for i in range(len(adapter)) for m in adapter.prunable_layers(i).values()]
-    return masks_from_zeros(m.weight for m in layers)
+    experts = [m for m in adapter.blocks.modules() if is_fused_experts(m)]
+    fused = [p for m in experts for p in (m.gate_up_proj, m.down_proj)]
+    return masks_from_zeros([*(m.weight for m in layers), *fused])
 
 
 def count_zeros(masks: dict[nn.Parameter, torch.Tensor]) -> int:

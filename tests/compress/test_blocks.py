@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from compress.blocks import SUPPORTED_MODEL_TYPES, BlockAdapter
+from compress.blocks import SUPPORTED_MODEL_TYPES, BlockAdapter, is_prunable
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.core.errors import BadInputError
 from compress.engine import prune_model
-from tests.tiny_models import family_configs, fused_weights, random_model, skip_fused
+from tests.tiny_models import expert_matrices, family_configs, random_model
 
 FAMILIES = family_configs()
 
@@ -47,7 +47,6 @@ WANDA = PruneConfig(
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_pruned_family_runs_and_reloads(model_type, tmp_path):
     model = build(model_type)
-    skip_fused(model, model_type)
     ids = torch.randint(0, 256, (4, 16))
     outcome = prune_model(model, ids, WANDA)
     assert outcome.layers and all(entry["sparsity"] == 0.5 for entry in outcome.layers.values())
@@ -64,23 +63,32 @@ def test_pruned_family_runs_and_reloads(model_type, tmp_path):
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_no_expert_is_left_dense_silently(model_type):
-    """Every 2-D block weight is pruned; fused 3-D expert tensors are refused in one line."""
+    """Every block Linear is pruned, and so is every expert, stored as Linears (transformers
+    4.57) or fused into 3-D tensors (transformers 5, unfused while pruning: compress.moe)."""
     model = build(model_type)
     ids = torch.randint(0, 256, (4, 16))
-    if fused_weights(model):
-        with pytest.raises(BadInputError, match=r"experts would stay dense.*transformers 4\.57"):
-            prune_model(model, ids, WANDA)
-        assert all((p != 0).all() for p in model.parameters() if p.ndim > 2)
-        return
     outcome = prune_model(model, ids, WANDA)
     adapter = BlockAdapter(model)
-    matrices = {
-        f"{adapter.block_name(i)}.{name.removesuffix('.weight')}"
+    linears = {
+        f"{adapter.block_name(i)}.{name}"
         for i, block in enumerate(adapter.blocks)
-        for name, p in block.named_parameters()
-        if p.ndim == 2 and name.endswith(".weight")
+        for name, module in block.named_modules()
+        if is_prunable(module)
     }
-    assert matrices <= set(outcome.layers)
+    assert linears <= set(outcome.layers)
+    for name, weight in expert_matrices(model).items():
+        assert name in outcome.layers
+        assert (weight == 0).float().mean() == 0.5, name
+
+
+def test_other_fused_weights_are_refused_in_one_line():
+    """A >2-D block weight outside an experts module compress can unfuse stays refused."""
+    model = build("llama")
+    block = model.model.layers[0]
+    block.mlp.stacked = torch.nn.Parameter(torch.ones(2, 4, 4))
+    with pytest.raises(BadInputError, match=r"mlp\.stacked.*would stay dense"):
+        prune_model(model, torch.randint(0, 256, (4, 16)), WANDA)
+    assert (block.mlp.stacked != 0).all()
 
 
 def test_skip_and_layer_override():
