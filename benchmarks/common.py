@@ -64,3 +64,19 @@ def save_rows(path: Path, data: dict, settings: dict, rows: list[dict]) -> None:
             r for r in json.loads(path.read_text()).get("rows", []) if r.get("settings") != settings
         ]
     save(path, {**data, "rows": others + [r | {"settings": settings} for r in rows]})
+
+
+def load_peer_folder(folder: str):
+    """The peer's pruned model with the embedded model's own tokenizer, as (model, tokenizer).
+
+    The peer runs in its own venv (transformers 5.17), whose ``save_pretrained`` rewrites the
+    tokenizer files; read back, they split text differently (dense perplexity 37.6 becomes 166.8
+    on the same text), so scoring with the folder's tokenizer would score other token ids than
+    ours. The weights are what is compared; the tokenizer must be the one both runs calibrated on.
+    """
+    from transformers import AutoTokenizer
+
+    from compress.models import embedded_model_dir, load_model
+
+    loaded = load_model(folder, "cpu", "float32")
+    return loaded.model, AutoTokenizer.from_pretrained(embedded_model_dir())

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, peak_rss_bytes, run_isolated, save  # noqa: E402
+from common import load_peer_folder, machine, peak_rss_bytes, run_isolated, save  # noqa: E402
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 MEASURED = """import json, resource, subprocess, sys, time
@@ -129,12 +129,11 @@ def write_windows(path: Path, args) -> dict:
 def folder_perplexity(folder: str, args) -> dict:
     """Held-out perplexity of a pruned model folder (the peer's), on the same windows as ours."""
     from compress.calibration import load_texts
-    from compress.models import load_model
     from evaluators.perplexity import perplexity
 
-    loaded = load_model(folder, "cpu", "float32")
+    model, tokenizer = load_peer_folder(folder)
     test = load_texts("wikipedia", "test")
-    result = perplexity(loaded.model, loaded.tokenizer, test, args.seqlen, args.ppl_windows)
+    result = perplexity(model, tokenizer, test, args.seqlen, args.ppl_windows)
     return {"ppl_after": result["perplexity"]}
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     load_average,
+    load_peer_folder,
     machine,
     peak_rss_bytes,
     resumed,
@@ -106,10 +107,8 @@ def write_windows(path: Path, args) -> dict:
 
 
 def folder_ppl(folder: str, args) -> dict:
-    from compress.models import load_model
-
-    loaded = load_model(folder, "cpu", "float32")
-    return {"ppl_wikipedia": held_out_ppl(loaded.model, loaded.tokenizer, args)}
+    model, tokenizer = load_peer_folder(folder)
+    return {"ppl_wikipedia": held_out_ppl(model, tokenizer, args)}
 
 
 def peer(method: str, profile: str, sparsity: float, args, common: list[str]) -> dict:
