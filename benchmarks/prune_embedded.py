@@ -278,6 +278,35 @@ def common_args(args) -> list[str]:
     ]
 
 
+def measure_rows(work: Path, common: list[str], floor: float, args) -> list[dict]:
+    """Every row of the run, ours beside the peer's, with the folders written under ``work``
+    (a few GB: the caller removes it)."""
+    setup = run_isolated(__file__, ["--write-windows", str(work / "windows.json"), *common])
+    rows = []
+    for pattern in args.patterns:
+        for method in args.methods:
+            other = None
+            if not args.skip_peer and method in PEER_METHODS:
+                other = peer(method, pattern, setup, work, args)
+                print(json.dumps({"peer": method, "pattern": pattern, **other}), flush=True)
+            for passes in args.passes:
+                row = ours(method, pattern, passes, work, args)
+                row["x_floor"] = row["prune_seconds"] / floor
+                if other is not None:
+                    row["peer"] = other
+                    row["x_peer"] = row["process_seconds"] / other["process_seconds"]
+                    row["x_peer_prune"] = row["prune_seconds"] / other["prune_seconds"]
+                    row["ppl_vs_peer"] = row["ppl_after"] / other["ppl_after"]
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    if args.reconstruction:
+        row = run_isolated(__file__, ["--one", "wanda", "unstructured", "br+gp", *common])
+        row["x_floor"] = row["prune_seconds"] / floor
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nsamples", type=int, default=16)
@@ -330,30 +359,8 @@ def main() -> None:
     common = common_args(args)
     base = run_isolated(__file__, ["--baseline", *common])
     floor = base["forward_floor_seconds"]
-    work = Path(tempfile.mkdtemp(prefix="prune-embedded-"))
-    setup = run_isolated(__file__, ["--write-windows", str(work / "windows.json"), *common])
-    rows = []
-    for pattern in args.patterns:
-        for method in args.methods:
-            other = None
-            if not args.skip_peer and method in PEER_METHODS:
-                other = peer(method, pattern, setup, work, args)
-                print(json.dumps({"peer": method, "pattern": pattern, **other}), flush=True)
-            for passes in args.passes:
-                row = ours(method, pattern, passes, work, args)
-                row["x_floor"] = row["prune_seconds"] / floor
-                if other is not None:
-                    row["peer"] = other
-                    row["x_peer"] = row["process_seconds"] / other["process_seconds"]
-                    row["x_peer_prune"] = row["prune_seconds"] / other["prune_seconds"]
-                    row["ppl_vs_peer"] = row["ppl_after"] / other["ppl_after"]
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    if args.reconstruction:
-        row = run_isolated(__file__, ["--one", "wanda", "unstructured", "br+gp", *common])
-        row["x_floor"] = row["prune_seconds"] / floor
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    with tempfile.TemporaryDirectory(prefix="prune-embedded-") as folder:
+        rows = measure_rows(Path(folder), common, floor, args)
     loadavg_after = Path("/proc/loadavg").read_text().strip()
     print("load average after:", loadavg_after)
     print(table(rows, base, args))
