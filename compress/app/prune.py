@@ -5,6 +5,7 @@ Every stage writes what it measured into the report; the CLI only renders it.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -158,7 +159,7 @@ def run_prune(
         if calib.source == "none"
         else load_windows(loaded.tokenizer, calib.source, calib.nsamples, calib.seqlen, calib.seed)
     )
-    generated = self_generated_windows(loaded, config, work, log)
+    generated, generation = self_generated_windows(loaded, config, work, log)
     holdout = holdout_windows(loaded, config)
     text = evaluation_text(config) if config.evaluation.enabled else None
     if text and main:
@@ -176,7 +177,9 @@ def run_prune(
         log("perplexity after pruning")
         after = evaluate_perplexity(loaded, config, text)
         evaluation = evaluation_section(perplexity_section(after, before["perplexity"]))
-    report = build_report(loaded, config, windows, generated, holdout, outcome, evaluation, started)
+    report = build_report(
+        loaded, config, (windows, generated, generation), holdout, outcome, evaluation, started
+    )
     if main:
         save_output(loaded, config, report, target, work)
         work.remove()
@@ -192,15 +195,20 @@ def run_prune(
 
 def self_generated_windows(
     loaded: LoadedModel, config: PruneConfig, work: WorkFolder, log: Callable[[str], None]
-) -> Windows | None:
+) -> tuple[Windows | None, dict | None]:
     """Windows of self-generated text (the paper's recipe), generated now into the work folder
-    (so ``--resume`` reuses them) or read from a ``compress calib generate`` file. Under
-    ``--distributed`` rank 0 generates and the other ranks read its file."""
+    (so ``--resume`` reuses them) or read from a ``compress calib generate`` file, and the
+    generation's counts and rates for report.json (None for a file). Under ``--distributed``
+    rank 0 generates and the other ranks read its file.
+
+    The counts are kept in the work folder beside the texts, so a resumed run reports the work
+    of every attempt, not the zero texts its own call added."""
     calib = config.calibration
     if calib.self_gen is None:
-        return None
-    from compress.selfgen import Recipe, generate_long_texts, selfgen_windows
+        return None, None
+    from compress.selfgen import GenerationStats, Recipe, generate_long_texts, selfgen_windows
 
+    generation = None
     if calib.self_gen.isdigit():
         count, path = int(calib.self_gen), work.selfgen
         max_len = min(2 * calib.seqlen, context_length(loaded.model.config) or 2 * calib.seqlen)
@@ -219,6 +227,12 @@ def self_generated_windows(
                 seed=calib.seed,
                 batch_size=calib.batch_size,
             )
+            if work.selfgen_stats.exists():
+                earlier = GenerationStats.from_record(json.loads(work.selfgen_stats.read_text()))
+                earlier.add(stats)
+                stats = earlier
+            generation = stats.describe()
+            write_json_atomic(work.selfgen_stats, generation)
             log(
                 f"self-generated {stats.added} texts in {stats.seconds:.0f} s: "
                 f"{stats.texts_per_second:.2f} accepted texts/s, {stats.tokens_per_second:.0f} "
@@ -227,7 +241,8 @@ def self_generated_windows(
         distributed.barrier()
     else:
         count, path = None, Path(calib.self_gen)
-    return selfgen_windows(loaded.tokenizer, path, count, calib.seqlen, calib.seed)
+    windows = selfgen_windows(loaded.tokenizer, path, count, calib.seqlen, calib.seed)
+    return windows, generation
 
 
 def run_engine(
@@ -256,28 +271,38 @@ def run_engine(
     return engine.run(calib_ids, holdout_ids, checkpoint_recipe(config), config.resume, on_block)
 
 
+def calibration_sources(
+    windows: Windows | None, generated: Windows | None, generation: dict | None
+) -> list[dict]:
+    """report.json's calibration sources; the self-generated one with its generation's counts
+    and rates when this run generated it."""
+    sources = []
+    if windows is not None:
+        sources.append(windows.describe("real"))
+    if generated is not None:
+        source = generated.describe("self-generated")
+        sources.append(source if generation is None else {**source, "generation": generation})
+    return sources
+
+
 def build_report(
     loaded: LoadedModel,
     config: PruneConfig,
-    windows: Windows | None,
-    generated: Windows | None,
+    calibration: tuple[Windows | None, Windows | None, dict | None],
     holdout: Windows | None,
     outcome: PruneOutcome,
     evaluation: EvaluationSection,
     started: float,
 ) -> Report:
-    """report.json: what was done and measured (schema in :mod:`compress.core.report`)."""
+    """report.json: what was done and measured (schema in :mod:`compress.core.report`);
+    ``calibration`` is (real windows, self-generated windows, the generation's stats)."""
     blocks = [block_entry(**block) for block in outcome.blocks]
     return {
         "format": REPORT_FORMAT,
         "model": model_summary(loaded),
         "recipe": config.to_dict(),
         "calibration": {
-            "sources": [
-                w.describe(kind)
-                for w, kind in ((windows, "real"), (generated, "self-generated"))
-                if w is not None
-            ],
+            "sources": calibration_sources(*calibration),
             "stats_from": config.calibration.stats_from.value,
             "holdout": None if holdout is None else holdout.describe("real"),
             "processes": distributed.world_size(),

@@ -9,7 +9,7 @@ After block ``i`` it holds, each file written atomically:
                                      the recipe it belongs to}
 
 and, from before the first block, ``selfgen.jsonl``: the texts ``--self-gen N`` generated, which
-``--resume`` reuses and the output ships.
+``--resume`` reuses and the output ships, with ``selfgen-stats.json``, what generating them took.
 
 state.json is written last and names the files of its step, so an interrupted write leaves the
 previous step intact. Tensors are stored with safetensors, never pickled. The main process
@@ -35,6 +35,7 @@ from compress.core.io import atomic_file, write_json_atomic
 
 STATE = "state.json"
 SELFGEN = "selfgen.jsonl"
+SELFGEN_STATS = "selfgen-stats.json"
 
 Checkpoint = tuple[dict, dict[int, dict[str, torch.Tensor]], dict[str, torch.Tensor], dict]
 
@@ -54,6 +55,11 @@ class WorkFolder:
     def selfgen(self) -> Path:
         """The self-generated calibration texts of the run."""
         return self.path / SELFGEN
+
+    @property
+    def selfgen_stats(self) -> Path:
+        """What generating them took (counts, seconds), summed over a resumed run's attempts."""
+        return self.path / SELFGEN_STATS
 
     @staticmethod
     def writes() -> bool:
@@ -109,7 +115,13 @@ class WorkFolder:
             "recipe": recipe,
         }
         write_json_atomic(work / STATE, state)
-        keep = set(block_files.values()) | {state["streams"], state["masks"], STATE, SELFGEN}
+        keep = set(block_files.values()) | {
+            state["streams"],
+            state["masks"],
+            STATE,
+            SELFGEN,
+            SELFGEN_STATS,
+        }
         for path in work.iterdir():
             if path.name not in keep and not path.name.startswith("."):
                 path.unlink(missing_ok=True)

@@ -6,7 +6,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -157,6 +157,18 @@ class GenerationStats:
         rates = ("texts_per_second", "tokens_per_second", "rejection_rate")
         return {**asdict(self), **{name: getattr(self, name) for name in rates}}
 
+    @classmethod
+    def from_record(cls, record: dict) -> GenerationStats:
+        """The stats :meth:`describe` wrote (its rates are recomputed, not read)."""
+        return cls(**{f.name: record[f.name] for f in fields(cls)})
+
+    def add(self, other: GenerationStats) -> None:
+        """Count ``other``'s work in (a later call on the same file): ``texts`` is ``other``'s,
+        the file's size after it."""
+        for name in ("added", "draws", "rejected", "tokens", "seconds"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.texts = other.texts
+
 
 class _InDrawOrder:
     """Writes finished texts in draw order: a text that ends before an earlier draw waits for
@@ -300,6 +312,5 @@ def generate_long_texts(
             model, tokenizer, path, len(samples) + int((count - long) / share) + 1, recipe,
             **options,
         )  # fmt: skip
-        for name in ("added", "draws", "rejected", "tokens", "seconds"):
-            setattr(total, name, getattr(total, name) + getattr(stats, name))
+        total.add(stats)
     return total

@@ -71,6 +71,10 @@ def test_self_generated_texts_reach_the_output(tiny_model_dir, tmp_path, english
     assert kinds == ["real", "self-generated"] and len(lines) >= 4
     rates = [m for m in logs if m.startswith("self-generated")]
     assert rates and "accepted texts/s" in rates[0] and "rejected" in rates[0]
+    generation = report["calibration"]["sources"][1]["generation"]
+    assert generation["texts"] == len(lines) and generation["draws"] >= generation["added"] >= 4
+    assert generation["tokens_per_second"] == generation["tokens"] / generation["seconds"] > 0
+    assert "generation" not in report["calibration"]["sources"][0]
 
 
 def test_resume_reuses_the_self_generated_texts(tiny_model_dir, tmp_path, english, monkeypatch):
@@ -87,9 +91,12 @@ def test_resume_reuses_the_self_generated_texts(tiny_model_dir, tmp_path, englis
     def no_generation(*args, **kwargs):
         raise AssertionError("--resume generated the calibration texts again")
 
+    first = json.loads((work / "selfgen-stats.json").read_text())
     monkeypatch.setattr(selfgen.generate, "decode", no_generation)
-    run_prune(replace(config, resume=True), log=lambda m: None)
+    report = run_prune(replace(config, resume=True), log=lambda m: None)
     assert (out / "selfgen.jsonl").read_text() == generated
+    # the report counts the first attempt's generation, not the resumed call's zero texts
+    assert report["calibration"]["sources"][1]["generation"]["added"] == first["added"] > 0
 
 
 @pytest.mark.parametrize("main", [True, False])
@@ -119,8 +126,9 @@ def test_one_rank_writes_the_self_generated_texts(tiny_model_dir, tmp_path, monk
     monkeypatch.setattr(distributed, "is_main", lambda: main)
     monkeypatch.setattr(distributed, "barrier", lambda: events.append("barrier"))
     monkeypatch.setattr(selfgen, "generate_long_texts", generate)
-    windows = self_generated_windows(loaded, config, WorkFolder(work), lambda m: None)
+    windows, generation = self_generated_windows(loaded, config, WorkFolder(work), lambda m: None)
     assert windows.ids.shape == (4, 32)
+    assert (generation is not None) == main  # rank 0 alone writes the report
     assert events == (["generate", "barrier"] if main else ["barrier"])
 
 
