@@ -80,3 +80,31 @@ def load_peer_folder(folder: str):
 
     loaded = load_model(folder, "cpu", "float32")
     return loaded.model, AutoTokenizer.from_pretrained(embedded_model_dir())
+
+
+def prune_lr(folder: Path, method: str, pattern: str, nsamples: int, seqlen: int, device: str):
+    """``compress prune`` of the embedded model into ``folder`` with the pruner's own update
+    alone (``--reconstruct lr``, no evaluation), the starting point of the deployment benchmarks;
+    its progress is printed."""
+    from compress.app.prune import run_prune
+    from compress.core.config import (
+        CalibrationConfig,
+        EvalConfig,
+        Method,
+        PruneConfig,
+        ReconstructConfig,
+        Technique,
+    )
+
+    config = PruneConfig(
+        method=Method(method),
+        pattern=pattern,
+        reconstruct=ReconstructConfig(technique=Technique.lr),
+        calibration=CalibrationConfig(nsamples=nsamples, seqlen=seqlen),
+        evaluation=EvalConfig(enabled=False),
+        device=device,
+        output=str(folder),
+        overwrite=True,
+    )
+    run_prune(config, log=lambda message: print(message, flush=True))
+    return folder

@@ -29,6 +29,7 @@ from __future__ import annotations
 import gc
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,9 @@ from exporters.quantize import eval_windows as held_out_windows
 from exporters.quantize import quantize_int8, window_perplexity
 from exporters.timing import generation, machine, measure_latency
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import prune_lr  # noqa: E402
+
 PATTERNS = {"50%": "unstructured", "2:4": "2:4"}
 DENSE, FP32, GENAI = "dense safetensors (PyTorch)", "ONNX fp32 (optimum)", "onnxruntime-genai int4"
 LINEAR_GOAL, FOLDER_GOAL = 0.55, 0.65  # compressed-tensors bytes over dense (issue 14)
@@ -60,31 +64,6 @@ COMPRESSED_NOTE = (
     "transformers 4.57's from_pretrained cannot load it. Both give back the dense PyTorch model: "
     "its speed and perplexity, from a smaller file."
 )
-
-
-def prune(folder: Path, pattern: str, nsamples: int, seqlen: int, method: str) -> Path:
-    from compress.app.prune import run_prune
-    from compress.core.config import (
-        CalibrationConfig,
-        EvalConfig,
-        Method,
-        PruneConfig,
-        ReconstructConfig,
-        Technique,
-    )
-
-    config = PruneConfig(
-        method=Method(method),
-        pattern=pattern,
-        reconstruct=ReconstructConfig(technique=Technique.lr),
-        calibration=CalibrationConfig(nsamples=nsamples, seqlen=seqlen),
-        evaluation=EvalConfig(enabled=False),
-        device="cpu",
-        output=str(folder),
-        overwrite=True,
-    )
-    run_prune(config, log=lambda message: print(message, flush=True))
-    return folder
 
 
 class Measure:
@@ -267,7 +246,7 @@ def main(
         work = output / pattern.replace(":", "-")
         folder = work / "pruned"
         if not (reuse_pruned and (folder / "report.json").is_file()):
-            prune(folder, pattern, nsamples, seqlen, method)
+            prune_lr(folder, method, pattern, nsamples, seqlen, "cpu")
         measured, pair = variant_rows(pruned, folder, work, measure, seqlen)
         rows, pairs = rows + measured, pairs + [pair]
     header = ["pruned", "format", "MiB", "load s", "prompt ms", "tokens/s", "perplexity"]

@@ -29,32 +29,10 @@ from compress.core.errors import BadInputError
 from compress.core.io import write_json_atomic
 from exporters.sparse24 import benchmark, require_gpu
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import prune_lr  # noqa: E402
+
 PROMPTS = (128, 2048)  # a chat-sized prompt (decode-bound) and a long one (prefill-bound)
-
-
-def prune_24(folder: Path) -> Path:
-    from compress.app.prune import run_prune
-    from compress.core.config import (
-        CalibrationConfig,
-        EvalConfig,
-        Method,
-        PruneConfig,
-        ReconstructConfig,
-        Technique,
-    )
-
-    config = PruneConfig(
-        method=Method.wanda,
-        reconstruct=ReconstructConfig(technique=Technique.lr),
-        pattern="2:4",
-        calibration=CalibrationConfig(nsamples=32, seqlen=256),
-        evaluation=EvalConfig(enabled=False),
-        device="cuda",
-        output=str(folder),
-        overwrite=True,
-    )
-    run_prune(config, log=lambda message: print(message, flush=True))
-    return folder
 
 
 def main(
@@ -77,7 +55,7 @@ def main(
         print(f"error: {error}", file=sys.stderr)
         raise typer.Exit(2) from None
     start, load = time.perf_counter(), os.getloadavg()
-    folder = pruned or prune_24(output / "pruned-2-4")
+    folder = pruned or prune_lr(output / "pruned-2-4", "wanda", "2:4", 32, 256, "cuda")
     runs = [benchmark(folder, tokens, new_tokens, repeats) for tokens in prompt_tokens or PROMPTS]
     header = [
         "prompt",
