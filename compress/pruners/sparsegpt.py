@@ -6,14 +6,19 @@ Symbols, as in the paper:
             however the sequences were cut into batches and ranks; see
             :class:`compress.distributed.ExactSum`)
     Hinv    upper Cholesky factor of ``H^-1``                                (in, in)
-    W       weights being pruned, float32 copy                               (out, in)
-    Err1    scaled errors ``(w - q) / [Hinv]_cc`` of one lazy block          (out, blocksize)
+    WT      weights being pruned, float32 copy, transposed                   (in, out)
+    Err1    scaled errors ``(w - q) / [Hinv]_cc`` of one lazy block          (blocksize, out)
 
 The columns are visited in lazy blocks of ``blocksize``. Inside a block the mask is chosen by
 ``w^2 / [Hinv]_cc^2`` (unstructured: the lowest ``s`` share of the whole block; N:M: the M-N
 lowest per row every M columns), and each pruned weight's error is pushed into the columns not
 yet visited (the OBS update), so the kept weights compensate. Damping starts at
 ``percdamp * mean(diag H)`` and grows tenfold on a failed Cholesky.
+
+Speed (issue 17): the loop issues a few ops per column, so it runs on the transpose (a column
+is a contiguous row, the columns left in a block one contiguous slice) with the views it needs
+made once per factor; the ops and their order are those of the row-major loop, so masks and
+weights are the same bit for bit (tests/compress/test_sparsegpt_reference.py).
 """
 
 from __future__ import annotations
