@@ -77,33 +77,53 @@ def _lower_triangle(cols: int, device: torch.device) -> torch.Tensor:
 @lru_cache(maxsize=4)
 def _gram_plan(cols: int, device: torch.device) -> tuple[tuple[int, int, torch.Tensor], ...]:
     """Row bands ``[start, stop)`` of ``x^T x`` and, per band, the flat positions in its
-    ``(stop - start, stop)`` product of the entries on or below the diagonal, row by row."""
+    ``(stop - start, stop)`` product of its diagonal block's entries on or below the diagonal,
+    row by row (small: about ``GRAM_ROWS / 2`` per column)."""
     bands = -(-cols // GRAM_ROWS)
     edges = [cols * b // bands for b in range(bands + 1)]
     plan = []
     for start, stop in zip(edges, edges[1:]):
-        rows = torch.arange(start, stop, device=device).unsqueeze(1)
-        lower = torch.arange(stop, device=device).unsqueeze(0) <= rows
-        plan.append((start, stop, lower.flatten().nonzero().squeeze(1)))
+        rows = torch.arange(stop - start, device=device).unsqueeze(1)
+        within = torch.arange(stop - start, device=device).unsqueeze(0)
+        plan.append((start, stop, (rows * stop + start + within)[within <= rows]))
     return tuple(plan)
 
 
 def lower_gram(x: torch.Tensor) -> torch.Tensor:
-    """The lower triangle of ``x^T x`` (``x``: ``(tokens, cols)``), packed row by row as
-    ``masked_select`` packs it, computed band by band: each band of rows is multiplied only
-    with the columns up to its diagonal (5/8 of the full product's work for four bands).
-    Each entry is the same dot product over the tokens as in the full product (equal bit for
-    bit with MKL, tests/compress/test_pruners.py), and the same per sequence however the
-    sequences are batched."""
+    """The lower triangle of ``x^T x`` (``x``: ``(tokens, cols)``), computed band by band: each
+    band of rows is multiplied only with the columns up to its diagonal (5/8 of the full
+    product's work for four bands). Packed band after band, each as its rectangle left of the
+    diagonal block, row-major, then that block's lower triangle, row by row
+    (:func:`unpack_lower_gram` undoes it). Each entry is the same dot product over the tokens as
+    in the full product (equal bit for bit with MKL, tests/compress/test_pruners.py), and the
+    same per sequence however the sequences are batched."""
     cols = x.shape[1]
     packed = torch.empty(cols * (cols + 1) // 2, dtype=x.dtype, device=x.device)
     offset = 0
-    for start, stop, positions in _gram_plan(cols, x.device):
+    for start, stop, triangle in _gram_plan(cols, x.device):
         band = x[:, start:stop].t() @ x[:, :stop]
-        end = offset + positions.numel()
-        torch.index_select(band.view(-1), 0, positions, out=packed[offset:end])
-        offset = end
+        rect = (stop - start) * start
+        packed[offset : offset + rect].view(stop - start, start).copy_(band[:, :start])
+        offset += rect
+        torch.index_select(band.view(-1), 0, triangle, out=packed[offset : offset + len(triangle)])
+        offset += len(triangle)
     return packed
+
+
+def unpack_lower_gram(packed: torch.Tensor, cols: int) -> torch.Tensor:
+    """``(cols, cols)``: the lower triangle :func:`lower_gram` packed, zeros above it."""
+    full = torch.zeros(cols, cols, dtype=packed.dtype, device=packed.device)
+    offset = 0
+    for start, stop, triangle in _gram_plan(cols, packed.device):
+        rows = stop - start
+        full[start:stop, :start] = packed[offset : offset + rows * start].view(rows, start)
+        offset += rows * start
+        block = torch.zeros(rows, rows, dtype=packed.dtype, device=packed.device)
+        local = triangle // stop * rows + triangle % stop - start
+        block.view(-1)[local] = packed[offset : offset + len(triangle)]
+        full[start:stop, start:stop] = block
+        offset += len(triangle)
+    return full
 
 
 @register("sparsegpt")
@@ -148,10 +168,8 @@ class SparseGPTPruner(Pruner):
         factorisation reads the lower triangle only, so summing half of each term (half the
         exact-sum work and memory) changes no bit of the result."""
         cols = self.weight.shape[1]
-        lower = _lower_triangle(cols, self.weight.device)
-        full = torch.zeros(cols, cols, dtype=torch.float64, device=self.weight.device)
-        full.masked_scatter_(lower, self.xxt.value())
-        return torch.where(lower, full, full.t())
+        full = unpack_lower_gram(self.xxt.value(), cols)
+        return torch.where(_lower_triangle(cols, self.weight.device), full, full.t())
 
     def _inverse_hessian_factor(self, H: torch.Tensor) -> torch.Tensor:
         """Upper Cholesky factor of ``H^-1``, raising the damping until it succeeds."""
