@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import struct
+import sys
 
 from torch import nn
 
@@ -57,3 +58,20 @@ def is_hub_network_error(exc: BaseException) -> bool:
     if isinstance(exc, hub_network_errors()):
         return True
     return isinstance(exc, RuntimeError) and "client has been closed" in str(exc)
+
+
+def skip_unused_imports() -> None:
+    """Keep transformers 4.x from importing scikit-learn and scipy (with pandas: together longer
+    than importing torch, a second or more of every ``compress prune``) when it first loads a
+    model class: 4.x imports ``sklearn.metrics`` with its generation utilities, for one option of
+    assisted decoding (an assistant's confidence threshold), and ``scipy.optimize`` with its
+    losses, for object detection, whenever they are installed; compress uses neither. 4.x reads
+    one flag per package, once; afterwards it treats the two as absent in this process (both
+    still import for whoever asks for them). Where the flags are absent (5.x), nothing changes."""
+    if "transformers.modeling_utils" in sys.modules:
+        return  # too late: loaded already
+    from transformers.utils import import_utils
+
+    for flag in ("_sklearn_available", "_scipy_available"):
+        if hasattr(import_utils, flag):
+            setattr(import_utils, flag, False)

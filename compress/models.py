@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from compress.compat import GGUF_READ_ERRORS
+from compress.compat import GGUF_READ_ERRORS, skip_unused_imports
 from compress.core.dtypes import torch_dtype
 from compress.core.errors import BadInputError
 from compress.core.io import atomic_folder, package_dir
@@ -305,6 +305,7 @@ def load_model(
     from compress.placement import refuse_quantized
 
     refuse_quantized(load_in_8bit, load_in_4bit)
+    skip_unused_imports()
     from transformers import AutoTokenizer
 
     target = resolve_device(device)

@@ -153,3 +153,26 @@ def test_sparsegpt_sums_half_of_each_term_and_factorises_the_same():
         torch.linalg.cholesky(half.float() + torch.eye(24)), torch.linalg.cholesky(damped)
     )
     assert pruner.xxt.hi.numel() == 24 * 25 // 2
+
+
+@pytest.mark.parametrize(("tokens", "cols"), [(40, 24), (77, 300), (512, 576), (512, 1536)])
+def test_sparsegpt_gram_bands_equal_the_full_product(tokens, cols):
+    """SparseGPT's ``x^T x`` term is computed band by band below the diagonal (issue 17: 5/8 of
+    the work at the embedded model's MLP width); it packs the very values of the full product's
+    lower triangle, one each."""
+    from compress.pruners.sparsegpt import lower_gram, unpack_lower_gram
+
+    gen = torch.Generator().manual_seed(cols)
+    x = torch.randn(tokens, cols, generator=gen) * torch.rand(cols, generator=gen) * 4
+    full = (x.t() @ x).tril()
+    packed = lower_gram(x)
+    assert packed.numel() == cols * (cols + 1) // 2
+    assert torch.equal(
+        unpack_lower_gram(torch.arange(1.0, packed.numel() + 1), cols).count_nonzero(),
+        torch.tensor(packed.numel()),
+    )
+    packed = unpack_lower_gram(packed, cols)
+    torch.testing.assert_close(packed, full, rtol=1e-5, atol=1e-4)
+    if not torch.backends.mkl.is_available():
+        pytest.skip("bit-for-bit equality measured with MKL's products only")
+    assert torch.equal(packed, full)

@@ -140,3 +140,65 @@ def test_matches_sequential_reference(pattern, blocksize):
     expected, expected_mask = reference_sparsegpt(W, damped_hessian(X), pattern, blocksize)
     assert torch.equal(mask, expected_mask)
     torch.testing.assert_close(pruned, expected, rtol=1e-4, atol=1e-5)
+
+
+def plain_column_loop(W: torch.Tensor, Hinv: torch.Tensor, pattern: str, blocksize: int):
+    """The column loop as written before issue 17's rework (columns of a row-major copy, one
+    ``W1[:, i:] -= err ⊗ h`` per column): the reworked loop must equal it bit for bit."""
+    pat = SparsityPattern.parse(pattern)
+    W = W.clone()
+    rows, cols = W.shape
+    pruned = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        d2 = Hinv1.diagonal().pow(2)
+        prune1 = torch.zeros_like(W1, dtype=torch.bool)
+        if not pat.structured:
+            score = (W1.pow(2) / d2).flatten()
+            prune1.view(-1)[torch.topk(score, round(0.5 * W1.numel()), largest=False).indices] = 1
+        for i in range(i2 - i1):
+            if pat.structured and i % pat.m == 0:
+                score = W1[:, i : i + pat.m].pow(2) / d2[i : i + pat.m]
+                low = torch.topk(score, pat.m - pat.n, dim=1, largest=False).indices
+                prune1.scatter_(1, i + low, True)
+            err1 = Err1[:, i]
+            torch.mul(W1[:, i], prune1[:, i], out=err1)
+            err1.div_(Hinv1[i, i])
+            W1[:, i:] -= err1.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
+        W[:, i1:i2], pruned[:, i1:i2] = W1, prune1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    return W * ~pruned, ~pruned
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4", "4:8"])
+@pytest.mark.parametrize(
+    ("rows", "cols", "blocksize", "conv1d"),
+    [(48, 96, 32, False), (40, 72, 32, True), (40, 72, 32, False), (48, 96, 32, True)],
+)
+@pytest.mark.parametrize("ties", [False, True])
+def test_column_loop_equals_the_plain_loop(pattern, rows, cols, blocksize, conv1d, ties):
+    """Issue 17 reworked the column loop for speed (transposed, views made once per factor, the
+    unstructured share found by selection, ties left to ``topk``); the masks and the weights
+    are those of the plain loop, bit for bit where the products are MKL's (within float32
+    rounding elsewhere)."""
+    gen = torch.Generator().manual_seed(rows)
+    X = torch.randn(4, 64, cols, generator=gen) @ torch.randn(cols, cols, generator=gen)
+    X[..., 5] = 0.0  # a dead input column
+    W = torch.randn(rows, cols, generator=gen)
+    if ties:  # few distinct weights: scores tie across the edge of the pruned share
+        W = W.round()
+    storage = W.t().contiguous() if conv1d else W.clone()
+    weight = storage.t() if conv1d else storage  # a Conv1D's weight is a transposed view
+    pruner = PRUNERS["sparsegpt"](weight, "layer", blocksize=blocksize, percdamp=PERCDAMP)
+    pruner.add_batch(X)
+    dead, Hinv = pruner._factorised()
+    start = W.clone()
+    start[:, dead] = 0.0
+    want_w, want_mask = plain_column_loop(start, Hinv, pattern, blocksize)
+    mask = pruner.prune(0.5, SparsityPattern.parse(pattern)).mask
+    assert torch.equal(mask, want_mask)
+    torch.testing.assert_close(weight, want_w, rtol=1e-5, atol=1e-6)
+    if torch.backends.mkl.is_available():
+        assert torch.equal(weight, want_w)
