@@ -27,7 +27,8 @@ TF5_EXTRAS := export,eval,data,dev,cbm,bnb
 # runs them). Parts that cannot run there skip with their reason.
 TF5_IGNORE := tests/test_layers.py tests/compress/test_masks.py tests/compress/test_pruners.py \
 	tests/compress/test_sam.py tests/compress/test_sparsegpt_reference.py \
-	tests/compress/test_bench_peer.py tests/compress/test_saved_sparsity.py \
+	tests/compress/test_bench_peer.py tests/compress/test_bench_sweep.py \
+	tests/compress/test_saved_sparsity.py \
 	tests/evaluators/cbm/test_cbm_criteria.py tests/evaluators/cbm/test_cbm_data.py \
 	tests/evaluators/cbm/test_cbm_intervene.py
 TF5_MARKS := not integration

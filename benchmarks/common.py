@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -64,6 +65,33 @@ def save_rows(path: Path, data: dict, settings: dict, rows: list[dict]) -> None:
             r for r in json.loads(path.read_text()).get("rows", []) if r.get("settings") != settings
         ]
     save(path, {**data, "rows": others + [r | {"settings": settings} for r in rows]})
+
+
+def sweep(
+    output: Path,
+    result: dict,
+    settings: dict,
+    rows: list[dict],
+    configurations: list[tuple],
+    key: Callable[[dict], tuple],
+    measure: Callable[[tuple], dict],
+) -> list[dict]:
+    """Measure every configuration whose ``key`` is not among ``rows`` (the resumed ones),
+    printing each row and saving all of them to ``output`` as soon as it is measured, so an
+    interrupted sweep resumes; returns the rows in the order of ``configurations``, then
+    ``result`` is saved once more with the load average at the end."""
+    for configuration in configurations:
+        if any(key(r) == configuration for r in rows):
+            continue
+        row = measure(configuration)
+        rows = [r for r in rows if key(r) != configuration] + [row]
+        print(json.dumps(row), flush=True)
+        save_rows(output, result, settings, rows)
+    order = {configuration: n for n, configuration in enumerate(configurations)}
+    rows.sort(key=lambda r: order.get(key(r), len(order)))
+    result["load_average_end"] = load_average()
+    save_rows(output, result, settings, rows)
+    return rows
 
 
 def load_peer_folder(folder: str):

@@ -41,7 +41,7 @@ from common import (  # noqa: E402
     peak_rss_bytes,
     resumed,
     run_isolated,
-    save_rows,
+    sweep,
 )
 
 METHODS = ("wanda", "sparsegpt")
@@ -214,20 +214,16 @@ def main() -> None:
     rows = [] if args.redo else resumed(args.output, settings)
     common = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items() if v is not None]
     result = {"machine": machine(), "settings": settings, "load_average_start": load_average()}
-    for method, technique, budget in configurations(args):
-        key = (method, technique, budget)
-        if any((r["method"], r["technique"], r["budget"]) == key for r in rows):
-            continue
-        row = run_isolated(__file__, ["--one", method, technique, budget, *common])
-        rows = [r for r in rows if (r["method"], r["technique"], r["budget"]) != key]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        save_rows(args.output, result, settings, rows)
-    order = {key: n for n, key in enumerate(configurations(args))}
-    rows.sort(key=lambda r: order.get((r["method"], r["technique"], r["budget"]), len(order)))
+    rows = sweep(
+        args.output,
+        result,
+        settings,
+        rows,
+        list(configurations(args)),
+        key=lambda r: (r["method"], r["technique"], r["budget"]),
+        measure=lambda c: run_isolated(__file__, ["--one", *c, *common]),
+    )
     print(table(rows, args))
-    result["load_average_end"] = load_average()
-    save_rows(args.output, result, settings, rows)
 
 
 if __name__ == "__main__":
