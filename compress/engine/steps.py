@@ -51,7 +51,7 @@ from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
 from compress.masks import zero_count
 from compress.moe import unfused_experts
-from compress.placement import execution_device, measure_peak, onloaded
+from compress.placement import execution_device, measure_peak, onloaded, release_free_memory
 from compress.pruners import PRUNERS, Pruner
 from compress.reconstruct import Batches, normalized_error, reconstruct
 from compress.sparsity_profile import allocate_by_errors, candidates, carried, owl_plan
@@ -501,6 +501,7 @@ class Engine:
                 distributed.broadcast_([t for b in blocks for t in b.state_dict().values()])
                 if self.work is not None:
                     self._checkpoint(i, sets, recipe)
+            release_free_memory()  # the block's freed working set, before the next block's
             if on_block:
                 on_block(i + 1, total, calib_ids.numel() / (time.perf_counter() - block_start))
         self.outcome.seconds = time.perf_counter() - start
