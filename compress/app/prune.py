@@ -267,7 +267,7 @@ def run_engine(
     stats_samples = len(windows.ids) if real_only else None
     if distributed.world_size() > 1 and stats_samples is not None:
         raise BadInputError("--distributed with self-generated text needs --stats-from all")
-    engine = Engine(loaded.model, config, work, stats_samples, accelerator)
+    engine = Engine(loaded.model, config, work, stats_samples, accelerator, keep_masks=False)
     return engine.run(calib_ids, holdout_ids, checkpoint_recipe(config), config.resume, on_block)
 
 

@@ -51,7 +51,7 @@ from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
 from compress.masks import zero_count
 from compress.moe import unfused_experts
-from compress.placement import execution_device, measure_peak, onloaded
+from compress.placement import execution_device, measure_peak, onloaded, release_free_memory
 from compress.pruners import PRUNERS, Pruner
 from compress.reconstruct import Batches, normalized_error, reconstruct
 from compress.sparsity_profile import allocate_by_errors, candidates, carried, owl_plan
@@ -102,8 +102,11 @@ class Engine:
         work: WorkFolder | None = None,
         stats_samples: int | None = None,
         accelerator: torch.device | None = None,
+        keep_masks: bool = True,
     ) -> None:
-        """``stats_samples``: only the first this many calibration sequences feed the pruners'
+        """``keep_masks=False``: ``outcome.masks`` drops a block's masks once no later window
+        trains it (1 byte a pruned weight otherwise held to the end; the CLI saves weights only).
+        ``stats_samples``: only the first this many calibration sequences feed the pruners'
         statistics (real text first, self-generated after it); all of them reconstruct.
         ``accelerator``: where blocks whose weights wait on CPU or disk run their turn
         (sequential onloading); default: where the embeddings are. ``work``: where to
@@ -119,6 +122,7 @@ class Engine:
         self.device = model.get_input_embeddings().weight.device
         self.dtype = next(model.parameters()).dtype
         self.accelerator = accelerator or self.device
+        self.keep_masks = keep_masks
         self.activations = ActivationStore(
             self.recon.activations_device,
             torch_dtype(self.recon.activations_dtype, self.dtype),
@@ -273,6 +277,11 @@ class Engine:
         for j in window:
             for name, module in self.adapter.prunable_layers(j, self.config.skip).items():
                 self.outcome.layers[name].update(zeros_entry(weight_view(module)))
+
+    def _forget_masks(self, j: int) -> None:
+        prefix = self.adapter.block_name(j) + "."
+        for name in [name for name in self.outcome.masks if name.startswith(prefix)]:
+            del self.outcome.masks[name]
 
     def _param_masks(self, window: list[int]) -> dict[nn.Parameter, torch.Tensor]:
         masks = {}
@@ -501,6 +510,9 @@ class Engine:
                 distributed.broadcast_([t for b in blocks for t in b.state_dict().values()])
                 if self.work is not None:
                     self._checkpoint(i, sets, recipe)
+            if not self.keep_masks and i > 0:  # the next window is [i + 1] or [i, i + 1]
+                self._forget_masks(i - 1)
+            release_free_memory()  # the block's freed working set, before the next block's
             if on_block:
                 on_block(i + 1, total, calib_ids.numel() / (time.perf_counter() - block_start))
         self.outcome.seconds = time.perf_counter() - start

@@ -28,7 +28,12 @@ from compress.placement.maps import (
     refuse_quantized,
     resolve_device_map,
 )
-from compress.placement.memory import PeakMemory, measure_peak, peak_rss_bytes
+from compress.placement.memory import (
+    PeakMemory,
+    measure_peak,
+    peak_rss_bytes,
+    release_free_memory,
+)
 from compress.placement.onload import execution_device, onloaded
 
 __all__ = [
@@ -45,5 +50,6 @@ __all__ = [
     "parse_size",
     "peak_rss_bytes",
     "refuse_quantized",
+    "release_free_memory",
     "resolve_device_map",
 ]

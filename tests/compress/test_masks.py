@@ -85,3 +85,14 @@ def test_rowwise_mask_exact_per_layer():
     assert int((~mask).sum()) == 18
     assert (~mask).sum(dim=1).tolist() == [5, 4, 5, 4]
     assert not mask[0, 4] and not mask[2, :5].any()
+
+
+def test_zero_count_allocates_no_weight_sized_temporary():
+    from compress.masks import zero_count
+    from tests.allocations import largest_allocation
+
+    weight = torch.randn(512, 512)
+    weight[::3] = 0.0
+    weight[1, 1], weight[2, 2] = -0.0, float("nan")  # -0.0 is a zero, NaN is not
+    assert zero_count(weight) == 171 * 512 + 1
+    assert largest_allocation(lambda: zero_count(weight)) < weight.numel() // 8
