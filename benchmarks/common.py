@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +14,34 @@ from pathlib import Path
 import torch
 
 from compress.placement import peak_rss_bytes  # noqa: F401  (re-exported for the scripts)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def beside_repo(relative: str) -> Path:
+    """``relative`` next to the checkout (``/work/main`` -> ``/work/...``), or next to the folder
+    holding it (a worktree under ``/work/wt``); the first that exists, else the first."""
+    candidates = [REPO.parent / relative, REPO.parent.parent / relative]
+    return next((path for path in candidates if path.exists()), candidates[0])
+
+
+def add_peer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that runs the peer: its venv's python, and the two steps the
+    benchmark runs in fresh processes of its own (writing the windows the peer is fed, scoring
+    a folder the peer wrote)."""
+    parser.add_argument("--peer-python", type=Path, default=beside_repo(".peer/bin/python"))
+    parser.add_argument("--write-windows", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--ppl-of", help=argparse.SUPPRESS)
+
+
+def require_peer_venv(python: Path, instead: str) -> None:
+    """One error line and exit 2, before any work, when the peer's venv is not there."""
+    if not python.exists():
+        print(
+            f"error: no peer venv at {python}; create it (../shared/bench/README.md) or {instead}",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def machine() -> dict:

@@ -32,7 +32,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import load_peer_folder, machine, peak_rss_bytes, run_isolated, save  # noqa: E402
+from common import (  # noqa: E402
+    REPO,
+    add_peer_arguments,
+    beside_repo,
+    load_peer_folder,
+    machine,
+    peak_rss_bytes,
+    require_peer_venv,
+    run_isolated,
+    save,
+)
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
 MEASURED = """import json, resource, subprocess, sys, time
@@ -43,14 +53,6 @@ print(json.dumps({"rc": done.returncode, "seconds": time.perf_counter() - start,
     "stdout": done.stdout[-4000:], "stderr": done.stderr[-4000:]}))"""
 PEER_METHODS = ("wanda", "sparsegpt")
 PATTERNS = ("unstructured", "2:4")
-REPO = Path(__file__).resolve().parents[1]
-
-
-def beside_repo(relative: str) -> Path:
-    """``relative`` next to the checkout (``/work/main`` -> ``/work/...``), or next to the folder
-    holding it (a worktree under ``/work/wt``); the first that exists, else the first."""
-    candidates = [REPO.parent / relative, REPO.parent.parent / relative]
-    return next((path for path in candidates if path.exists()), candidates[0])
 
 
 def load(nsamples: int, seqlen: int):
@@ -315,10 +317,8 @@ def main() -> None:
     parser.add_argument("--recon-epochs", type=int, default=1)
     parser.add_argument("--one", nargs=3, metavar=("METHOD", "PATTERN", "TECHNIQUE"))
     parser.add_argument("--baseline", action="store_true")
-    parser.add_argument("--write-windows", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--ppl-of", help=argparse.SUPPRESS)
     parser.add_argument("--skip-peer", action="store_true", help="leave llm-compressor out")
-    parser.add_argument("--peer-python", type=Path, default=beside_repo(".peer/bin/python"))
+    add_peer_arguments(parser)
     parser.add_argument(
         "--peer-script", type=Path, default=beside_repo("shared/bench/llmc_cpu_peer.py")
     )
@@ -347,13 +347,8 @@ def main() -> None:
     if args.ppl_of:
         print(json.dumps(folder_perplexity(args.ppl_of, args)))
         return
-    if not args.skip_peer and not args.peer_python.exists():
-        print(
-            f"error: no peer venv at {args.peer_python}; create it (shared/bench/README.md) "
-            "or pass --skip-peer",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+    if not args.skip_peer:
+        require_peer_venv(args.peer_python, "pass --skip-peer")
     loadavg_before = Path("/proc/loadavg").read_text().strip()
     print("load average before:", loadavg_before, flush=True)
     common = common_args(args)
