@@ -30,15 +30,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
+    add_peer_arguments,
     load_average,
     load_peer_folder,
     machine,
     peak_rss_bytes,
+    require_peer_venv,
     resumed,
     run_isolated,
-    save_rows,
+    sweep,
 )
-from prune_embedded import beside_repo  # noqa: E402
 
 METHODS = ("wanda", "sparsegpt")
 PROFILES = ("uniform", "owl", "errors", "peer-owl")
@@ -172,6 +173,13 @@ def table(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+def measure(method: str, profile: str, sparsity: float, args, common: list[str]) -> dict:
+    """One row: the peer's pruning for a ``peer-`` profile, else ours in a fresh process."""
+    if profile.startswith("peer-"):
+        return peer(method, profile, sparsity, args, common)
+    return run_isolated(__file__, ["--one", method, profile, str(sparsity), *common])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nsamples", type=int, default=32)
@@ -187,11 +195,9 @@ def main() -> None:
         help="of uniform, owl, errors, peer-owl, peer-uniform",
     )
     parser.add_argument("--sparsities", default="0.5,0.6,0.7")
-    parser.add_argument("--peer-python", type=Path, default=beside_repo(".peer/bin/python"))
+    add_peer_arguments(parser)
     parser.add_argument("--redo", action="store_true", help="rerun configurations already saved")
     parser.add_argument("--one", nargs=3, metavar=("METHOD", "PROFILE", "SPARSITY"))
-    parser.add_argument("--write-windows", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--ppl-of", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=Path("out/bench/sparsity_profile.json"))
     args = parser.parse_args()
     from compress.core.config import PruneConfig
@@ -209,33 +215,22 @@ def main() -> None:
     if args.ppl_of:
         print(json.dumps(folder_ppl(args.ppl_of, args)))
         return
-    if "peer-" in args.profiles and not args.peer_python.exists():
-        print(
-            f"error: no peer venv at {args.peer_python}; create it (../shared/bench/README.md) "
-            "or leave peer-owl out of --profiles",
-            file=sys.stderr,
-        )
-        sys.exit(2)
+    if "peer-" in args.profiles:
+        require_peer_venv(args.peer_python, "leave peer-owl out of --profiles")
     settings = {k: getattr(args, k) for k in KEYED}
     common = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
     rows = [] if args.redo else resumed(args.output, settings)
     result = {"machine": machine(), "settings": settings, "load_average_start": load_average()}
-    for method, profile, sparsity in configurations(args):
-        key = (method, profile, sparsity)
-        if any((r["method"], r["profile"], r["sparsity"]) == key for r in rows):
-            continue
-        if profile.startswith("peer-"):
-            row = peer(method, profile, sparsity, args, common)
-        else:
-            row = run_isolated(__file__, ["--one", method, profile, str(sparsity), *common])
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        save_rows(args.output, result, settings, rows)
-    order = {key: n for n, key in enumerate(configurations(args))}
-    rows.sort(key=lambda r: order.get((r["method"], r["profile"], r["sparsity"]), len(order)))
+    rows = sweep(
+        args.output,
+        result,
+        settings,
+        rows,
+        list(configurations(args)),
+        key=lambda r: (r["method"], r["profile"], r["sparsity"]),
+        measure=lambda c: measure(*c, args, common),
+    )
     print(table(rows, args))
-    result["load_average_end"] = load_average()
-    save_rows(args.output, result, settings, rows)
 
 
 if __name__ == "__main__":
