@@ -98,17 +98,18 @@ def save_rows(path: Path, data: dict, settings: dict, rows: list[dict]) -> None:
 
 def sweep(
     output: Path,
-    result: dict,
     settings: dict,
-    rows: list[dict],
     configurations: list[tuple],
     key: Callable[[dict], tuple],
     measure: Callable[[tuple], dict],
+    redo: bool = False,
 ) -> list[dict]:
-    """Measure every configuration whose ``key`` is not among ``rows`` (the resumed ones),
-    printing each row and saving all of them to ``output`` as soon as it is measured, so an
-    interrupted sweep resumes; returns the rows in the order of ``configurations``, then
-    ``result`` is saved once more with the load average at the end."""
+    """Measure every configuration whose ``key`` is not among the rows ``output`` already holds
+    for ``settings`` (all of them with ``redo``), printing each row and saving it to ``output``
+    as soon as it is measured, so an interrupted sweep resumes; returns the rows in the order of
+    ``configurations``. The file records the machine and the load average at start and end."""
+    rows = [] if redo else resumed(output, settings)
+    result = {"machine": machine(), "settings": settings, "load_average_start": load_average()}
     for configuration in configurations:
         if any(key(r) == configuration for r in rows):
             continue

@@ -37,9 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
     load_average,
-    machine,
     peak_rss_bytes,
-    resumed,
     run_isolated,
     sweep,
 )
@@ -211,17 +209,14 @@ def main() -> None:
         print(json.dumps(one(*args.one, args)))
         return
     settings = settings_of(args)
-    rows = [] if args.redo else resumed(args.output, settings)
     common = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items() if v is not None]
-    result = {"machine": machine(), "settings": settings, "load_average_start": load_average()}
     rows = sweep(
         args.output,
-        result,
         settings,
-        rows,
         list(configurations(args)),
         key=lambda r: (r["method"], r["technique"], r["budget"]),
         measure=lambda c: run_isolated(__file__, ["--one", *c, *common]),
+        redo=args.redo,
     )
     print(table(rows, args))
 

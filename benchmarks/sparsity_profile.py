@@ -33,10 +33,8 @@ from common import (  # noqa: E402
     add_peer_arguments,
     load_average,
     load_peer_folder,
-    machine,
     peak_rss_bytes,
     require_peer_venv,
-    resumed,
     run_isolated,
     sweep,
 )
@@ -219,16 +217,13 @@ def main() -> None:
         require_peer_venv(args.peer_python, "leave peer-owl out of --profiles")
     settings = {k: getattr(args, k) for k in KEYED}
     common = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
-    rows = [] if args.redo else resumed(args.output, settings)
-    result = {"machine": machine(), "settings": settings, "load_average_start": load_average()}
     rows = sweep(
         args.output,
-        result,
         settings,
-        rows,
         list(configurations(args)),
         key=lambda r: (r["method"], r["profile"], r["sparsity"]),
         measure=lambda c: measure(*c, args, common),
+        redo=args.redo,
     )
     print(table(rows, args))
 

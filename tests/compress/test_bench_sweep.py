@@ -39,14 +39,11 @@ def test_an_interrupted_sweep_resumes_with_the_rows_it_saved(common, tmp_path):
         return (row["method"],)
 
     with pytest.raises(Stop):
-        common.sweep(
-            output, {}, settings, [], configurations, key, lambda c: measure(c, ("wanda",))
-        )
+        common.sweep(output, settings, configurations, key, lambda c: measure(c, ("wanda",)))
     saved = json.loads(output.read_text())["rows"]
     assert [r["method"] for r in saved] == ["dense"]  # written as soon as it was measured
 
-    rows = common.resumed(output, settings)
-    rows = common.sweep(output, {}, settings, rows, configurations, key, measure)
+    rows = common.sweep(output, settings, configurations, key, measure)
     assert measured == [("dense",), ("wanda",), ("sparsegpt",)]  # dense was not measured twice
     assert [r["method"] for r in rows] == ["dense", "wanda", "sparsegpt"]
     written = json.loads(output.read_text())
