@@ -1,11 +1,13 @@
 """The non-uniform profiles' first pass: per block, its outlier ratio (OWL) and its error at a
 few candidate sparsities (``errors``).
 
-On the dense stream, block by block: gather the pruners' statistics once, take the block's
+On the dense stream, block by block: gather the pruners' statistics (siblings sharing them, as
+in the real run) in the same forward that gives the block's dense output, take the block's
 outlier ratio from their scores, then for each candidate prune every layer of the block,
 measure the block's normalized output error against its dense output, and put the dense
-weights back. Cheap next to the real run: no reconstruction, one statistics pass, and each
-candidate only re-runs the pruner's mask (and SparseGPT's update) and one block forward. The
+weights back. Cheap next to the real run: no reconstruction, one forward per block for OWL, and
+each candidate only re-runs the pruner's mask (and SparseGPT's update, its factorisation
+reused) and one block forward. The
 plans then come from :mod:`compress.sparsity_profile`.
 """
 
@@ -19,7 +21,6 @@ from compress.blocks import weight_view
 from compress.engine.statistics import collect_statistics
 from compress.moe import unfused_experts
 from compress.placement import execution_device, onloaded
-from compress.pruners import PRUNERS
 from compress.sparsity_profile import outlier_ratio
 
 if TYPE_CHECKING:
@@ -41,23 +42,23 @@ def first_pass(
         block = engine.adapter.blocks[i]
         device = execution_device(block, engine.accelerator)
         with onloaded([block], device), unfused_experts([block]):
-            dense_out = engine.forward([i], stream, s.calls)
             layers = engine.adapter.prunable_layers(i, config.skip)
-            pruners = {
-                name: PRUNERS[config.method.value](
-                    weight_view(module), name, **config.pruner_options()
-                )
-                for name, module in layers.items()
-            }
+            groups = engine.adapter.sibling_groups(i, layers)
+            pruners = engine._pruners(groups, layers)
+            leaders = {group[0]: pruners[group[0]] for group in groups}
             if pruners and next(iter(pruners.values())).needs_data:
 
                 def run(b: int, x: torch.Tensor, i: int = i) -> torch.Tensor:
                     return engine._run([i], s.calls, b, x)
 
-                collect_statistics(run, stream, pruners, layers, batch, engine.stats_samples)
-                for pruner in pruners.values():
+                dense_out = collect_statistics(
+                    run, stream, leaders, layers, batch, engine.stats_samples, keep_outputs=True
+                )
+                for pruner in leaders.values():
                     for total in pruner.statistics():
                         total.all_reduce_()
+            else:
+                dense_out = engine.forward([i], stream, s.calls)
             ratios.append(outlier_ratio((p.scores() for p in pruners.values()), owl_m))
             saved = {name: weight_view(module).detach().clone() for name, module in layers.items()}
             curve = []
@@ -69,7 +70,7 @@ def first_pass(
                 with torch.no_grad():
                     for name, module in layers.items():
                         weight_view(module).copy_(saved[name])
-            for pruner in pruners.values():
+            for pruner in leaders.values():
                 pruner.free()
         curves.append(curve)
         stream = dense_out

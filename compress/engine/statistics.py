@@ -2,7 +2,7 @@
 
 A forward pre-hook on each prunable layer hands its input to the layer's pruner; once every
 hooked layer has seen the batch, the block's forward is cut short (the rest of the block does
-not change any pruner's statistics).
+not change any pruner's statistics), unless the caller wants the block's outputs too.
 """
 
 from __future__ import annotations
@@ -26,10 +26,15 @@ def collect_statistics(
     layers: dict[str, nn.Module],
     batch_size: int,
     limit: int | None = None,
-) -> None:
+    keep_outputs: bool = False,
+) -> list[torch.Tensor] | None:
     """Run ``run(b, x)`` (the block) on every batch of ``stream``, feeding ``pruners[name]`` the
-    input of ``layers[name]``; with ``limit``, only the first ``limit`` sequences count."""
+    input of ``layers[name]``; with ``limit``, only the first ``limit`` sequences count.
+
+    With ``keep_outputs`` every batch runs the whole block and its outputs are returned: the
+    statistics and the block's output from one forward (the profiles' first pass)."""
     seen: set[str] = set()
+    outputs: list[torch.Tensor] = []
     current = 0  # index of the batch being run
 
     def hook_for(name: str):
@@ -40,7 +45,7 @@ def collect_statistics(
             if len(x):
                 pruners[name].add_batch(x)
             seen.add(name)
-            if len(seen) == len(pruners):
+            if len(seen) == len(pruners) and not keep_outputs:
                 raise _StopBlock
 
         return hook
@@ -49,14 +54,17 @@ def collect_statistics(
     try:
         with torch.no_grad():
             for b, x in enumerate(stream):
-                if limit is not None and b * batch_size >= limit:
+                if limit is not None and b * batch_size >= limit and not keep_outputs:
                     break
                 seen.clear()
                 current = b
                 try:
-                    run(b, x)
+                    out = run(b, x)
                 except _StopBlock:
-                    pass
+                    continue
+                if keep_outputs:
+                    outputs.append(out)
     finally:
         for handle in handles:
             handle.remove()
+    return outputs if keep_outputs else None

@@ -84,6 +84,43 @@ def test_engine_owl_mean_is_the_target(method):
     assert (max(ratios) == ratios[targets.index(min(targets))]) and 0 < min(ratios)
 
 
+def dense_outlier_ratios(model, ids: torch.Tensor, m: float) -> list[float]:
+    """Each block's OWL ratio computed directly: ``|W|·‖X‖`` of every Linear of the block, ``X``
+    its input in one forward of the dense model over ``ids``."""
+    norms, handles = {}, []
+    for i, layer in enumerate(model.model.layers):
+        for name, module in layer.named_modules():
+            if isinstance(module, torch.nn.Linear):
+
+                def hook(mod, args, key=(i, name)):
+                    x = args[0].reshape(-1, args[0].shape[-1]).double()
+                    norms[key] = (mod, x.pow(2).sum(0).sqrt().float())
+
+                handles.append(module.register_forward_pre_hook(hook))
+    with torch.no_grad():
+        model(ids)
+    for handle in handles:
+        handle.remove()
+    blocks = [[] for _ in model.model.layers]
+    for (i, _), (module, norm) in sorted(norms.items()):
+        blocks[i].append(module.weight.detach().abs() * norm)
+    return [outlier_ratio(scores, m) for scores in blocks]
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_first_pass_ratios_equal_a_direct_computation(method):
+    """The first pass (siblings sharing statistics, the dense output from the statistics'
+    forward) gives each block the ratio of its dense inputs, block after block."""
+    ids = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
+    expected = dense_outlier_ratios(random_llama(vocab_size=256, layers=4), ids, 3.0)
+    _, outcome = owl_run(method, 0.6)
+    ratios = [block["sparsity"]["outlier_ratio"] for block in outcome.blocks]
+    numel = [block["sparsity"]["numel"] for block in outcome.blocks]
+    # float32 sums in another order may move a score across the threshold: a weight or two
+    assert all(abs(r - e) * n <= 2 for r, e, n in zip(ratios, expected, numel, strict=True))
+    assert len(set(expected)) > 1
+
+
 def test_uniform_blocks_record_their_sparsity():
     model = random_llama(vocab_size=256)
     config = PruneConfig(
