@@ -34,6 +34,7 @@ import torch
 from compress.core.errors import BadInputError
 from compress.core.io import package_dir
 from compress.core.shared_options import Split
+from compress.token_cache import cached_tokens
 
 SPLITS = tuple(split.value for split in Split)
 HELD_OUT_EVERY = 10  # document i is test when i % 10 == 9, validation when i % 10 == 8
@@ -283,9 +284,13 @@ def eval_text(source: str, split: str | None = None) -> EvalText:
 
 
 def tokenize_stream(tokenizer, texts: list[str]) -> torch.Tensor:
-    """All documents joined with blank lines, tokenized once, as a 1-D LongTensor."""
-    ids = tokenizer("\n\n".join(texts), add_special_tokens=False, verbose=False)["input_ids"]
-    return torch.tensor(ids, dtype=torch.long)
+    """All documents joined with blank lines, tokenized once, as a 1-D LongTensor (kept in the
+    token cache, :mod:`compress.token_cache`)."""
+
+    def tokenize(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+    return cached_tokens(tokenizer, "\n\n".join(texts), tokenize)
 
 
 @dataclass

@@ -13,6 +13,9 @@ from tests.tiny_models import random_llama
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# Tests tokenize hundreds of made-up texts: keep them out of the user's token cache
+# (tests/compress/test_token_cache.py turns it on in a temporary folder).
+os.environ.setdefault("COMPRESS_TOKEN_CACHE", "0")
 # Tests run tiny tensors: threads only add OpenMP start-up cost (and stall on a loaded machine).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)

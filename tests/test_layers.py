@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compress.moe",
             "compress.placement",
             "compress.calibration",
+            "compress.token_cache",
             "compress.wikitext",
             "compress.selfgen",
             "compress.engine",
