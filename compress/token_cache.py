@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from compress.core.io import atomic_file
 
 
 def _enabled() -> bool:
@@ -67,15 +68,9 @@ def cached_tokens(tokenizer, text: str, tokenize: Callable[[str], list[int]]) ->
 
 
 def _store(path: Path, stream: torch.Tensor) -> None:
-    """Write ``stream`` to ``path`` through a temporary file in the same folder; give up
-    quietly where the disk refuses."""
-    temporary = None
+    """Write ``stream`` to ``path`` atomically; give up quietly where the disk refuses."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(handle, "wb") as f:
+        with atomic_file(path) as temporary, temporary.open("wb") as f:
             np.save(f, stream.numpy().astype(np.int32), allow_pickle=False)
-        os.replace(temporary, path)
     except OSError:
-        if temporary:
-            Path(temporary).unlink(missing_ok=True)
+        pass
