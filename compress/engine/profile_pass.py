@@ -7,8 +7,7 @@ outlier ratio from their scores, then for each candidate prune every layer of th
 measure the block's normalized output error against its dense output, and put the dense
 weights back. Cheap next to the real run: no reconstruction, one forward per block for OWL, and
 each candidate only re-runs the pruner's mask (and SparseGPT's update, its factorisation
-reused) and one block forward. The
-plans then come from :mod:`compress.sparsity_profile`.
+reused) and one block forward. The plans then come from :mod:`compress.sparsity_profile`.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from compress.blocks import weight_view
-from compress.engine.statistics import collect_statistics
 from compress.moe import unfused_experts
 from compress.placement import execution_device, onloaded
 from compress.sparsity_profile import outlier_ratio
@@ -47,16 +45,7 @@ def first_pass(
             pruners = engine._pruners(groups, layers)
             leaders = {group[0]: pruners[group[0]] for group in groups}
             if pruners and next(iter(pruners.values())).needs_data:
-
-                def run(b: int, x: torch.Tensor, i: int = i) -> torch.Tensor:
-                    return engine._run([i], s.calls, b, x)
-
-                dense_out = collect_statistics(
-                    run, stream, leaders, layers, batch, engine.stats_samples, keep_outputs=True
-                )
-                for pruner in leaders.values():
-                    for total in pruner.statistics():
-                        total.all_reduce_()
+                dense_out = engine._collect(i, leaders, layers, stream, s.calls, keep_outputs=True)
             else:
                 dense_out = engine.forward([i], stream, s.calls)
             ratios.append(outlier_ratio((p.scores() for p in pruners.values()), owl_m))

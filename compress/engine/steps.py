@@ -170,17 +170,30 @@ class Engine:
             )
 
     def _collect(
-        self, i: int, pruners: dict[str, Pruner], layers: dict[str, nn.Module], s: Streams
-    ) -> None:
-        """Step 2 (statistics from the first ``stats_samples`` sequences only, when set)."""
-        collect_statistics(
-            lambda b, x: self._run([i], s.calls, b, x),
-            s.sparse,
-            pruners,
+        self,
+        i: int,
+        leaders: dict[str, Pruner],
+        layers: dict[str, nn.Module],
+        stream: Stream,
+        calls: list[list[BlockCall]],
+        keep_outputs: bool = False,
+    ) -> Stream | None:
+        """Step 2 on block ``i`` fed ``stream`` (statistics from the first ``stats_samples``
+        sequences only, when set), summed over data-parallel ranks; with ``keep_outputs``, the
+        block's outputs too (:func:`collect_statistics`)."""
+        outputs = collect_statistics(
+            lambda b, x: self._run([i], calls, b, x),
+            stream,
+            leaders,
             layers,
             self.config.calibration.batch_size,
             self.stats_samples,
+            keep_outputs,
         )
+        for pruner in leaders.values():
+            for total in pruner.statistics():
+                total.all_reduce_()
+        return outputs
 
     def _sparsities(self, i: int, names: list[str]) -> dict[str, float]:
         """Each layer's target in block ``i``: the config's, or the block's planned share
@@ -239,10 +252,7 @@ class Engine:
         leaders = {group[0]: pruners[group[0]] for group in groups}
         last = {group[-1]: pruners[group[0]] for group in groups}  # frees the group's statistics
         if pruner_cls.needs_data and pruners:
-            self._collect(i, leaders, layers, s)
-            for pruner in leaders.values():  # data-parallel calibration: sum over ranks
-                for total in pruner.statistics():
-                    total.all_reduce_()
+            self._collect(i, leaders, layers, s.sparse, s.calls)
         targets = self._sparsities(i, list(layers))
         for name in layers:
             self._prune_layer(name, pruners[name], layers[name], targets[name], dense)
