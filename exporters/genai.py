@@ -14,6 +14,7 @@ the same ids PyTorch sees.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -43,14 +44,10 @@ def execution_provider() -> str:
 
 
 def build(
-    folder: Path,
-    output: Path,
-    precision: str,
-    provider: str,
-    block_size: int = 32,
-    algorithm: str = "k_quant_mixed",
+    folder: Path, output: Path, precision: str, provider: str, quant: dict | None = None
 ) -> None:
-    """Run the model builder on the local model ``folder`` into ``output`` (offline).
+    """Run the model builder on the local model ``folder`` into ``output`` (offline); ``quant``
+    (:func:`int4_quant_config`) for int4.
 
     Raises:
         BadInputError: the builder fails (an unsupported architecture, say); its last lines.
@@ -71,8 +68,8 @@ def build(
         "-c",
         str(output / ".builder_cache"),
     ]
-    if precision == "int4":
-        command += ["--extra_options", f"block_size={block_size}", f"algo_config={algorithm}"]
+    if quant is not None:
+        command += ["--target_options", json.dumps(quant)]
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -95,8 +92,6 @@ def session_config(folder: Path, threads: int):
     """The folder's ``genai_config.json`` with ``threads`` intra-op threads, like
     :func:`exporters.onnx.load_ort` gives ONNX Runtime (the runtime's default is every core),
     so that timings compare like with like."""
-    import json
-
     import onnxruntime_genai as og
 
     config = og.Config(str(folder))
@@ -112,8 +107,6 @@ class GenaiLM:
     def __init__(
         self, folder: Path, eos_token_ids: list[int] | None = None, threads: int | None = None
     ):
-        import json
-
         import onnxruntime_genai as og
 
         self.og = og

@@ -30,6 +30,7 @@ from compress.core.report import (
     perplexity_protocol,
     update_report,
 )
+from exporters.genai_quant import LM_HEAD, PROJECTIONS
 from exporters.onnx_files import (
     MODEL_FILE,
     has_past,
@@ -98,11 +99,22 @@ class OnnxExportConfig:
         cli_type=Runtime,
         from_cli=_enum_value,
     )
-    # genai int4: the builder's algorithm; k_quant_mixed keeps the LM head (and so the tied
-    # embedding) and the most sensitive layers in int8 (50%-pruned SmolLM2: perplexity +3.9 %
-    # over fp32, against +33 % for plain round-to-nearest "default")
+    # genai int4: the builder's algorithm for the 4-bit weights; k_quant (llama.cpp's k-quant
+    # scale search) over round-to-nearest's "default" and "rtn"; k_quant_mixed adds the builder's
+    # own 8-bit layers (first and last eighth, every third block's qkv/down)
     genai_algo: str = option(
-        "k_quant_mixed", help="--runtime genai int4: default, rtn, k_quant or k_quant_mixed."
+        "k_quant", help="--runtime genai int4: default, rtn, k_quant or k_quant_mixed."
+    )
+    # genai int4: projections kept at 8 bits in every block. On the 2:4 SparseGPT SmolLM2-135M
+    # (fp32 120.53 on 16 x 512 Wikipedia test windows), round-to-nearest int4 everywhere but one
+    # kind of projection at a time showed qkv and down_proj the most sensitive; k_quant_mixed gave
+    # 145.41 (+20.6%, 108 MiB), k_quant with qkv_proj, down_proj and lm_head at 8 bits 130.57
+    # (+8.3%, 124 MiB)
+    genai_int8: str = option(
+        "qkv_proj,down_proj,lm_head",
+        help="--runtime genai int4: projections kept at 8 bits in every block, comma-separated "
+        "from qkv_proj, q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head "
+        "(the LM head, and so the tied embedding); none for all 4-bit.",
     )
     atol: float = 1e-4  # max |logit difference| allowed between PyTorch and ORT (fp32)
     # int4: mean |logit difference| allowed against PyTorch over the parity prompts; the max and
@@ -130,6 +142,7 @@ class OnnxExportConfig:
         if self.genai_algo not in GENAI_ALGOS:
             choices = ", ".join(GENAI_ALGOS)
             raise BadInputError(f"--genai-algo {self.genai_algo!r} is not supported: use {choices}")
+        self._check_int8()
         if self.block_size not in BLOCK_SIZES:
             sizes = ", ".join(map(str, BLOCK_SIZES))
             raise BadInputError(f"--block-size {self.block_size} is not supported: use {sizes}")
@@ -139,6 +152,26 @@ class OnnxExportConfig:
         for name in (*positive, "latency_new_tokens", "latency_repeats"):
             if getattr(self, name) < 1:
                 raise BadInputError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def int8_projections(self) -> tuple[str, ...]:
+        """``genai_int8`` as names (none: empty)."""
+        names = [name.strip() for name in self.genai_int8.split(",") if name.strip()]
+        return () if names == ["none"] else tuple(names)
+
+    def _check_int8(self) -> None:
+        unknown = [name for name in self.int8_projections if name not in PROJECTIONS]
+        if unknown:
+            raise BadInputError(
+                f"--genai-int8 {','.join(unknown)} is not a projection: use names from "
+                f"{', '.join(PROJECTIONS)}, or none"
+            )
+        if self.genai_algo == "default" and LM_HEAD in self.int8_projections:
+            raise BadInputError(  # onnxruntime-genai 0.18: its tied embedding reads a missing tensor
+                "--genai-algo default cannot keep lm_head at 8 bits (the builder then writes a "
+                "tied embedding ONNX Runtime cannot load): use rtn or k_quant, or drop lm_head "
+                "from --genai-int8"
+            )
 
     def require_runtime(self) -> None:
         """Refuse, in one line naming what to install, a route this environment cannot run.
@@ -319,16 +352,21 @@ def _genai_export_and_check(folder: Path, staging: Path, config: OnnxExportConfi
     PyTorch's) through its generator."""
     from compress.models import load_model
     from exporters.genai import GenaiLM, build, execution_provider
+    from exporters.genai_quant import check_eight_bit, int4_quant_config
     from exporters.parity import check_parity, encode_prompts
     from exporters.quantize import eval_windows, window_perplexity
 
     precision = "int4" if config.quantize == "int4" else "fp32"
     provider = execution_provider()
     loaded = load_model(str(folder), device="cpu", dtype="float32")  # refuses damaged weights
-    build(folder, staging, precision, provider, config.block_size, config.genai_algo)
+    int4 = precision == "int4"
+    layers = loaded.model.config.num_hidden_layers
+    int8 = config.int8_projections if int4 else ()
+    quant = int4_quant_config(config.genai_algo, config.block_size, int8, layers) if int4 else None
+    build(folder, staging, precision, provider, quant)
+    eight_bit = check_eight_bit(staging, int8, layers) if int4 else {}
     loaded.tokenizer.save_pretrained(staging)  # the ids PyTorch saw, for run-onnx too
     model = GenaiLM(staging)
-    int4 = precision == "int4"
     parity = check_parity(
         loaded.model,
         model,
@@ -346,6 +384,8 @@ def _genai_export_and_check(folder: Path, staging: Path, config: OnnxExportConfi
         "runtime": "onnxruntime-genai",
         "precision": precision,
         "algorithm": config.genai_algo if int4 else None,
+        "int8_projections": list(int8),
+        "int8_matmuls": eight_bit,
         "execution_provider": provider,
         "files": {MODEL_FILE: size},
         "parity": parity.to_dict(),

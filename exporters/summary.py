@@ -50,8 +50,12 @@ def _int4_lines(int4: dict | None) -> list[str]:
 
 def genai_lines(report: dict, target: Path) -> list[str]:
     """What an onnxruntime-genai build holds and how it compares with PyTorch."""
+    eight_bit = report.get("int8_projections")
+    algorithm = report["algorithm"]
+    if algorithm and eight_bit:
+        algorithm += f" (8-bit {', '.join(eight_bit)})"
     lines = [
-        f"built {report['precision']}{' ' + report['algorithm'] if report['algorithm'] else ''} "
+        f"built {report['precision']}{' ' + algorithm if algorithm else ''} "
         f"for onnxruntime-genai ({report['execution_provider']}) "
         f"to {target}: {report['files']['model.onnx'] / 2**20:.1f} MiB",
         _parity_line(report["parity"], "onnxruntime-genai"),

@@ -514,10 +514,11 @@ def genai_record() -> dict:
     size = 108_654_321
     return {
         "format": "compress.export/1",
-        "config": {"block_size": 32, "genai_algo": "k_quant_mixed"},
+        "config": {"block_size": 32, "genai_algo": "k_quant"},
         "runtime": "onnxruntime-genai",
         "precision": "int4",
-        "algorithm": "k_quant_mixed",
+        "algorithm": "k_quant",
+        "int8_projections": ["qkv_proj", "down_proj", "lm_head"],
         "execution_provider": "cpu",
         "files": {"model.onnx": size},
         "parity": {"atol": 4.0, "max_abs_logit_diff": 6.5, "max_abs_decode_logit_diff": 4.75,
@@ -555,7 +556,8 @@ def test_card_lists_every_written_format_with_its_size_and_how_to_load_it(tmp_pa
     assert "mean |logit difference| 1.38 (limit 4.00)" in deployment
     assert 'file_name="model_int4.onnx"' in deployment and "--int4" in deployment
     assert "### onnxruntime-genai int4 (`genai-int4`)" in deployment
-    assert "k_quant_mixed, blocks of 32" in deployment and "103.6 MiB" in deployment
+    assert "k_quant, blocks of 32, 8-bit qkv_proj, down_proj, lm_head" in deployment
+    assert "103.6 MiB" in deployment
     assert "import onnxruntime_genai as og" in deployment and 'og.Model("genai-int4")' in deployment
     assert "compress run-onnx genai-int4" in deployment
 

@@ -218,8 +218,11 @@ def test_genai_int4_build_records_parity_and_perplexity(pruned_llama_dir, eval_t
     assert 0 < report["parity"]["mean_abs_logit_diff"] <= config.int4_atol
     ppl = report["perplexity"]
     assert np.isfinite(ppl["int4"]) and np.isfinite(ppl["pytorch_fp32"])
-    assert report["algorithm"] == "k_quant_mixed"
-    # the tied head in int8 (k_quant_mixed), stored once: about 0.3 of one fp32 copy
+    assert report["algorithm"] == "k_quant"
+    layers = 2  # the tiny Llama's blocks: each one's qkv and down projections got 8 bits
+    assert report["int8_projections"] == ["qkv_proj", "down_proj", "lm_head"]
+    assert report["int8_matmuls"] == {"qkv_proj": layers, "down_proj": layers, "lm_head": 1}
+    # the tied head in int8, stored once: about 0.3 of one fp32 copy
     assert report["files"]["model.onnx"] < 0.35 * 4 * 49152 * 64
 
 
@@ -340,15 +343,46 @@ def test_gpu_benchmark_script_refuses_on_a_cpu_in_one_line():
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("error: bench-sparse needs")
 
 
+def _eight_bit(config: dict) -> list:
+    return [entry["match"] for entry in config["quant_config"]["weights"]["overrides"]]
+
+
 @pytest.mark.parametrize(
-    ("options", "expected"),
+    ("options", "method", "block", "eight_bit"),
     [
-        ({}, ["block_size=32", "algo_config=k_quant_mixed"]),  # the defaults
-        ({"block_size": 16, "genai_algo": "rtn"}, ["block_size=16", "algo_config=rtn"]),
+        (  # the defaults
+            {},
+            "k_quant",
+            32,
+            [
+                {"name": "/model/layers.0/attn/qkv_proj/MatMul"},
+                {"name": "/model/layers.0/mlp/down_proj/MatMul"},
+                {"name": "/model/layers.1/attn/qkv_proj/MatMul"},
+                {"name": "/model/layers.1/mlp/down_proj/MatMul"},
+                {"preset": "last_matmul"},
+            ],
+        ),
+        (
+            {"block_size": 16, "genai_algo": "rtn", "genai_int8": "none"},
+            "rtn",
+            16,
+            [],
+        ),
+        (  # the builder's compound algorithm: its base method and its own 8-bit presets
+            {"genai_algo": "k_quant_mixed", "genai_int8": "o_proj"},
+            "k_quant",
+            32,
+            [
+                {"name": "/model/layers.0/attn/o_proj/MatMul"},
+                {"name": "/model/layers.1/attn/o_proj/MatMul"},
+                {"preset": "last_matmul"},
+                {"preset": "mixed_layers"},
+            ],
+        ),
     ],
 )
 def test_genai_int4_options_reach_the_model_builder(
-    options, expected, pruned_llama_dir, tmp_path, monkeypatch
+    options, method, block, eight_bit, pruned_llama_dir, tmp_path, monkeypatch
 ):
     import subprocess
 
@@ -365,5 +399,47 @@ def test_genai_int4_options_reach_the_model_builder(
         export_onnx(folder, tmp_path / "out", config)
     (command,) = commands
     assert command[command.index("-p") + 1] == "int4"
-    assert command[command.index("--extra_options") + 1 :] == expected
+    quant = json.loads(command[command.index("--target_options") + 1])
+    weights = quant["quant_config"]["weights"]
+    assert (weights["type"], weights["method"], weights["block_size"]) == ("int4", method, block)
+    assert _eight_bit(quant) == eight_bit
+    assert all(entry["type"] == "int8" for entry in weights["overrides"])
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"genai_int8": "qkv_proj,wq"}, "--genai-int8 wq is not a projection"),
+        ({"genai_algo": "default"}, "--genai-algo default cannot keep lm_head at 8 bits"),
+    ],
+)
+def test_genai_int8_choices_are_checked(options, message):
+    with pytest.raises(BadInputError, match=message):
+        OnnxExportConfig(runtime="genai", quantize="int4", **options)
+
+
+def test_a_projection_the_builder_did_not_keep_at_eight_bits_is_refused(tmp_path):
+    import onnx
+    from onnx import helper
+
+    from exporters.genai_quant import check_eight_bit
+
+    def matmul(name: str, bits: int):
+        return helper.make_node(
+            "MatMulNBits", ["x", "b"], ["y"], name=name, domain="com.microsoft", bits=bits
+        )
+
+    nodes = [
+        matmul("/model/layers.0/attn/qkv_proj/MatMul_Q8", 8),
+        matmul("/model/layers.1/attn/qkv_proj/MatMul_Q8", 8),
+        matmul("/model/layers.0/mlp/down_proj/MatMul_Q8", 8),
+        matmul("/model/layers.1/mlp/down_proj/MatMul_Q4", 4),
+        matmul("/lm_head/MatMul_Q8", 8),
+    ]
+    graph = helper.make_graph(nodes, "g", [], [])
+    onnx.save(helper.make_model(graph), str(tmp_path / "model.onnx"))
+    counts = check_eight_bit(tmp_path, ("qkv_proj", "lm_head"), layers=2)
+    assert counts == {"qkv_proj": 2, "down_proj": 1, "lm_head": 1}
+    with pytest.raises(BadInputError, match="--genai-int8 down_proj: the builder's graph has 1"):
+        check_eight_bit(tmp_path, ("qkv_proj", "down_proj"), layers=2)
