@@ -10,7 +10,8 @@ RSS (each run a fresh process), held-out Wikipedia perplexity of the saved folde
 windows, and the load average before and after. Goals: ours <= 0.5x the peer's seconds, peak RSS
 <= the peer's, perplexity within 2%. Ours run with ``--one-pass`` and without (``--passes 1 2``,
 the default; ``--passes 2`` alone is the CLI's default); ``--skip-peer`` leaves the peer out
-(needed where its venv is absent). Also printed: the seconds of one plain forward pass over the calibration set (the
+(needed where its venv is absent); ``--dtypes float32 bfloat16`` adds ours with ``--dtype
+bfloat16`` (the peer's script always loads float32). Also printed: the seconds of one plain forward pass over the calibration set (the
 floor). ``--reconstruction`` adds BR+GP (Wanda, unstructured; in-process): seconds per block and
 in total, x floor.
 
@@ -21,6 +22,7 @@ in total, x floor.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -155,9 +157,9 @@ def measured(command: list[str], env: dict | None = None) -> dict:
     return result
 
 
-def ours(method: str, pattern: str, passes: int, work: Path, args) -> dict:
+def ours(method: str, pattern: str, passes: int, dtype: str, work: Path, args) -> dict:
     """One row of ours: ``compress prune`` as a user runs it, then its folder's perplexity."""
-    out = work / f"ours-{method}-{pattern.replace(':', 'of')}-{passes}"
+    out = work / f"ours-{method}-{pattern.replace(':', 'of')}-{passes}-{dtype}"
     command = [
         sys.executable,
         "-m",
@@ -180,7 +182,7 @@ def ours(method: str, pattern: str, passes: int, work: Path, args) -> dict:
         "--device",
         "cpu",
         "--dtype",
-        "float32",
+        dtype,
         "--one-pass" if passes == 1 else "--no-one-pass",
         "--output",
         str(out),
@@ -193,6 +195,7 @@ def ours(method: str, pattern: str, passes: int, work: Path, args) -> dict:
         "pattern": pattern,
         "technique": "lr",
         "passes": passes,
+        "dtype": dtype,
         "process_seconds": run["seconds"],
         "prune_seconds": summary["prune_seconds"],
         "peak_rss_bytes": run["peak_rss_bytes"],
@@ -236,11 +239,11 @@ def table(rows: list[dict], base: dict, args) -> str:
     RSS and perplexity, with the ratios the goals are stated in."""
     gib = 2**30
     lines = [
-        f"\nembedded SmolLM2-135M, fp32, CPU, calibration {args.nsamples} x {args.seqlen}, "
+        f"\nembedded SmolLM2-135M, CPU (peer float32), calibration {args.nsamples} x {args.seqlen}, "
         f"batch 8, no reconstruction; ppl: Wikipedia test split, {args.ppl_windows} x "
         f"{args.seqlen}; process = interpreter start to exit (load, calibrate, prune, save)",
         f"forward floor {base['forward_floor_seconds']:.1f} s, dense ppl {base['ppl_dense']:.2f}",
-        f"{'pattern':12s} {'method':9s} {'pass':>4s} {'proc s':>7s} {'prune s':>7s} "
+        f"{'pattern':12s} {'method':9s} {'pass':>4s} {'dtype':>8s} {'proc s':>7s} {'prune s':>7s} "
         f"{'RSS':>6s} {'ppl':>7s} | {'peer proc':>9s} {'oneshot':>7s} {'RSS':>6s} {'ppl':>7s} | "
         f"{'x peer':>6s} {'x prune':>7s} {'ppl/peer':>8s}",
     ]
@@ -253,7 +256,8 @@ def table(rows: list[dict], base: dict, args) -> str:
             )
             continue
         line = (
-            f"{r['pattern']:12s} {r['method']:9s} {r['passes']:4d} {r['process_seconds']:7.1f} "
+            f"{r['pattern']:12s} {r['method']:9s} {r['passes']:4d} {r.get('dtype', 'float32'):>8s} "
+            f"{r['process_seconds']:7.1f} "
             f"{r['prune_seconds']:7.1f} {r['peak_rss_bytes'] / gib:5.2f}G {r['ppl_after']:7.2f}"
         )
         if "peer" in r:
@@ -291,8 +295,8 @@ def measure_rows(work: Path, common: list[str], floor: float, args) -> list[dict
             if not args.skip_peer and method in PEER_METHODS:
                 other = peer(method, pattern, setup, work, args)
                 print(json.dumps({"peer": method, "pattern": pattern, **other}), flush=True)
-            for passes in args.passes:
-                row = ours(method, pattern, passes, work, args)
+            for passes, dtype in itertools.product(args.passes, args.dtypes):
+                row = ours(method, pattern, passes, dtype, work, args)
                 row["x_floor"] = row["prune_seconds"] / floor
                 if other is not None:
                     row["peer"] = other
@@ -333,6 +337,13 @@ def main() -> None:
         help="ours: --one-pass (1), --no-one-pass (2)",
     )
     parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=("float32", "bfloat16"),
+        default=["float32"],
+        help="ours: compress prune --dtype (the peer's script loads float32)",
+    )
     parser.add_argument("--output", type=Path, default=Path("out/bench/prune_embedded.json"))
     args = parser.parse_args()
     if args.one:

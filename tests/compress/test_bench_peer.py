@@ -46,6 +46,7 @@ def test_table_shows_the_goal_ratios():
         "method": "wanda",
         "pattern": "2:4",
         "passes": 1,
+        "dtype": "bfloat16",
         "process_seconds": 10.0,
         "prune_seconds": 6.0,
         "peak_rss_bytes": 2**30,
@@ -58,5 +59,5 @@ def test_table_shows_the_goal_ratios():
     args = SimpleNamespace(nsamples=16, seqlen=512, ppl_windows=32)
     text = bench().table([row], {"forward_floor_seconds": 5.0, "ppl_dense": 15.0}, args)
     last = text.splitlines()[-1].split()
-    assert last[:5] == ["2:4", "wanda", "1", "10.0", "6.0"]
+    assert last[:6] == ["2:4", "wanda", "1", "bfloat16", "10.0", "6.0"]
     assert last[-3:] == ["0.25", "0.20", "1.010"]
