@@ -164,13 +164,21 @@ def _load_weights(
     placement: Placement | None,
     kwargs: dict,
 ) -> nn.Module:
-    """``from_pretrained`` on the CPU, or spread as ``placement`` says; safetensors only, unless
-    ``kwargs`` name a GGUF file."""
+    """``from_pretrained`` on the CPU (converted tensor by tensor where the checkpoint is stored
+    in another dtype, :mod:`compress.cast_load`), or spread as ``placement`` says; safetensors
+    only, unless ``kwargs`` name a GGUF file."""
     from transformers import AutoModelForCausalLM
 
     from compress.placement import load_placed
 
     safetensors = None if kwargs else True
+    if placement is None and not kwargs and not trust_remote_code:
+        from compress.cast_load import load_cast, needs_cast
+
+        if needs_cast(Path(folder), dtype):  # from_pretrained would hold both copies
+            model = load_cast(Path(folder), dtype)
+            if model is not None:
+                return model
     if placement is not None:
         return load_placed(
             folder, placement, dtype, trust_remote_code, use_safetensors=safetensors, **kwargs

@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "model plumbing",
         (
             "compress.models",
+            "compress.cast_load",
             "compress.compat",
             "compress.blocks",
             "compress.moe",
