@@ -256,7 +256,7 @@ def table(rows: list[dict], base: dict, args) -> str:
             )
             continue
         line = (
-            f"{r['pattern']:12s} {r['method']:9s} {r['passes']:4d} {r.get('dtype', 'float32'):>8s} "
+            f"{r['pattern']:12s} {r['method']:9s} {r['passes']:4d} {r['dtype']:>8s} "
             f"{r['process_seconds']:7.1f} "
             f"{r['prune_seconds']:7.1f} {r['peak_rss_bytes'] / gib:5.2f}G {r['ppl_after']:7.2f}"
         )

@@ -172,17 +172,17 @@ def _load_weights(
     from compress.placement import load_placed
 
     safetensors = None if kwargs else True
-    if placement is None and not kwargs and not trust_remote_code:
+    if placement is not None:
+        return load_placed(
+            folder, placement, dtype, trust_remote_code, use_safetensors=safetensors, **kwargs
+        )
+    if not kwargs and not trust_remote_code:
         from compress.cast_load import load_cast, needs_cast
 
         if needs_cast(Path(folder), dtype):  # from_pretrained would hold both copies
             model = load_cast(Path(folder), dtype)
             if model is not None:
                 return model
-    if placement is not None:
-        return load_placed(
-            folder, placement, dtype, trust_remote_code, use_safetensors=safetensors, **kwargs
-        )
     return AutoModelForCausalLM.from_pretrained(
         folder,
         dtype=dtype,

@@ -20,17 +20,21 @@ PROJECTIONS = (*ATTENTION, *MLP, LM_HEAD)
 COMPOUND = {"k_quant_mixed": ("k_quant", ("last_matmul", "mixed_layers"))}
 
 
+def _section(projection: str) -> str:
+    """The builder's sub-graph of a block projection: ``attn`` or ``mlp``."""
+    return "attn" if projection in ATTENTION else "mlp"
+
+
 def int4_quant_config(algorithm: str, block_size: int, int8: tuple[str, ...], layers: int) -> dict:
     """The model builder's ``--target_options``: 4-bit ``MatMulNBits`` by ``algorithm``, and 8
     bits for the projections named in ``int8`` in each of the ``layers`` blocks (``lm_head``:
     the LM head, and with it the tied embedding's ``GatherBlockQuantized``)."""
     method, presets = COMPOUND.get(algorithm, (algorithm, ()))
     overrides: list[dict] = [
-        {"match": {"name": f"/model/layers.{i}/{section}/{name}/MatMul"}, "type": "int8"}
+        {"match": {"name": f"/model/layers.{i}/{_section(name)}/{name}/MatMul"}, "type": "int8"}
         for i in range(layers)
         for name in int8
         if name != LM_HEAD
-        for section in ["attn" if name in ATTENTION else "mlp"]
     ]
     if LM_HEAD in int8 and "last_matmul" not in presets:
         presets = ("last_matmul", *presets)
