@@ -113,8 +113,8 @@ class OnnxExportConfig:
     genai_int8: str = option(
         "qkv_proj,down_proj,lm_head",
         help="--runtime genai int4: projections kept at 8 bits in every block, comma-separated "
-        "from qkv_proj, q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head "
-        "(the LM head, and so the tied embedding); none for all 4-bit.",
+        f"from {', '.join(PROJECTIONS)} (lm_head: the LM head, and so the tied embedding); none "
+        "for all 4-bit.",
     )
     atol: float = 1e-4  # max |logit difference| allowed between PyTorch and ORT (fp32)
     # int4: mean |logit difference| allowed against PyTorch over the parity prompts; the max and
