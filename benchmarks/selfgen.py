@@ -17,9 +17,10 @@ every window); reconstruction trains on real + self-generated.
 ``--speed`` measures generation alone instead: the same --speed-texts English texts (same seed,
 --gen-batch, --max-len) written by the library (continuous batching, preallocated cache) and by
 the former path (one ``model.generate`` per batch with DynamicCache, kept here only as the
-baseline), back to back in this process; it prints accepted texts/s, tokens/s, the rejection
-rate of each, the tokens each fed to the model (the work, unaffected by a busy machine) and the
-new/old ratios.
+baseline, in float32), back to back in this process; it prints accepted texts/s, tokens/s, the
+rejection rate of each, the tokens each fed to the model (the work, unaffected by a busy
+machine) and the new/old ratios. ``--dtypes float32,bfloat16`` adds the library's rows with the
+model loaded in bfloat16 (half the weight bytes each decoding step reads).
 
     python benchmarks/selfgen.py --speed [--speed-texts 32 --gen-batch 32 --max-len 1024]
 """
@@ -134,9 +135,12 @@ class TokensFed:
 
 
 def speed(args, model, tokenizer) -> dict:
-    """The library's generation against the former path, same texts asked, back to back."""
+    """The library's generation against the former path, same texts asked, back to back: the
+    former path in float32 (the baseline), the library in each of ``--dtypes`` (a model loaded
+    in that dtype, as ``compress calib generate --dtype`` loads it)."""
     import tempfile
 
+    from compress.models import load_model
     from compress.selfgen import Recipe, generate_file, read_samples
 
     recipe = Recipe(max_len=args.max_len)
@@ -145,38 +149,47 @@ def speed(args, model, tokenizer) -> dict:
     former["tokens_fed"] = fed.count
     kept = former.pop("kept")
     print(f"former: {former}", flush=True)
-    with tempfile.TemporaryDirectory() as folder, TokensFed(model) as fed:
-        path = Path(folder) / "speed.jsonl"
-        stats = generate_file(
-            model, tokenizer, path, args.speed_texts, recipe, batch_size=args.gen_batch,
-            progress=False,
-        )  # fmt: skip
-        texts = [sample["text"] for sample in read_samples(path)]
-    same = sum(a == b for a, b in zip(kept, texts))
-    now = {**stats.describe(), "tokens_fed": fed.count, "same_texts": same}
-    print(f"now: {now}", flush=True)
-    ratios = {k: now[k] / former[k] for k in ("tokens_per_second", "texts_per_second")}
-    ratios["tokens_fed"] = former["tokens_fed"] / now["tokens_fed"]
+    rows = {"former": former}
+    for dtype in args.dtypes.split(","):
+        generator = model if dtype == "float32" else load_model(None, "cpu", dtype).model
+        with tempfile.TemporaryDirectory() as folder, TokensFed(generator) as fed:
+            path = Path(folder) / "speed.jsonl"
+            stats = generate_file(
+                generator, tokenizer, path, args.speed_texts, recipe, batch_size=args.gen_batch,
+                progress=False,
+            )  # fmt: skip
+            texts = [sample["text"] for sample in read_samples(path)]
+        same = sum(a == b for a, b in zip(kept, texts))
+        rows[f"now {dtype}"] = {**stats.describe(), "tokens_fed": fed.count, "same_texts": same}
+        print(f"now {dtype}: {rows[f'now {dtype}']}", flush=True)
+    ratios = {
+        name: {
+            "tokens_per_second": row["tokens_per_second"] / former["tokens_per_second"],
+            "texts_per_second": row["texts_per_second"] / former["texts_per_second"],
+            "tokens_fed": former["tokens_fed"] / row["tokens_fed"],
+        }
+        for name, row in rows.items()
+        if name != "former"
+    }
     print(
-        f"\nembedded SmolLM2-135M, fp32, CPU ({machine()['cores']} cores, "
+        f"\nembedded SmolLM2-135M, CPU ({machine()['cores']} cores, "
         f"{machine()['torch_threads']} threads); {args.speed_texts} English texts, batch "
-        f"{args.gen_batch}, max-len {args.max_len}, seed 0\n"
-        f"{'':8s} {'texts/s':>9s} {'tokens/s':>9s} {'rejected':>9s} {'seconds':>8s} "
-        f"{'tokens':>8s} {'fed':>8s}"
+        f"{args.gen_batch}, max-len {args.max_len}, seed 0; former = float32\n"
+        f"{'':17s} {'texts/s':>9s} {'tokens/s':>9s} {'rejected':>9s} {'seconds':>8s} "
+        f"{'tokens':>8s} {'fed':>8s} {'x tok/s':>8s} {'same':>5s}"
     )
-    for name, row in (("former", former), ("now", now)):
+    for name, row in rows.items():
+        ratio = ratios.get(name, {}).get("tokens_per_second", 1.0)
         print(
-            f"{name:8s} {row['texts_per_second']:9.3f} {row['tokens_per_second']:9.1f} "
+            f"{name:17s} {row['texts_per_second']:9.3f} {row['tokens_per_second']:9.1f} "
             f"{row['rejection_rate']:9.1%} {row['seconds']:8.1f} {row['tokens']:8d} "
-            f"{row['tokens_fed']:8d}"
+            f"{row['tokens_fed']:8d} {ratio:8.2f} {row.get('same_texts', len(kept)):5d}"
         )
     print(
-        f"now / former: tokens/s x{ratios['tokens_per_second']:.2f}, "
-        f"accepted texts/s x{ratios['texts_per_second']:.2f}; tokens fed to the model "
-        f"/{ratios['tokens_fed']:.2f}; {now['same_texts']} of "
-        f"{len(texts)} texts identical to the former path's (float rounding may differ)"
+        "x tok/s: tokens/s over the former path's; same: texts identical to the former path's "
+        "(float rounding, and another dtype, change some)"
     )
-    return {"former": former, "now": now, "ratios": ratios}
+    return {"rows": rows, "ratios": ratios}
 
 
 def ppl(model, tokenizer, args) -> dict:
@@ -241,6 +254,9 @@ def main() -> None:
     parser.add_argument("--gen-batch", type=int, default=32)
     parser.add_argument("--speed", action="store_true", help="measure generation speed only")
     parser.add_argument("--speed-texts", type=int, default=32, help="English texts for --speed")
+    parser.add_argument(
+        "--dtypes", default="float32", help="--speed: the library's rows, comma-separated"
+    )
     parser.add_argument(
         "--stats-from", choices=("real", "all"), default="real", help="windows for Wanda norms"
     )
