@@ -272,3 +272,36 @@ def test_unknown_schedule_is_refused_in_one_line():
 
     with pytest.raises(BadInputError, match="--recon-schedule 'warm'"):
         ReconstructConfig(schedule="warm")
+
+
+def test_bf16_model_reconstructs_under_cpu_autocast_with_fp32_master_weights():
+    """A bfloat16 model on a CPU trains its blocks in float32 with the forward under bfloat16
+    autocast (as on a GPU): each Linear sees float32 weights and returns bfloat16, the masks
+    stay exact and reconstruction still closes part of the error."""
+    model = tiny(layers=2).to(torch.bfloat16)
+    seen: set[tuple[torch.dtype, torch.dtype]] = set()
+
+    def spy(module, args, output):
+        if torch.is_grad_enabled():  # a training step, not the statistics or error passes
+            seen.add((module.weight.dtype, output.dtype))
+
+    hooks = [
+        m.register_forward_hook(spy) for m in model.modules() if isinstance(m, torch.nn.Linear)
+    ]
+    outcome = prune_model(model, ids(), config("br", steps=4))
+    for hook in hooks:
+        hook.remove()
+    assert seen == {(torch.float32, torch.bfloat16)}
+    for name, mask in outcome.masks.items():
+        weight = model.get_submodule(name).weight
+        assert weight.dtype == torch.bfloat16 and torch.equal(weight != 0, mask), name
+    assert all(block["errors"]["closed"]["calibration"] > 0 for block in outcome.blocks)
+
+
+def test_cpu_autocast_only_for_bfloat16():
+    from compress.reconstruct import _autocast
+
+    cpu = torch.device("cpu")
+    for dtype, enabled in ((torch.bfloat16, True), (torch.float16, False), (None, False)):
+        with _autocast(cpu, dtype):
+            assert torch.is_autocast_enabled("cpu") is enabled, dtype
