@@ -58,7 +58,7 @@ def one(method: str, technique: str, budget: str, args) -> dict:
     from evaluators.perplexity import perplexity
 
     load_before = load_average()
-    loaded = load_model(None, "cpu", "float32")
+    loaded = load_model(None, "cpu", args.dtype)
     tok = loaded.tokenizer
     row: dict = {"method": method, "technique": technique, "budget": budget}
     if method != "dense":
@@ -88,8 +88,8 @@ def one(method: str, technique: str, budget: str, args) -> dict:
         outcome = prune_model(loaded.model, calib.ids, config, holdout_ids=holdout.ids)
         row["seconds"] = round(time.perf_counter() - start, 1)
         row.update(block_rows(outcome.blocks))
-    row["ppl_wikipedia"] = perplexity(
-        loaded.model, tok, load_texts("wikipedia", "test"), args.seqlen, args.ppl_windows
+    row["ppl_wikipedia"] = perplexity(  # in float32 whatever the run's dtype: the weights compared
+        loaded.model.float(), tok, load_texts("wikipedia", "test"), args.seqlen, args.ppl_windows
     )["perplexity"]
     row["peak_rss_bytes"] = peak_rss_bytes()
     row["load_average"] = {"before": load_before, "after": load_average()}
@@ -132,7 +132,10 @@ def configurations(args) -> list[tuple[str, str, str]]:
 
 
 def settings_of(args) -> dict:
-    return {k: getattr(args, k) for k in KEYED} | {"sparsity": args.sparsity}
+    """The settings a saved row must match; a float32 run's are those of the rows saved before
+    ``--dtype`` existed, so their sweeps resume."""
+    dtype = {} if args.dtype == "float32" else {"dtype": args.dtype}
+    return {k: getattr(args, k) for k in KEYED} | {"sparsity": args.sparsity} | dtype
 
 
 def gap_closed(row: dict, rows: list[dict]) -> float | None:
@@ -147,7 +150,7 @@ def gap_closed(row: dict, rows: list[dict]) -> float | None:
 
 def table(rows: list[dict], args) -> str:
     lines = [
-        f"embedded SmolLM2-135M, fp32, CPU ({os.cpu_count()} cores); {args.sparsity:.0%} "
+        f"embedded SmolLM2-135M, {args.dtype}, CPU ({os.cpu_count()} cores); {args.sparsity:.0%} "
         f"unstructured; calibration {args.nsamples} x {args.seqlen} Wikipedia, batch {args.batch}, "
         f"held-out errors {args.holdout} x {args.seqlen}; lr {args.lr or 'auto'} {args.schedule}; "
         f"ppl {args.ppl_windows} x {args.seqlen} held-out Wikipedia windows",
@@ -196,6 +199,13 @@ def main() -> None:
     )
     parser.add_argument("--schedule", default=None, help="default: --recon-schedule's")
     parser.add_argument("--ppl-windows", type=int, default=32)
+    parser.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="the model's dtype while it is pruned and reconstructed (bfloat16: the blocks "
+        "train in float32 under bfloat16 autocast); perplexity is taken in float32",
+    )
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--techniques", default=",".join(TECHNIQUES))
     parser.add_argument("--redo", action="store_true", help="rerun configurations already saved")
