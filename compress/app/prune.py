@@ -225,7 +225,7 @@ def self_generated_windows(
                 calib.seqlen,
                 Recipe(max_len=max_len),
                 seed=calib.seed,
-                batch_size=calib.batch_size,
+                batch_size=calib.self_gen_batch,
             )
             if work.selfgen_stats.exists():
                 earlier = GenerationStats.from_record(json.loads(work.selfgen_stats.read_text()))

@@ -237,6 +237,11 @@ class CalibrationConfig:
         flags="--self-gen",
         help="Add self-generated calibration text: N texts the model writes now (the paper's recipe; kept as selfgen.jsonl in the output), or a .jsonl from `compress calib generate`. With --calib none it is the only source.",
     )
+    self_gen_batch: int = option(
+        16,
+        flags="--self-gen-batch",
+        help="Texts --self-gen N writes at once (rows of one decoding batch, apart from --batch-size): more rows read the weights once for more tokens, until memory or compute runs out.",
+    )
     stats_from: StatsFrom = option(
         StatsFrom.real,
         flags="--stats-from",
@@ -257,9 +262,10 @@ class CalibrationConfig:
             raise BadInputError(
                 "--calib none needs --self-gen N|FILE: there would be no calibration text"
             )
-        for name in ("nsamples", "seqlen", "batch_size"):
+        for name in ("nsamples", "seqlen", "batch_size", "self_gen_batch"):
             if getattr(self, name) < 1:
-                raise BadInputError(f"--{name} must be at least 1, got {getattr(self, name)}")
+                flag = name.replace("_", "-")
+                raise BadInputError(f"--{flag} must be at least 1, got {getattr(self, name)}")
 
 
 class SaveFormat(str, Enum):

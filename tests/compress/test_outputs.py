@@ -77,6 +77,33 @@ def test_self_generated_texts_reach_the_output(tiny_model_dir, tmp_path, english
     assert "generation" not in report["calibration"]["sources"][0]
 
 
+def test_self_gen_batch_sets_the_decoding_rows_apart_from_batch_size(
+    tiny_model_dir, tmp_path, english, monkeypatch
+):
+    """--self-gen-batch is the generation's batch; --batch-size stays the forward's."""
+    from compress.app.prune import run_prune
+
+    seen = []
+    generate = selfgen.generate_long_texts
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["batch_size"])
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(selfgen, "generate_long_texts", spy)
+    config = selfgen_config(tiny_model_dir, tmp_path / "out")
+    config = replace(config, calibration=replace(config.calibration, self_gen_batch=3))
+    run_prune(config, log=lambda m: None)
+    assert seen == [3] and config.calibration.batch_size == 2
+
+
+def test_self_gen_batch_below_one_is_refused_in_one_line():
+    from compress.core.errors import BadInputError
+
+    with pytest.raises(BadInputError, match="^--self-gen-batch must be at least 1, got 0$"):
+        CalibrationConfig(self_gen="4", self_gen_batch=0)
+
+
 def test_resume_reuses_the_self_generated_texts(tiny_model_dir, tmp_path, english, monkeypatch):
     from compress.app.prune import run_prune
 
@@ -155,6 +182,7 @@ VALUES = {
     "pattern": ["2:4"],
     "calib": ["lambada"],
     "self_gen": ["7"],
+    "self_gen_batch": ["4"],
     "nsamples": ["9"],
     "seqlen": ["33"],
     "batch_size": ["3"],
