@@ -12,7 +12,7 @@ from enum import Enum
 from pathlib import Path
 
 from compress.core.errors import BadInputError
-from compress.core.options import option
+from compress.core.options import flag_of, option
 from compress.core.patterns import SparsityPattern
 from compress.core.shared_options import (
     DType,
@@ -264,8 +264,8 @@ class CalibrationConfig:
             )
         for name in ("nsamples", "seqlen", "batch_size", "self_gen_batch"):
             if getattr(self, name) < 1:
-                flag = name.replace("_", "-")
-                raise BadInputError(f"--{flag} must be at least 1, got {getattr(self, name)}")
+                flag = flag_of(type(self), name)
+                raise BadInputError(f"{flag} must be at least 1, got {getattr(self, name)}")
 
 
 class SaveFormat(str, Enum):

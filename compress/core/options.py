@@ -133,6 +133,13 @@ class Option:
         return self.spec.to_cli(self.default) if self.spec.to_cli else self.default
 
 
+def flag_of(cls: type, field_name: str) -> str:
+    """The canonical flag of ``cls``'s option ``field_name``, as its spec spells it (for error
+    messages that name the flag to change)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == field_name)
+    return Option((f.name,), f.metadata[_KEY], None, MISSING).flag
+
+
 def options_of(cls: type, path: tuple[str, ...] = ()) -> Iterator[Option]:
     """Every option of the config tree rooted at ``cls``, sub-configs depth first."""
     hints = typing.get_type_hints(cls)
