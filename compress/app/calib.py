@@ -5,7 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from compress.core.options import option
-from compress.core.shared_options import DType, device_option, dtype_option, progress_option
+from compress.core.shared_options import (
+    DType,
+    device_option,
+    dtype_option,
+    generation_rows_option,
+    progress_option,
+)
 
 
 @dataclass(kw_only=True)
@@ -19,7 +25,7 @@ class GenerateConfig:
     max_len: int = option(
         1024, help="Longest text in tokens (the paper: 2048); EOS ends one sooner."
     )
-    batch_size: int = option(16, help="Texts generated together.")
+    batch_size: int = generation_rows_option("--batch-size", "Texts generated")
     seed: int = option(0, help="Base seed; text k gets seed (SEED << 32) | k, recorded per line.")
     lang: str = option(
         "en", help="Keep texts py3langid assigns this ISO 639-1 code; 'any' keeps all."

@@ -18,6 +18,7 @@ from compress.core.shared_options import (
     DType,
     device_option,
     dtype_option,
+    generation_rows_option,
     output_option,
     overwrite_option,
     seed_option,
@@ -237,10 +238,8 @@ class CalibrationConfig:
         flags="--self-gen",
         help="Add self-generated calibration text: N texts the model writes now (the paper's recipe; kept as selfgen.jsonl in the output), or a .jsonl from `compress calib generate`. With --calib none it is the only source.",
     )
-    self_gen_batch: int = option(
-        16,
-        flags="--self-gen-batch",
-        help="Texts --self-gen N writes at once (rows of one decoding batch, apart from --batch-size): more rows read the weights once for more tokens, until memory or compute runs out.",
+    self_gen_batch: int = generation_rows_option(
+        "--self-gen-batch", "Texts --self-gen N writes (apart from --batch-size)"
     )
     stats_from: StatsFrom = option(
         StatsFrom.real,

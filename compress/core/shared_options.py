@@ -1,4 +1,5 @@
-"""Option groups every command shares: device, dtype, seed, output folder, overwrite.
+"""Option groups every command shares: device, dtype, seed, output folder, overwrite, the rows
+of self-generation.
 
 Each is a field factory for a config dataclass (``device: str = device_option()``), so the
 flag, default and help are written here once however many commands take them.
@@ -54,6 +55,17 @@ def output_option(default: Any, what: str, *, short: bool = False) -> Any:
 
 def overwrite_option(what: str = "an existing non-empty output folder") -> Any:
     return option(False, flags="--overwrite", help=f"Replace {what}.", reproduce=False)
+
+
+def generation_rows_option(flag: str, what: str) -> Any:
+    """The rows self-generation decodes together (``compress calib generate``, ``prune
+    --self-gen N``): one default for both."""
+    return option(
+        16,
+        flags=flag,
+        help=f"{what} at once, the rows of one decoding batch: more rows read the weights once "
+        "for more tokens, until memory or compute runs out.",
+    )
 
 
 def progress_option() -> Any:
