@@ -64,15 +64,15 @@ class Pruner(ABC):
         """Release accumulated statistics."""
 
 
-def sequences(inp: torch.Tensor) -> Iterator[torch.Tensor]:
-    """A batch of layer inputs ``(B, T, in)`` as one float32 ``(T, in)`` matrix per sequence
-    (a 2-D input is one sequence). A statistic's term computed per sequence (one kernel call
-    of one shape) does not depend on how the sequences were batched, or shared among
+def sequences(inp: torch.Tensor, dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+    """A batch of layer inputs ``(B, T, in)`` as one ``(T, in)`` matrix per sequence, in
+    ``dtype`` (a 2-D input is one sequence). A statistic's term computed per sequence (one
+    kernel call of one shape) does not depend on how the sequences were batched, or shared among
     processes, nor on the thread count (tests/compress/test_pruners.py checks this on the
     machine it runs on); the terms are then added exactly (:class:`ExactSum`)."""
     batch = inp.reshape(-1, *inp.shape[-2:]) if inp.dim() > 2 else inp.unsqueeze(0)
     for x in batch:
-        yield x.float()
+        yield x.to(dtype)
 
 
 PRUNERS: dict[str, type[Pruner]] = {}

@@ -111,13 +111,16 @@ def test_recipe_names_the_magnitude_scope():
         PruneConfig(method="wanda", magnitude_scope="row")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
-def test_statistics_do_not_depend_on_batching_or_threads(method):
-    """Float32 terms per sequence (issue 17: float64 ones cost as much as a forward) keep the
-    promise of compress.distributed: the same sums however the sequences are batched or split
-    among ranks, and whatever the thread count, at the embedded model's widths."""
+def test_statistics_do_not_depend_on_batching_or_threads(method, dtype):
+    """Float32 terms per sequence (issue 17: float64 ones cost as much as a forward; bfloat16
+    Gram products for bfloat16 inputs on a CPU) keep the promise of compress.distributed: the
+    same sums however the sequences are batched or split among ranks, and whatever the thread
+    count, at the embedded model's widths."""
     gen = torch.Generator().manual_seed(0)
     inputs = torch.randn(6, 512, 1536, generator=gen) * torch.rand(1536, generator=gen) * 4
+    inputs = inputs.to(dtype)
     threads = torch.get_num_threads()
     values = []
     for count, cuts in [(1, [6]), (2, [6]), (2, [2, 1, 3]), (1, [1] * 6)]:
@@ -132,6 +135,31 @@ def test_statistics_do_not_depend_on_batching_or_threads(method):
     for other in values[1:]:
         for got, want in zip(other, values[0]):
             assert torch.equal(got, want)
+
+
+def test_sparsegpt_bfloat16_statistics_stay_within_bfloat16_rounding():
+    """bfloat16 inputs on a CPU (issue 17): each sequence's Gram product runs in bfloat16; every
+    entry of its term stays within 2^-8 (bfloat16's unit roundoff) of the float32 term's sum of
+    ``|x_i x_j|``, and the sums over sequences stay exact; a float32 input keeps its float32
+    product bit for bit."""
+    from compress.pruners.sparsegpt import gram_dtype
+
+    gen = torch.Generator().manual_seed(5)
+    inputs = torch.randn(4, 512, 576, generator=gen) * torch.rand(576, generator=gen) * 4
+    inputs = inputs.bfloat16()
+    assert gram_dtype(inputs) == torch.bfloat16 and gram_dtype(inputs.float()) == torch.float32
+    fast = PRUNERS["sparsegpt"](torch.zeros(4, 576), "layer")
+    fast.add_batch(inputs)
+    exact = PRUNERS["sparsegpt"](torch.zeros(4, 576), "layer")
+    exact.add_batch(inputs.float())
+    got, want = fast._xxt(), exact._xxt()
+    magnitudes = sum(x.abs().t().double() @ x.abs().double() for x in inputs.float())
+    assert ((got - want).abs() <= magnitudes * 2.0**-8).all()
+    assert not torch.equal(got, want)  # the bfloat16 product did run
+    again = PRUNERS["sparsegpt"](torch.zeros(4, 576), "layer")
+    for x in inputs.float():
+        again.add_batch(x)
+    assert torch.equal(again._xxt(), want)
 
 
 def test_sparsegpt_sums_half_of_each_term_and_factorises_the_same():
