@@ -305,3 +305,63 @@ def test_cpu_autocast_only_for_bfloat16():
     for dtype, enabled in ((torch.bfloat16, True), (torch.float16, False), (None, False)):
         with _autocast(cpu, dtype):
             assert torch.is_autocast_enabled("cpu") is enabled, dtype
+
+
+def test_token_relative_loss_weighs_each_token_by_its_own_scale():
+    """--recon-loss (issue 18): mse is the paper's summed squared error, where a token whose
+    target is 1000x larger decides alone; token-relative divides each token's error by its
+    target's mean square, so the same 10% error costs the same on both tokens."""
+    import pytest
+
+    from compress.core.config import ReconLoss
+    from compress.core.errors import BadInputError
+    from compress.reconstruct import reconstruction_loss
+
+    target = torch.tensor([[[1000.0, 0.0], [1.0, 0.0]]])  # one sample, two tokens, two channels
+    out = target * 1.1
+    assert reconstruction_loss(out, target, ReconLoss.mse, 4.0) == pytest.approx(
+        (100.0**2 + 0.1**2) / 4
+    )
+    # each token: error 10% of its norm, over its mean square (norm^2 / 2 channels): 0.02
+    assert reconstruction_loss(out, target, ReconLoss.token_relative, 4.0) == pytest.approx(
+        2 * 0.02 / 4
+    )
+    with pytest.raises(BadInputError, match="--recon-loss 'l1'"):
+        ReconstructConfig(loss="l1")
+
+
+def test_token_relative_reconstruction_fits_the_ordinary_tokens_mse_gives_up():
+    """A pruned layer cannot reproduce every token; with one massive token in the window (as
+    the embedded model's first token from block 12 on), MSE fits that token and leaves the
+    others worse than token-relative does, which trades a little of the massive token's fit."""
+    from compress.core.config import ReconstructConfig
+    from compress.reconstruct import Batches, reconstruct
+
+    gen = torch.Generator().manual_seed(0)
+    dense = torch.randn(6, 6, generator=gen)
+    mask = torch.rand(6, 6, generator=gen) > 0.5
+    x = torch.randn(4, 16, 6, generator=gen)
+    x[:, 0] *= 1000.0  # the massive first token of each sample
+    y = x @ dense.T
+
+    def relative_errors(loss: str) -> tuple[float, float]:
+        layer = torch.nn.Linear(6, 6, bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(dense * mask)
+        reconstruct(
+            [layer.weight],
+            {layer.weight: mask},
+            lambda b, inp: layer(inp),
+            Batches([x]),
+            Batches([y]),
+            ReconstructConfig(steps=300, lr=0.01, loss=loss),
+            torch.Generator().manual_seed(0),
+        )
+        with torch.no_grad():
+            error = (layer(x) - y).norm(dim=-1) / y.norm(dim=-1)
+        return float(error[:, 0].mean()), float(error[:, 1:].mean())
+
+    massive_mse, ordinary_mse = relative_errors("mse")
+    massive_rel, ordinary_rel = relative_errors("token-relative")
+    assert ordinary_rel < 0.8 * ordinary_mse
+    assert massive_mse < massive_rel
