@@ -82,7 +82,6 @@ def one(method: str, technique: str, budget: str, args) -> dict:
             steps=int(budget) if budget.isdigit() else None,  # "-" (LR) or "epochs"
             lr=args.lr,
             schedule=args.schedule,
-            loss=args.loss,
             measure_errors=True,
         )
         config = PruneConfig(
@@ -164,14 +163,11 @@ def configurations(args) -> list[tuple[str, str, str]]:
 
 
 def settings_of(args) -> dict:
-    """The settings a saved row must match; a float32 MSE run without --self-gen has those of
-    the rows saved before ``--dtype``, ``--self-gen`` and ``--loss`` existed, so their sweeps
-    resume."""
+    """The settings a saved row must match; a float32 run without --self-gen has those of the
+    rows saved before ``--dtype`` and ``--self-gen`` existed, so their sweeps resume."""
     dtype = {} if args.dtype == "float32" else {"dtype": args.dtype}
     selfgen = {"self_gen": args.self_gen} if args.self_gen else {}
-    loss = {} if args.loss == "mse" else {"loss": args.loss}
-    keyed = {k: getattr(args, k) for k in KEYED} | {"sparsity": args.sparsity}
-    return keyed | dtype | selfgen | loss
+    return {k: getattr(args, k) for k in KEYED} | {"sparsity": args.sparsity} | dtype | selfgen
 
 
 def gap_closed(row: dict, rows: list[dict]) -> float | None:
@@ -191,7 +187,6 @@ def table(rows: list[dict], args) -> str:
         f"{f' + {args.self_gen} self-generated (reconstruction only)' if args.self_gen else ''}, "
         f"batch {args.batch}, "
         f"held-out errors {args.holdout} x {args.seqlen}; lr {args.lr or 'auto'} {args.schedule}; "
-        f"loss {args.loss}; "
         f"ppl {args.ppl_windows} x {args.seqlen} held-out Wikipedia windows",
         f"{'method':10s} {'technique':9s} {'steps/blk':>9s} {'lr':>7s} {'ppl':>8s} {'gap closed':>10s} "
         f"{'closed cal':>10s} {'closed held':>11s} {'sec':>7s} {'load before/after':>18s}",
@@ -237,7 +232,6 @@ def main() -> None:
         "--lr", type=float, default=None, help="default: --recon-lr's (scaled to the budget)"
     )
     parser.add_argument("--schedule", default=None, help="default: --recon-schedule's")
-    parser.add_argument("--loss", default=None, help="default: --recon-loss's")
     parser.add_argument("--ppl-windows", type=int, default=32)
     parser.add_argument(
         "--dtype",
@@ -264,7 +258,6 @@ def main() -> None:
     from compress.core.config import ReconstructConfig
 
     args.schedule = args.schedule or ReconstructConfig().schedule.value
-    args.loss = args.loss or ReconstructConfig().loss.value
     if args.one:
         print(json.dumps(one(*args.one, args)))
         return

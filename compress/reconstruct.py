@@ -6,9 +6,6 @@ cross-block reconstruction) with inputs ``x`` and targets ``y``:
 
     min_w  sum_batches  MSE( h(m ⊙ w; x), y )
 
-(or, with ``--recon-loss token-relative``, each token's squared error over its target's mean
-square, :class:`~compress.core.config.ReconLoss`).
-
 Every parameter of the unit trains (norm weights too) except pruned entries: their gradients are
 masked before each step and the weights re-masked after it, so the mask never changes. The
 paper's settings are the defaults: Adam (0.9, 0.95), no weight decay, lr decaying linearly to 0
@@ -32,7 +29,7 @@ import torch
 from torch import nn
 
 from compress import distributed
-from compress.core.config import ReconLoss, ReconOptimizer, ReconSchedule, ReconstructConfig
+from compress.core.config import ReconOptimizer, ReconSchedule, ReconstructConfig
 from compress.sam import SAM, mask_gradients, mask_weights
 
 # (index of a stored batch as large as the inputs, whose recorded call they use; inputs) -> outputs
@@ -116,19 +113,6 @@ def normalized_error(
         den += float(y.pow(2).sum())
     num, den = distributed.sum_floats([num, den])  # ranks stop early together
     return num / max(den, 1e-30)
-
-
-def reconstruction_loss(
-    out: torch.Tensor, target: torch.Tensor, loss: ReconLoss, numel: float
-) -> torch.Tensor:
-    """The loss of one step (see :class:`ReconLoss`): the summed squared error over ``numel``
-    (the whole batch's output elements, over every rank); token-relative first divides each
-    token (last dimension) of both by its target's root mean square."""
-    if loss is ReconLoss.token_relative:
-        tiny = torch.finfo(target.dtype).tiny
-        scale = target.pow(2).mean(dim=-1, keepdim=True).clamp_min(tiny).rsqrt()
-        out, target = out * scale, target * scale
-    return nn.functional.mse_loss(out, target, reduction="sum") / numel
 
 
 def lr_factor(schedule: ReconSchedule, step: int, total: int) -> float:
@@ -215,7 +199,7 @@ def reconstruct(
                 if len(x):  # else this rank's slice is empty: it only joins the sum
                     with _autocast(device, autocast_dtype):
                         out = run(b, x)
-                    loss = reconstruction_loss(out.float(), y, config.loss, numel[b])
+                    loss = nn.functional.mse_loss(out.float(), y, reduction="sum") / numel[b]
                     loss.backward()
                 distributed.sum_gradients(params)
                 mask_gradients(masks)

@@ -95,22 +95,6 @@ class ReconSchedule(str, Enum):
     constant = "constant"
 
 
-class ReconLoss(str, Enum):
-    """What a block's reconstruction minimises (:func:`compress.reconstruct.reconstruction_loss`).
-
-    mse is the paper's: the squared error summed over every output. token-relative divides
-    each token's squared error by its target's mean square, so every token counts alike. Why:
-    from the 12th block of the embedded model on, the first token of a window carries a massive
-    activation (about 24,000 on one channel, against about 150 for a token's whole norm), which
-    makes 98% of the outputs' squared norm; plain MSE then spends its steps on that one token.
-    The next block reads each token through its RMS norm, so an error matters relative to its
-    token's scale, which is what token-relative weighs.
-    """
-
-    mse = "mse"
-    token_relative = "token-relative"
-
-
 class SparsityProfile(str, Enum):
     """How the target spreads over blocks: the same everywhere, OWL, or the allocation that
     minimises the summed block errors of a first pass (compress/sparsity_profile.py)."""
@@ -155,11 +139,6 @@ class ReconstructConfig:
         flags="--recon-schedule",
         help="Learning-rate schedule over a block's steps: linear (to 0), cosine (to 0), constant.",
     )
-    loss: ReconLoss = option(
-        ReconLoss.mse,
-        flags="--recon-loss",
-        help="mse (the paper's: squared error over all outputs), token-relative (each token's squared error over its target's mean square, so a token with massive activations does not outweigh the rest).",
-    )
     optimizer: ReconOptimizer = option(
         ReconOptimizer.adam,
         flags="--recon-optimizer",
@@ -199,7 +178,6 @@ class ReconstructConfig:
         self.technique = Technique(self.technique)
         self.optimizer = _choice(ReconOptimizer, self.optimizer, "--recon-optimizer")
         self.schedule = _choice(ReconSchedule, self.schedule, "--recon-schedule")
-        self.loss = _choice(ReconLoss, self.loss, "--recon-loss")
         self.activations_dtype = _choice(DType, self.activations_dtype, "--activations-dtype")
         self.activations_device = _choice(
             ActivationsDevice, self.activations_device, "--activations-device"
