@@ -174,7 +174,8 @@ def speed(args, model, tokenizer) -> dict:
     }
     print(
         f"\nembedded SmolLM2-135M, CPU ({machine()['cores']} cores, "
-        f"{machine()['torch_threads']} threads); {args.speed_texts} English texts (former path: {args.former_texts}), batch "
+        f"{machine()['torch_threads']} threads); {args.speed_texts} English texts "
+        f"(former path: {args.former_texts}), batch "
         f"{args.gen_batch}, max-len {args.max_len}, seed 0; former = float32\n"
         f"{'':17s} {'texts/s':>9s} {'tokens/s':>9s} {'rejected':>9s} {'seconds':>8s} "
         f"{'tokens':>8s} {'fed':>8s} {'x tok/s':>8s} {'same':>5s}"
@@ -276,7 +277,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.max_len = args.max_len or 2 * args.seqlen
-    args.former_texts = args.former_texts or args.speed_texts
+    args.former_texts = args.speed_texts if args.former_texts is None else args.former_texts
+    if min(args.speed_texts, args.former_texts) < 1:
+        parser.error("--speed-texts and --former-texts must be at least 1")
     args.output = args.output or Path(f"out/bench/selfgen{'_speed' if args.speed else ''}.json")
 
     from compress.calibration import load_windows
