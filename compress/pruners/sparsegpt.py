@@ -229,16 +229,23 @@ class SparseGPTPruner(Pruner):
             self.factor.update(dead=dead, hinv=self._inverse_hessian_factor(H))
         return self.factor["dead"], self.factor["hinv"]
 
-    def _columns(self, Hinv: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per column ``c`` of its lazy block ``[i1, i2)``: ``[Hinv]_cc`` and the column
-        ``Hinv[c, c:i2]`` that spreads its error, as views made once per factor (siblings and
-        every block reuse them: the loop's cost is mostly the ops it dispatches per column)."""
+    def _columns(self, Hinv: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``Hinv`` with each row divided by its diagonal entry, and per column ``c`` of its lazy
+        block ``[i1, i2)`` that scaled row's ``[c, c:i2]``, the column that spreads its error, as
+        views made once per factor (siblings and every block reuse them: the loop's cost is
+        mostly the ops it dispatches per column).
+
+        Why scaled: OBS pushes ``(w_c - q_c) / [Hinv]_cc · Hinv[c, c:]`` into the columns not yet
+        visited; folding the division into the row once per factor leaves two ops per column
+        (the error, then one fused outer-product update, ``addr_``) instead of four: the loop
+        takes about 0.7 x its time (1536 x 576 layer, one thread)."""
         if "columns" not in self.factor:
             cols = Hinv.shape[0]
+            scaled = Hinv / Hinv.diagonal().unsqueeze(1)
             ends = [min((c // self.blocksize + 1) * self.blocksize, cols) for c in range(cols)]
-            spread = [Hinv[c, c : ends[c]].unsqueeze(1) for c in range(cols)]
-            self.factor.update(diagonal=list(Hinv.diagonal().unbind()), columns=spread)
-        return self.factor["diagonal"], self.factor["columns"]
+            spread = [scaled[c, c : ends[c]] for c in range(cols)]
+            self.factor.update(scaled=scaled, columns=spread)
+        return self.factor["scaled"], self.factor["columns"]
 
     def _prune(self, sparsity: float, pattern: SparsityPattern) -> torch.Tensor:
         # the transpose, contiguous: each input column is one contiguous row of WT, and the
@@ -246,14 +253,14 @@ class SparseGPTPruner(Pruner):
         WT = self.weight.detach().t().float().clone(memory_format=torch.contiguous_format)
         cols, rows = WT.shape
         dead, Hinv = self._factorised()
-        diagonal, spread = self._columns(Hinv)
+        scaled, spread = self._columns(Hinv)
         WT[dead] = 0.0
         prunedT = torch.zeros_like(WT, dtype=torch.bool)
 
         for i1 in range(0, cols, self.blocksize):
             i2 = min(i1 + self.blocksize, cols)
             W1, prune1 = WT[i1:i2], prunedT[i1:i2]  # (count, rows) views, updated in place
-            Err1 = torch.empty_like(W1)  # every row written below
+            Err1 = torch.empty_like(W1)  # every row written below: w - q, undivided
             d2 = Hinv.diagonal()[i1:i2].pow(2)
             if not pattern.structured:
                 self._block_mask(W1, d2, sparsity, prune1)
@@ -263,13 +270,11 @@ class SparseGPTPruner(Pruner):
                     score = W1[i : i + pattern.m].t().pow(2) / d2[i : i + pattern.m]
                     low = torch.topk(score, pattern.m - pattern.n, dim=1, largest=False).indices
                     prune1[i : i + pattern.m].t().scatter_(1, low, True)
-                err1 = err_rows[i]  # (w - q) / d: w where pruned, else 0
+                err1 = err_rows[i]  # w - q: w where pruned, else 0
                 torch.mul(w_rows[i], prune_rows[i], out=err1)
-                err1.div_(diagonal[i1 + i])
-                W1[i:].sub_(spread[i1 + i] * err1)
+                W1[i:].addr_(spread[i1 + i], err1, alpha=-1.0)
             # kept weights are q already (their error is 0); pruned ones ~0, zeroed by the mask
-            # the lazy update as the row-major loop multiplied it (equal bits with MKL)
-            WT[i2:] -= (Err1.t().contiguous() @ Hinv[i1:i2, i2:]).t()
+            WT[i2:] -= (Err1.t().contiguous() @ scaled[i1:i2, i2:]).t()
 
         mask = ~prunedT.t()
         self.weight.data.copy_((WT.t() * mask).to(self.weight.dtype))

@@ -91,8 +91,24 @@ def test_zero_count_allocates_no_weight_sized_temporary():
     from compress.masks import zero_count
     from tests.allocations import largest_allocation
 
-    weight = torch.randn(512, 512)
+    weight = torch.randn(2048, 1024, generator=torch.Generator().manual_seed(0))
     weight[::3] = 0.0
     weight[1, 1], weight[2, 2] = -0.0, float("nan")  # -0.0 is a zero, NaN is not
-    assert zero_count(weight) == 171 * 512 + 1
-    assert largest_allocation(lambda: zero_count(weight)) < weight.numel() // 8
+    assert zero_count(weight) == 683 * 1024 + 1
+    assert largest_allocation(lambda: zero_count(weight)) <= weight.numel() * 4 // 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+def test_zero_count_counts_both_zeros_in_every_dtype(dtype):
+    """Counted on the bits without the sign (float64 by ``count_nonzero``): +0 and -0 are zeros;
+    NaN, infinities and the smallest subnormal are not."""
+    from compress.masks import zero_count
+
+    values = [0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1.0, -2.0]
+    weight = torch.tensor(values * 100_000, dtype=dtype)  # more than one part of 2^18
+    tiny = torch.finfo(dtype).smallest_normal / 2  # a subnormal: nonzero bits below the exponent
+    weight[-1] = -tiny
+    assert zero_count(weight) == 200_000
+    assert zero_count(weight.view(1400, 500)[:, ::2]) == int(
+        (weight.view(1400, 500)[:, ::2] == 0).sum()
+    )
