@@ -82,6 +82,8 @@ def one(method: str, technique: str, budget: str, args) -> dict:
             steps=int(budget) if budget.isdigit() else None,  # "-" (LR) or "epochs"
             lr=args.lr,
             schedule=args.schedule,
+            optimizer=args.optimizer,
+            rho=args.rho,
             measure_errors=True,
         )
         config = PruneConfig(
@@ -167,7 +169,10 @@ def settings_of(args) -> dict:
     rows saved before ``--dtype`` and ``--self-gen`` existed, so their sweeps resume."""
     dtype = {} if args.dtype == "float32" else {"dtype": args.dtype}
     selfgen = {"self_gen": args.self_gen} if args.self_gen else {}
-    return {k: getattr(args, k) for k in KEYED} | {"sparsity": args.sparsity} | dtype | selfgen
+    sam = {"optimizer": "sam", "rho": args.rho} if args.optimizer == "sam" else {}
+    return (
+        {k: getattr(args, k) for k in KEYED} | {"sparsity": args.sparsity} | dtype | selfgen | sam
+    )
 
 
 def gap_closed(row: dict, rows: list[dict]) -> float | None:
@@ -186,7 +191,8 @@ def table(rows: list[dict], args) -> str:
         f"unstructured; calibration {args.nsamples} x {args.seqlen} Wikipedia"
         f"{f' + {args.self_gen} self-generated (reconstruction only)' if args.self_gen else ''}, "
         f"batch {args.batch}, "
-        f"held-out errors {args.holdout} x {args.seqlen}; lr {args.lr or 'auto'} {args.schedule}; "
+        f"held-out errors {args.holdout} x {args.seqlen}; lr {args.lr or 'auto'} {args.schedule}"
+        f"{f', SAM rho {args.rho:g}' if args.optimizer == 'sam' else ''}; "
         f"ppl {args.ppl_windows} x {args.seqlen} held-out Wikipedia windows",
         f"{'method':10s} {'technique':9s} {'steps/blk':>9s} {'lr':>7s} {'ppl':>8s} {'gap closed':>10s} "
         f"{'closed cal':>10s} {'closed held':>11s} {'sec':>7s} {'load before/after':>18s}",
@@ -249,6 +255,10 @@ def main() -> None:
         "pruners' statistics stay on the real ones, as in the paper",
     )
     parser.add_argument("--selfgen-file", type=Path, default=Path("out/bench/selfgen.jsonl"))
+    parser.add_argument(
+        "--optimizer", choices=("adam", "sam"), default="adam", help="--recon-optimizer"
+    )
+    parser.add_argument("--rho", type=float, default=None, help="--recon-rho (with sam)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--techniques", default=",".join(TECHNIQUES))
     parser.add_argument("--redo", action="store_true", help="rerun configurations already saved")
@@ -258,6 +268,7 @@ def main() -> None:
     from compress.core.config import ReconstructConfig
 
     args.schedule = args.schedule or ReconstructConfig().schedule.value
+    args.rho = args.rho if args.rho is not None else ReconstructConfig().rho
     if args.one:
         print(json.dumps(one(*args.one, args)))
         return
