@@ -108,7 +108,15 @@ def holdout_windows(loaded: LoadedModel, config: PruneConfig) -> Windows | None:
 def checkpoint_recipe(config: PruneConfig) -> dict:
     """The settings a checkpoint must match to be resumed (flags about this attempt excluded)."""
     recipe = config.to_dict()
-    for name in ("resume", "overwrite", "evaluation", "push_to_hub", "hub_repo_id", "save_format"):
+    for name in (
+        "resume",
+        "checkpoint_every",
+        "overwrite",
+        "evaluation",
+        "push_to_hub",
+        "hub_repo_id",
+        "save_format",
+    ):
         recipe.pop(name)
     return recipe
 

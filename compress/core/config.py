@@ -390,6 +390,12 @@ class PruneConfig:
         reproduce=False,
         help="Continue an interrupted run of the same settings from its last finished block.",
     )
+    checkpoint_every: float = option(
+        30.0,
+        flags="--checkpoint-every",
+        reproduce=False,
+        help="Seconds between checkpoints of the finished blocks (--resume starts from the last one); 0: after every block. Blocks offloaded by --device-map are checkpointed as they finish, and the last block always is.",
+    )
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     device_map: str | None = option(
         None,
@@ -443,6 +449,10 @@ class PruneConfig:
         self.output = str(self.output or Path("out") / self.default_name())
         if self.push_to_hub and not self.hub_repo_id:
             self.hub_repo_id = Path(self.output).name
+        if not self.checkpoint_every >= 0:
+            raise BadInputError(
+                f"--checkpoint-every is {self.checkpoint_every}; give seconds >= 0 (0: every block)"
+            )
         for where, value in [("--sparsity", self.sparsity), *self.layer_sparsity.items()]:
             if not 0.0 <= value < 1.0:
                 raise BadInputError(f"sparsity for {where} is {value}; it must lie in [0, 1)")

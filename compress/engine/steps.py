@@ -51,7 +51,13 @@ from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
 from compress.masks import zero_count
 from compress.moe import unfused_experts
-from compress.placement import execution_device, measure_peak, onloaded, release_free_memory
+from compress.placement import (
+    execution_device,
+    holds_offloaded,
+    measure_peak,
+    onloaded,
+    release_free_memory,
+)
 from compress.pruners import PRUNERS, Pruner
 from compress.reconstruct import Batches, normalized_error, reconstruct
 from compress.sparsity_profile import allocate_by_errors, candidates, carried, owl_plan
@@ -454,13 +460,23 @@ class Engine:
         batch_size = len(ids) if self.one_pass else self.config.calibration.batch_size
         return self.activations.capture(self.adapter, ids, batch_size, need_dense)
 
+    def _checkpoint_due(self, i: int, offloaded: bool) -> bool:
+        """After step ``i``: the interval has passed, the window's weights live in an offload
+        store (a later step may not read them back as they are now), or it is the last step."""
+        elapsed = time.perf_counter() - self._saved_at
+        last = i == len(self.adapter) - 1
+        return offloaded or last or elapsed >= self.config.checkpoint_every
+
     def _checkpoint(self, i: int, sets: dict[str, Streams], recipe: dict) -> None:
-        blocks = {j: self.adapter.blocks[j].state_dict() for j in self.window(i)}
+        """The state after step ``i``, with every block changed since the last checkpoint."""
+        blocks = {j: self.adapter.blocks[j].state_dict() for j in sorted(self._unsaved)}
         prefix = self.adapter.block_name(i) + "."  # masks a later CR window still trains
         live = {name: mask for name, mask in self.outcome.masks.items() if name.startswith(prefix)}
         outcome = {"layers": self.outcome.layers, "blocks": self.outcome.blocks}
         streams = self.activations.state(sets)
         self.work.save_step(i, blocks, streams, live, outcome, recipe)
+        self._unsaved.clear()
+        self._saved_at = time.perf_counter()
 
     def _restore(self, recipe: dict, sets: dict[str, Streams]) -> int:
         loaded = self.work.load_step(recipe)
@@ -483,7 +499,8 @@ class Engine:
         resume: bool = False,
         on_block: ProgressFn | None = None,
     ) -> PruneOutcome:
-        """Prune (and reconstruct) every block; checkpoint after each when a work folder is set.
+        """Prune (and reconstruct) every block; checkpoint when a work folder is set, every
+        ``config.checkpoint_every`` seconds (see :meth:`_checkpoint_due`).
 
         ``holdout_ids`` (optional) get their own streams: held-out errors and early stopping.
         ``recipe`` identifies the run in checkpoints; ``resume`` continues from the last one.
@@ -507,10 +524,13 @@ class Engine:
         total = len(self.adapter)
         if on_block:
             on_block(first, total, 0.0)
+        self._unsaved: set[int] = set()
+        self._saved_at = time.perf_counter()
         for i in range(first, total):
             block_start = time.perf_counter()
             blocks = [self.adapter.blocks[j] for j in self.window(i)]
             device = execution_device(blocks[-1], self.accelerator)
+            offloaded = holds_offloaded(blocks)
             with onloaded(blocks, device):
                 with unfused_experts(blocks), measure_peak(device) as peak:
                     entry = self.step(i, sets)
@@ -519,7 +539,9 @@ class Engine:
                 # keep ranks bit-identical where kernels are not deterministic
                 distributed.broadcast_([t for b in blocks for t in b.state_dict().values()])
                 if self.work is not None:
-                    self._checkpoint(i, sets, recipe)
+                    self._unsaved.update(self.window(i))
+                    if self._checkpoint_due(i, offloaded):
+                        self._checkpoint(i, sets, recipe)
             if not self.keep_masks and i > 0:  # the next window is [i + 1] or [i, i + 1]
                 self._forget_masks(i - 1)
             release_free_memory()  # the block's freed working set, before the next block's

@@ -34,7 +34,7 @@ from compress.placement.memory import (
     peak_rss_bytes,
     release_free_memory,
 )
-from compress.placement.onload import execution_device, onloaded
+from compress.placement.onload import execution_device, holds_offloaded, onloaded
 
 __all__ = [
     "DeviceMap",
@@ -42,6 +42,7 @@ __all__ = [
     "Placement",
     "dispatch",
     "execution_device",
+    "holds_offloaded",
     "load_placed",
     "measure_peak",
     "onloaded",

@@ -18,6 +18,14 @@ def _align_hooks(module: nn.Module) -> list:
     return [h for h in hooks if isinstance(h, AlignDevicesHook)]
 
 
+def holds_offloaded(blocks: Iterable[nn.Module]) -> bool:
+    """Whether any of ``blocks`` keeps weights that accelerate offloaded (to CPU or disk); ask
+    before :func:`onloaded`, which lifts the offload for its body."""
+    return any(
+        hook.offload for block in blocks for m in block.modules() for hook in _align_hooks(m)
+    )
+
+
 def _tensor_slots(module: nn.Module, recurse: bool, buffers: bool):
     """``(owner, kind, name, qualified)`` of the parameters (and buffers) under ``module``."""
     owners = module.named_modules() if recurse else [("", module)]

@@ -48,6 +48,7 @@ def selfgen_config(model_dir, out) -> PruneConfig:
         reconstruct=ReconstructConfig(technique="lr"),
         device="cpu",
         output=str(out),
+        checkpoint_every=0,  # a checkpoint after every block, so the crash below leaves one
     )
 
 
@@ -173,7 +174,7 @@ def test_card_names_the_final_folder_not_the_staging_one(tiny_model_dir, tmp_pat
 
 
 # -- the reproduce command parses back to the recipe -------------------------------------------
-ATTEMPT = ("overwrite", "resume", "push_to_hub", "hub_repo_id")  # not part of the result
+ATTEMPT = ("overwrite", "resume", "checkpoint_every", "push_to_hub", "hub_repo_id")  # not results
 REFUSED = ("load_in_8bit", "load_in_4bit")  # pruning refuses them: nothing to record
 # A valid value other than the default for every option that is not a flag or a choice.
 VALUES = {
@@ -194,6 +195,7 @@ VALUES = {
     "layer_sparsity": [["*.down_proj=0.3", "model.layers.0.*=0.125"]],
     "recon_epochs": ["3"],
     "recon_steps": ["7"],
+    "checkpoint_every": ["0"],
     "owl_m": ["3"],
     "owl_lambda": ["0.05"],
     "recon_lr": ["0.001"],

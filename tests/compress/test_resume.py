@@ -46,6 +46,8 @@ def prune_args(model, out):
         "30",
         "--recon-lr",
         "1e-3",
+        "--checkpoint-every",
+        "0",  # one per block, so the kill below lands between checkpoints
     ]
 
 
@@ -146,3 +148,99 @@ def test_ranks_do_not_checkpoint(tmp_path, monkeypatch):
     assert Engine(random_llama(), PruneConfig(), work).work is work
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     assert Engine(random_llama(), PruneConfig(), work).work is None
+
+
+# -- --checkpoint-every ------------------------------------------------------------------------
+def checkpoint_engine(tmp_path, every: float, technique: str = "br+gp"):
+    from compress.core.config import PruneConfig, ReconstructConfig
+    from compress.engine import Engine, WorkFolder
+
+    config = PruneConfig(
+        reconstruct=ReconstructConfig(technique=technique, steps=2),
+        checkpoint_every=every,
+    )
+    return Engine(random_llama(layers=LAYERS), config, WorkFolder(tmp_path / ".out.work"))
+
+
+def calibration_ids() -> torch.Tensor:
+    return torch.randint(0, 1000, (4, 16), generator=torch.Generator().manual_seed(0))
+
+
+def record_saves(engine) -> list[tuple[int, list[int]]]:
+    """Stand in for the work folder's writes: (step, blocks saved) per checkpoint."""
+    saves = []
+    engine.work.save_step = lambda step, blocks, *rest: saves.append((step, sorted(blocks)))
+    return saves
+
+
+@pytest.mark.parametrize(
+    ("technique", "expected"),
+    [
+        ("br+gp", [(0, [0]), (1, [1]), (2, [2]), (3, [3])]),
+        ("br+gp+cr", [(0, [0]), (1, [0, 1]), (2, [1, 2]), (3, [2, 3])]),
+    ],
+)
+def test_checkpoint_every_zero_saves_each_step_with_its_window(tmp_path, technique, expected):
+    engine = checkpoint_engine(tmp_path, 0, technique)
+    saves = record_saves(engine)
+    engine.run(calibration_ids())
+    assert saves == expected
+
+
+def test_a_long_interval_saves_the_last_step_with_every_unsaved_block(tmp_path):
+    engine = checkpoint_engine(tmp_path, 1e9)
+    saves = record_saves(engine)
+    engine.run(calibration_ids())
+    assert saves == [(LAYERS - 1, list(range(LAYERS)))]
+
+
+def test_offloaded_blocks_are_saved_as_they_finish(tmp_path, monkeypatch):
+    """An offloaded block's weights go back to their offload store after its turn, so its step
+    is checkpointed at once, with the unsaved blocks before it."""
+    from compress.engine import steps
+
+    engine = checkpoint_engine(tmp_path, 1e9)
+    offloaded = {id(engine.adapter.blocks[1])}
+    monkeypatch.setattr(steps, "holds_offloaded", lambda blocks: id(blocks[-1]) in offloaded)
+    saves = record_saves(engine)
+    engine.run(calibration_ids())
+    assert saves == [(1, [0, 1]), (3, [2, 3])]
+
+
+def test_resume_from_a_checkpoint_of_several_blocks_matches_uninterrupted(tmp_path, monkeypatch):
+    from compress.engine import steps
+
+    reference = checkpoint_engine(tmp_path / "reference", 1e9)
+    reference.run(calibration_ids())
+    expected = reference.model.state_dict()
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_third_block(done: int, total: int, tokens_per_second: float) -> None:
+        if done == 3:
+            raise Crash
+
+    engine = checkpoint_engine(tmp_path, 1e9)
+    saved_step = {id(engine.adapter.blocks[1])}  # a checkpoint after step 1 only: blocks 0 and 1
+    monkeypatch.setattr(steps, "holds_offloaded", lambda blocks: id(blocks[-1]) in saved_step)
+    with pytest.raises(Crash):
+        engine.run(calibration_ids(), recipe={"run": 1}, on_block=crash_after_third_block)
+    assert engine.work.read_state()["next_block"] == 2
+    assert sorted(engine.work.read_state()["block_files"]) == ["0", "1"]
+
+    monkeypatch.setattr(steps, "holds_offloaded", lambda blocks: False)
+    resumed = checkpoint_engine(tmp_path, 1e9)
+    resumed.run(calibration_ids(), recipe={"run": 1}, resume=True)
+    got = resumed.model.state_dict()
+    for name, tensor in expected.items():
+        assert torch.equal(got[name], tensor), name
+    assert [b["index"] for b in resumed.outcome.blocks] == list(range(LAYERS))
+
+
+def test_a_negative_checkpoint_interval_is_refused_in_one_line():
+    from compress.core.config import PruneConfig
+    from compress.core.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=r"^--checkpoint-every is -1.0; give seconds >= 0"):
+        PruneConfig(checkpoint_every=-1.0)
