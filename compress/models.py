@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from compress.compat import GGUF_READ_ERRORS, skip_unused_imports
-from compress.core.dtypes import torch_dtype
+from compress.core.dtypes import emulated_on_this_cpu, torch_dtype
 from compress.core.errors import BadInputError
 from compress.core.io import atomic_folder, package_dir
 
@@ -344,6 +344,12 @@ def load_model(
             if placement is not None:
                 log(f"{spec} does not fit in memory: weights wait on disk, blocks are onloaded")
 
+    if target.type == "cpu" and emulated_on_this_cpu(weights_dtype):
+        log(
+            f"warning: this CPU has no {str(weights_dtype).removeprefix('torch.')} matrix "
+            "instructions, so its products are emulated (tens of times slower than float32): "
+            "prefer --dtype float32 where it fits"
+        )
     config = _read_config(spec, folder, trust_remote_code, kwargs)
     _check_architecture(config)
     refuse_quantized(config=config)
