@@ -32,6 +32,7 @@ from functools import lru_cache
 
 import torch
 
+from compress.core.dtypes import emulated_on_this_cpu
 from compress.core.errors import NumericsError
 from compress.distributed import ExactSum
 from compress.masks import SparsityPattern
@@ -77,12 +78,12 @@ def gram_dtype(inp: torch.Tensor) -> torch.dtype:
     which leaves each entry of a sequence's term within 2^-8 (bfloat16's unit roundoff) of
     ``sum_tokens |x_i x_j|`` of the float32 one (measured; tests/compress/test_pruners.py). The
     sums over sequences stay exact (:class:`ExactSum`). A float32 model keeps float32
-    statistics.
+    statistics, and so does a CPU that would emulate the bfloat16 product (AVX2 only: there it
+    is tens of times slower than float32, :func:`~compress.core.dtypes.emulated_on_this_cpu`).
     """
+    cpu_bf16 = inp.dtype == torch.bfloat16 and inp.device.type == "cpu"
     return (
-        torch.bfloat16
-        if inp.dtype == torch.bfloat16 and inp.device.type == "cpu"
-        else torch.float32
+        torch.bfloat16 if cpu_bf16 and not emulated_on_this_cpu(torch.bfloat16) else torch.float32
     )
 
 

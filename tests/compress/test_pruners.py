@@ -137,13 +137,15 @@ def test_statistics_do_not_depend_on_batching_or_threads(method, dtype):
             assert torch.equal(got, want)
 
 
-def test_sparsegpt_bfloat16_statistics_stay_within_bfloat16_rounding():
-    """bfloat16 inputs on a CPU (issue 17): each sequence's Gram product runs in bfloat16; every
-    entry of its term stays within 2^-8 (bfloat16's unit roundoff) of the float32 term's sum of
-    ``|x_i x_j|``; the float32 reference it is measured against gives the same sums batched or
-    one sequence at a time."""
+def test_sparsegpt_bfloat16_statistics_stay_within_bfloat16_rounding(monkeypatch):
+    """bfloat16 inputs on a CPU with bfloat16 instructions (issue 17): each sequence's Gram
+    product runs in bfloat16; every entry of its term stays within 2^-8 (bfloat16's unit
+    roundoff) of the float32 term's sum of ``|x_i x_j|``; the float32 reference it is measured
+    against gives the same sums batched or one sequence at a time."""
+    from compress.pruners import sparsegpt
     from compress.pruners.sparsegpt import gram_dtype
 
+    monkeypatch.setattr(sparsegpt, "emulated_on_this_cpu", lambda dtype: False)
     gen = torch.Generator().manual_seed(5)
     inputs = torch.randn(4, 512, 576, generator=gen) * torch.rand(576, generator=gen) * 4
     inputs = inputs.bfloat16()
@@ -160,6 +162,13 @@ def test_sparsegpt_bfloat16_statistics_stay_within_bfloat16_rounding():
     for x in inputs.float():
         again.add_batch(x)
     assert torch.equal(again._xxt(), want)
+
+
+def test_a_cpu_that_emulates_bfloat16_multiplies_the_gram_terms_in_float32(monkeypatch):
+    from compress.pruners import sparsegpt
+
+    monkeypatch.setattr(sparsegpt, "emulated_on_this_cpu", lambda dtype: dtype is torch.bfloat16)
+    assert sparsegpt.gram_dtype(torch.zeros(2, 8, dtype=torch.bfloat16)) == torch.float32
 
 
 def test_sparsegpt_sums_half_of_each_term_and_factorises_the_same():
