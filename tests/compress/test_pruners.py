@@ -115,7 +115,8 @@ def test_recipe_names_the_magnitude_scope():
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_statistics_do_not_depend_on_batching_or_threads(method, dtype):
     """Float32 terms per sequence (issue 17: float64 ones cost as much as a forward; bfloat16
-    Gram products for bfloat16 inputs on a CPU) keep the promise of compress.distributed: the
+    Gram products for bfloat16 inputs on a CPU with bfloat16 instructions, float32 ones on a CPU
+    that would emulate them) keep the promise of compress.distributed: the
     same sums however the sequences are batched or split among ranks, and whatever the thread
     count, at the embedded model's widths."""
     gen = torch.Generator().manual_seed(0)
