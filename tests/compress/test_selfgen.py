@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from compress.core.errors import BadInputError
 from compress.selfgen import (
     Recipe,
+    decoding,
     detect_language,
     first_token_choices,
     generate_file,
@@ -122,18 +123,59 @@ def test_rows_that_end_give_their_place_to_the_next_text(tiny_llama, tokenizer, 
     assert max(rows_per_pass) == 3 and rows_per_pass[-1] < 3  # the tail shrinks
 
 
-def test_a_long_run_moves_its_cache_columns_to_the_front(tiny_llama, tokenizer, monkeypatch):
-    seeds = [text_seed(0, d) for d in range(30)]  # ~150 steps; the buffer holds 12 + 64
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_long_run_moves_its_cache_blocks_to_the_front(
+    tiny_llama, tokenizer, monkeypatch, attention
+):
+    """sdpa models decode with blockwise attention (8-column blocks here: the buffer holds 80
+    columns), any other with one column a block (76): ~150 steps move the cache either way."""
+    seeds = [text_seed(0, d) for d in range(30)]
     stop, expected = staggered(tiny_llama, tokenizer, seeds, 12)
     monkeypatch.setattr(tiny_llama.generation_config, "eos_token_id", stop)
-    moves = []
+    monkeypatch.setattr(tiny_llama.config, "_attn_implementation", attention)
+    monkeypatch.setattr(decoding, "BLOCK", 8)
+    moves, widths = [], []
     monkeypatch.setattr(
         SlotLayer,
         "move_to_front",
-        lambda self, lo, col, f=SlotLayer.move_to_front: moves.append(lo) or f(self, lo, col),
+        lambda self, blocks, f=SlotLayer.move_to_front: moves.append(blocks) or f(self, blocks),
+    )
+    monkeypatch.setattr(
+        SlotLayer,
+        "lazy_initialization",
+        lambda self, keys, values=None, f=SlotLayer.lazy_initialization: (
+            f(self, keys),
+            widths.append(self.keys.shape[0] * self.keys.shape[3]),
+        ),
     )
     texts = generate_ids(tiny_llama, tokenizer, seeds, Recipe(max_len=12, top_k=1), batch_size=2)
-    assert moves and texts == expected
+    assert moves and all(blocks > 0 for blocks in moves) and texts == expected
+    assert set(widths) == {80 if attention == "sdpa" else 76}
+
+
+@torch.no_grad()
+def test_blocked_attention_equals_sdpa_on_the_same_cache():
+    """One query token per row against a cache in 4-column blocks, unused columns masked: the
+    blockwise attention equals SDPA on the same keys, values and mask laid out as a sequence."""
+    g = torch.Generator().manual_seed(0)
+    rows, kv_heads, groups, dim, blocks, block = 3, 2, 3, 8, 5, 4
+    keys = torch.randn(blocks, rows, kv_heads, block, dim, generator=g)
+    values = torch.randn(blocks, rows, kv_heads, block, dim, generator=g)
+    query = torch.randn(rows, kv_heads * groups, 1, dim, generator=g)
+    starts = torch.tensor([0, 7, 13])
+    read = torch.arange(blocks * block)
+    hidden = (read[None] < starts[:, None]) | (read[None] > 17)
+    mask = torch.zeros(hidden.shape).masked_fill_(hidden, torch.finfo(torch.float32).min)
+    mask = mask[:, None, None, :]
+    out, _ = decoding._blocked_attention(None, query, keys, values, mask, scaling=0.3)
+    as_sequence = keys.permute(1, 2, 0, 3, 4).reshape(rows, kv_heads, blocks * block, dim)
+    values_sequence = values.permute(1, 2, 0, 3, 4).reshape(rows, kv_heads, blocks * block, dim)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, as_sequence.repeat_interleave(groups, 1),
+        values_sequence.repeat_interleave(groups, 1), attn_mask=mask, scale=0.3,
+    )  # fmt: skip
+    assert out.shape == (rows, 1, kv_heads * groups, dim)
+    torch.testing.assert_close(out, expected.transpose(1, 2))
 
 
 def test_texts_reach_the_file_in_draw_order(tiny_llama, tokenizer, tmp_path, monkeypatch):
