@@ -229,24 +229,29 @@ class Engine:
             return {}
         return {name: weight_view(m).detach().clone() for name, m in layers.items()}
 
-    def _prune_layer(
+    def _prune_group(
         self,
-        name: str,
-        pruner: Pruner,
-        layer: nn.Module,
-        target: float,
+        group: list[str],
+        pruners: dict[str, Pruner],
+        layers: dict[str, nn.Module],
+        targets: dict[str, float],
         dense: dict[str, torch.Tensor],
     ) -> None:
-        """Step 3 for one layer: its mask, its weights, its entry in ``outcome``."""
-        result = pruner.prune(target, self.config.parsed_pattern)
-        weight = weight_view(layer)
-        if name in dense:  # "none": keep the mask, undo the pruner's weight update
-            with torch.no_grad():
-                weight.copy_(dense[name] * result.mask)
-        self.outcome.masks[name] = result.mask.cpu()  # off the accelerator: 1 byte/weight
-        self.outcome.layers[name] = layer_entry(
-            weight.shape, target, zero_count(weight), result.seconds
+        """Step 3 for one group of siblings: their masks, their weights, their entries in
+        ``outcome``."""
+        members = [pruners[name] for name in group]
+        results = type(members[0]).prune_group(
+            members, [targets[name] for name in group], self.config.parsed_pattern
         )
+        for name, result in zip(group, results):
+            weight = weight_view(layers[name])
+            if name in dense:  # "none": keep the mask, undo the pruner's weight update
+                with torch.no_grad():
+                    weight.copy_(dense[name] * result.mask)
+            self.outcome.masks[name] = result.mask.cpu()  # off the accelerator: 1 byte/weight
+            self.outcome.layers[name] = layer_entry(
+                weight.shape, targets[name], zero_count(weight), result.seconds
+            )
 
     def _prune(self, i: int, s: Streams) -> None:
         """Steps 2-3 for block ``i``."""
@@ -256,14 +261,14 @@ class Engine:
         groups = self.adapter.sibling_groups(i, layers)
         pruners = self._pruners(groups, layers)
         leaders = {group[0]: pruners[group[0]] for group in groups}
-        last = {group[-1]: pruners[group[0]] for group in groups}  # frees the group's statistics
         if pruner_cls.needs_data and pruners:
             self._collect(i, leaders, layers, s.sparse, s.calls)
         targets = self._sparsities(i, list(layers))
-        for name in layers:
-            self._prune_layer(name, pruners[name], layers[name], targets[name], dense)
-            if name in last:
-                last[name].free()
+        for group in groups:
+            self._prune_group(group, pruners, layers, targets, dense)
+            pruners[group[0]].free()
+        for name in layers:  # report order: the block's layers, not the order they ran in
+            self.outcome.layers[name] = self.outcome.layers.pop(name)
 
     def _prune_in_one_pass(self, i: int, s: Streams) -> Stream:
         """Steps 2, 3 and 5 for block ``i`` in one forward (``--one-pass``, :mod:`.one_pass`):
@@ -275,8 +280,7 @@ class Engine:
         targets = self._sparsities(i, list(layers))
 
         def prune_group(group: list[str]) -> None:
-            for name in group:
-                self._prune_layer(name, pruners[name], layers[name], targets[name], dense)
+            self._prune_group(group, pruners, layers, targets, dense)
             pruners[group[0]].free()
 
         assert len(s.sparse) == 1, "one pass runs the calibration set as one batch"

@@ -60,6 +60,15 @@ class Pruner(ABC):
         """Return the keep-mask; may update ``self.weight`` in place (SparseGPT does). Pruned weights
         are left exactly zero."""
 
+    @classmethod
+    def prune_group(
+        cls, pruners: list[Pruner], sparsities: list[float], pattern: SparsityPattern
+    ) -> list[PruneResult]:
+        """Prune siblings (the leader's statistics shared, see :meth:`share`), each to its
+        sparsity: one by one here; a pruner whose work on shared statistics is cheaper done at
+        once for the group overrides it."""
+        return [p.prune(s, pattern) for p, s in zip(pruners, sparsities)]
+
     def free(self) -> None:
         """Release accumulated statistics."""
 

@@ -215,10 +215,39 @@ class SparseGPTPruner(Pruner):
 
     @torch.no_grad()
     def prune(self, sparsity: float, pattern: SparsityPattern) -> PruneResult:
+        return self.prune_group([self], [sparsity], pattern)[0]
+
+    @classmethod
+    @torch.no_grad()
+    def prune_group(
+        cls, pruners: list[Pruner], sparsities: list[float], pattern: SparsityPattern
+    ) -> list[PruneResult]:
+        """Siblings (one factor, shared) in one column loop: their transposed weights side by
+        side, each a segment of the rows with its own mask. OBS updates each output row on its
+        own, so the weights are those of one loop per layer (within float rounding) and the
+        masks the same; the loop's cost is mostly the ops it dispatches per column, so q/k/v
+        take one loop instead of three, gate/up one instead of two. Each layer's seconds are
+        the loop's, shared by rows."""
         start = time.perf_counter()
-        with _threads_for_column_loop(self.weight.device):
-            mask = self._prune(sparsity, pattern)
-        return PruneResult(mask, time.perf_counter() - start)
+        leader = pruners[0]
+        # the transpose, contiguous: each input column is one contiguous row of WT, and the
+        # columns not yet visited in a lazy block are one contiguous slice
+        WT = torch.cat([p.weight.detach().t().float() for p in pruners], dim=1)
+        edges = [0]
+        for p in pruners:
+            edges.append(edges[-1] + p.weight.shape[0])
+        segments = list(zip(edges, edges[1:], sparsities))
+        with _threads_for_column_loop(leader.weight.device):
+            prunedT = leader._column_loop(WT, segments, pattern)
+        results = []
+        for p, (first, last, _) in zip(pruners, segments):
+            mask = ~prunedT[:, first:last].t()
+            p.weight.data.copy_((WT[:, first:last].t() * mask).to(p.weight.dtype))
+            results.append(PruneResult(mask, (last - first) / edges[-1]))
+        seconds = time.perf_counter() - start
+        for result in results:
+            result.seconds *= seconds
+        return results
 
     def _factorised(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(dead input columns, ``Hinv``): computed by the first sibling to prune, then reused
@@ -248,11 +277,13 @@ class SparseGPTPruner(Pruner):
             self.factor.update(scaled=scaled, columns=spread)
         return self.factor["scaled"], self.factor["columns"]
 
-    def _prune(self, sparsity: float, pattern: SparsityPattern) -> torch.Tensor:
-        # the transpose, contiguous: each input column is one contiguous row of WT, and the
-        # columns not yet visited in a lazy block are one contiguous slice
-        WT = self.weight.detach().t().float().clone(memory_format=torch.contiguous_format)
-        cols, rows = WT.shape
+    def _column_loop(
+        self, WT: torch.Tensor, segments: list[tuple[int, int, float]], pattern: SparsityPattern
+    ) -> torch.Tensor:
+        """OBS over the columns of ``WT`` (``(cols, rows)``, updated in place); ``segments``:
+        ``(first, last, sparsity)`` per layer, the rows an unstructured mask is chosen over.
+        Returns the pruned positions, ``WT``-shaped."""
+        cols = WT.shape[0]
         dead, Hinv = self._factorised()
         scaled, spread = self._columns(Hinv)
         WT[dead] = 0.0
@@ -264,7 +295,8 @@ class SparseGPTPruner(Pruner):
             Err1 = torch.empty_like(W1)  # every row written below: w - q, undivided
             d2 = Hinv.diagonal()[i1:i2].pow(2)
             if not pattern.structured:
-                self._block_mask(W1, d2, sparsity, prune1)
+                for first, last, sparsity in segments:
+                    prune1[:, first:last] = self._block_mask(W1[:, first:last], d2, sparsity)
             w_rows, err_rows, prune_rows = W1.unbind(), Err1.unbind(), prune1.unbind()
             for i in range(i2 - i1):
                 if pattern.structured and i % pattern.m == 0:
@@ -276,30 +308,26 @@ class SparseGPTPruner(Pruner):
                 W1[i:].addr_(spread[i1 + i], err1, alpha=-1.0)
             # kept weights are q already (their error is 0); pruned ones ~0, zeroed by the mask
             WT[i2:] -= (Err1.t().contiguous() @ scaled[i1:i2, i2:]).t()
-
-        mask = ~prunedT.t()
-        self.weight.data.copy_((WT.t() * mask).to(self.weight.dtype))
-        return mask
+        return prunedT
 
     @staticmethod
-    def _block_mask(
-        W1: torch.Tensor, d2: torch.Tensor, sparsity: float, prune1: torch.Tensor
-    ) -> None:
-        """Unstructured: mark in ``prune1`` (``(count, rows)``, the block transposed) the lowest
-        ``sparsity`` share of the block's ``w^2 / [Hinv]_cc^2``. Where that share is one set
+    def _block_mask(W1: torch.Tensor, d2: torch.Tensor, sparsity: float) -> torch.Tensor:
+        """Unstructured: the lowest ``sparsity`` share of the block's ``w^2 / [Hinv]_cc^2``, as
+        ``W1`` is laid out (``(count, rows)``, the block transposed). Where that share is one set
         (no tie across its edge) it is found by selection (``kthvalue``, 7x faster than a
         ``topk`` of half the block); a tie is broken by ``topk`` as it always was."""
         count, rows = W1.shape
         n_prune = int(round(sparsity * W1.numel()))
         if not n_prune:
-            return
+            return torch.zeros_like(W1, dtype=torch.bool)
         score = W1.t().pow(2) / d2  # (rows, count)
         low = score <= torch.kthvalue(score.flatten(), n_prune).values
         if int(low.sum()) == n_prune:
-            prune1.copy_(low.t())
-            return
+            return low.t()
         chosen = torch.topk(score.flatten(), n_prune, largest=False).indices  # row-major ranks
+        prune1 = torch.zeros_like(W1, dtype=torch.bool)
         prune1.view(-1)[(chosen % count) * rows + chosen // count] = True
+        return prune1
 
     def free(self) -> None:
         self.xxt.free()

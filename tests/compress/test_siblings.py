@@ -102,6 +102,39 @@ def test_siblings_feed_one_set_of_statistics(monkeypatch):
 
 
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
+def test_sparsegpt_prunes_siblings_in_one_loop_as_one_by_one(pattern):
+    """q/k/v-like siblings of 24, 8 and 8 rows on one Hessian, each to its own sparsity: one
+    column loop over their stacked rows gives each layer the masks and (within float rounding)
+    the weights of its own loop; each layer's seconds are its rows' share of the loop's."""
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(rows, 64, generator=g) for rows in (24, 8, 8)]
+    inputs = torch.randn(4, 32, 64, generator=g)
+    sparsities, parsed = [0.5, 0.6, 0.5], SparsityPattern.parse(pattern)
+    cls = PRUNERS["sparsegpt"]
+
+    def siblings():
+        pruners = [cls(w.clone(), f"layer{k}", blocksize=16) for k, w in enumerate(weights)]
+        pruners[0].add_batch(inputs)
+        for pruner in pruners[1:]:
+            pruner.share(pruners[0])
+        return pruners
+
+    together = siblings()
+    results = cls.prune_group(together, sparsities, parsed)
+    alone = siblings()
+    for pruner, sparsity, result, joint in zip(alone, sparsities, results, together):
+        expected = pruner.prune(sparsity, parsed)
+        assert torch.equal(result.mask, expected.mask), pruner.name
+        torch.testing.assert_close(joint.weight, pruner.weight, rtol=1e-5, atol=1e-6)
+        assert joint.weight[~result.mask].eq(0).all()
+    if pattern == "unstructured":  # each layer's own share, not the stack's
+        kept = [r.mask.float().mean().item() for r in results]  # rounded per 16-column block
+        assert [1 - k for k in kept] == pytest.approx(sparsities, abs=0.01)
+    shares = [r.seconds / sum(x.seconds for x in results) for r in results]
+    assert shares == pytest.approx([0.6, 0.2, 0.2])
+
+
+@pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 def test_sparsegpt_does_not_depend_on_thread_count(pattern):
     torch.manual_seed(0)
     weight = torch.randn(96, 128)
@@ -113,7 +146,7 @@ def test_sparsegpt_does_not_depend_on_thread_count(pattern):
         try:
             pruner = PRUNERS["sparsegpt"](weight.clone(), "layer", blocksize=32)
             pruner.add_batch(inputs)
-            mask = pruner._prune(0.5, SparsityPattern.parse(pattern))
+            mask = pruner.prune(0.5, SparsityPattern.parse(pattern)).mask
         finally:
             torch.set_num_threads(threads)
         results.append((mask, pruner.weight))
