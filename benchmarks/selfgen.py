@@ -17,7 +17,7 @@ every window); reconstruction trains on real + self-generated.
 ``--speed`` measures generation alone instead: the same --speed-texts English texts (same seed,
 --gen-batch, --max-len) written by the library (continuous batching, preallocated cache) and by
 the former path (one ``model.generate`` per batch with DynamicCache, kept here only as the
-baseline, in float32), back to back in this process; it prints accepted texts/s, tokens/s, the
+baseline, in float32 or ``--former-dtype``), back to back in this process; it prints accepted texts/s, tokens/s, the
 rejection rate of each, the tokens each fed to the model (the work, unaffected by a busy
 machine) and the new/old ratios. ``--dtypes float32,bfloat16`` adds the library's rows with the
 model loaded in bfloat16 (half the weight bytes each decoding step reads).
@@ -136,16 +136,21 @@ class TokensFed:
 
 def speed(args, model, tokenizer) -> dict:
     """The library's generation against the former path, same texts asked, back to back: the
-    former path in float32 (the baseline), the library in each of ``--dtypes`` (a model loaded
-    in that dtype, as ``compress calib generate --dtype`` loads it)."""
+    former path in ``--former-dtype`` (the baseline), the library in each of ``--dtypes`` (a
+    model loaded in that dtype, as ``compress calib generate --dtype`` loads it)."""
     import tempfile
 
     from compress.models import load_model
     from compress.selfgen import Recipe, generate_file, read_samples
 
     recipe = Recipe(max_len=args.max_len)
-    with TokensFed(model) as fed:
-        former = former_generate(model, tokenizer, args.former_texts, recipe, args.gen_batch)
+    baseline = (
+        model
+        if args.former_dtype == "float32"
+        else load_model(None, "cpu", args.former_dtype).model
+    )
+    with TokensFed(baseline) as fed:
+        former = former_generate(baseline, tokenizer, args.former_texts, recipe, args.gen_batch)
     former["tokens_fed"] = fed.count
     kept = former.pop("kept")
     print(f"former: {former}", flush=True)
@@ -176,7 +181,7 @@ def speed(args, model, tokenizer) -> dict:
         f"\nembedded SmolLM2-135M, CPU ({machine()['cores']} cores, "
         f"{machine()['torch_threads']} threads); {args.speed_texts} English texts "
         f"(former path: {args.former_texts}), batch "
-        f"{args.gen_batch}, max-len {args.max_len}, seed 0; former = float32\n"
+        f"{args.gen_batch}, max-len {args.max_len}, seed 0; former = {args.former_dtype}\n"
         f"{'':17s} {'texts/s':>9s} {'tokens/s':>9s} {'rejected':>9s} {'seconds':>8s} "
         f"{'tokens':>8s} {'fed':>8s} {'x tok/s':>8s} {'same':>5s}"
     )
@@ -266,6 +271,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--dtypes", default="float32", help="--speed: the library's rows, comma-separated"
+    )
+    parser.add_argument(
+        "--former-dtype", default="float32", help="--speed: the dtype of the former path's model"
     )
     parser.add_argument(
         "--stats-from", choices=("real", "all"), default="real", help="windows for Wanda norms"
