@@ -17,8 +17,8 @@ every window); reconstruction trains on real + self-generated.
 ``--speed`` measures generation alone instead: the same --speed-texts English texts (same seed,
 --gen-batch, --max-len) written by the library (continuous batching, preallocated cache) and by
 the former path (one ``model.generate`` per batch with DynamicCache, kept here only as the
-baseline, in float32 or ``--former-dtype``), back to back in this process; it prints accepted texts/s, tokens/s, the
-rejection rate of each, the tokens each fed to the model (the work, unaffected by a busy
+baseline, in float32 or ``--former-dtype``), back to back in this process; it prints accepted
+texts/s, tokens/s, the rejection rate of each, the tokens each fed to the model (the work, unaffected by a busy
 machine) and the new/old ratios. ``--dtypes float32,bfloat16`` adds the library's rows with the
 model loaded in bfloat16 (half the weight bytes each decoding step reads).
 

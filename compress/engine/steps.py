@@ -267,8 +267,7 @@ class Engine:
         for group in groups:
             self._prune_group(group, pruners, layers, targets, dense)
             pruners[group[0]].free()
-        for name in layers:  # report order: the block's layers, not the order they ran in
-            self.outcome.layers[name] = self.outcome.layers.pop(name)
+        self._report_in_block_order(layers)
 
     def _prune_in_one_pass(self, i: int, s: Streams) -> Stream:
         """Steps 2, 3 and 5 for block ``i`` in one forward (``--one-pass``, :mod:`.one_pass`):
@@ -287,9 +286,13 @@ class Engine:
         out = hooked_forward(
             lambda: self.forward([i], s.sparse, s.calls), groups, pruners, layers, prune_group
         )
-        for name in layers:  # report order: the block's layers, not the order they ran in
-            self.outcome.layers[name] = self.outcome.layers.pop(name)
+        self._report_in_block_order(layers)
         return out
+
+    def _report_in_block_order(self, layers: dict[str, nn.Module]) -> None:
+        """``outcome.layers`` in the block's layer order, not the order the groups ran in."""
+        for name in layers:
+            self.outcome.layers[name] = self.outcome.layers.pop(name)
 
     def _measure(self, window: list[int]) -> None:
         """Count the zeros of the window's pruned layers again after reconstruction: these are

@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from itertools import accumulate
 
 import torch
 
@@ -233,21 +234,19 @@ class SparseGPTPruner(Pruner):
         # the transpose, contiguous: each input column is one contiguous row of WT, and the
         # columns not yet visited in a lazy block are one contiguous slice
         WT = torch.cat([p.weight.detach().t().float() for p in pruners], dim=1)
-        edges = [0]
-        for p in pruners:
-            edges.append(edges[-1] + p.weight.shape[0])
+        edges = [0, *accumulate(p.weight.shape[0] for p in pruners)]
         segments = list(zip(edges, edges[1:], sparsities))
         with _threads_for_column_loop(leader.weight.device):
             prunedT = leader._column_loop(WT, segments, pattern)
-        results = []
+        masks = []
         for p, (first, last, _) in zip(pruners, segments):
-            mask = ~prunedT[:, first:last].t()
-            p.weight.data.copy_((WT[:, first:last].t() * mask).to(p.weight.dtype))
-            results.append(PruneResult(mask, (last - first) / edges[-1]))
+            masks.append(~prunedT[:, first:last].t())
+            p.weight.data.copy_((WT[:, first:last].t() * masks[-1]).to(p.weight.dtype))
         seconds = time.perf_counter() - start
-        for result in results:
-            result.seconds *= seconds
-        return results
+        return [
+            PruneResult(mask, seconds * (last - first) / edges[-1])
+            for mask, (first, last, _) in zip(masks, segments)
+        ]
 
     def _factorised(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(dead input columns, ``Hinv``): computed by the first sibling to prune, then reused
