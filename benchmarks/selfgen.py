@@ -35,6 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, save  # noqa: E402
 
+from compress.core.dtypes import TORCH_DTYPES  # noqa: E402
+
 
 def generate(args, model, tokenizer) -> dict:
     """Grow ``args.selfgen_file`` until it holds ``max(K)`` texts of at least --seqlen tokens."""
@@ -273,7 +275,10 @@ def main() -> None:
         "--dtypes", default="float32", help="--speed: the library's rows, comma-separated"
     )
     parser.add_argument(
-        "--former-dtype", default="float32", help="--speed: the dtype of the former path's model"
+        "--former-dtype",
+        default="float32",
+        choices=sorted(TORCH_DTYPES),
+        help="--speed: the dtype of the former path's model",
     )
     parser.add_argument(
         "--stats-from", choices=("real", "all"), default="real", help="windows for Wanda norms"
