@@ -305,3 +305,62 @@ def test_cpu_autocast_only_for_bfloat16():
     for dtype, enabled in ((torch.bfloat16, True), (torch.float16, False), (None, False)):
         with _autocast(cpu, dtype):
             assert torch.is_autocast_enabled("cpu") is enabled, dtype
+
+
+def trained_weights(technique: str, **recon) -> dict[str, torch.Tensor]:
+    model = tiny(layers=2)
+    prune_model(model, ids(), config(technique, epochs=2, **recon))
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_gp_weight_spans_br_to_gp():
+    """--recon-gp-weight 1 is plain BR+GP; 0 trains on the BR targets, bit for bit as br does;
+    in between the weights are neither."""
+    br, gp = trained_weights("br"), trained_weights("br+gp")
+    assert all(torch.equal(gp[k], v) for k, v in trained_weights("br+gp", gp_weight=1.0).items())
+    assert all(torch.equal(br[k], v) for k, v in trained_weights("br+gp", gp_weight=0.0).items())
+    half = trained_weights("br+gp", gp_weight=0.5)
+    assert not torch.equal(
+        half["model.layers.1.mlp.up_proj.weight"], br["model.layers.1.mlp.up_proj.weight"]
+    )
+    assert not torch.equal(
+        half["model.layers.1.mlp.up_proj.weight"], gp["model.layers.1.mlp.up_proj.weight"]
+    )
+
+
+def test_gp_weight_targets_lie_between_br_and_gp(monkeypatch):
+    """With weight w every target reconstruction sees is BR + w (GP - BR), per block and for
+    two-block windows (BR+GP+CR: the dense pair on the sparse inputs, and the dense stream).
+    No epochs: every run's streams are the same, so the targets can be compared."""
+    import compress.engine.steps as steps
+
+    seen = []
+    original = steps.reconstruct
+
+    def spy(params, masks, run, inputs, targets, *args, **kwargs):
+        seen.append(torch.cat(list(targets.batches)))
+        return original(params, masks, run, inputs, targets, *args, **kwargs)
+
+    monkeypatch.setattr(steps, "reconstruct", spy)
+    for technique in ("br+gp", "br+gp+cr"):
+        ends = {}
+        for weight in (0.0, 1.0, 0.25):
+            seen.clear()
+            prune_model(tiny(), ids(), config(technique, epochs=0, gp_weight=weight))
+            ends[weight] = list(seen)
+        for br, gp, blend in zip(ends[0.0], ends[1.0], ends[0.25]):
+            torch.testing.assert_close(blend, br + 0.25 * (gp - br))
+        assert not torch.allclose(ends[0.0][-1], ends[1.0][-1])
+
+
+def test_gp_weight_refused_outside_its_range_or_without_gp():
+    import pytest
+
+    from compress.core.errors import BadInputError
+
+    with pytest.raises(BadInputError, match=r"--recon-gp-weight must lie in \[0, 1\], got 1.5"):
+        ReconstructConfig(gp_weight=1.5)
+    with pytest.raises(
+        BadInputError, match="applies to br\\+gp and br\\+gp\\+cr, not --reconstruct br"
+    ):
+        ReconstructConfig(technique="br", gp_weight=0.5)
