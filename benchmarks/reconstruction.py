@@ -84,7 +84,6 @@ def one(method: str, technique: str, budget: str, args) -> dict:
             schedule=args.schedule,
             optimizer=args.optimizer,
             rho=args.rho,
-            gp_weight=args.gp_weight if "gp" in technique else 1.0,
             measure_errors=True,
         )
         config = PruneConfig(
@@ -171,14 +170,8 @@ def settings_of(args) -> dict:
     dtype = {} if args.dtype == "float32" else {"dtype": args.dtype}
     selfgen = {"self_gen": args.self_gen} if args.self_gen else {}
     sam = {"optimizer": "sam", "rho": args.rho} if args.optimizer == "sam" else {}
-    blend = {"gp_weight": args.gp_weight} if args.gp_weight != 1.0 else {}
     return (
-        {k: getattr(args, k) for k in KEYED}
-        | {"sparsity": args.sparsity}
-        | dtype
-        | selfgen
-        | sam
-        | blend
+        {k: getattr(args, k) for k in KEYED} | {"sparsity": args.sparsity} | dtype | selfgen | sam
     )
 
 
@@ -266,9 +259,6 @@ def main() -> None:
         "--optimizer", choices=("adam", "sam"), default="adam", help="--recon-optimizer"
     )
     parser.add_argument("--rho", type=float, default=None, help="--recon-rho (with sam)")
-    parser.add_argument(
-        "--gp-weight", type=float, default=1.0, help="--recon-gp-weight (br+gp rows)"
-    )
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--techniques", default=",".join(TECHNIQUES))
     parser.add_argument("--redo", action="store_true", help="rerun configurations already saved")

@@ -139,11 +139,6 @@ class ReconstructConfig:
         flags="--recon-schedule",
         help="Learning-rate schedule over a block's steps: linear (to 0), cosine (to 0), constant.",
     )
-    gp_weight: float = option(
-        1.0,
-        flags="--recon-gp-weight",
-        help="With br+gp*: targets this share of the way from the BR target (the dense block on the sparse inputs) to the dense model's activations; 1 is the paper's GP, 0 is BR.",
-    )
     optimizer: ReconOptimizer = option(
         ReconOptimizer.adam,
         flags="--recon-optimizer",
@@ -189,27 +184,10 @@ class ReconstructConfig:
         )
         if self.steps is not None and self.steps < 1:
             raise BadInputError(f"--recon-steps must be at least 1, got {self.steps}")
-        if not 0.0 <= self.gp_weight <= 1.0:
-            raise BadInputError(f"--recon-gp-weight must lie in [0, 1], got {self.gp_weight}")
-        if self.gp_weight != 1.0 and not self.technique.global_targets:
-            raise BadInputError(
-                f"--recon-gp-weight applies to br+gp and br+gp+cr, not --reconstruct "
-                f"{self.technique.value}"
-            )
         if self.epochs < 0 or (self.lr is not None and self.lr <= 0) or self.holdout_nsamples < 1:
             raise BadInputError(
                 "--recon-epochs must be >= 0, --recon-lr > 0 and --holdout-nsamples >= 1"
             )
-
-    @property
-    def blends_targets(self) -> bool:
-        """GP targets drawn part of the way from the BR ones (``--recon-gp-weight`` below 1).
-
-        Why: a GP target asks block ``i`` to undo, from its own sparse input, the error the
-        blocks before it left; through the residual path that is a map from inputs to their
-        upstream error, learned on the calibration windows alone. A weight below 1 asks for
-        part of that correction only, the rest being the block's own pruning error (BR)."""
-        return self.technique.global_targets and self.gp_weight < 1.0
 
     @property
     def errors(self) -> bool:

@@ -169,9 +169,7 @@ class Engine:
         """Step 1, with block ``i`` still dense."""
         window = [i]
         s.dense_out = self.forward(window, s.dense, s.calls) if s.dense is not None else None
-        if self.technique.trains and (
-            not self.technique.global_targets or self.recon.blends_targets
-        ):
+        if self.technique.trains and not self.technique.global_targets:
             s.local = self.forward(window, s.sparse, s.calls)
             s.cross = (
                 self.forward(window, s.prev_local, s.calls) if s.prev_local is not None else None
@@ -322,11 +320,9 @@ class Engine:
 
         def inputs_targets(s: Streams) -> tuple[Stream, Stream]:
             x = s.prev_sparse if cr else s.sparse
-            local = s.cross if cr else s.local
-            if self.recon.blends_targets:
-                weight = self.recon.gp_weight
-                return x, [torch.lerp(br, gp, weight) for br, gp in zip(local, s.dense_out)]
-            return x, (s.dense_out if self.technique.global_targets else local)
+            if self.technique.global_targets:
+                return x, s.dense_out
+            return x, (s.cross if cr else s.local)
 
         blocks = [self.adapter.blocks[j] for j in window]
         for block in blocks:
@@ -522,8 +518,7 @@ class Engine:
         start = time.perf_counter()
         hidden = self.model.get_input_embeddings().embedding_dim
         tokens = calib_ids.numel() + (0 if holdout_ids is None else holdout_ids.numel())
-        # sparse, dense, and targets or CR inputs; blended targets keep the BR ones beside
-        streams = (4 if self.recon.blends_targets else 3) if self.technique.trains else 2
+        streams = 3 if self.technique.trains else 2  # sparse, dense, and targets or CR inputs
         self.activations.place(tokens, hidden, streams)
         self.one_pass = self._one_pass_applies(calib_ids)
         if self.config.sparsity_profile is not SparsityProfile.uniform:
