@@ -84,7 +84,6 @@ def one(method: str, technique: str, budget: str, args) -> dict:
             schedule=args.schedule,
             optimizer=args.optimizer,
             rho=args.rho,
-            loss=args.loss,
             measure_errors=True,
         )
         config = PruneConfig(
@@ -171,14 +170,8 @@ def settings_of(args) -> dict:
     dtype = {} if args.dtype == "float32" else {"dtype": args.dtype}
     selfgen = {"self_gen": args.self_gen} if args.self_gen else {}
     sam = {"optimizer": "sam", "rho": args.rho} if args.optimizer == "sam" else {}
-    loss = {"loss": args.loss} if args.loss != "mse" else {}
     return (
-        {k: getattr(args, k) for k in KEYED}
-        | {"sparsity": args.sparsity}
-        | dtype
-        | selfgen
-        | sam
-        | loss
+        {k: getattr(args, k) for k in KEYED} | {"sparsity": args.sparsity} | dtype | selfgen | sam
     )
 
 
@@ -199,8 +192,7 @@ def table(rows: list[dict], args) -> str:
         f"{f' + {args.self_gen} self-generated (reconstruction only)' if args.self_gen else ''}, "
         f"batch {args.batch}, "
         f"held-out errors {args.holdout} x {args.seqlen}; lr {args.lr or 'auto'} {args.schedule}"
-        f"{f', SAM rho {args.rho:g}' if args.optimizer == 'sam' else ''}"
-        f"{f', {args.loss} loss' if args.loss != 'mse' else ''}; "
+        f"{f', SAM rho {args.rho:g}' if args.optimizer == 'sam' else ''}; "
         f"ppl {args.ppl_windows} x {args.seqlen} held-out Wikipedia windows",
         f"{'method':10s} {'technique':9s} {'steps/blk':>9s} {'lr':>7s} {'ppl':>8s} {'gap closed':>10s} "
         f"{'closed cal':>10s} {'closed held':>11s} {'sec':>7s} {'load before/after':>18s}",
@@ -267,7 +259,6 @@ def main() -> None:
         "--optimizer", choices=("adam", "sam"), default="adam", help="--recon-optimizer"
     )
     parser.add_argument("--rho", type=float, default=None, help="--recon-rho (with sam)")
-    parser.add_argument("--loss", choices=("mse", "fisher"), default="mse", help="--recon-loss")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--techniques", default=",".join(TECHNIQUES))
     parser.add_argument("--redo", action="store_true", help="rerun configurations already saved")

@@ -80,7 +80,7 @@ def reconstruction(recipe: dict) -> str:
         return "none (weights kept as the pruner left them)"
     if recon["technique"] == "lr":
         return "lr (the pruner's own layer-wise update, no training)"
-    keys = ("epochs", "lr", "optimizer", "rho", "early_stop", "steps", "schedule", "loss")
+    keys = ("epochs", "lr", "optimizer", "rho", "early_stop", "steps", "schedule")
     recorded = {k: recon[k] for k in keys if k in recon}
     if "lr" in recorded and recorded["lr"] is None:
         recorded["lr"] = "auto (scaled to the steps, see report.json)"

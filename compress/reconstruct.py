@@ -150,15 +150,12 @@ def reconstruct(
     generator: torch.Generator,
     holdout: tuple[RunFn, Batches, Batches] | None = None,
     autocast_dtype: torch.dtype | None = None,
-    weights: Batches | None = None,
 ) -> dict:
     """Train ``params`` so that ``run`` maps ``inputs`` to ``targets``; masks stay exact.
 
     ``config`` gives epochs (or steps: the last epoch may end part-way), learning rate, optimizer, SAM radius and early stopping (its other
     fields are the engine's); ``autocast_dtype`` (bf16/fp16) runs the forward in that dtype on
     a GPU (bf16 on a CPU too, :func:`_autocast`), the master weights staying in float32.
-    ``weights`` (batched like ``targets``) weigh each element's squared error (``--recon-loss
-    fisher``, :mod:`compress.engine.sensitivity`); without them every element counts alike.
 
     Returns losses per epoch, held-out errors per epoch (with early stopping) and seconds.
 
@@ -196,15 +193,13 @@ def reconstruct(
                 break
             x = inputs.gather(samples, device, dtype)
             y = targets.gather(samples, device, torch.float32)
-            w = None if weights is None else weights.gather(samples, device, torch.float32)
 
-            def closure(b: int = b, x: torch.Tensor = x, y: torch.Tensor = y, w=w) -> torch.Tensor:
+            def closure(b: int = b, x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
                 loss = torch.zeros((), device=device)
                 if len(x):  # else this rank's slice is empty: it only joins the sum
                     with _autocast(device, autocast_dtype):
                         out = run(b, x)
-                    squared = (out.float() - y).pow(2)
-                    loss = (squared if w is None else squared * w).sum() / numel[b]
+                    loss = nn.functional.mse_loss(out.float(), y, reduction="sum") / numel[b]
                     loss.backward()
                 distributed.sum_gradients(params)
                 mask_gradients(masks)

@@ -80,13 +80,6 @@ class ReconOptimizer(str, Enum):
     sam = "sam"  # sharpness-aware, around Adam
 
 
-class ReconLoss(str, Enum):
-    """What a reconstruction step minimises between a unit's outputs and its targets."""
-
-    mse = "mse"  # the paper's
-    fisher = "fisher"  # squared error weighted by the dense model's squared LM-loss gradients
-
-
 class ReconSchedule(str, Enum):
     """How the learning rate moves over a block's steps (from --recon-lr, no warm-up).
 
@@ -146,11 +139,6 @@ class ReconstructConfig:
         flags="--recon-schedule",
         help="Learning-rate schedule over a block's steps: linear (to 0), cosine (to 0), constant.",
     )
-    loss: ReconLoss = option(
-        ReconLoss.mse,
-        flags="--recon-loss",
-        help="mse (the paper's), or fisher: each output element's squared error weighted by the squared gradient of the dense model's LM loss there (BRECQ's diagonal Fisher), so errors count by what they do to the next-token loss.",
-    )
     optimizer: ReconOptimizer = option(
         ReconOptimizer.adam,
         flags="--recon-optimizer",
@@ -189,7 +177,6 @@ class ReconstructConfig:
     def __post_init__(self) -> None:
         self.technique = Technique(self.technique)
         self.optimizer = _choice(ReconOptimizer, self.optimizer, "--recon-optimizer")
-        self.loss = _choice(ReconLoss, self.loss, "--recon-loss")
         self.schedule = _choice(ReconSchedule, self.schedule, "--recon-schedule")
         self.activations_dtype = _choice(DType, self.activations_dtype, "--activations-dtype")
         self.activations_device = _choice(

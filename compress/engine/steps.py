@@ -33,7 +33,7 @@ from torch import nn
 
 from compress import distributed
 from compress.blocks import BlockAdapter, BlockCall, weight_view
-from compress.core.config import PruneConfig, ReconLoss, SparsityProfile, Technique
+from compress.core.config import PruneConfig, SparsityProfile, Technique
 from compress.core.dtypes import torch_dtype
 from compress.core.report import (
     BlockEntry,
@@ -47,7 +47,6 @@ from compress.core.report import (
 from compress.engine.activations import ActivationStore, Stream, Streams
 from compress.engine.one_pass import fits_one_batch, hooked_forward
 from compress.engine.profile_pass import first_pass
-from compress.engine.sensitivity import output_sensitivities
 from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
 from compress.masks import zero_count
@@ -151,7 +150,6 @@ class Engine:
         self.curves: list[list[tuple[float, float]]] = []  # errors profile: the first pass
         self.plan: list[float] = []  # non-uniform profiles: each block's share
         self.one_pass = False  # decided by run() (--one-pass where it applies)
-        self.sensitivities: list | None = None  # --recon-loss fisher: per block, per batch
 
     # -- running blocks on streams -------------------------------------------------------
     @torch.no_grad()
@@ -343,7 +341,6 @@ class Engine:
         generator = torch.Generator().manual_seed(
             self.config.calibration.seed * 100_003 + i * 2 + int(cr)
         )
-        weights = Batches(self.sensitivities[i]) if self.sensitivities else None
         result = reconstruct(  # data-parallel: sums gradients over ranks
             params,
             self._param_masks(window),
@@ -354,7 +351,6 @@ class Engine:
             generator,
             holdout=watch,
             autocast_dtype=self.dtype if self.dtype != torch.float32 else None,
-            weights=weights,
         )
         for block in blocks:
             block.to(self.dtype)
@@ -527,13 +523,6 @@ class Engine:
         self.one_pass = self._one_pass_applies(calib_ids)
         if self.config.sparsity_profile is not SparsityProfile.uniform:
             self._plan(calib_ids)
-        if self.technique.trains and self.recon.loss is ReconLoss.fisher:
-            self.sensitivities = output_sensitivities(
-                self.model,
-                self.adapter.blocks,
-                distributed.local_batches(calib_ids, self.config.calibration.batch_size),
-                self.activations.keep,
-            )
         sets = {"calibration": self._streams(calib_ids)}
         if holdout_ids is not None:
             sets["holdout"] = self._streams(holdout_ids)
@@ -560,8 +549,6 @@ class Engine:
                     self._unsaved.update(self.window(i))
                     if self._checkpoint_due(i, offloaded):
                         self._checkpoint(i, sets, recipe)
-            if self.sensitivities:  # no later window ends at block i
-                self.sensitivities[i] = []
             if not self.keep_masks and i > 0:  # the next window is [i + 1] or [i, i + 1]
                 self._forget_masks(i - 1)
             release_free_memory()  # the block's freed working set, before the next block's

@@ -55,8 +55,7 @@ def test_an_interrupted_sweep_resumes_with_the_rows_it_saved(common, tmp_path):
 
 
 def test_reconstruction_sweep_keys_a_bfloat16_run_apart_and_float32_as_before(common):
-    """A --dtype bfloat16, --self-gen, --optimizer sam or --loss fisher row never stands in for
-    a plain one;
+    """A --dtype bfloat16, --self-gen or --optimizer sam row never stands in for a plain one;
     plain float32 Adam settings are those saved before these existed, so those sweeps resume."""
     import argparse
 
@@ -66,14 +65,11 @@ def test_reconstruction_sweep_keys_a_bfloat16_run_apart_and_float32_as_before(co
     values = dict.fromkeys(module.KEYED, 1) | {"sparsity": 0.5, "rho": 0.05}
     before = {k: 1 for k in module.KEYED} | {"sparsity": 0.5}
 
-    def settings(dtype="float32", self_gen=0, optimizer="adam", loss="mse"):
-        args = argparse.Namespace(
-            **values, dtype=dtype, self_gen=self_gen, optimizer=optimizer, loss=loss
-        )
+    def settings(dtype="float32", self_gen=0, optimizer="adam"):
+        args = argparse.Namespace(**values, dtype=dtype, self_gen=self_gen, optimizer=optimizer)
         return module.settings_of(args)
 
     assert settings() == before
     assert settings(dtype="bfloat16") == before | {"dtype": "bfloat16"}
     assert settings(self_gen=32) == before | {"self_gen": 32}
     assert settings(optimizer="sam") == before | {"optimizer": "sam", "rho": 0.05}
-    assert settings(loss="fisher") == before | {"loss": "fisher"}
