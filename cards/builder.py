@@ -147,6 +147,7 @@ def render_card(folder: Path, repo_id: str | None = None, published_as: Path | N
         FORMATS,
         calibration_facts,
         deployment,
+        pct_targets,
         perplexity_row,
         quantized_graphs,
         reconstruction,
@@ -166,7 +167,7 @@ def render_card(folder: Path, repo_id: str | None = None, published_as: Path | N
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
-    env.filters.update(FORMATS)
+    env.filters.update(FORMATS, pct_targets=pct_targets)
     text = env.get_template(TEMPLATE).render(
         card_data=card_data(records, model_name).to_yaml(),
         model_name=model_name,

@@ -15,8 +15,8 @@ import shlex
 
 from compress.core.config import PruneConfig
 from compress.core.options import to_argv, unknown_fields
+from compress.core.report import describe_targets, perplexity_change
 from compress.core.report import layer_type as layer_type  # the card's layer-type grouping
-from compress.core.report import perplexity_change
 from compress.core.report import sparsity_by_type as sparsity_by_type
 from evaluators.tasks.registry import describe_subset
 
@@ -32,6 +32,11 @@ DATASET_IDS = {
 
 def pct(x: float) -> str:
     return f"{100 * x:.2f}%"
+
+
+def pct_targets(targets: list[float]) -> str:
+    """A layer type's targets, each or their span (see :func:`describe_targets`)."""
+    return describe_targets(targets, pct)
 
 
 def fixed(x: float) -> str:

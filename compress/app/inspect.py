@@ -137,13 +137,18 @@ def _draw_errors(ax, rows: list[list]) -> None:
 def layer_rows(layers: dict[str, dict], per_layer: bool) -> list[list]:
     """Sparsity rows, one per layer or one per layer type as the model card groups them (the
     path after the block index: ``self_attn.q_proj``, ``mlp.c_proj``)."""
-    from compress.core.report import sparsity_by_type
+    from compress.core.report import describe_targets, sparsity_by_type
 
     if per_layer:
         return [
             [name, 1, entry["target_sparsity"], entry["sparsity"]] for name, entry in layers.items()
         ]
     return [
-        [row["type"], row["layers"], ", ".join(f"{t:.4g}" for t in row["target"]), row["sparsity"]]
+        [
+            row["type"],
+            row["layers"],
+            describe_targets(row["target"], "{:.4g}".format),
+            row["sparsity"],
+        ]
         for row in sparsity_by_type(layers)
     ]

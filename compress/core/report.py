@@ -18,7 +18,7 @@ import math
 import platform
 import types
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -563,6 +563,15 @@ def sparsity_by_type(layers: Mapping[str, LayerEntry]) -> list[dict]:
         }
         for kind, members in groups.items()
     ]
+
+
+def describe_targets(targets: Sequence[float], fmt: Callable[[float], str]) -> str:
+    """A layer type's distinct targets in one table cell: each of them, or their span when
+    there are more than three (a sparsity profile gives every block its own; the per-block
+    table lists them)."""
+    if len(targets) <= 3:
+        return ", ".join(fmt(t) for t in targets)
+    return f"{fmt(min(targets))} to {fmt(max(targets))}"
 
 
 # -- validation --------------------------------------------------------------------------------

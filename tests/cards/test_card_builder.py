@@ -572,3 +572,19 @@ def test_every_figure_of_the_deployment_formats_is_recorded(tmp_path):
     allowed = allowed_numbers(records[0], {}, records[1:]) | {"3.3"}  # the weights' MiB
     figures = NUMBER.findall(prose(text))
     assert [f for f in figures if f not in allowed] == []
+
+
+def test_a_per_block_profile_shows_each_types_targets_as_a_range(tmp_path):
+    """With a profile every block has its own target; 30 of them in one cell were unreadable."""
+    report = realistic_report()
+    targets = [0.46, 0.48, 0.52, 0.54]
+    for block, target in enumerate(targets):
+        for kind in TYPES:
+            entry = dict(report["layers"][f"model.layers.{block % 2}.{kind}"])
+            report["layers"][f"model.layers.{block}.{kind}"] = {**entry, "target_sparsity": target}
+    folder = tmp_path / "owl"
+    write_json_atomic(folder / "report.json", report)
+    row = next(
+        line for line in str(render_card(folder)).splitlines() if line.startswith("| mlp.up_proj")
+    )
+    assert row.split(" | ")[2] == "46.00% to 54.00%"

@@ -348,3 +348,21 @@ def test_info_groups_layer_types_as_the_card_does(tmp_path):
     shown = {row.split()[0]: (int(row.split()[1]), float(row.split()[3])) for row in rows}
     card = {r["type"]: (r["layers"], r["sparsity"]) for r in sparsity_by_type(layers)}
     assert shown == card and set(shown) == {"attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"}
+
+
+def test_info_shows_per_block_targets_as_a_range(tmp_path):
+    """A profile gives each block its own target: the type's row shows their span, not a list."""
+    layers = {
+        f"model.layers.{block}.mlp.up_proj": {
+            "target_sparsity": target,
+            "sparsity": target,
+            "zeros": round(100 * target),
+            "numel": 100,
+        }  # fmt: skip
+        for block, target in enumerate([0.62, 0.7, 0.74, 0.66])
+    }
+    write_json_atomic(tmp_path / REPORT_NAME, {"recipe": {"method": "wanda"}, "layers": layers})
+    result = CliRunner().invoke(app, ["info", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    (row,) = result.output.split("-\n", 1)[1].splitlines()
+    assert row.split()[:6] == ["mlp.up_proj", "4", "0.62", "to", "0.74", "0.68"]
