@@ -358,7 +358,7 @@ def test_info_shows_per_block_targets_as_a_range(tmp_path):
             "sparsity": target,
             "zeros": round(100 * target),
             "numel": 100,
-        }  # fmt: skip
+        }
         for block, target in enumerate([0.62, 0.7, 0.74, 0.66])
     }
     write_json_atomic(tmp_path / REPORT_NAME, {"recipe": {"method": "wanda"}, "layers": layers})
