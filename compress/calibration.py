@@ -167,6 +167,33 @@ def _read_utf8(file: Path) -> str:
         ) from exc
 
 
+def _jsonl_texts(file: Path) -> list[str]:
+    """The ``text`` string of each non-blank line of a ``.jsonl`` file.
+
+    Raises:
+        BadInputError: a line that is not a JSON object, lacks ``text``, or whose ``text`` is not
+            a string (a number or null would otherwise fail deep inside the tokenizer).
+    """
+    texts = []
+    for number, line in enumerate(_read_utf8(file).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or "text" not in record:
+            raise BadInputError(f"{file}:{number} is not a JSON object with a 'text' field")
+        text = record["text"]
+        if not isinstance(text, str):
+            raise BadInputError(
+                f"{file}:{number} has a 'text' that is a {type(text).__name__}, not a string; "
+                "make every line's text a JSON string"
+            )
+        texts.append(text)
+    return texts
+
+
 def _local_documents(path: Path) -> list[str]:
     files = (
         sorted(p for p in path.rglob("*") if p.suffix in (".txt", ".jsonl"))
@@ -178,15 +205,7 @@ def _local_documents(path: Path) -> list[str]:
     documents: list[str] = []
     for file in files:
         if file.suffix == ".jsonl":
-            for number, line in enumerate(_read_utf8(file).splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    documents.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                    raise BadInputError(
-                        f"{file}:{number} is not a JSON object with a 'text' field"
-                    ) from exc
+            documents += _jsonl_texts(file)
         elif file.suffix == ".txt":
             documents += [part.strip() for part in _read_utf8(file).split("\n\n") if part.strip()]
         else:

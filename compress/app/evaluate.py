@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compress.core.config import check_window_count
 from compress.core.errors import BadInputError
 from compress.core.options import option
 from compress.core.shared_options import (
@@ -61,6 +62,10 @@ class PplConfig:
     json_out: Path | None = option(
         None, flags="--json", help="Also write the result to this JSON file."
     )
+
+    def __post_init__(self) -> None:
+        check_window_count("--eval-windows", self.eval_windows)
+        check_window_count("--max-windows", self.max_windows)
 
     @property
     def windows(self) -> int:
@@ -204,6 +209,9 @@ class AllConfig:
     folder: Path = option(argument=True, help="A model folder written by compress prune.")
     run: TaskRun = field(default_factory=TaskRun)
     perplexity: PerplexityRequest = field(default_factory=PerplexityRequest)
+
+    def __post_init__(self) -> None:
+        check_window_count("--max-windows", self.perplexity.max_windows)
 
 
 def evaluate_all(config: AllConfig, log: Log) -> dict:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 
+from compress.core.config import check_window_count
 from compress.core.options import option
 from compress.core.shared_options import device_option, output_option, overwrite_option
 from exporters.bnb import BnbScheme
@@ -81,6 +82,9 @@ class ExportBnbConfig:
     eval_seqlen: int = option(512, help="Tokens per perplexity window.")
     eval_windows: int = option(40, help="Perplexity windows (0: all).")
     overwrite: bool = overwrite_option("an existing output folder")
+
+    def __post_init__(self) -> None:
+        check_window_count("--eval-windows", self.eval_windows)
 
 
 def export_bnb(config: ExportBnbConfig) -> dict:

@@ -278,6 +278,16 @@ def _zero_is_none(value: int | None) -> int | None:
     return value or None
 
 
+def check_window_count(flag: str, value: int | None) -> None:
+    """Refuse a negative perplexity window count, which would otherwise reach a reshape.
+
+    Raises:
+        BadInputError: ``value`` is below 0.
+    """
+    if value is not None and value < 0:
+        raise BadInputError(f"{flag} must be 0 or more (0: all windows), got {value}")
+
+
 @dataclass(kw_only=True)
 class EvalConfig:
     enabled: bool = option(
@@ -299,6 +309,9 @@ class EvalConfig:
         to_cli=lambda value: value or 0,
         from_cli=_zero_is_none,
     )
+
+    def __post_init__(self) -> None:
+        check_window_count("--eval-windows", self.max_windows)
 
 
 def _pairs_to_cli(overrides: dict[str, float]) -> list[str] | None:
