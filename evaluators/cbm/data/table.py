@@ -11,7 +11,9 @@ Columns, by name:
   (:func:`~evaluators.cbm.data.base.embed_concepts`), seeded.
 
 Rows are split 70/15/15, stratified by class and seeded. Every malformed column is a one-line
-error naming it (and the first bad row).
+error naming it (and the first bad row). A missing value (an empty cell, or ``NaN``, ``NA``,
+``N/A``, ``null`` and the like, as pandas and R write one) in any named column is refused with
+the rows that hold one: never a category or a class of its own.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from compress.core.errors import BadInputError
 from evaluators.cbm.data.base import ConceptDataset, embed_concepts, make_splits
 
 TRUE, FALSE = {"1", "1.0", "true", "yes"}, {"0", "0.0", "false", "no"}
+# cells that mean "no value" (lowercased): pandas' default NA strings, less "none" (a category)
+MISSING = {"", "nan", "-nan", "na", "n/a", "#n/a", "#na", "<na>", "null"}
+SHOWN_ROWS = 5
 
 
 def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -65,14 +70,26 @@ def check_columns(header: list[str], concepts: list[str], label: str, features: 
         )
 
 
-def column(header: list[str], rows: list[list[str]], name: str) -> list[str]:
-    """One column's cells; an empty cell is an error naming its line."""
+def column(path: Path, header: list[str], rows: list[list[str]], name: str) -> list[str]:
+    """One column's cells; missing values (:data:`MISSING`) are an error naming their lines."""
     index = header.index(name)
     cells = [row[index] for row in rows]
-    for number, cell in enumerate(cells, start=2):
-        if not cell:
-            raise BadInputError(f"column {name!r} is empty on line {number}: fill every cell")
+    missing = [(line, cell) for line, cell in enumerate(cells, start=2) if cell.lower() in MISSING]
+    if missing:
+        raise BadInputError(missing_values(path, name, missing))
     return cells
+
+
+def missing_values(path: Path, name: str, missing: list[tuple[int, str]]) -> str:
+    """The refusal of ``missing`` (line, cell) pairs: what they hold, how many, the first lines."""
+    found = ", ".join(repr(cell) for cell in sorted({cell for _, cell in missing}))
+    lines = ", ".join(str(line) for line, _ in missing[:SHOWN_ROWS])
+    more = f" and {len(missing) - SHOWN_ROWS} more" if len(missing) > SHOWN_ROWS else ""
+    plural = "s" if len(missing) > 1 else ""
+    return (
+        f"table {path} column {name!r} has missing values ({found}) on {len(missing)} "
+        f"row{plural}: line{plural} {lines}{more}; fill those cells or drop those rows"
+    )
 
 
 def concept_columns(name: str, cells: list[str]) -> tuple[torch.Tensor, list[str]]:
@@ -88,12 +105,14 @@ def concept_columns(name: str, cells: list[str]) -> tuple[torch.Tensor, list[str
     return one_hot, [f"{name}={value}" for value in values]
 
 
-def feature_matrix(header: list[str], rows: list[list[str]], names: list[str]) -> torch.Tensor:
+def feature_matrix(
+    path: Path, header: list[str], rows: list[list[str]], names: list[str]
+) -> torch.Tensor:
     """(n, len(names)) float inputs; a non-number is an error naming column and line."""
     out = []
     for name in names:
         values = []
-        for number, cell in enumerate(column(header, rows, name), start=2):
+        for number, cell in enumerate(column(path, header, rows, name), start=2):
             try:
                 values.append(float(cell))
             except ValueError:
@@ -128,19 +147,19 @@ def load_table(
     check_columns(header, list(concepts), label, features)
     parts, concept_names, groups = [], [], []
     for name in concepts:
-        block, names = concept_columns(name, column(header, rows, name))
+        block, names = concept_columns(name, column(path, header, rows, name))
         groups.append(list(range(len(concept_names), len(concept_names) + len(names))))
         parts.append(block)
         concept_names += names
     c = torch.cat(parts, dim=1)
-    labels = column(header, rows, label)
+    labels = column(path, header, rows, label)
     class_names = sorted(set(labels))
     if len(class_names) < 2:
         raise BadInputError(f"label column {label!r} has one class only: need at least two")
     y = torch.tensor([class_names.index(v) for v in labels])
     generator = torch.Generator().manual_seed(seed)
     if features:
-        x = feature_matrix(header, rows, features)
+        x = feature_matrix(path, header, rows, features)
     else:
         x = embed_concepts(c, input_dim, wx_std, z_std, generator)
     train, val, test = make_splits(x, c, y, (0.7, 0.15, 0.15), generator)

@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from compress.cli.main import app
+from compress.core.errors import BadInputError
 from evaluators.cbm.data.table import load_table
 
 runner = CliRunner()
@@ -81,7 +82,7 @@ GOOD = ["--concepts", "wings,fur", "--label", "kind"]
         (None, ["--concepts", "wings,kind", "--label", "kind"], "named twice"),
         (None, ["--label", "kind"], "--concepts"),
         (None, ["--concepts", "", "--label", "kind"], "at least one concept"),
-        (("1,yes,", "1,,"), GOOD, "column 'wings' is empty on line 3"),
+        (("1,yes,", "1,,"), GOOD, "column 'wings' has missing values ('') on 1 row: line 3"),
         (("1,yes,", "1,yes,1,"), GOOD, "line 3 has 8 fields"),
         (("id,wings", "id,id"), GOOD, "repeats columns ['id']"),
         ("constant", ["--concepts", "colour", "--label", "kind"], "one value only"),
@@ -114,6 +115,45 @@ def test_malformed_tables_are_one_error_line(tmp_path, edit, args, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
     assert not out.exists()
+
+
+def blank_out(path, column: str, rows: list[int], marks: list[str]) -> None:
+    """Replace ``column``'s cell on data rows ``rows`` (0-based) by ``marks`` in turn."""
+    head, *body = path.read_text().splitlines()
+    index = head.split(",").index(column)
+    for row, mark in zip(rows, marks * len(rows), strict=False):
+        cells = body[row].split(",")
+        cells[index] = mark
+        body[row] = ",".join(cells)
+    path.write_text("\n".join([head, *body]) + "\n")
+
+
+def test_missing_concept_values_are_refused_not_made_categories(tmp_path):
+    csv = tmp_path / "animals.csv"
+    write_table(csv)
+    blank_out(csv, "fur", [1, 4, 6, 9, 12, 20, 30], ["NaN", "nan", "NA"])
+    with pytest.raises(BadInputError) as refused:
+        load_table(csv, 0, ["wings", "fur"], "kind")
+    message = str(refused.value)
+    assert f"table {csv} column 'fur' has missing values ('NA', 'NaN', 'nan')" in message
+    assert "on 7 rows: lines 3, 6, 8, 11, 14 and 2 more" in message
+    assert "fill those cells or drop those rows" in message
+
+
+@pytest.mark.parametrize("column, args", [("wings", GOOD), ("kind", GOOD)])
+def test_cli_refuses_a_table_with_nan_concepts_or_labels(tmp_path, column, args):
+    csv, out = tmp_path / "animals.csv", tmp_path / "model"
+    write_table(csv)
+    blank_out(csv, column, [0, 5], ["NaN", "nan"])
+    result = runner.invoke(
+        app, ["cbm", "train", "-o", str(out), "--data", "table", "--data-path", str(csv), *args,
+              "--epochs", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert f"column '{column}' has missing values ('NaN', 'nan') on 2 rows: lines 2, 7" in lines[0]
+    assert "fill those cells or drop those rows" in lines[0] and not out.exists()
 
 
 def test_table_flags_need_table_data(tmp_path):
