@@ -6,14 +6,20 @@ front matter comes from ``huggingface_hub``'s :class:`ModelCardData` with one
 states only what :mod:`cards.facts` takes from the records.
 
 ``check_card`` validates offline: the front matter parses, the fields the Hub needs are there,
-``base_model`` is a valid repo id, and the ``model-index`` results equal the ones the records give
-now (a card edited by hand or left stale after a new evaluation is caught).
+``base_model`` (written only for a Hub source) is a valid repo id, and the whole card, front matter
+and body, is what rendering the records again gives (a figure edited by hand or a card left stale
+after a new evaluation is caught). A render takes two arguments the records do not hold, the
+model's name and the repo its loading snippets name; the check reads them back from the card's
+heading and snippets, so a card passes wherever it was written for (a Hub repo, the folder under
+another path).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 
 from compress.core.errors import BadInputError
@@ -27,6 +33,9 @@ EVAL_TASKS = "eval_tasks.json"
 EVAL_TASKS_DENSE = "eval_tasks_dense.json"  # the base model's, from compress eval tasks --dense
 EXPORT_REPORT = "export_report.json"
 DEFAULT_ONNX = "onnx"
+UNKNOWN_LICENSE = "other"  # the Hub's value for a license not on its list; the body says unknown
+# Stand-ins for the render arguments, to find where the template puts them (see _stated).
+NAME_MARK, REPO_MARK = "COMPRESS_CARD_NAME", "COMPRESS_CARD_REPO"
 
 
 @dataclass
@@ -113,16 +122,17 @@ def eval_results(records: Records) -> list:
 
 
 def card_data(records: Records, model_name: str):
-    """The YAML front matter: base model, inherited license, tags, datasets, model-index."""
+    """The YAML front matter: base model (a Hub source only), inherited license (``other`` when
+    none is recorded), tags, datasets, model-index."""
     from huggingface_hub import ModelCardData
 
-    from cards.facts import dataset_ids, tags
+    from cards.facts import dataset_ids, hub_base_model, tags
 
     model = records.report["model"]
     return ModelCardData(
         model_name=model_name,
-        base_model=model["base_model"],
-        license=model.get("license"),
+        base_model=hub_base_model(model),
+        license=model.get("license") or UNKNOWN_LICENSE,
         library_name="transformers",
         pipeline_tag="text-generation",
         tags=tags(records.report, records.export),
@@ -140,13 +150,22 @@ def render_card(folder: Path, repo_id: str | None = None, published_as: Path | N
         published_as: the folder ``folder`` becomes once published, when it is a staging
             folder; the card names the model by it, never by the staging folder.
     """
-    import jinja2
     from huggingface_hub import ModelCard
+
+    final = Path(published_as or folder)
+    model_name = (repo_id or final.resolve().name).split("/")[-1]
+    return ModelCard(_render(load_records(folder), model_name, repo_id or str(final)))
+
+
+def _render(records: Records, model_name: str, repo: str) -> str:
+    """The card's text: ``model_name`` heads it, the loading snippets name ``repo``."""
+    import jinja2
 
     from cards.facts import (
         FORMATS,
         calibration_facts,
         deployment,
+        hub_base_model,
         pct_targets,
         perplexity_row,
         quantized_graphs,
@@ -157,21 +176,18 @@ def render_card(folder: Path, repo_id: str | None = None, published_as: Path | N
         task_rows,
     )
 
-    folder = Path(folder)
-    records = load_records(folder)
     report = records.report
-    final = Path(published_as or folder)
-    model_name = (repo_id or final.resolve().name).split("/")[-1]
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )
     env.filters.update(FORMATS, pct_targets=pct_targets)
-    text = env.get_template(TEMPLATE).render(
+    return env.get_template(TEMPLATE).render(
         card_data=card_data(records, model_name).to_yaml(),
         model_name=model_name,
-        base_model=report["model"]["base_model"],
+        base_model=report["model"]["base_model"] or report["model"]["source"],
+        hub_base_model=hub_base_model(report["model"]),
         license=report["model"].get("license"),
         summary=report["summary"],
         recipe={"skip": [], **report["recipe"]},
@@ -197,11 +213,10 @@ def render_card(folder: Path, repo_id: str | None = None, published_as: Path | N
         genai=records.genai,
         genai_path=records.genai_path,
         weights_bytes=records.weights_bytes,
-        repo=repo_id or str(final),
-        deploy=deployment(report, repo_id or str(final)),
+        repo=repo,
+        deploy=deployment(report, repo),
         command=reproduce_command(report),
     )
-    return ModelCard(text)
 
 
 def write_card(folder: Path, repo_id: str | None = None, published_as: Path | None = None) -> Path:
@@ -214,39 +229,81 @@ def write_card(folder: Path, repo_id: str | None = None, published_as: Path | No
 
 
 def check_card(folder: Path) -> list[str]:
-    """Problems with ``folder/README.md``'s metadata; an empty list means it is valid."""
+    """Problems with ``folder/README.md``; an empty list means it is valid and reads exactly as
+    the records render it."""
     from huggingface_hub import ModelCard
     from huggingface_hub.repocard import REGEX_YAML_BLOCK
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     path = Path(folder) / README
     if not path.is_file():
         return [f"{path} does not exist: run compress card {folder}"]
-    if not REGEX_YAML_BLOCK.search(path.read_text()):
+    text = path.read_text()
+    if not REGEX_YAML_BLOCK.search(text):
         return [f"{path} has no YAML front matter between --- lines"]
     try:
         data = ModelCard.load(path).data
     except Exception as exc:  # noqa: BLE001  (yaml, model-index and key errors all mean "broken")
         return [f"{path} front matter does not parse: {type(exc).__name__}: {exc}"]
-    problems = []
-    for key in ("license", "base_model", "pipeline_tag", "tags"):
-        if not getattr(data, key, None):
-            problems.append(f"front matter has no {key}")
-    try:
-        validate_repo_id(str(data.base_model))
-    except HFValidationError:
-        problems.append(f"base_model {data.base_model!r} is not a Hub repo id")
-    expected = [_result_key(r) for r in eval_results(load_records(folder))]
-    stated = [_result_key(r) for r in (data.eval_results or [])]
-    if stated != expected:
-        problems.append(
-            f"model-index states {stated} but the records give {expected}: run compress card {folder}"
-        )
+    problems = _metadata_problems(data)
+    difference = _first_difference(text, _rerender(load_records(folder), text, Path(folder)))
+    if difference:
+        problems.append(f"{difference}: run compress card {folder} to render it again")
     return problems
 
 
-def _result_key(result) -> tuple:
-    return (result.dataset_name, result.dataset_split, result.metric_type, result.metric_value)
+def _metadata_problems(data) -> list[str]:
+    """The fields the Hub needs that are missing, and a ``base_model`` that is no repo id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    problems = [
+        f"front matter has no {key}"
+        for key in ("license", "pipeline_tag", "tags")
+        if not getattr(data, key, None)
+    ]
+    if data.base_model is not None:
+        try:
+            validate_repo_id(str(data.base_model))
+        except HFValidationError:
+            problems.append(f"base_model {data.base_model!r} is not a Hub repo id")
+    return problems
+
+
+def _rerender(records: Records, text: str, folder: Path) -> str:
+    """The card the records give, for the model name and repo ``text`` states (else the
+    folder's name and path), as :func:`write_card` writes it."""
+    from huggingface_hub import ModelCard
+
+    marked = _body(_render(records, NAME_MARK, REPO_MARK))
+    body = _body(text)
+    name = _stated(marked, body, NAME_MARK) or folder.resolve().name
+    repo = _stated(marked, body, REPO_MARK) or str(folder)
+    return str(ModelCard(_render(records, name, repo)))
+
+
+def _body(text: str) -> list[str]:
+    """The lines after the front matter."""
+    return text.partition("\n---\n")[2].splitlines()
+
+
+def _stated(marked: list[str], card: list[str], mark: str) -> str | None:
+    """The value ``card`` has where the template puts ``mark``: read from the first card line
+    that matches a marked template line, with ``mark`` as the value (the same at each place)."""
+    for line in (m for m in marked if mark in m):
+        head, *rest = line.split(mark)
+        value = re.escape(head) + "(?P<v>.+?)" + "(?P=v)".join(map(re.escape, rest))
+        found = next(filter(None, map(re.compile(value).fullmatch, card)), None)
+        if found:
+            return found["v"]
+    return None
+
+
+def _first_difference(card: str, expected: str) -> str | None:
+    """The first line where ``card`` differs from ``expected``, with both versions."""
+    for number, pair in enumerate(zip_longest(card.splitlines(), expected.splitlines()), 1):
+        if pair[0] != pair[1]:
+            stated, given = ("no line" if line is None else repr(line) for line in pair)
+            return f"line {number} reads {stated} where the records give {given}"
+    return None
 
 
 def require_valid(folder: Path) -> None:

@@ -189,6 +189,25 @@ def task_comparison(compressed: dict | None, dense: dict | None) -> list[dict]:
     return rows
 
 
+def hub_base_model(model: dict) -> str | None:
+    """The base model's Hub repo id; None when the report's model came from a local folder or a
+    GGUF file (recorded as its path), which the Hub cannot link to.
+
+    A path is told apart as :func:`compress.models.load_model` tells it: it starts with ``.``,
+    ``/`` or ``~``, has more than one ``/``, or names a ``.gguf`` file; a relative folder spelt
+    like a repo id (``org/name``) cannot be told apart from the string alone."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    name = model.get("base_model") or ""
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(".gguf"):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
 def tags(report: dict, export: dict | None) -> list[str]:
     summary = report["summary"]
     pattern = str(summary["pattern"])

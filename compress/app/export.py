@@ -109,7 +109,9 @@ class CardConfig:
 
     folder: Path = option(argument=True, help=FOLDER_HELP)
     check: bool = option(
-        False, flags="--check", help="Validate README.md's metadata offline; write nothing."
+        False,
+        flags="--check",
+        help="Check offline that README.md reads as the records render it; write nothing.",
     )
     repo_id: str | None = option(None, help="Hub repo the card will live in (for the snippets).")
 
@@ -118,7 +120,8 @@ def card(config: CardConfig) -> Path:
     """Write (or, ``check``, only validate) the folder's model card; returns README.md's path.
 
     Raises:
-        BadInputError: the card's metadata is invalid or disagrees with the records.
+        BadInputError: the card's metadata is invalid, or a line of the card differs from
+            what the records render (edited by hand, or stale).
     """
     from cards.builder import README, require_valid, write_card
 

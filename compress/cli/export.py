@@ -77,7 +77,7 @@ def _run_onnx(config: workflows.RunOnnxConfig) -> None:
 def _card(config: workflows.CardConfig) -> None:
     path = workflows.card(config)
     if config.check:
-        typer.echo(f"{path}: metadata valid and matches the records")
+        typer.echo(f"{path}: reads as the records render it; metadata valid")
     else:
         typer.echo(f"wrote {path}; review it before pushing")
 

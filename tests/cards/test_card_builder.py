@@ -351,9 +351,10 @@ def test_check_catches_stale_and_incomplete_metadata(tmp_path):
     readme = folder / "README.md"
     good = readme.read_text()
     readme.write_text(good.replace("value: 27.4312", "value: 19.5"))
-    assert any("model-index states" in p for p in check_card(folder))
+    (problem,) = check_card(folder)
+    assert "line 28 reads '      value: 19.5'" in problem and "run compress card" in problem
     readme.write_text(good.replace("license: apache-2.0\n", ""))
-    assert check_card(folder) == ["front matter has no license"]
+    assert check_card(folder)[0] == "front matter has no license"
     readme.write_text(good.replace("license: apache-2.0", "license: [apache"))
     assert "does not parse" in check_card(folder)[0]
     readme.write_text(good.replace("---", "--- [", 1))
@@ -588,3 +589,79 @@ def test_a_per_block_profile_shows_each_types_targets_as_a_range(tmp_path):
         line for line in str(render_card(folder)).splitlines() if line.startswith("| mlp.up_proj")
     )
     assert row.split(" | ")[2] == "46.00% to 54.00%"
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("| 21.87 | 27.43 |", "| 21.87 | 17.43 |"),  # the perplexity of the evaluation table
+        ("| mlp.down_proj | 2 | 50.00% | 49.96% |", "| mlp.down_proj | 2 | 50.00% | 59.96% |"),
+    ],
+    ids=["perplexity", "sparsity"],
+)
+def test_check_fails_a_figure_edited_by_hand_in_the_body(tmp_path, old, new):
+    folder = make_folder(tmp_path)
+    runner = CliRunner()
+    assert runner.invoke(app, ["card", str(folder)]).exit_code == 0
+    assert runner.invoke(app, ["card", str(folder), "--check"]).exit_code == 0  # untouched: valid
+    readme = folder / "README.md"
+    lines = readme.read_text().splitlines()
+    (number,) = [i for i, line in enumerate(lines, 1) if old in line]
+    readme.write_text(readme.read_text().replace(old, new))
+    result = runner.invoke(app, ["card", str(folder), "--check"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = error_lines(result)
+    assert f"line {number} reads {lines[number - 1].replace(old, new)!r}" in line
+    assert f"records give {lines[number - 1]!r}" in line
+    assert line.endswith(f"run compress card {folder} to render it again")
+
+
+def test_a_card_passes_its_own_check_however_it_was_written(tmp_path, monkeypatch):
+    folder = make_folder(tmp_path)
+    assert str(render_card(folder)) == str(render_card(folder))  # nothing varies between renders
+    write_card(folder, repo_id="me/smollm2-wanda-50")
+    assert check_card(folder) == []
+    staging = tmp_path / ".smollm2-wanda-50.partial"  # compress prune writes it, then publishes
+    folder.rename(staging)
+    write_card(staging, published_as=folder)
+    staging.rename(folder)
+    assert check_card(folder) == []
+    monkeypatch.chdir(tmp_path)
+    write_card(Path(folder.name))  # the snippets name the folder as it was given ...
+    monkeypatch.chdir(folder)
+    assert check_card(Path(".")) == [] and check_card(folder) == []  # ... checked from elsewhere
+
+
+@pytest.mark.parametrize(
+    "source", ["/models/my-llama", "./my-llama", "~/models/llama-q4.gguf", "llama-q4.gguf"]
+)
+def test_a_local_source_is_no_base_model_and_an_unknown_license_is_other(tmp_path, source):
+    folder = make_folder(tmp_path)
+    report = json.loads((folder / "report.json").read_text())
+    report["model"] |= {"source": source, "base_model": source, "license": None}
+    write_json_atomic(folder / "report.json", report)
+    write_card(folder)
+    text = (folder / "README.md").read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert "base_model" not in meta and meta["license"] == "other"
+    assert f"`{source}` pruned to" in text and "huggingface.co/" not in text
+    assert "license (unknown: check it before publishing)" in text
+    assert check_card(folder) == []
+
+
+@pytest.mark.slow
+def test_a_prune_of_a_local_folder_passes_its_own_card_check(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    fast = ["--nsamples", "2", "--seqlen", "32", "--batch-size", "2", "--device", "cpu"]
+    args = ["prune", str(tiny_model_dir), "--reconstruct", "none", "--output", str(out)]
+    runner = CliRunner()
+    result = runner.invoke(app, [*args, *fast])
+    assert result.exit_code == 0, result.output
+    meta = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert "base_model" not in meta and meta["license"] == "other"
+    result = runner.invoke(app, ["card", str(out), "--check"])
+    assert result.exit_code == 0, result.output
