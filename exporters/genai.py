@@ -36,6 +36,15 @@ def is_genai_folder(folder: Path) -> bool:
     return (Path(folder) / GENAI_CONFIG).is_file()
 
 
+def context_length(folder: Path) -> int:
+    """The positions the build attends to: ``genai_config.json``'s ``context_length``."""
+    return _model_config(folder)["context_length"]
+
+
+def _model_config(folder: Path) -> dict:
+    return json.loads((Path(folder) / GENAI_CONFIG).read_text())["model"]
+
+
 def execution_provider() -> str:
     """``cuda`` where onnxruntime offers CUDA, else ``cpu``."""
     import onnxruntime
@@ -112,7 +121,7 @@ class GenaiLM:
         self.og = og
         self.model = og.Model(session_config(folder, threads or torch.get_num_threads()))
         if eos_token_ids is None:
-            eos = json.loads((Path(folder) / GENAI_CONFIG).read_text())["model"]["eos_token_id"]
+            eos = _model_config(folder)["eos_token_id"]
             eos_token_ids = eos if isinstance(eos, list) else [eos]
         self.eos_token_ids = list(eos_token_ids)
 
@@ -175,8 +184,15 @@ class GenaiLM:
 
 
 def stream_text(folder: Path, prompt: str, max_new_tokens: int) -> Iterator[str]:
-    """Pieces of the greedy continuation of ``prompt``, yielded as the tokens come."""
+    """Pieces of the greedy continuation of ``prompt``, yielded as the tokens come.
+
+    Raises:
+        BadInputError: ``folder`` is no onnxruntime-genai build, or the prompt and
+            ``max_new_tokens`` exceed its context.
+    """
     from transformers import AutoTokenizer
+
+    from exporters.context import check_fits
 
     if not is_genai_folder(folder):
         raise BadInputError(
@@ -184,6 +200,7 @@ def stream_text(folder: Path, prompt: str, max_new_tokens: int) -> Iterator[str]
         )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)["input_ids"]
+    check_fits(ids.shape[1], max_new_tokens, context_length(folder))
     tokens: list[int] = []
     shown = ""
     for token, _ in GenaiLM(folder).stream(ids, max_new_tokens):

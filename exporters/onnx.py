@@ -440,10 +440,13 @@ def generate_text(
     """Greedy continuation of ``prompt`` by an exported model, in ONNX Runtime.
 
     Raises:
-        BadInputError: ``folder`` holds no export (or no int8/int4 graph when asked for one).
+        BadInputError: ``folder`` holds no export (or no int8/int4 graph when asked for one), or
+            the prompt and ``max_new_tokens`` exceed the model's context.
     """
     import torch
     from transformers import AutoTokenizer
+
+    from exporters.context import check_fits, config_context
 
     folder = Path(folder)
     tag = "int4" if int4 else "int8" if int8 else None
@@ -456,8 +459,9 @@ def generate_text(
         }
         raise BadInputError(f"{folder} has no {file_name}: {hints[tag]} first")
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = load_ort(folder, file_name)
     inputs = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)
+    check_fits(inputs["input_ids"].shape[1], max_new_tokens, config_context(folder))
+    model = load_ort(folder, file_name)
     with torch.no_grad():
         out = model.generate(
             **inputs,

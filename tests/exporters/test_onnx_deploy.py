@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from compress.cli.main import app
 from compress.core.errors import BadInputError
 from exporters.onnx import EXPORT_REPORT, OnnxExportConfig, export_onnx
-from tests.exporters.test_onnx_export import FAST
+from tests.compress.test_refusals import refused
+from tests.exporters.test_onnx_export import FAST, prompt_of
 from tests.stacks import needs_optimum
 
 VOCAB, HIDDEN = 256, 64
@@ -189,10 +190,16 @@ def test_export_onnx_prints_the_int4_graphs_figures(pruned_llama_dir, eval_text,
     assert "int4 vs PyTorch: mean |logit diff|" in result.output
 
 
+@pytest.fixture(scope="module")
+def genai_llama(pruned_llama_dir, tmp_path_factory):
+    """The pruned Llama built by onnxruntime-genai's model builder (fp32), once for the module."""
+    output = tmp_path_factory.mktemp("genai") / "export"
+    return output, export_onnx(pruned_llama_dir, output, OnnxExportConfig(**FAST, runtime="genai"))
+
+
 @pytest.mark.slow
-def test_genai_fp32_build_matches_pytorch_and_streams(pruned_llama_dir, tmp_path):
-    output = tmp_path / "genai"
-    report = export_onnx(pruned_llama_dir, output, OnnxExportConfig(**FAST, runtime="genai"))
+def test_genai_fp32_build_matches_pytorch_and_streams(genai_llama):
+    output, report = genai_llama
     parity = report["parity"]
     assert report["runtime"] == "onnxruntime-genai" and report["precision"] == "fp32"
     assert parity["passed"] and parity["tokens_equal"] and parity["mismatches"] == []
@@ -207,6 +214,23 @@ def test_genai_fp32_build_matches_pytorch_and_streams(pruned_llama_dir, tmp_path
     result = CliRunner().invoke(app, ["run-onnx", str(output), prompt, "--max-new-tokens", "6"])
     assert result.exit_code == 0, result.output
     assert result.output == "".join(pieces) + "\n"  # the same greedy text, streamed
+
+
+@pytest.mark.slow
+def test_genai_run_onnx_refuses_a_prompt_beyond_the_context(genai_llama, tokenizer, monkeypatch):
+    """genai_config.json records a context of 256 (the tiny Llama's positions): 252 prompt
+    tokens and 5 new ones are refused before the model loads; 4 new ones fill it exactly."""
+    import exporters.genai
+
+    output, _ = genai_llama
+    assert json.loads((output / "genai_config.json").read_text())["model"]["context_length"] == 256
+    prompt = prompt_of(tokenizer, 252)
+    with monkeypatch.context() as patch:
+        patch.setattr(exporters.genai, "GenaiLM", lambda *_: pytest.fail("loaded the model"))
+        words = ("252 tokens", "5 more", "context of 256", "--max-new-tokens 4")
+        refused(["run-onnx", output, prompt, "--max-new-tokens", 5], output, *words)
+    result = CliRunner().invoke(app, ["run-onnx", str(output), prompt, "--max-new-tokens", "4"])
+    assert result.exit_code == 0, result.output
 
 
 @pytest.mark.slow

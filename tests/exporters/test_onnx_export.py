@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from compress.cli.main import app
 from compress.core.errors import BadInputError, ExportParityError
 from exporters.onnx import EXPORT_REPORT, OnnxExportConfig, export_onnx
+from tests.compress.test_refusals import refused
 from tests.stacks import needs_optimum
 
 FAST = dict(max_new_tokens=4, latency_new_tokens=4, latency_repeats=1)
@@ -189,6 +190,31 @@ def test_cli_run_onnx_int8(llama_export):
         app,
         ["run-onnx", str(output), "The capital of France is", "--max-new-tokens", "3", "--int8"],
     )
+    assert result.exit_code == 0, result.output
+
+
+def prompt_of(tokenizer, tokens: int) -> str:
+    """A prompt the tokenizer turns into exactly ``tokens`` ids (special tokens included)."""
+    extra = len(tokenizer("a")["input_ids"]) - 1
+    prompt = " ".join(["a"] * (tokens - extra))
+    assert len(tokenizer(prompt)["input_ids"]) == tokens
+    return prompt
+
+
+@needs_optimum
+@pytest.mark.slow
+def test_run_onnx_refuses_a_prompt_beyond_the_context(gpt2_export, tokenizer, monkeypatch):
+    """The tiny GPT-2 has 256 positions (config.json's n_positions): 252 prompt tokens and 5 new
+    ones are refused before the model loads; with 4 new ones they fill the context exactly."""
+    import exporters.onnx
+
+    output, _ = gpt2_export
+    prompt = prompt_of(tokenizer, 252)
+    with monkeypatch.context() as patch:
+        patch.setattr(exporters.onnx, "load_ort", lambda *_: pytest.fail("loaded the model"))
+        words = ("252 tokens", "5 more", "context of 256", "--max-new-tokens 4")
+        refused(["run-onnx", output, prompt, "--max-new-tokens", 5], output, *words)
+    result = CliRunner().invoke(app, ["run-onnx", str(output), prompt, "--max-new-tokens", "4"])
     assert result.exit_code == 0, result.output
 
 
