@@ -78,8 +78,9 @@ def preflight(
     free, ram = memory(device)
     plan = plan_memory(parameters, blocks, dtype, device.type == "cuda", free, ram)
     needs = [disk_need(what, stored, folder) for what, folder in writes]
-    if output is not None:
-        needs.append(disk_need("output", plan.weights_bytes, Path(output)))
+    if output is not None:  # the weights as saved, the tokenizer and the rest beside them
+        beside = sum(sizes.values()) - stored
+        needs.append(disk_need("output", plan.weights_bytes + beside, Path(output)))
     if plan.onload:
         needs.append(disk_need("offloaded weights", plan.weights_bytes, offload))
     check_disk(needs)

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "compress.sam",
             "compress.distributed",
             "compress.sparsity_profile",
+            "compress.finite",
         ),
     ),
     (

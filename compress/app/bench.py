@@ -14,7 +14,7 @@ class BenchSparseConfig:
     new_tokens: int = option(32, help="Greedy tokens per decode timing.")
     repeats: int = option(5, help="Timed runs per figure (median).")
     output: str | None = option(
-        None, flags=("--output", "-o"), help="Also write the results as JSON here."
+        None, flags=("--output", "-o"), help="Also write the results as JSON here.", writes=True
     )
 
 

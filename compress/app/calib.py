@@ -33,7 +33,7 @@ class GenerateConfig:
     device: str = device_option()
     dtype: DType = dtype_option()
     output: str = option(
-        "calib.jsonl", help="JSONL file; appended to, so a rerun continues it to --n."
+        "calib.jsonl", help="JSONL file; appended to, so a rerun continues it to --n.", lock=True
     )
     progress: bool = progress_option()
 

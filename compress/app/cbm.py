@@ -30,7 +30,7 @@ def _folder() -> Any:
 
 
 def _output(what: str) -> Any:
-    return option(flags=("--output", "-o"), help=f"Folder for {what}.")
+    return option(flags=("--output", "-o"), help=f"Folder for {what}.", writes=True)
 
 
 def _overwrite() -> Any:

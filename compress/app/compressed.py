@@ -16,6 +16,7 @@ class CompressedExportConfig:
     output: str = option(
         flags=("--output", "-o"),
         help="Folder for the compressed-tensors checkpoint (written atomically).",
+        lock=True,
     )
     overwrite: bool = overwrite_option()
 

@@ -60,7 +60,7 @@ class PplConfig:
     device: str = device_option()
     dtype: DType = dtype_option()
     json_out: Path | None = option(
-        None, flags="--json", help="Also write the result to this JSON file."
+        None, flags="--json", help="Also write the result to this JSON file.", writes=True
     )
 
     def __post_init__(self) -> None:

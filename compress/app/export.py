@@ -9,6 +9,7 @@ Heavy libraries are imported inside the workflows.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,9 @@ class ExportOnnxConfig:
     """``compress export onnx``."""
 
     folder: Path = option(argument=True, help=FOLDER_HELP)
-    output: Path | None = output_option(None, "Export folder (default: DIR/onnx)", short=True)
+    output: Path | None = output_option(
+        None, "Export folder (default: DIR/onnx)", short=True, lock=True
+    )
     onnx: OnnxExportConfig = field(default_factory=OnnxExportConfig)
     overwrite: bool = overwrite_option("an existing export folder")
 
@@ -37,9 +40,12 @@ class ExportOnnxConfig:
 
 def export_onnx(config: ExportOnnxConfig) -> dict:
     """Export to ONNX and check it in ONNX Runtime; returns export_report.json."""
+    from compress.core.claim import output_lock
     from exporters.onnx import export_onnx as run_export
 
-    return run_export(config.folder, config.target, config.onnx, overwrite=config.overwrite)
+    # an --output given is claimed by the command; the default one is claimed here
+    with nullcontext() if config.output else output_lock(config.target):
+        return run_export(config.folder, config.target, config.onnx, overwrite=config.overwrite)
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,7 @@ class ExportBnbConfig:
     """``compress export bnb``."""
 
     folder: Path = option(argument=True, help=FOLDER_HELP)
-    output: Path = output_option(MISSING, "Folder for the quantized model", short=True)
+    output: Path = output_option(MISSING, "Folder for the quantized model", short=True, lock=True)
     quantize: BnbScheme = option(
         BnbScheme.nf4,
         help="bitsandbytes scheme: bnb-nf4 (4-bit NormalFloat) or bnb-int8 (LLM.int8).",

@@ -25,6 +25,7 @@ class InfoConfig:
     )
     plot: Path | None = option(
         None,
+        writes=True,
         help="Draw per-block errors (calibration vs held-out) and per-block sparsity to this PNG.",
     )
 

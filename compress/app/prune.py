@@ -9,6 +9,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -23,9 +24,16 @@ from compress.calibration import (
     tokenize_stream,
     windows_from_stream,
 )
+from compress.core.claim import check_writable, output_lock
 from compress.core.config import PruneConfig, SaveFormat
-from compress.core.errors import BadInputError
-from compress.core.io import check_target, publish, staging_folder, work_folder
+from compress.core.errors import BadInputError, Interrupted, signal_exit_code
+from compress.core.io import (
+    check_target,
+    publish,
+    reported_writes,
+    staging_folder,
+    work_folder,
+)
 from compress.core.report import (
     RECIPE_NAME,
     REPORT_FORMAT,
@@ -42,6 +50,7 @@ from compress.core.report import (
     write_json_atomic,
 )
 from compress.engine import SELFGEN, Engine, PruneOutcome, WorkFolder
+from compress.finite import refuse_non_finite
 from compress.masks import zero_count
 from compress.models import LoadedModel, check_seqlen, context_length, load_model, resolve_device
 from compress.placement import Placement, peak_rss_bytes, refuse_quantized
@@ -127,10 +136,13 @@ def run_prune(
     """Prune ``config.model`` as configured and write the output folder; return the report.
 
     Under ``config.distributed`` every rank calibrates on its shard of the windows, statistics
-    and gradients are summed across ranks, and rank 0 alone evaluates and writes.
+    and gradients are summed across ranks, and rank 0 alone evaluates and writes, holding the
+    output's lock (:mod:`compress.core.claim`) for the whole run.
 
     Raises:
         BadInputError: any invalid input, before heavy work where it can be known then.
+        OutputError: the output cannot be written (found before loading where it can be).
+        Interrupted: SIGINT or SIGTERM; the message says where ``--resume`` continues.
     """
     refuse_quantized(config.load_in_8bit, config.load_in_4bit)
     if config.save_format is SaveFormat.compressed:
@@ -139,11 +151,38 @@ def run_prune(
         require_sparse_compressors()
     target = Path(config.output)
     check_target(target, config.overwrite)
-    started = time.perf_counter()
+    check_writable(target)
     device = distributed.init_from_env() if config.distributed else None
     main = distributed.is_main()
     if not main:
         log, on_block = (lambda message: None), None
+    work = WorkFolder(work_folder(target))
+    with output_lock(target) if main else nullcontext():
+        check_target(target, config.overwrite)  # again, now that no other run can write it
+        try:
+            return _prune_and_save(config, device, work, on_block, log)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(_resume_hint(work), signal_exit_code(exc)) from None
+
+
+def _resume_hint(work: WorkFolder) -> str:
+    state = work.read_state()
+    if state is None:
+        return "interrupted before the first checkpoint; nothing to resume"
+    return f"interrupted; --resume continues from block {state['next_block']}"
+
+
+def _prune_and_save(
+    config: PruneConfig,
+    device: torch.device | None,
+    work: WorkFolder,
+    on_block: ProgressFn | None,
+    log: Callable[[str], None],
+) -> dict:
+    """:func:`run_prune` once the output is claimed."""
+    started = time.perf_counter()
+    main = distributed.is_main()
+    target = Path(config.output)
     log(f"loading {config.model or 'the embedded SmolLM2-135M-Instruct'}")
     placement = Placement.from_flags(config.device_map, config.max_memory, config.offload_folder)
     device_name = str(device) if device is not None else config.device
@@ -160,7 +199,6 @@ def run_prune(
     check_seqlen(loaded, calib.seqlen)
     if config.evaluation.seqlen:
         check_seqlen(loaded, config.evaluation.seqlen, "--eval-seqlen")
-    work = WorkFolder(work_folder(target))
     work.start(config.resume, log)
     windows = (
         None
@@ -342,9 +380,25 @@ def save_output(
 
     With ``--save-format compressed`` the dense staging folder is converted to compressed-tensors
     (and checked bit-identical) before the card is written, so the card, the published folder
-    and the Hub push all hold what was saved."""
+    and the Hub push all hold what was saved. A failed write removes the staging folder and keeps
+    the work folder, whose last checkpoint lets ``--resume`` finish without pruning again."""
+    refuse_non_finite(loaded.model)
     staging = staging_folder(target)
     shutil.rmtree(staging, ignore_errors=True)
+    then = "free space or choose another --output, then rerun with --resume to save without pruning again"
+    try:
+        with reported_writes(target, then):
+            _write_staging(loaded, config, report, staging, work)
+            check_target(target, config.overwrite)
+            publish(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _write_staging(
+    loaded: LoadedModel, config: PruneConfig, report: dict, staging: Path, work: WorkFolder
+) -> None:
     loaded.model.save_pretrained(staging, safe_serialization=True)
     loaded.tokenizer.save_pretrained(staging)
     write_json_atomic(staging / RECIPE_NAME, {**config.to_dict(), "versions": report["versions"]})
@@ -358,5 +412,5 @@ def save_output(
         report["deploy"] = {record["format"]: record}
     from cards.builder import write_card
 
+    target = Path(config.output)
     write_card(staging, config.hub_repo_id if config.push_to_hub else None, published_as=target)
-    publish(staging, target)

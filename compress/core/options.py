@@ -21,10 +21,13 @@ import dataclasses
 import inspect
 import typing
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import MISSING, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
+
+from compress.core.claim import check_writable, output_lock
 
 _KEY = "compress.option"
 
@@ -39,6 +42,10 @@ class OptionSpec:
     ``negative``: the bool's off form when it is not ``--no-`` + the flag (``--by-type`` for
     ``--layers``).
     ``metavar``: the value's placeholder in ``--help`` (typer's own when None).
+    ``writes``: the option names a file or folder the command writes; :func:`command` checks it
+    can be written before any work (:func:`compress.core.claim.check_writable`).
+    ``lock``: the command holds the output's lock (:func:`compress.core.claim.output_lock`) while
+    it runs, so a second run into it is refused (implies ``writes``).
     ``to_cli`` / ``from_cli``: convert between the field's value and what the flag carries, for
     fields whose CLI form differs (``PATTERN=S`` strings for a dict, say).
     """
@@ -53,6 +60,8 @@ class OptionSpec:
     from_cli: Callable[[Any], Any] | None = None
     negative: str | None = None
     metavar: str | None = None
+    writes: bool = False
+    lock: bool = False
 
 
 def option(
@@ -69,6 +78,8 @@ def option(
     from_cli: Callable[[Any], Any] | None = None,
     negative: str | None = None,
     metavar: str | None = None,
+    writes: bool = False,
+    lock: bool = False,
 ) -> Any:
     """A dataclass field that is also a command-line option (see the module docstring)."""
     spec = OptionSpec(
@@ -82,6 +93,8 @@ def option(
         from_cli=from_cli,
         negative=negative,
         metavar=metavar,
+        writes=writes or lock,
+        lock=lock,
     )
     return field(default=default, default_factory=default_factory, metadata={_KEY: spec})
 
@@ -134,10 +147,11 @@ class Option:
 
 
 def flag_of(cls: type, field_name: str) -> str:
-    """The canonical flag of ``cls``'s option ``field_name``, as its spec spells it (for error
-    messages that name the flag to change)."""
+    """The flag of ``cls``'s option ``field_name`` as its spec spells it, with its aliases
+    (``--batch-size/--recon-batch``), for error messages: whichever one the user typed is named."""
     f = next(f for f in dataclasses.fields(cls) if f.name == field_name)
-    return Option((f.name,), f.metadata[_KEY], None, MISSING).flag
+    option = Option((f.name,), f.metadata[_KEY], None, MISSING)
+    return "/".join(option.spec.flags) if option.spec.flags else option.flag
 
 
 def options_of(cls: type, path: tuple[str, ...] = ()) -> Iterator[Option]:
@@ -293,7 +307,16 @@ def command(cls: type, run: Callable[[Any], Any], doc: str, *, name: str) -> Cal
     """A typer command taking every option of ``cls``'s tree, calling ``run(config)``."""
 
     def invoke(**values: Any) -> Any:
-        return run(build(cls, values))
+        config = build(cls, values)
+        outputs = [(opt, value_at(config, opt.path)) for opt in options_of(cls) if opt.spec.writes]
+        outputs = [(opt, Path(value)) for opt, value in outputs if value]
+        for opt, path in outputs:
+            check_writable(path, opt.flag)
+        with ExitStack() as held:
+            for opt, path in outputs:
+                if opt.spec.lock:
+                    held.enter_context(output_lock(path))
+            return run(config)
 
     invoke.__signature__ = inspect.Signature(parameters(cls))  # type: ignore[attr-defined]
     invoke.__doc__ = doc

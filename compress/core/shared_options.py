@@ -47,10 +47,13 @@ def seed_option(what: str, default: int = 0) -> Any:
     return option(default, flags="--seed", help=f"Seed for {what}.")
 
 
-def output_option(default: Any, what: str, *, short: bool = False) -> Any:
-    """``default``: a path, None, or ``dataclasses.MISSING`` (required); ``short``: also ``-o``."""
+def output_option(default: Any, what: str, *, short: bool = False, lock: bool = False) -> Any:
+    """``default``: a path, None, or ``dataclasses.MISSING`` (required); ``short``: also ``-o``;
+    ``lock``: the command holds the output's lock while it runs (a second run is refused)."""
     flags = ("--output", "-o") if short else ("--output",)
-    return option(default, flags=flags, help=f"{what} (written atomically).")
+    return option(
+        default, flags=flags, help=f"{what} (written atomically).", writes=True, lock=lock
+    )
 
 
 def overwrite_option(what: str = "an existing non-empty output folder") -> Any:

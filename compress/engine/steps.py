@@ -35,6 +35,7 @@ from compress import distributed
 from compress.blocks import BlockAdapter, BlockCall, weight_view
 from compress.core.config import PruneConfig, SparsityProfile, Technique
 from compress.core.dtypes import torch_dtype
+from compress.core.errors import BadInputError
 from compress.core.report import (
     BlockEntry,
     LayerCounts,
@@ -49,6 +50,7 @@ from compress.engine.one_pass import fits_one_batch, hooked_forward
 from compress.engine.profile_pass import first_pass
 from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
+from compress.finite import check_finite_stream, check_finite_weights
 from compress.masks import zero_count
 from compress.moe import unfused_experts
 from compress.placement import (
@@ -91,11 +93,23 @@ def zeros_entry(weight: torch.Tensor) -> LayerCounts:
     return layer_counts(zero_count(weight), weight.numel())
 
 
-def check_widths(adapter: BlockAdapter, config: PruneConfig) -> None:
-    """Fail before any work if an N:M pattern does not tile some layer's input width."""
+def check_layers(adapter: BlockAdapter, config: PruneConfig) -> None:
+    """Fail before any work if an N:M pattern does not tile some layer's input width, or a
+    layer's unstructured target rounds to all of its weights (``round(s * numel)`` of them are
+    dropped: 0.999999 empties a 576 x 576 layer while 1.0 is refused)."""
     for index in range(len(adapter)):
         for name, module in adapter.prunable_layers(index, config.skip).items():
-            config.parsed_pattern.check_width(weight_view(module).shape[1], name)
+            weight = weight_view(module)
+            config.parsed_pattern.check_width(weight.shape[1], name)
+            target, size = config.sparsity_for(name), weight.numel()
+            if not config.parsed_pattern.structured and round(target * size) >= size:
+                raise BadInputError(
+                    f"sparsity {target} prunes all {size:,} weights of {name}; choose one below "
+                    f"{1 - 0.5 / size:.9f} to keep any"
+                )
+
+
+DAMAGED_CHECKPOINT = "the checkpoint is damaged: repair it or download it again"
 
 
 class Engine:
@@ -138,7 +152,7 @@ class Engine:
         )
         self.outcome = PruneOutcome()
         with unfused_experts(self.adapter.blocks):
-            check_widths(self.adapter, config)
+            check_layers(self.adapter, config)
             self.block_sizes = [  # pruned weights per block: what the profile's mean weighs
                 sum(
                     weight_view(m).numel()
@@ -467,6 +481,21 @@ class Engine:
         batch_size = len(ids) if self.one_pass else self.config.calibration.batch_size
         return self.activations.capture(self.adapter, ids, batch_size, need_dense)
 
+    def _check_finite_block(self, i: int) -> None:
+        """Block ``i``'s weights (onloaded) hold no NaN or Inf: one would spoil its statistics
+        and, through its outputs, every block after it."""
+        prefix = self.adapter.block_name(i)
+        named = ((f"{prefix}.{n}", p) for n, p in self.adapter.blocks[i].named_parameters())
+        check_finite_weights(named, DAMAGED_CHECKPOINT)
+
+    def _check_finite_outside_blocks(self) -> None:
+        """The embeddings, final norm and head hold no NaN or Inf."""
+        prefix = self.adapter.blocks_path + "."
+        named = self.model.named_parameters()
+        check_finite_weights(
+            ((n, p) for n, p in named if not n.startswith(prefix)), DAMAGED_CHECKPOINT
+        )
+
     def _checkpoint_due(self, i: int, offloaded: bool) -> bool:
         """After step ``i``: the interval has passed, the window's weights live in an offload
         store (a later step may not read them back as they are now), or it is the last step."""
@@ -521,6 +550,7 @@ class Engine:
         streams = 3 if self.technique.trains else 2  # sparse, dense, and targets or CR inputs
         self.activations.place(tokens, hidden, streams)
         self.one_pass = self._one_pass_applies(calib_ids)
+        self._check_finite_outside_blocks()
         if self.config.sparsity_profile is not SparsityProfile.uniform:
             self._plan(calib_ids)
         sets = {"calibration": self._streams(calib_ids)}
@@ -539,8 +569,10 @@ class Engine:
             device = execution_device(blocks[-1], self.accelerator)
             offloaded = holds_offloaded(blocks)
             with onloaded(blocks, device):
+                self._check_finite_block(i)
                 with unfused_experts(blocks), measure_peak(device) as peak:
                     entry = self.step(i, sets)
+                check_finite_stream(sets["calibration"].sparse, i)
                 entry["peak_accelerator_bytes"] = peak.bytes
                 self.outcome.blocks.append(entry)
                 # keep ranks bit-identical where kernels are not deterministic

@@ -72,7 +72,10 @@ class WorkFolder:
         return distributed.world_size() == 1
 
     def start(self, resume: bool, log: Callable[[str], None]) -> None:
-        """Clear an unfinished run's folder unless it is to be resumed."""
+        """Clear an unfinished run's folder unless it is to be resumed; say so when
+        ``--resume`` finds no checkpoint to continue."""
+        if resume and self.read_state() is None:
+            log(f"--resume: no checkpoint in {self.path}; starting from block 0")
         if self.path.exists() and not resume and self.writes():
             log(
                 f"starting over: removing the unfinished run in {self.path} (pass --resume to continue it)"

@@ -55,7 +55,7 @@ class FinetuneConfig:
     precision: Precision = option(
         Precision.auto, help="auto (bf16 autocast on GPU, else fp32), fp32, bf16."
     )
-    output: str = output_option("out/finetuned", "Folder for the fine-tuned model")
+    output: str = output_option("out/finetuned", "Folder for the fine-tuned model", lock=True)
     resume: bool = option(
         False, help="Continue an interrupted run from its checkpoint.", reproduce=False
     )
