@@ -45,6 +45,17 @@ def _model_config(folder: Path) -> dict:
     return json.loads((Path(folder) / GENAI_CONFIG).read_text())["model"]
 
 
+def _cache_floor(model_config: dict) -> int:
+    """The fewest positions the generator's key/value cache may hold: the local window where a
+    block attends through one (GroupQueryAttention's ``sliding_window_cache`` refuses a smaller
+    cache), within the context. The builder records a window for Mistral and Phi-3 configs too,
+    with no blocks using it: those need no floor."""
+    sliding = model_config["decoder"].get("sliding_window") or {}
+    if not sliding.get("layers", True):
+        return 0
+    return min(sliding.get("window_size", 0), model_config["context_length"])
+
+
 def execution_provider() -> str:
     """``cuda`` where onnxruntime offers CUDA, else ``cpu``."""
     import onnxruntime
@@ -120,13 +131,18 @@ class GenaiLM:
 
         self.og = og
         self.model = og.Model(session_config(folder, threads or torch.get_num_threads()))
+        config = _model_config(folder)
         if eos_token_ids is None:
-            eos = _model_config(folder)["eos_token_id"]
+            eos = config["eos_token_id"]
             eos_token_ids = eos if isinstance(eos, list) else [eos]
         self.eos_token_ids = list(eos_token_ids)
+        self.min_length = _cache_floor(config)
 
-    def _generator(self, ids: torch.Tensor, max_length: int):
+    def _generator(self, ids: torch.Tensor, new_tokens: int):
+        """A generator fed ``ids``, its cache sized for ``new_tokens`` more (at least
+        ``min_length``: the callers stop after ``new_tokens``)."""
         params = self.og.GeneratorParams(self.model)
+        max_length = max(ids.shape[-1] + new_tokens, self.min_length)
         params.set_search_options(max_length=max_length, do_sample=False)
         generator = self.og.Generator(self.model, params)
         generator.append_tokens(np.asarray(ids.reshape(-1).tolist(), dtype=np.int32))
@@ -138,7 +154,7 @@ class GenaiLM:
     @torch.no_grad()
     def __call__(self, input_ids: torch.Tensor, attention_mask=None) -> SimpleNamespace:
         """Logits ``(1, T, V)`` of one forward pass over the prompt."""
-        generator = self._generator(input_ids, input_ids.shape[1] + 1)
+        generator = self._generator(input_ids, 1)
         return SimpleNamespace(logits=self._logits(generator))
 
     def stream(self, input_ids: torch.Tensor, max_new_tokens: int, exact: bool = False):
@@ -149,9 +165,11 @@ class GenaiLM:
         ``min_new_tokens`` does: the argmax is taken here and fed back with ``append_tokens``
         (the runtime's own ``min_length`` writes -FLT_MAX into the logits it reports).
         """
-        generator = self._generator(input_ids, input_ids.shape[1] + max_new_tokens)
+        generator = self._generator(input_ids, max_new_tokens)
         if not exact:
-            while not generator.is_done():
+            for _ in range(max_new_tokens):
+                if generator.is_done():  # end-of-sequence
+                    return
                 generator.generate_next_token()  # runs the step, then picks from its logits
                 yield int(generator.get_next_tokens()[0]), self._logits(generator)[:, -1]
             return

@@ -19,6 +19,7 @@ import importlib.util
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from compress.core.errors import BadInputError, ExportParityError
 from compress.core.io import atomic_folder, write_json_atomic
@@ -42,6 +43,10 @@ from exporters.onnx_files import (
     weight_zeros,
 )
 from exporters.tied import share_in_file
+
+if TYPE_CHECKING:
+    from exporters.genai import GenaiLM
+    from exporters.parity import ParityResult
 
 EXPORT_REPORT = "export_report.json"
 EXPORT_FORMAT = "compress.export/1"
@@ -232,7 +237,8 @@ def export_onnx(
 
     Raises:
         BadInputError: ``folder`` is not a model folder, or ``output`` exists (without overwrite).
-        ExportParityError: ORT disagrees with PyTorch; ``output`` is kept with a failed report.
+        ExportParityError: ORT disagrees with PyTorch (``output`` is kept with a failed report),
+            or onnxruntime-genai fails inside the check (nothing is written).
     """
     folder, output = Path(folder).resolve(), Path(output).resolve()
     _check_paths(folder, output, overwrite)
@@ -351,9 +357,8 @@ def _genai_export_and_check(folder: Path, staging: Path, config: OnnxExportConfi
     """Build with onnxruntime-genai's model builder; parity (and for int4 perplexity against
     PyTorch's) through its generator."""
     from compress.models import load_model
-    from exporters.genai import GenaiLM, build, execution_provider
+    from exporters.genai import build, execution_provider
     from exporters.genai_quant import check_eight_bit, int4_quant_config
-    from exporters.parity import check_parity, encode_prompts
     from exporters.quantize import eval_windows, window_perplexity
 
     precision = "int4" if config.quantize == "int4" else "fp32"
@@ -366,16 +371,7 @@ def _genai_export_and_check(folder: Path, staging: Path, config: OnnxExportConfi
     build(folder, staging, precision, provider, quant)
     eight_bit = check_eight_bit(staging, int8, layers) if int4 else {}
     loaded.tokenizer.save_pretrained(staging)  # the ids PyTorch saw, for run-onnx too
-    model = GenaiLM(staging)
-    parity = check_parity(
-        loaded.model,
-        model,
-        encode_prompts(loaded.tokenizer),
-        config.max_new_tokens,
-        config.int4_atol if int4 else config.atol,
-        _pad_token_id(loaded.tokenizer),
-        quantized=int4,
-    )
+    model, parity = _genai_parity(staging, loaded, config, int4)
     size = model_bytes(staging)
     report = {
         "format": EXPORT_FORMAT,
@@ -410,6 +406,36 @@ def _genai_export_and_check(folder: Path, staging: Path, config: OnnxExportConfi
         }
     write_json_atomic(staging / EXPORT_REPORT, report)
     return report
+
+
+def _genai_parity(
+    staging: Path, loaded, config: OnnxExportConfig, int4: bool
+) -> tuple[GenaiLM, ParityResult]:
+    """The build loaded in onnxruntime-genai and its parity check against PyTorch.
+
+    Raises:
+        ExportParityError: the runtime fails inside the check; the first line of its message.
+    """
+    from exporters.genai import GenaiLM
+    from exporters.parity import check_parity, encode_prompts
+
+    try:
+        model = GenaiLM(staging)
+        parity = check_parity(
+            loaded.model,
+            model,
+            encode_prompts(loaded.tokenizer),
+            config.max_new_tokens,
+            config.int4_atol if int4 else config.atol,
+            _pad_token_id(loaded.tokenizer),
+            quantized=int4,
+        )
+    except RuntimeError as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ExportParityError(
+            f"onnxruntime-genai failed in the parity check against PyTorch: {first}"
+        ) from error
+    return model, parity
 
 
 def load_ort(folder: Path, file_name: str = MODEL_FILE, threads: int | None = None):

@@ -62,6 +62,33 @@ def family_configs(vocab_size: int = 256) -> dict:
     }
 
 
+def sliding_window_configs(vocab_size: int = 256, window: int = 32) -> dict:
+    """The supported families whose sliding-window attention onnxruntime-genai's model builder
+    honours (it reads ``layer_types``, which transformers 4.57's Mistral and Phi-3 configs lack),
+    tiny and with a ``window``-token local window: Gemma-2 alternates local and global blocks,
+    Gemma-3 makes both local, Qwen-2/3 keep the first block global (``max_window_layers``)."""
+    import transformers as tf
+
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        head_dim=16,
+        max_position_embeddings=256,
+        sliding_window=window,
+    )
+    qwen = dict(common, use_sliding_window=True, max_window_layers=1)
+    return {
+        "gemma2": tf.Gemma2Config(**common),
+        "gemma3_text": tf.Gemma3TextConfig(**common),
+        "qwen2": tf.Qwen2Config(**qwen),
+        "qwen3": tf.Qwen3Config(**qwen),
+    }
+
+
 def random_model(config, seed: int = 0) -> torch.nn.Module:
     """A causal LM with random weights drawn from ``seed``, in eval mode."""
     from transformers import AutoModelForCausalLM
