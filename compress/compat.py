@@ -9,8 +9,12 @@ offers rather than comparing version numbers.
 from __future__ import annotations
 
 import importlib
+import json
+import logging
 import struct
 import sys
+from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -75,3 +79,28 @@ def skip_unused_imports() -> None:
     for flag in ("_sklearn_available", "_scipy_available"):
         if hasattr(import_utils, flag):
             setattr(import_utils, flag, False)
+
+
+def load_tokenizer(folder: str | Path, **kwargs: Any):
+    """``AutoTokenizer.from_pretrained(folder, **kwargs)``, also for folders saved by
+    transformers 5: they record ``"tokenizer_class": "TokenizersBackend"``, a class 4.57 does
+    not have, beside the tokenizer.json that 4.57's fast tokenizer reads as it is."""
+    import transformers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(folder) / "tokenizer_config.json"
+    recorded = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    if (
+        isinstance(recorded, dict)
+        and recorded.get("tokenizer_class") == "TokenizersBackend"
+        and not hasattr(transformers, "TokenizersBackend")
+        and (Path(folder) / "tokenizer.json").is_file()
+    ):
+        base = logging.getLogger("transformers.tokenization_utils_base")
+        level = base.level
+        base.setLevel(logging.ERROR)  # it warns that the class differs from the one recorded
+        try:
+            return PreTrainedTokenizerFast.from_pretrained(folder, **kwargs)
+        finally:
+            base.setLevel(level)
+    return AutoTokenizer.from_pretrained(folder, **kwargs)

@@ -9,6 +9,7 @@ Remote code is never trusted unless the caller asks.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -20,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from compress.compat import GGUF_READ_ERRORS, skip_unused_imports
+from compress.compat import GGUF_READ_ERRORS, load_tokenizer, skip_unused_imports
 from compress.core.dtypes import emulated_on_this_cpu, torch_dtype
 from compress.core.errors import BadInputError
 from compress.core.io import atomic_folder, package_dir
@@ -43,7 +44,7 @@ class LoadedModel:
     model: nn.Module
     tokenizer: object
     source: str  # what the user asked for ("embedded" when omitted)
-    base_model: str  # Hub id of the original model when known, else the source
+    base_model: str | None  # Hub id of the original model when known
     license: str | None = None
 
 
@@ -210,7 +211,79 @@ def _local_folder(spec: str, log: Callable[[str], None]) -> str:
         return str(converted_folder(folder, cache_dir() / "meta" / f"{folder.name}-{key}", log))
     if not (folder / "config.json").is_file():
         raise BadInputError(f"folder {spec} has no config.json; point to a saved model folder")
+    check_model_folder(folder)
     return spec
+
+
+# What a tokenizer can be loaded from: a fast tokenizer's file, a SentencePiece model, a BPE
+# vocabulary, a WordPiece vocabulary.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "vocab.json", "vocab.txt")
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse, in one line before anything loads, a saved folder that cannot be a model:
+    config.json that is not JSON or names an architecture compress has no adapter for, no
+    safetensors weights, or no tokenizer.
+
+    Raises:
+        BadInputError: naming the folder, what is wrong and what to do.
+    """
+    config_file = folder / "config.json"
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInputError(
+            f"{config_file} is not valid JSON ({exc}); save or download the model again"
+        ) from exc
+    if not isinstance(config, dict):
+        raise BadInputError(f"{config_file} is not a JSON object; save or download the model again")
+    _check_architecture(config.get("model_type"))
+    names = {p.name for p in folder.iterdir()}
+    if not any(name.endswith(".safetensors") for name in names):
+        pickles = sorted(n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt")))
+        if pickles:
+            raise BadInputError(
+                f"{folder} holds only pickled weights ({', '.join(pickles)}); compress loads "
+                "safetensors only (a pickle can run code): save the model with "
+                "save_pretrained(..., safe_serialization=True)"
+            )
+        raise BadInputError(
+            f"{folder} has config.json but no weights (*.safetensors); copy the model's weights "
+            "into it or point to the complete folder"
+        )
+    if not names.intersection(TOKENIZER_FILES):
+        raise BadInputError(
+            f"{folder} has no tokenizer ({', '.join(TOKENIZER_FILES)}); copy the base model's "
+            "tokenizer files into it"
+        )
+
+
+def recorded_origin(folder: Path) -> tuple[str | None, str | None]:
+    """(base model's Hub id, licence) a local folder records: a compress output's report.json,
+    else its model card's front matter; None for what neither says."""
+    import yaml
+
+    report = folder / "report.json"
+    if report.is_file():
+        try:
+            model = json.loads(report.read_text(encoding="utf-8")).get("model", {})
+            return model.get("base_model"), model.get("license")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            pass
+    card = folder / "README.md"
+    text = card.read_text(encoding="utf-8", errors="replace") if card.is_file() else ""
+    if not text.startswith("---"):
+        return None, None
+    try:
+        data = yaml.safe_load(text.split("---", 2)[1])
+    except (yaml.YAMLError, IndexError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    base, license_ = data.get("base_model"), data.get("license")
+    return (base if isinstance(base, str) else None), (
+        license_ if isinstance(license_, str) else None
+    )
 
 
 def _offload_dir(name: str) -> Path:
@@ -279,10 +352,9 @@ def _planned_placement(plan: Plan, name: str, target: torch.device) -> Placement
     return Placement("sequential", budget, str(_offload_dir(name)))
 
 
-def _check_architecture(config: object) -> None:
+def _check_architecture(model_type: str | None) -> None:
     from compress.blocks import SUPPORTED_MODEL_TYPES
 
-    model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise BadInputError(
             f"architecture {model_type!r} is not supported; supported: "
@@ -314,12 +386,11 @@ def load_model(
 
     refuse_quantized(load_in_8bit, load_in_4bit)
     skip_unused_imports()
-    from transformers import AutoTokenizer
 
     target = resolve_device(device)
     weights_dtype = resolve_dtype(dtype, target)
     source = spec or "embedded"
-    base_model, license_ = source, None
+    base_model, license_ = None, None  # a local folder or GGUF file links to no Hub model
     kwargs: dict = {}
     if spec is None or spec == "embedded":
         folder = str(embedded_model_dir())
@@ -333,11 +404,13 @@ def load_model(
         name = getattr(dtype, "value", dtype)
         if Path(spec).exists():
             folder = _local_folder(spec, log)
+            base_model, license_ = recorded_origin(Path(folder))
             plan = _local_plan(Path(folder), name, target, output) if placement is None else None
         elif spec.startswith((".", "/", "~")) or spec.count("/") > 1:
             raise BadInputError(f"model path {spec} does not exist")
         else:
             folder, plan = _hub_folder(spec, name, target, output, log, placement is None)
+            base_model = spec
         if plan is not None:
             weights_dtype = torch_dtype(plan.dtype, weights_dtype)
             placement = _planned_placement(plan, spec, target)
@@ -351,7 +424,7 @@ def load_model(
             "prefer --dtype float32 where it fits"
         )
     config = _read_config(spec, folder, trust_remote_code, kwargs)
-    _check_architecture(config)
+    _check_architecture(getattr(config, "model_type", None))
     refuse_quantized(config=config)
     try:
         model = _load_weights(folder, weights_dtype, trust_remote_code, placement, kwargs)
@@ -365,10 +438,23 @@ def load_model(
     if placement is None:
         model.to(target)
     model.eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code, **kwargs)
+    tokenizer = _load_tokenizer(folder, trust_remote_code, kwargs)
     if getattr(config, "license", None):
         license_ = config.license
     return LoadedModel(model, tokenizer, source, base_model, license_)
+
+
+def _load_tokenizer(folder: str, trust_remote_code: bool, kwargs: dict):
+    """The folder's tokenizer (:func:`compress.compat.load_tokenizer`); one that fails to load
+    is one line naming the folder."""
+    try:
+        return load_tokenizer(folder, trust_remote_code=trust_remote_code, **kwargs)
+    except (OSError, ValueError, TypeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInputError(
+            f"the tokenizer in {folder} could not be loaded ({reason}); copy the base model's "
+            "tokenizer files into it"
+        ) from exc
 
 
 def context_length(config) -> int | None:

@@ -137,9 +137,10 @@ def quantize_folder(
         BadInputError: not a pruned folder, bad scheme or target, bitsandbytes missing.
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from compress.calibration import eval_text
+    from compress.compat import load_tokenizer
     from compress.models import resolve_device
     from evaluators.perplexity import perplexity_of_text
 
@@ -149,7 +150,7 @@ def quantize_folder(
     quantization_config(scheme, torch.float32)
     place = resolve_device(device)
     text = eval_text(eval_dataset, "test")
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer = load_tokenizer(source)
     before = baseline_perplexity(report, eval_dataset, eval_seqlen, eval_windows)
     if before is None:
         dense = AutoModelForCausalLM.from_pretrained(source).to(place).eval()

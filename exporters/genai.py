@@ -208,15 +208,14 @@ def stream_text(folder: Path, prompt: str, max_new_tokens: int) -> Iterator[str]
         BadInputError: ``folder`` is no onnxruntime-genai build, or the prompt and
             ``max_new_tokens`` exceed its context.
     """
-    from transformers import AutoTokenizer
-
+    from compress.compat import load_tokenizer
     from exporters.context import check_fits
 
     if not is_genai_folder(folder):
         raise BadInputError(
             f"{folder} has no {GENAI_CONFIG}: run compress export onnx --runtime genai"
         )
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)
     ids = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)["input_ids"]
     check_fits(ids.shape[1], max_new_tokens, context_length(folder))
     tokens: list[int] = []

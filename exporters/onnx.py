@@ -470,8 +470,8 @@ def generate_text(
             the prompt and ``max_new_tokens`` exceed the model's context.
     """
     import torch
-    from transformers import AutoTokenizer
 
+    from compress.compat import load_tokenizer
     from exporters.context import check_fits, config_context
 
     folder = Path(folder)
@@ -484,7 +484,7 @@ def generate_text(
             None: "run compress export onnx",
         }
         raise BadInputError(f"{folder} has no {file_name}: {hints[tag]} first")
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = load_tokenizer(folder)
     inputs = tokenizer(prompt, return_tensors="pt", return_token_type_ids=False)
     check_fits(inputs["input_ids"].shape[1], max_new_tokens, config_context(folder))
     model = load_ort(folder, file_name)

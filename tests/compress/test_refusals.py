@@ -3,6 +3,7 @@ and nothing written (no output folder, no partial folder, existing folders left 
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import types
@@ -163,3 +164,84 @@ def test_peak_rss_unit_follows_the_platform(platform, factor, monkeypatch):
     monkeypatch.setattr(placement.memory.resource, "getrusage", lambda who: usage)
     monkeypatch.setattr(sys, "platform", platform)
     assert placement.peak_rss_bytes() == 123_456 * factor
+
+
+# -- damaged model folders (issue 35, item 5) ---------------------------------------------------
+def without(folder: Path, *names: str) -> Path:
+    for name in names:
+        (folder / name).unlink(missing_ok=True)
+    return folder
+
+
+def bad_json(folder: Path) -> Path:
+    (folder / "config.json").write_text('{"model_type": "llama", ')
+    return folder
+
+
+def unknown_type(folder: Path) -> Path:
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "frobnicator"}))
+    return folder
+
+
+def pickled(folder: Path) -> Path:
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    return folder
+
+
+TOKENIZER = [
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+]
+# Main: 110-, 130- and 141-line tracebacks, "could not be found locally or on the Hub" for an
+# architecture transformers does not know, an OSError traceback for pickled weights.
+FOLDER_DAMAGES = {
+    "no weights": (lambda f: without(f, "model.safetensors"), ["no weights"]),
+    "config not JSON": (bad_json, ["config.json", "not valid JSON"]),
+    "no tokenizer": (lambda f: without(f, *TOKENIZER), ["no tokenizer"]),
+    "unknown architecture": (unknown_type, ["architecture 'frobnicator' is not supported"]),
+    "pickled weights": (pickled, ["pytorch_model.bin", "safetensors only"]),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(FOLDER_DAMAGES))
+def test_a_damaged_model_folder_is_one_line(damage, tiny_model_dir, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    make, words = FOLDER_DAMAGES[damage]
+    make(folder)
+    refused(["prune", folder, "--output", tmp_path / "out", *FAST], tmp_path, *words)
+    args = ["eval", "ppl", folder, "--seqlen", "32", "--eval-windows", "1", "--device", "cpu"]
+    refused(args, tmp_path, *words)
+
+
+# -- a tokenizer saved by transformers 5 (issue 35, item 6) --------------------------------------
+TRANSFORMERS5 = Path(__file__).parent / "data" / "transformers5"
+
+
+def test_a_tokenizer_saved_by_transformers_5_loads(tiny_model_dir, tokenizer, tmp_path):
+    """transformers 5.23 saves tokenizer.json as it was, tokenizer_config.json with
+    ``"tokenizer_class": "TokenizersBackend"`` (the file in tests/compress/data/transformers5
+    is the one it wrote for the embedded tokenizer), and no tokenizer.model or
+    special_tokens_map.json. Main on transformers 4.57: "Tokenizer class TokenizersBackend
+    does not exist" in a 60-line traceback."""
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    without(folder, "tokenizer.model", "special_tokens_map.json")
+    shutil.copy(TRANSFORMERS5 / "tokenizer_config.json", folder)
+    assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == (
+        "TokenizersBackend"
+    )
+    from compress.models import load_model
+
+    loaded = load_model(str(folder), "cpu")
+    text = "Pruning keeps the weights that matter. <|im_start|>user\nhello<|im_end|>"
+    assert loaded.tokenizer(text).input_ids == tokenizer(text).input_ids
+    assert loaded.tokenizer.eos_token == tokenizer.eos_token
+    assert loaded.tokenizer.chat_template == tokenizer.chat_template
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [str(a) for a in ["prune", folder, "--output", out, *FAST]])
+    assert result.exit_code == 0, result.output
+    assert (out / "tokenizer.json").is_file()
