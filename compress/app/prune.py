@@ -10,6 +10,7 @@ import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -244,8 +245,10 @@ def self_generated_windows(
 ) -> tuple[Windows | None, dict | None]:
     """Windows of self-generated text (the paper's recipe), generated now into the work folder
     (so ``--resume`` reuses them) or read from a ``compress calib generate`` file, and the
-    generation's counts and rates for report.json (None for a file). Under ``--distributed``
-    rank 0 generates and the other ranks read its file.
+    generation's counts and rates for report.json (None for a file). ``--self-gen N`` asks for
+    N windows: the model writes texts until N reach ``--seqlen`` tokens and one window is taken
+    from each, so the file holds N texts or more. Under ``--distributed`` rank 0 generates and
+    the other ranks read its file.
 
     The counts are kept in the work folder beside the texts, so a resumed run reports the work
     of every attempt, not the zero texts its own call added."""
@@ -260,7 +263,8 @@ def self_generated_windows(
         max_len = min(2 * calib.seqlen, context_length(loaded.model.config) or 2 * calib.seqlen)
         if work.writes():
             log(
-                f"generating {count} calibration texts of up to {max_len} tokens with the model itself"
+                f"generating texts with the model itself until {count} reach {calib.seqlen} "
+                f"tokens (up to {max_len} each): one calibration window from each"
             )
             work.path.mkdir(parents=True, exist_ok=True)
             stats = generate_long_texts(
@@ -288,6 +292,8 @@ def self_generated_windows(
     else:
         count, path = None, Path(calib.self_gen)
     windows = selfgen_windows(loaded.tokenizer, path, count, calib.seqlen, calib.seed)
+    if count is not None:  # named as the output ships it, not by the work folder it was made in
+        windows = replace(windows, source=SELFGEN)
     return windows, generation
 
 

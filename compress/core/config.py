@@ -236,7 +236,7 @@ class CalibrationConfig:
     self_gen: str | None = option(
         None,
         flags="--self-gen",
-        help="Add self-generated calibration text: N texts the model writes now (the paper's recipe; kept as selfgen.jsonl in the output), or a .jsonl from `compress calib generate`. With --calib none it is the only source.",
+        help="Add self-generated calibration text (the paper's recipe): N windows of --seqlen tokens, one from each of N texts the model writes now that reach that length (it writes texts until N do; all are kept as selfgen.jsonl in the output), or a .jsonl from `compress calib generate`. With --calib none it is the only source.",
     )
     self_gen_batch: int = generation_rows_option(
         "--self-gen-batch", "Texts --self-gen N writes (apart from --batch-size)"

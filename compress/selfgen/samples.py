@@ -45,10 +45,14 @@ def read_samples(path: Path, repair: bool = False) -> list[dict]:
             sample = json.loads(line)
         except json.JSONDecodeError:
             sample = None
-        if not isinstance(sample, dict) or not {"text", "seed"} <= sample.keys():
+        if (
+            not isinstance(sample, dict)
+            or not isinstance(sample.get("text"), str)
+            or not isinstance(sample.get("seed"), int)
+        ):
             raise BadInputError(
-                f"{path}:{number} is not a self-generated sample (a JSON object with text and "
-                "seed); pass another file"
+                f"{path}:{number} is not a self-generated sample (a JSON object with a string "
+                "text and an integer seed); pass another file"
             )
         samples.append(sample)
     return samples

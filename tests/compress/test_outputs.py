@@ -78,6 +78,30 @@ def test_self_generated_texts_reach_the_output(tiny_model_dir, tmp_path, english
     assert "generation" not in report["calibration"]["sources"][0]
 
 
+def test_self_gen_n_is_n_windows_and_the_record_names_the_shipped_file(
+    tiny_model_dir, tmp_path, english
+):
+    """Issue 35, item 11. Main: --help said "N texts the model writes now" while N counted
+    windows (the model wrote 5 texts for --self-gen 2), and report.json named the source
+    ``out/.m.work/selfgen.jsonl``, a staging path gone after the run."""
+    out = tmp_path / "m"
+    args = ["prune", tiny_model_dir, "--output", out, *FAST, "--reconstruct", "lr"]
+    result = CliRunner().invoke(app, [str(a) for a in [*args, "--self-gen", "2"]])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / REPORT_NAME).read_text())
+    source = report["calibration"]["sources"][1]
+    kept = (out / "selfgen.jsonl").read_text().splitlines()
+    assert source["source"] == "selfgen.jsonl" and source["nsamples"] == 2
+    assert source["generation"]["texts"] == len(kept) >= 2
+    card = (out / "README.md").read_text()
+    assert f"{len(kept)} were kept, and one window of 32 tokens was taken from each of 2" in card
+    assert ".m.work" not in card and ".m.work" not in json.dumps(report)
+    assert "until 2 reach 32 tokens" in result.stderr
+    help_text = CliRunner().invoke(app, ["prune", "--help"]).output.replace("│", " ")
+    help_text = " ".join(help_text.split())
+    assert "N windows of --seqlen tokens, one from each of N texts" in help_text
+
+
 def test_self_gen_batch_sets_the_decoding_rows_apart_from_batch_size(
     tiny_model_dir, tmp_path, english, monkeypatch
 ):
