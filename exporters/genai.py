@@ -48,8 +48,8 @@ def _model_config(folder: Path) -> dict:
 def _cache_floor(model_config: dict) -> int:
     """The fewest positions the generator's key/value cache may hold: the local window where a
     block attends through one (GroupQueryAttention's ``sliding_window_cache`` refuses a smaller
-    cache), within the context. The builder records a window for Mistral and Phi-3 configs too,
-    with no blocks using it: those need no floor."""
+    cache), within the context. A recorded window no block uses (the builder records one for
+    a Mistral or Phi-3 window as long as the context) needs no floor."""
     sliding = model_config["decoder"].get("sliding_window") or {}
     if not sliding.get("layers", True):
         return 0

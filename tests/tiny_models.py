@@ -63,10 +63,12 @@ def family_configs(vocab_size: int = 256) -> dict:
 
 
 def sliding_window_configs(vocab_size: int = 256, window: int = 32) -> dict:
-    """The supported families whose sliding-window attention onnxruntime-genai's model builder
-    honours (it reads ``layer_types``, which transformers 4.57's Mistral and Phi-3 configs lack),
+    """The supported families that onnxruntime-genai's model builder takes with a sliding window,
     tiny and with a ``window``-token local window: Gemma-2 alternates local and global blocks,
-    Gemma-3 makes both local, Qwen-2/3 keep the first block global (``max_window_layers``)."""
+    Gemma-3 makes both local, Qwen-2/3 keep the first block global (``max_window_layers``),
+    Mistral and Phi-3 window every block (their configs have no ``layer_types``; Phi-3 keeps
+    ``original_max_position_embeddings`` equal to ``max_position_embeddings``, the builder's
+    plain-RoPE Phi-3)."""
     import transformers as tf
 
     common = dict(
@@ -86,6 +88,8 @@ def sliding_window_configs(vocab_size: int = 256, window: int = 32) -> dict:
         "gemma3_text": tf.Gemma3TextConfig(**common),
         "qwen2": tf.Qwen2Config(**qwen),
         "qwen3": tf.Qwen3Config(**qwen),
+        "mistral": tf.MistralConfig(**common),
+        "phi3": tf.Phi3Config(**common, original_max_position_embeddings=256, pad_token_id=0),
     }
 
 

@@ -1,6 +1,8 @@
-"""onnxruntime-genai builds of sliding-window models: the generator's key/value cache holds at
-least the local window (GroupQueryAttention refuses a smaller one), and a runtime failure inside
-the parity check is one line."""
+"""onnxruntime-genai builds of sliding-window models: every block PyTorch runs through a local
+window runs through it in the graph too (Mistral and Phi-3 included, whose configs name no
+``layer_types``), the generator's key/value cache holds at least the local window
+(GroupQueryAttention refuses a smaller one), and a runtime failure inside the parity check is one
+line."""
 
 from __future__ import annotations
 
@@ -12,12 +14,22 @@ from typer.testing import CliRunner
 
 from compress.cli.main import app
 from exporters.onnx import OnnxExportConfig, export_onnx
+from exporters.parity import encode_prompts
 from tests.compress.test_refusals import refused
 from tests.exporters.conftest import prune_and_save
 from tests.exporters.test_onnx_export import FAST, PARAGRAPH
 from tests.tiny_models import random_model, sliding_window_configs
 
-WINDOW = 32  # more than the parity prompts (up to 20 tokens) and their new tokens
+WINDOW = 8  # fewer than three of the four parity prompts (6 to 20 tokens): tokens leave it
+# The blocks PyTorch runs through the window, two blocks per model (transformers 4.57)
+LOCAL_BLOCKS = {
+    "gemma2": [0],  # alternating, local first
+    "gemma3_text": [0, 1],  # five local to one global: both tiny blocks local
+    "qwen2": [1],  # global below max_window_layers=1
+    "qwen3": [1],
+    "mistral": [0, 1],  # every block, with no layer_types in the config
+    "phi3": [0, 1],
+}
 
 
 def sliding_dir(tmp_path_factory, tokenizer, family: str) -> Path:
@@ -37,13 +49,16 @@ def windowed_layers(folder: Path) -> list[int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(sliding_window_configs()))
 def test_sliding_window_build_matches_pytorch(family, tokenizer, tmp_path_factory):
+    """The parity check's prompts run past the window, so a graph that attends to the whole
+    context (main's Mistral and Phi-3 builds) gives other logits than PyTorch."""
+    assert max(ids.shape[1] for ids in encode_prompts(tokenizer)) > 2 * WINDOW
     folder = sliding_dir(tmp_path_factory, tokenizer, family)
     output = folder / "genai"
     report = export_onnx(folder, output, OnnxExportConfig(**FAST, runtime="genai"))
     parity = report["parity"]
     assert parity["passed"] and parity["tokens_equal"]
     assert parity["max_abs_logit_diff"] <= 1e-4 and parity["max_abs_decode_logit_diff"] <= 1e-4
-    assert windowed_layers(output)  # the builder kept the window: the old cache was too small
+    assert windowed_layers(output) == LOCAL_BLOCKS[family]
 
 
 @pytest.mark.slow
@@ -67,6 +82,24 @@ def test_gemma3_int4_build_and_run_onnx(tokenizer, tmp_path_factory):
     assert len(list(GenaiLM(output).stream(ids, 3))) == 3
     result = CliRunner().invoke(app, ["run-onnx", str(output), "Hello", "--max-new-tokens", "3"])
     assert result.exit_code == 0, result.output
+
+
+def test_mistral_and_phi3_configs_get_the_layer_types_their_window_needs():
+    """What the builder is told (exporters.genai_builder): every block of a Mistral or Phi-3
+    config with a window shorter than its context; nothing where the window drops no token, is
+    unset, or the config names its blocks itself."""
+    import transformers as tf
+
+    from exporters.genai_builder import window_layer_types
+
+    configs = sliding_window_configs(window=WINDOW)
+    for family, config in configs.items():
+        expected = ["sliding_attention"] * 2 if family in ("mistral", "phi3") else None
+        assert window_layer_types(config) == expected, family
+    as_long = dict(max_position_embeddings=WINDOW, sliding_window=WINDOW, num_hidden_layers=2)
+    assert window_layer_types(tf.MistralConfig(**as_long)) is None
+    assert window_layer_types(tf.Phi3Config(num_hidden_layers=2)) is None  # sliding_window None
+    assert window_layer_types(tf.LlamaConfig()) is None
 
 
 def test_a_runtime_error_in_the_parity_check_is_one_line(pruned_llama_dir, tmp_path, monkeypatch):
