@@ -104,3 +104,17 @@ def load_tokenizer(folder: str | Path, **kwargs: Any):
         finally:
             base.setLevel(level)
     return AutoTokenizer.from_pretrained(folder, **kwargs)
+
+
+def unread_rope(config: Any) -> dict | None:
+    """The ``rope_parameters`` transformers 5 wrote into a config that this transformers reads
+    as something else (4.57 keeps them as an unused attribute and builds the default rotary
+    embedding from ``rope_theta`` and ``rope_scaling``); None when they are read, or agree."""
+    recorded = getattr(config, "rope_parameters", None)
+    if not isinstance(recorded, dict) or not hasattr(config, "rope_theta"):
+        return None  # transformers 5 (no rope_theta), or nothing recorded
+    scaling = getattr(config, "rope_scaling", None) or {"rope_type": "default"}
+    kind = recorded.get("rope_type", "default")
+    same_theta = recorded.get("rope_theta", config.rope_theta) == config.rope_theta
+    same_kind = kind == scaling.get("rope_type", scaling.get("type", "default"))
+    return None if same_theta and same_kind else recorded

@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from compress.compat import GGUF_READ_ERRORS, load_tokenizer, skip_unused_imports
+from compress.compat import GGUF_READ_ERRORS, load_tokenizer, skip_unused_imports, unread_rope
 from compress.core.dtypes import emulated_on_this_cpu, torch_dtype
 from compress.core.errors import BadInputError
 from compress.core.io import atomic_folder, package_dir
@@ -352,6 +352,19 @@ def _planned_placement(plan: Plan, name: str, target: torch.device) -> Placement
     return Placement("sequential", budget, str(_offload_dir(name)))
 
 
+def _check_rope_is_read(config: object, folder: str) -> None:
+    """Refuse a config whose rotary embedding this transformers would silently misread."""
+    recorded = unread_rope(config)
+    if recorded is not None:
+        import transformers
+
+        raise BadInputError(
+            f"{folder}/config.json was written by transformers 5 (rope_parameters {recorded}), "
+            f"which transformers {transformers.__version__} reads as the default rotary "
+            "embedding, another model: install transformers 5 (see the README's install line)"
+        )
+
+
 def _check_architecture(model_type: str | None) -> None:
     from compress.blocks import SUPPORTED_MODEL_TYPES
 
@@ -425,6 +438,7 @@ def load_model(
         )
     config = _read_config(spec, folder, trust_remote_code, kwargs)
     _check_architecture(getattr(config, "model_type", None))
+    _check_rope_is_read(config, folder)
     refuse_quantized(config=config)
     try:
         model = _load_weights(folder, weights_dtype, trust_remote_code, placement, kwargs)

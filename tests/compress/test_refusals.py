@@ -245,3 +245,31 @@ def test_a_tokenizer_saved_by_transformers_5_loads(tiny_model_dir, tokenizer, tm
     result = CliRunner().invoke(app, [str(a) for a in ["prune", folder, "--output", out, *FAST]])
     assert result.exit_code == 0, result.output
     assert (out / "tokenizer.json").is_file()
+
+
+def test_a_rope_that_transformers_4_would_misread_is_refused(tiny_model_dir, tmp_path):
+    """transformers 5 writes ``rope_parameters`` (tests/compress/data/transformers5/config.json
+    is the tiny Llama's config as 5.23 saved it) where 4.57 reads ``rope_theta`` and
+    ``rope_scaling``: a Llama-3-style rope saved by 5 loads on 4.57 as the default rotary
+    embedding, another model, without a word (main). On 4.57 it is refused in one line; on 5
+    it loads with the rope it records."""
+    import transformers
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config = json.loads((TRANSFORMERS5 / "config.json").read_text())
+    config["rope_parameters"] = {"rope_theta": 500000.0, "rope_type": "default"}
+    (folder / "config.json").write_text(json.dumps(config))
+    if not transformers.__version__.startswith("4."):
+        from compress.models import load_model
+
+        loaded = load_model(str(folder), "cpu")
+        assert loaded.model.config.rope_parameters["rope_theta"] == 500000.0
+        return
+    args = ["eval", "ppl", folder, "--seqlen", "32", "--eval-windows", "1", "--device", "cpu"]
+    refused(args, tmp_path, "rope_parameters", "transformers 5")
+    config["rope_parameters"]["rope_theta"] = 10000.0  # what 4.57 reads anyway: accepted
+    (folder / "config.json").write_text(json.dumps(config))
+    from compress.models import load_model
+
+    assert load_model(str(folder), "cpu").model.config.rope_theta == 10000.0
