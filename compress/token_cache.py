@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compress.core.errors import OutputError
 from compress.core.io import atomic_file
 
 
@@ -72,5 +73,5 @@ def _store(path: Path, stream: torch.Tensor) -> None:
     try:
         with atomic_file(path) as temporary, temporary.open("wb") as f:
             np.save(f, stream.numpy().astype(np.int32), allow_pickle=False)
-    except OSError:
+    except (OSError, OutputError):  # a cache is optional: the stream is in hand
         pass
