@@ -22,18 +22,19 @@ TF5_PINS := transformers==5.23.0 "huggingface_hub>=1.0,<3"
 TF5_EXTRAS := export,eval,data,dev,cbm,bnb
 # What runs on it: every test file that touches transformers' model code, the block adapter,
 # calibration, the CLI, cards, push or export, i.e. tests/ without the files below (pure torch
-# math, the import-layer check, the peer benchmark, and four CLI runs with reconstruction that
-# test_cli_prune covers) and without the embedded-model integration tests (the default stack
-# runs them). Parts that cannot run there skip with their reason.
+# math, the import-layer check, the peer benchmark, four CLI runs with reconstruction that
+# test_cli_prune covers, and the results-doc generator, standard library only) and without the
+# embedded-model integration tests (the default stack runs them). Parts that cannot run there
+# skip with their reason.
 TF5_IGNORE := tests/test_layers.py tests/compress/test_masks.py tests/compress/test_pruners.py \
 	tests/compress/test_sam.py tests/compress/test_sparsegpt_reference.py \
 	tests/compress/test_bench_peer.py tests/compress/test_bench_sweep.py \
-	tests/compress/test_saved_sparsity.py \
+	tests/compress/test_saved_sparsity.py tests/test_results_doc.py \
 	tests/evaluators/cbm/test_cbm_criteria.py tests/evaluators/cbm/test_cbm_data.py \
 	tests/evaluators/cbm/test_cbm_intervene.py
 TF5_MARKS := not integration
 
-.PHONY: setup demo test test-default test-tf5 test-fast lint format clean
+.PHONY: setup demo test test-default test-tf5 test-fast lint format results-doc clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -86,6 +87,10 @@ test-tf5: $(TF5_STAMP)
 # Leaves out the embedded-model (integration) and slow-marked tests.
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not integration and not slow"
+
+# docs/results.md from the measured records in docs/results/*.json (tests check it is current).
+results-doc:
+	$(PYTHON) benchmarks/results_doc.py
 
 clean:
 	rm -rf $(VENV) $(TF5_VENV) out
