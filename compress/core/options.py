@@ -46,6 +46,9 @@ class OptionSpec:
     can be written before any work (:func:`compress.core.claim.check_writable`).
     ``lock``: the command holds the output's lock (:func:`compress.core.claim.output_lock`) while
     it runs, so a second run into it is refused (implies ``writes``).
+    ``panel``: the ``--help`` panel the option is listed in; None: its config's ``PANEL`` (a
+    class attribute of a sub-config, inherited by the sub-configs below it), else typer's
+    default panel.
     ``to_cli`` / ``from_cli``: convert between the field's value and what the flag carries, for
     fields whose CLI form differs (``PATTERN=S`` strings for a dict, say).
     """
@@ -62,6 +65,7 @@ class OptionSpec:
     metavar: str | None = None
     writes: bool = False
     lock: bool = False
+    panel: str | None = None
 
 
 def option(
@@ -80,6 +84,7 @@ def option(
     metavar: str | None = None,
     writes: bool = False,
     lock: bool = False,
+    panel: str | None = None,
 ) -> Any:
     """A dataclass field that is also a command-line option (see the module docstring)."""
     spec = OptionSpec(
@@ -95,18 +100,21 @@ def option(
         metavar=metavar,
         writes=writes or lock,
         lock=lock,
+        panel=panel,
     )
     return field(default=default, default_factory=default_factory, metadata={_KEY: spec})
 
 
 @dataclass(frozen=True)
 class Option:
-    """One option of a config tree: where it lives (``path``) and how it is spelt."""
+    """One option of a config tree: where it lives (``path``), how it is spelt and the
+    ``--help`` panel it is listed in (None: typer's default)."""
 
     path: tuple[str, ...]
     spec: OptionSpec
     annotation: Any
     default: Any
+    panel: str | None = None
 
     @property
     def name(self) -> str:
@@ -154,15 +162,21 @@ def flag_of(cls: type, field_name: str) -> str:
     return "/".join(option.spec.flags) if option.spec.flags else option.flag
 
 
-def options_of(cls: type, path: tuple[str, ...] = ()) -> Iterator[Option]:
-    """Every option of the config tree rooted at ``cls``, sub-configs depth first."""
+def options_of(cls: type, path: tuple[str, ...] = (), panel: str | None = None) -> Iterator[Option]:
+    """Every option of the config tree rooted at ``cls``, sub-configs depth first.
+
+    An option's panel is its own ``panel``, else the nearest ``PANEL`` of the configs holding
+    it, else ``panel``.
+    """
     hints = typing.get_type_hints(cls)
+    panel = getattr(cls, "PANEL", panel)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         if dataclasses.is_dataclass(kind):
-            yield from options_of(kind, (*path, f.name))
+            yield from options_of(kind, (*path, f.name), panel)
         elif _KEY in f.metadata:
-            yield Option((*path, f.name), f.metadata[_KEY], kind, _default_of(f))
+            spec = f.metadata[_KEY]
+            yield Option((*path, f.name), spec, kind, _default_of(f), spec.panel or panel)
 
 
 def _default_of(f: dataclasses.Field) -> Any:
@@ -180,15 +194,24 @@ def _typer_info(opt: Option) -> Any:
         decls = [f"{decls[0] if decls else opt.flag}/{opt.negative_flag}", *decls[1:]]
     if opt.spec.argument:
         return typer.Argument(
-            help=opt.spec.help, hidden=opt.spec.hidden, show_default=False, metavar=opt.spec.metavar
+            help=opt.spec.help,
+            hidden=opt.spec.hidden,
+            show_default=False,
+            metavar=opt.spec.metavar,
+            rich_help_panel=opt.panel,
         )
     return typer.Option(
-        *decls, help=opt.spec.help, hidden=opt.spec.hidden, metavar=opt.spec.metavar
+        *decls,
+        help=opt.spec.help,
+        hidden=opt.spec.hidden,
+        metavar=opt.spec.metavar,
+        rich_help_panel=opt.panel,
     )
 
 
 def parameters(cls: type) -> list[inspect.Parameter]:
-    """typer-ready parameters for every option of ``cls``'s tree.
+    """typer-ready parameters for every option of ``cls``'s tree, panel by panel in the order of
+    ``cls.PANELS`` where it names them (options of typer's default panel first).
 
     Raises:
         TypeError: two options of the tree share a name (one would shadow the other).
@@ -198,7 +221,11 @@ def parameters(cls: type) -> list[inspect.Parameter]:
     if len(set(names)) < len(names):
         twice = sorted({name for name in names if names.count(name) > 1})
         raise TypeError(f"{cls.__name__}: options declared twice: {', '.join(twice)}")
-    for opt in options_of(cls):
+    order = getattr(cls, "PANELS", ())
+    ranked = sorted(
+        options_of(cls), key=lambda opt: order.index(opt.panel) if opt.panel in order else -1
+    )
+    for opt in ranked:
         annotation = Annotated[opt.cli_annotation, _typer_info(opt)]
         result.append(
             inspect.Parameter(
