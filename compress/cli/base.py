@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import signal
 import threading
 from typing import Any
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from compress.core.errors import CompressError, Interrupted, Terminated, signal_exit_code
 
@@ -35,6 +36,32 @@ class ErrorReportingGroup(TyperGroup):
         except CompressError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+
+
+class StackedHelpCommand(TyperCommand):
+    """A command whose ``--help`` lists an option's other names (a switch's off form, an alias)
+    under its first one instead of in columns of their own, so the help text keeps most of an
+    80-column terminal. A switch that is off by default shows no default; one that is on shows
+    its flag. Parsing is untouched: only the help sees the restacked names."""
+
+    def format_help(self, ctx: typer.Context, formatter: Any) -> None:
+        params = self.params
+        self.params = [_stacked(param) for param in params]
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self.params = params
+
+
+def _stacked(param: Any) -> Any:
+    if not isinstance(param, TyperOption) or len(param.opts) + len(param.secondary_opts) < 2:
+        return param
+    shown = copy.copy(param)
+    shown.opts = ["\n".join([*param.opts, *param.secondary_opts])]
+    shown.secondary_opts = []
+    if param.is_bool_flag and param.secondary_opts:
+        shown.show_default = param.opts[0] if param.default else False
+    return shown
 
 
 def new_app(help_text: str) -> typer.Typer:

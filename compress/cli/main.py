@@ -6,14 +6,14 @@ import typer
 
 from compress import __version__
 from compress.cli import bench, eval_tasks, export, finetune, inspect, prune, sharpness
-from compress.cli.base import new_app
+from compress.cli.base import StackedHelpCommand, new_app
 from compress.cli.calib import app as calib_app
 from compress.cli.cbm import app as cbm_app
 
 app = new_app("Prune, reconstruct, fine-tune, evaluate and ship causal language models.")
 eval_app = new_app("Evaluate a model: perplexity, zero-shot tasks, sharpness.")
 app.add_typer(eval_app, name="eval")
-app.command("prune")(prune.prune)
+app.command("prune", cls=StackedHelpCommand)(prune.prune)
 app.command("info")(inspect.info)
 eval_app.command("ppl")(inspect.ppl)
 eval_app.command("tasks")(eval_tasks.tasks)

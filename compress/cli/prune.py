@@ -10,6 +10,7 @@ import typer
 from compress.cli.render import gib, table
 from compress.core.config import PruneConfig
 from compress.core.options import command
+from compress.core.report import RECIPE_NAME
 
 
 def run(config: PruneConfig) -> None:
@@ -23,7 +24,15 @@ def run(config: PruneConfig) -> None:
         typer.echo(f"pushed to {report['hub']['url']} (commit {report['hub']['commit']})")
 
 
-prune = command(PruneConfig, run, run.__doc__ or "", name="prune")
+# recipe.json holds the config's record and the package versions (app/prune.py _write_staging)
+prune = command(
+    PruneConfig,
+    run,
+    run.__doc__ or "",
+    name="prune",
+    recipe=RECIPE_NAME,
+    recipe_extras=("versions",),
+)
 
 
 def _progress():

@@ -10,6 +10,7 @@ import fnmatch
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
+from typing import ClassVar
 
 from compress.core.errors import BadInputError
 from compress.core.options import flag_of, option
@@ -23,6 +24,11 @@ from compress.core.shared_options import (
     overwrite_option,
     seed_option,
 )
+
+# The panels of `compress prune --help`, in the order it lists them (PruneConfig.PANELS).
+PRUNING, PROFILE, CALIBRATION = "Pruning", "Sparsity profile", "Calibration"
+RECONSTRUCTION, EVALUATION = "Reconstruction", "Evaluation"
+PLACEMENT, OUTPUT = "Placement", "Output and Hub"
 
 QUANTIZED_HELP = (
     "Refused: pruning needs the dense weights (quantize the result with compress export bnb)."
@@ -116,9 +122,12 @@ MAX_AUTO_LR = 3e-3  # the best of 2e-4, 1e-3, 3e-3, 1e-2 at 16 steps; 1e-2 diver
 
 @dataclass(kw_only=True)
 class ReconstructConfig:
+    PANEL: ClassVar[str] = RECONSTRUCTION
+
     technique: Technique = option(
         Technique.br_gp,  # beat lr on the embedded model (issue 3 note)
         flags="--reconstruct",
+        metavar="TECHNIQUE",
         help="none (mask only), lr (the pruner's layer update), br (block-wise), br+gp (dense-model targets), br+gp+cr / br+cr (two-block windows).",
     )
     epochs: int = option(
@@ -132,16 +141,18 @@ class ReconstructConfig:
     lr: float | None = option(
         None,  # None: scaled to the budget, see learning_rate
         flags="--recon-lr",
-        help="Adam learning rate; default: 2e-4 x 320 / steps per block, kept within [2e-4, 3e-3] (the paper's rate at its 320 steps; a small budget gets a larger rate so its weights can move as far).",
+        help="Adam learning rate; default: 2e-4 x 320 / steps per block within [2e-4, 3e-3] (the paper's rate at its 320 steps, larger for fewer steps so weights can move as far).",
     )
     schedule: ReconSchedule = option(
         ReconSchedule.linear,
         flags="--recon-schedule",
+        metavar="SCHEDULE",
         help="Learning-rate schedule over a block's steps: linear (to 0), cosine (to 0), constant.",
     )
     optimizer: ReconOptimizer = option(
         ReconOptimizer.adam,
         flags="--recon-optimizer",
+        metavar="OPTIMIZER",
         help="adam, or sam (sharpness-aware, around Adam).",
     )
     rho: float = option(2e-4, flags="--recon-rho", help="SAM radius rho for --recon-optimizer sam.")
@@ -166,12 +177,16 @@ class ReconstructConfig:
     activations_dtype: DType = option(
         DType.auto,
         flags="--activations-dtype",
+        metavar="DTYPE",
         help="Storage dtype of activations: auto (the model's), float32, bfloat16, float16.",
+        panel=PLACEMENT,
     )
     activations_device: ActivationsDevice = option(
         ActivationsDevice.auto,
         flags="--activations-device",
+        metavar="DEVICE",
         help="Where activation streams live: auto (the accelerator if they fit in half its free memory, else pinned CPU memory streamed per batch), accelerator, cpu.",
+        panel=PLACEMENT,
     )
 
     def __post_init__(self) -> None:
@@ -218,6 +233,8 @@ class StatsFrom(str, Enum):
 
 @dataclass(kw_only=True)
 class CalibrationConfig:
+    PANEL: ClassVar[str] = CALIBRATION
+
     source: str = option(
         "wikipedia",  # "none": self-generated text only (needs self_gen)
         flags="--calib",
@@ -236,7 +253,7 @@ class CalibrationConfig:
     self_gen: str | None = option(
         None,
         flags="--self-gen",
-        help="Add self-generated calibration text (the paper's recipe): N windows of --seqlen tokens, one from each of N texts the model writes now that reach that length (it writes texts until N do; all are kept as selfgen.jsonl in the output), or a .jsonl from `compress calib generate`. With --calib none it is the only source.",
+        help="Add self-generated calibration text (the paper's recipe): N windows of --seqlen tokens, one from each of N texts the model writes now that reach that length (all kept in the output as selfgen.jsonl), or a .jsonl from `compress calib generate`. With --calib none, the only source.",
     )
     self_gen_batch: int = generation_rows_option(
         "--self-gen-batch", "Texts --self-gen N writes (apart from --batch-size)"
@@ -244,6 +261,7 @@ class CalibrationConfig:
     stats_from: StatsFrom = option(
         StatsFrom.real,
         flags="--stats-from",
+        metavar="WINDOWS",
         help="Pruner statistics (Wanda ‖X‖, SparseGPT H) from real windows only (the paper) or from all windows.",
     )
 
@@ -290,6 +308,8 @@ def check_window_count(flag: str, value: int | None) -> None:
 
 @dataclass(kw_only=True)
 class EvalConfig:
+    PANEL: ClassVar[str] = EVALUATION
+
     enabled: bool = option(
         False, flags="--eval", help="Measure perplexity before and after pruning."
     )
@@ -324,6 +344,16 @@ def _list_from_cli(items: list[str] | None) -> list[str]:
 
 @dataclass(kw_only=True)
 class PruneConfig:
+    PANELS: ClassVar[tuple[str, ...]] = (
+        PRUNING,
+        PROFILE,
+        CALIBRATION,
+        RECONSTRUCTION,
+        EVALUATION,
+        PLACEMENT,
+        OUTPUT,
+    )
+
     model: str | None = option(
         None,  # None: the embedded SmolLM2-135M-Instruct
         argument=True,
@@ -332,40 +362,51 @@ class PruneConfig:
     method: Method = option(
         Method.wanda,
         flags="--method",
+        metavar="METHOD",
         help="Pruner: magnitude (|W|), wanda (|W|·‖X‖₂) or sparsegpt (OBS update).",
+        panel=PRUNING,
     )
     sparsity: float = option(
         0.5,
         flags="--sparsity",
         help="Target sparsity s in [0, 1): share of zeros per layer (ignored for N:M).",
+        panel=PRUNING,
     )
     pattern: str = option(
         "unstructured",
         flags="--pattern",
         help="'unstructured' or N:M such as 2:4 or 4:8 (keep N of every M weights).",
+        panel=PRUNING,
     )
     magnitude_scope: MagnitudeScope | None = option(
         None,  # None: layer for magnitude, unused otherwise
         flags="--magnitude-scope",
+        metavar="SCOPE",
         help="Magnitude only: one |W| threshold per layer (default; the papers' baseline) or per output row.",
+        panel=PRUNING,
     )
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     output: str | None = output_option(
         None,  # None: out/<model-name>-<method>-<sparsity or NofM>[-<reconstruction>]
         "Output folder (default: out/<model>-<method>-<sparsity or NofM>[-<reconstruction>])",
+        panel=OUTPUT,
     )
-    overwrite: bool = overwrite_option()
+    overwrite: bool = overwrite_option(panel=OUTPUT)
     save_format: SaveFormat = option(
         SaveFormat.dense,
         flags="--save-format",
+        metavar="FORMAT",
         help="dense (safetensors holding the zeros) or compressed (compressed-tensors: sparse-24-bitmask for 2:4, sparse-bitmask for other patterns; needs compressed-tensors 0.14.0.1).",
+        panel=OUTPUT,
     )
-    device: str = device_option()
-    dtype: DType = dtype_option()
+    device: str = device_option(PLACEMENT)
+    dtype: DType = dtype_option(PLACEMENT)
     skip: list[str] = option(
         default_factory=list,
         flags="--skip",
+        metavar="GLOB",
         help="Glob of layer names to leave dense, e.g. '*.mlp.down_proj' (repeatable). LM head and embeddings are never pruned.",
+        panel=PROFILE,
         cli_type=list[str] | None,
         to_cli=lambda items: items or None,
         from_cli=_list_from_cli,
@@ -373,7 +414,9 @@ class PruneConfig:
     layer_sparsity: dict[str, float] = option(
         default_factory=dict,
         flags="--layer-sparsity",
+        metavar="PATTERN=S",
         help="Per-layer override PATTERN=S, e.g. '*.down_proj=0.3' (repeatable; last match wins).",
+        panel=PROFILE,
         cli_type=list[str] | None,
         to_cli=_pairs_to_cli,
         from_cli=lambda items: parse_layer_sparsity(items or []),
@@ -381,20 +424,27 @@ class PruneConfig:
     sparsity_profile: SparsityProfile = option(
         SparsityProfile.uniform,
         flags="--sparsity-profile",
-        help="uniform (--sparsity in every layer), owl (fewer zeros in blocks with more outliers) or errors (the allocation minimising the summed block errors measured at 5 sparsities); both from a first pass over the dense model, within ±--owl-lambda, parameter-weighted mean = --sparsity.",
+        metavar="PROFILE",
+        help="uniform (--sparsity in every layer), owl (fewer zeros in blocks with more outliers) or errors (minimising the summed block errors measured at 5 sparsities); both from a first pass over the dense model, within ±--owl-lambda, parameter-weighted mean = --sparsity.",
+        panel=PROFILE,
     )
     owl_m: float = option(
-        5.0, flags="--owl-m", help="OWL: a score |W|·‖X‖ is an outlier above M × the block's mean."
+        5.0,
+        flags="--owl-m",
+        help="OWL: a score |W|·‖X‖ is an outlier above M × the block's mean.",
+        panel=PROFILE,
     )
     owl_lambda: float = option(
         0.08,
         flags="--owl-lambda",
         help="owl / errors: block sparsities lie within --sparsity ± lambda.",
+        panel=PROFILE,
     )
     one_pass: bool = option(
         False,
         flags="--one-pass",
-        help="One forward per block: each group of layers is pruned as its input arrives, so later layers of a block are calibrated on its pruned earlier ones (GPTQ's true-sequential); without reconstruction, --errors or --distributed and when the calibration set fits one batch, else two passes (calibrate the dense block, then propagate).",
+        help="One forward per block, later layers calibrated on its pruned earlier ones (GPTQ's true-sequential), if there is no reconstruction, --errors or --distributed and the calibration set fits one batch; else two passes (calibrate the dense block, then propagate).",
+        panel=PRUNING,
     )
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
     resume: bool = option(
@@ -402,48 +452,61 @@ class PruneConfig:
         flags="--resume",
         reproduce=False,
         help="Continue an interrupted run of the same settings from its last finished block.",
+        panel=OUTPUT,
     )
     checkpoint_every: float = option(
         30.0,
         flags="--checkpoint-every",
         reproduce=False,
-        help="Seconds between checkpoints of the finished blocks (--resume starts from the last one); 0: after every block. Blocks offloaded by --device-map are checkpointed as they finish, and the last block always is.",
+        help="Seconds between checkpoints of the finished blocks, where --resume starts (0: after every block); the last block and blocks offloaded by --device-map are checkpointed as they finish.",
+        panel=OUTPUT,
     )
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     device_map: str | None = option(
         None,
         flags="--device-map",
-        help="Spread the model with accelerate: auto, balanced, sequential, or a JSON map; blocks whose weights wait on CPU/disk are onloaded to --device for their turn.",
+        help="Spread the model with accelerate: auto, balanced, sequential or a JSON map; blocks waiting on CPU/disk are onloaded to --device for their turn.",
+        panel=PLACEMENT,
     )
     max_memory: str | None = option(
         None,
         flags="--max-memory",
         help="Memory budget per device for --device-map, e.g. '0=20GiB,1=20GiB,cpu=64GiB'.",
+        panel=PLACEMENT,
     )
     offload_folder: str | None = option(
-        None, flags="--offload-folder", help="Folder for weights offloaded to disk by --device-map."
+        None,
+        flags="--offload-folder",
+        help="Folder for weights offloaded to disk by --device-map.",
+        panel=PLACEMENT,
     )
     distributed: bool = option(
         False,
         flags="--distributed",
         help="Data-parallel calibration across the processes of torchrun / accelerate launch (rank 0 writes).",
+        panel=PLACEMENT,
     )
-    load_in_8bit: bool = option(False, flags="--load-in-8bit", help=QUANTIZED_HELP)
-    load_in_4bit: bool = option(False, flags="--load-in-4bit", help=QUANTIZED_HELP)
+    load_in_8bit: bool = option(False, flags="--load-in-8bit", help=QUANTIZED_HELP, panel=PLACEMENT)
+    load_in_4bit: bool = option(False, flags="--load-in-4bit", help=QUANTIZED_HELP, panel=PLACEMENT)
     push_to_hub: bool = option(
         False,
         flags="--push-to-hub",
         reproduce=False,
         help="Upload the output folder (model, card, report) to the Hugging Face Hub when done.",
+        panel=OUTPUT,
     )
     hub_repo_id: str | None = option(
         None,  # None: the output folder's name
         flags="--hub-repo-id",
         reproduce=False,
-        help="Hub repository for --push-to-hub (default: the output folder's name under your account, e.g. Llama-2-7b-wanda-50-br-gp).",
+        help="Hub repository for --push-to-hub (default: the output folder's name under your account).",
+        panel=OUTPUT,
     )
     trust_remote_code: bool = option(
-        False, flags="--trust-remote-code", help="Allow model code from the Hub repository to run."
+        False,
+        flags="--trust-remote-code",
+        help="Allow model code from the Hub repository to run.",
+        panel=PLACEMENT,
     )
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import typing
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from compress.core.claim import check_writable, output_lock
+from compress.core.errors import BadInputError
 
 _KEY = "compress.option"
 
@@ -46,6 +48,9 @@ class OptionSpec:
     can be written before any work (:func:`compress.core.claim.check_writable`).
     ``lock``: the command holds the output's lock (:func:`compress.core.claim.output_lock`) while
     it runs, so a second run into it is refused (implies ``writes``).
+    ``panel``: the ``--help`` panel the option is listed in; None: its config's ``PANEL`` (a
+    class attribute of a sub-config, inherited by the sub-configs below it), else typer's
+    default panel.
     ``to_cli`` / ``from_cli``: convert between the field's value and what the flag carries, for
     fields whose CLI form differs (``PATTERN=S`` strings for a dict, say).
     """
@@ -62,6 +67,7 @@ class OptionSpec:
     metavar: str | None = None
     writes: bool = False
     lock: bool = False
+    panel: str | None = None
 
 
 def option(
@@ -80,6 +86,7 @@ def option(
     metavar: str | None = None,
     writes: bool = False,
     lock: bool = False,
+    panel: str | None = None,
 ) -> Any:
     """A dataclass field that is also a command-line option (see the module docstring)."""
     spec = OptionSpec(
@@ -95,18 +102,21 @@ def option(
         metavar=metavar,
         writes=writes or lock,
         lock=lock,
+        panel=panel,
     )
     return field(default=default, default_factory=default_factory, metadata={_KEY: spec})
 
 
 @dataclass(frozen=True)
 class Option:
-    """One option of a config tree: where it lives (``path``) and how it is spelt."""
+    """One option of a config tree: where it lives (``path``), how it is spelt and the
+    ``--help`` panel it is listed in (None: typer's default)."""
 
     path: tuple[str, ...]
     spec: OptionSpec
     annotation: Any
     default: Any
+    panel: str | None = None
 
     @property
     def name(self) -> str:
@@ -154,15 +164,21 @@ def flag_of(cls: type, field_name: str) -> str:
     return "/".join(option.spec.flags) if option.spec.flags else option.flag
 
 
-def options_of(cls: type, path: tuple[str, ...] = ()) -> Iterator[Option]:
-    """Every option of the config tree rooted at ``cls``, sub-configs depth first."""
+def options_of(cls: type, path: tuple[str, ...] = (), panel: str | None = None) -> Iterator[Option]:
+    """Every option of the config tree rooted at ``cls``, sub-configs depth first.
+
+    An option's panel is its own ``panel``, else the nearest ``PANEL`` of the configs holding
+    it, else ``panel``.
+    """
     hints = typing.get_type_hints(cls)
+    panel = getattr(cls, "PANEL", panel)
     for f in dataclasses.fields(cls):
         kind = hints[f.name]
         if dataclasses.is_dataclass(kind):
-            yield from options_of(kind, (*path, f.name))
+            yield from options_of(kind, (*path, f.name), panel)
         elif _KEY in f.metadata:
-            yield Option((*path, f.name), f.metadata[_KEY], kind, _default_of(f))
+            spec = f.metadata[_KEY]
+            yield Option((*path, f.name), spec, kind, _default_of(f), spec.panel or panel)
 
 
 def _default_of(f: dataclasses.Field) -> Any:
@@ -180,15 +196,24 @@ def _typer_info(opt: Option) -> Any:
         decls = [f"{decls[0] if decls else opt.flag}/{opt.negative_flag}", *decls[1:]]
     if opt.spec.argument:
         return typer.Argument(
-            help=opt.spec.help, hidden=opt.spec.hidden, show_default=False, metavar=opt.spec.metavar
+            help=opt.spec.help,
+            hidden=opt.spec.hidden,
+            show_default=False,
+            metavar=opt.spec.metavar,
+            rich_help_panel=opt.panel,
         )
     return typer.Option(
-        *decls, help=opt.spec.help, hidden=opt.spec.hidden, metavar=opt.spec.metavar
+        *decls,
+        help=opt.spec.help,
+        hidden=opt.spec.hidden,
+        metavar=opt.spec.metavar,
+        rich_help_panel=opt.panel,
     )
 
 
 def parameters(cls: type) -> list[inspect.Parameter]:
-    """typer-ready parameters for every option of ``cls``'s tree.
+    """typer-ready parameters for every option of ``cls``'s tree, panel by panel in the order of
+    ``cls.PANELS`` where it names them (options of typer's default panel first).
 
     Raises:
         TypeError: two options of the tree share a name (one would shadow the other).
@@ -198,7 +223,11 @@ def parameters(cls: type) -> list[inspect.Parameter]:
     if len(set(names)) < len(names):
         twice = sorted({name for name in names if names.count(name) > 1})
         raise TypeError(f"{cls.__name__}: options declared twice: {', '.join(twice)}")
-    for opt in options_of(cls):
+    order = getattr(cls, "PANELS", ())
+    ranked = sorted(
+        options_of(cls), key=lambda opt: order.index(opt.panel) if opt.panel in order else -1
+    )
+    for opt in ranked:
         annotation = Annotated[opt.cli_annotation, _typer_info(opt)]
         result.append(
             inspect.Parameter(
@@ -303,10 +332,128 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def command(cls: type, run: Callable[[Any], Any], doc: str, *, name: str) -> Callable[..., Any]:
-    """A typer command taking every option of ``cls``'s tree, calling ``run(config)``."""
+def read_recipe(path: Path, file_name: str) -> dict:
+    """The record in ``path``: a JSON file, or a folder holding ``file_name``.
+
+    Raises:
+        BadInputError: there is no such file, or it is not a JSON object.
+    """
+    file = path / file_name if path.is_dir() else path
+    try:
+        record = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadInputError(
+            f"--recipe {path}: no such file or folder holding {file_name}"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"--recipe {file}: cannot be read ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise BadInputError(f"--recipe {file}: not JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise BadInputError(f"--recipe {file}: not a recipe (a JSON object of options)")
+    return record
+
+
+def recipe_defaults(
+    cls: type, record: dict, extras: tuple[str, ...] = (), source: str = "the recipe"
+) -> dict[str, Any]:
+    """The values a record (nested dicts, as :meth:`to_dict`-style recipe.json holds) gives the
+    options of ``cls``'s tree, keyed by :attr:`Option.name` in their command-line form.
+
+    Options about one attempt (``reproduce=False``: ``--overwrite``, ``--resume``, ...) are left
+    out: running a recipe again must not replace its own folder or push again unless asked.
+    ``extras``: top-level keys the record may hold beside the options (``versions``);
+    ``source``: what the error messages call the record.
+
+    Raises:
+        BadInputError: the record holds keys no option expresses, or a section that is not one.
+    """
+    unknown = [key for key in unknown_fields(cls, record) if key not in extras]
+    if unknown:
+        raise BadInputError(
+            f"{source}: no option takes {', '.join(unknown)} (written by another version?)"
+        )
+    values = {}
+    for opt in options_of(cls):
+        value: Any = record
+        for depth, part in enumerate(opt.path):
+            if not isinstance(value, dict):
+                section = ".".join(opt.path[:depth])
+                raise BadInputError(f"{source}: {section} is not a section of options")
+            value = value.get(part, MISSING)
+            if value is MISSING:
+                break
+        if value is MISSING or not opt.spec.reproduce:
+            continue
+        values[opt.name] = opt.spec.to_cli(value) if opt.spec.to_cli else value
+    return values
+
+
+def _recipe_parameter(cls: type, file_name: str, extras: tuple[str, ...]) -> inspect.Parameter:
+    """``--recipe FILE|DIR``: read first (eager), its values become the other options' defaults
+    (click's ``default_map``), so a flag given beside it wins and each value is converted and
+    checked as the flag's would be."""
+    import typer
+
+    def load(ctx: Any, value: Path | None) -> Path | None:
+        if value is None:
+            return None
+        value = Path(value)
+        defaults = recipe_defaults(cls, read_recipe(value, file_name), extras, f"--recipe {value}")
+        keys = {opt.name: ".".join(opt.path) for opt in options_of(cls)}
+        for param in ctx.command.params:
+            if param.name in defaults:  # converted and checked as the typed flag would be
+                try:
+                    param.process_value(ctx, defaults[param.name])
+                except typer.BadParameter as exc:
+                    shown = defaults[param.name]
+                    raise BadInputError(
+                        f"--recipe {value}: {keys[param.name]} {shown!r}: {exc.message}"
+                    ) from None
+        ctx.default_map = {**(ctx.default_map or {}), **defaults}
+        return value
+
+    info = typer.Option(
+        "--recipe",
+        metavar="FILE|DIR",
+        is_eager=True,
+        callback=load,
+        help=f"Run a recorded {file_name} (or the folder holding it) again; flags given beside "
+        "it override its values. Options about one attempt (--overwrite, --resume, "
+        "--push-to-hub, ...) are not taken from it.",
+    )
+    return inspect.Parameter(
+        "recipe",
+        inspect.Parameter.KEYWORD_ONLY,
+        default=None,
+        annotation=Annotated[Path | None, info],
+    )
+
+
+def command(
+    cls: type,
+    run: Callable[[Any], Any],
+    doc: str,
+    *,
+    name: str,
+    recipe: str | None = None,
+    recipe_extras: tuple[str, ...] = (),
+) -> Callable[..., Any]:
+    """A typer command taking every option of ``cls``'s tree, calling ``run(config)``.
+
+    ``recipe``: the file name a config of ``cls`` is recorded in (``recipe.json``); the command
+    then also takes ``--recipe FILE|DIR`` to run a record again (:func:`recipe_defaults`), the
+    record's top-level ``recipe_extras`` keys (``versions``) being no options.
+    """
+    params = parameters(cls)
+    if recipe is not None:
+        if any(param.name == "recipe" for param in params):
+            raise TypeError(f"{cls.__name__}: an option named recipe hides --recipe")
+        params.insert(0, _recipe_parameter(cls, recipe, recipe_extras))
 
     def invoke(**values: Any) -> Any:
+        if recipe is not None:
+            values.pop("recipe")
         config = build(cls, values)
         outputs = [(opt, value_at(config, opt.path)) for opt in options_of(cls) if opt.spec.writes]
         outputs = [(opt, Path(value)) for opt, value in outputs if value]
@@ -318,7 +465,7 @@ def command(cls: type, run: Callable[[Any], Any], doc: str, *, name: str) -> Cal
                     held.enter_context(output_lock(path))
             return run(config)
 
-    invoke.__signature__ = inspect.Signature(parameters(cls))  # type: ignore[attr-defined]
+    invoke.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     invoke.__doc__ = doc
     invoke.__name__ = name
     invoke.__qualname__ = name

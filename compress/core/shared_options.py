@@ -30,15 +30,18 @@ class Split(str, Enum):
     test = "test"
 
 
-def device_option() -> Any:
-    return option("auto", flags="--device", help="auto, cpu, cuda or cuda:N.")
+def device_option(panel: str | None = None) -> Any:
+    """``panel``: the ``--help`` panel listing it (None: its config's)."""
+    return option("auto", flags="--device", help="auto, cpu, cuda or cuda:N.", panel=panel)
 
 
-def dtype_option() -> Any:
+def dtype_option(panel: str | None = None) -> Any:
     return option(
         DType.auto,
         flags="--dtype",
+        metavar="DTYPE",
         help="auto (bf16 on a GPU that supports it, fp32 elsewhere), float32, bfloat16, float16.",
+        panel=panel,
     )
 
 
@@ -47,17 +50,26 @@ def seed_option(what: str, default: int = 0) -> Any:
     return option(default, flags="--seed", help=f"Seed for {what}.")
 
 
-def output_option(default: Any, what: str, *, short: bool = False, lock: bool = False) -> Any:
+def output_option(
+    default: Any, what: str, *, short: bool = False, lock: bool = False, panel: str | None = None
+) -> Any:
     """``default``: a path, None, or ``dataclasses.MISSING`` (required); ``short``: also ``-o``;
     ``lock``: the command holds the output's lock while it runs (a second run is refused)."""
     flags = ("--output", "-o") if short else ("--output",)
     return option(
-        default, flags=flags, help=f"{what} (written atomically).", writes=True, lock=lock
+        default,
+        flags=flags,
+        help=f"{what} (written atomically).",
+        writes=True,
+        lock=lock,
+        panel=panel,
     )
 
 
-def overwrite_option(what: str = "an existing non-empty output folder") -> Any:
-    return option(False, flags="--overwrite", help=f"Replace {what}.", reproduce=False)
+def overwrite_option(
+    what: str = "an existing non-empty output folder", panel: str | None = None
+) -> Any:
+    return option(False, flags="--overwrite", help=f"Replace {what}.", reproduce=False, panel=panel)
 
 
 def generation_rows_option(flag: str, what: str) -> Any:

@@ -154,3 +154,35 @@ def test_help_shows_the_declared_metavars():
     result = CliRunner().invoke(app, ["run", "--help"], terminal_width=200)
     assert result.exit_code == 0
     assert "FOLDER_IN" in result.output and "STEPS_N" in result.output
+
+
+@dataclass
+class Paneled:
+    PANEL = "Inner"  # a plain class attribute: no field
+
+    steps: int = option(3, help="Steps.")
+    seed: int = option(0, help="Seed.", panel="Own")
+
+
+@dataclass
+class PanelRoot:
+    PANELS = ("Own", "Inner")
+
+    first: int = option(1, help="First.")
+    inner: Paneled = field(default_factory=Paneled)
+
+
+def test_an_option_lists_in_its_own_panel_else_its_config_s_in_declared_order():
+    assert {opt.name: opt.panel for opt in options_of(PanelRoot)} == {
+        "first": None,
+        "steps": "Inner",
+        "seed": "Own",
+    }
+    app = typer.Typer()
+    app.command("run")(command(PanelRoot, lambda config: None, "Run it.", name="run"))
+    app.command("noop")(lambda: None)
+    result = CliRunner().invoke(app, ["run", "--help"], terminal_width=100)
+    titles = [
+        line.split("─ ")[1].split(" ─")[0] for line in result.output.splitlines() if "╭─" in line
+    ]
+    assert titles == ["Options", "Own", "Inner"]
