@@ -143,7 +143,8 @@ def compressed_tensors_row(pruned: str, folder: Path, work: Path, measure: Measu
         lambda: load_compressed(target),  # the saved dtype: float32, as the dense row
     )
     keys = ("ratio", "linear_ratio", "bytes", "dense_bytes", "linear_bytes", "dense_linear_bytes")
-    return {**row, "compressed": {key: record[key] for key in keys}}
+    measured = {"bytes": record["bytes"], **record["details"]}
+    return {**row, "compressed": {key: measured[key] for key in keys}}
 
 
 def safetensors_bytes(folder: Path) -> int:

@@ -58,9 +58,9 @@ def load_records(folder: Path) -> Records:
     folder = Path(folder)
     report = read_report(folder)
     eval_tasks, dense = (_optional_json(folder / name) for name in (EVAL_TASKS, EVAL_TASKS_DENSE))
-    exports = report.get("export", {})
-    onnx_path, export = _shipped_export(folder, exports.get("onnx") or DEFAULT_ONNX)
-    genai_path, genai = _shipped_export(folder, exports.get("onnx_genai"))
+    artifacts = report.get("artifacts", {})
+    onnx_path, export = _shipped_export(folder, artifacts.get("onnx", {}).get("path", DEFAULT_ONNX))
+    genai_path, genai = _shipped_export(folder, artifacts.get("onnx-genai", {}).get("path"))
     weights = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
     return Records(report, eval_tasks, export, onnx_path, dense, genai, genai_path, weights)
 

@@ -242,12 +242,18 @@ def quantized_graphs(export: dict | None) -> list[tuple[str, dict]]:
     return [(tag, export[tag]) for tag in ("int8", "int4") if export and export.get(tag)]
 
 
+ONNX_FORMATS = ("onnx", "onnx-genai")  # rendered from their export_report.json instead
+
+
 def deployment(report: dict, repo: str) -> list[dict]:
-    """The formats recorded in the report's ``deploy`` section (one record per format written,
-    by any exporter), with ``{REPO}`` in their loading code replaced by ``repo``. A record's
-    ``path`` is where its files are, relative to the folder (``.``: the folder's own weights)."""
+    """The artefacts recorded in the report's ``artifacts`` section (one record per format
+    written, by any exporter) other than the ONNX exports, with ``{REPO}`` in their loading
+    code replaced by ``repo``. A record's ``path`` is where its files are, relative to the
+    folder (``.``: the folder's own weights)."""
     rows = []
-    for record in (report.get("deploy") or {}).values():
+    for record in (report.get("artifacts") or {}).values():
+        if record["format"] in ONNX_FORMATS:
+            continue
         load = [
             {**entry, "code": entry["code"].replace("{REPO}", repo)} for entry in record["load"]
         ]

@@ -20,12 +20,12 @@ from compress.core.io import check_target, publish, staging_folder
 from compress.core.report import (
     RECIPE_NAME,
     REPORT_NAME,
-    QuantizationSection,
+    ArtifactRecord,
+    artifact_record,
     perplexity_section,
-    quantization_section,
     read_report,
+    record_artifact,
     same_protocol,
-    update_report,
 )
 
 if TYPE_CHECKING:  # torch is imported where it runs, so the scheme names load without it
@@ -125,12 +125,13 @@ def quantize_folder(
     eval_seqlen: int = 512,
     eval_windows: int | None = 40,
     overwrite: bool = False,
-) -> QuantizationSection:
+) -> ArtifactRecord:
     """Quantize the pruned folder ``source`` into ``target``; measure and record the result.
 
     ``target`` gets the bitsandbytes checkpoint, the tokenizer, the source's recipe and its
-    report extended with ``quantization`` (scheme, sizes, sparsity kept, perplexity before and
-    after on ``eval_dataset``'s test split). The pre-quantization perplexity is taken from the
+    report with an ``artifacts`` record filed under the scheme (its weights' bytes, the
+    perplexity before and after on ``eval_dataset``'s test split, how to load it; in its
+    ``details`` the source's bytes and the sparsity kept); that record is returned. The pre-quantization perplexity is taken from the
     source report when it was measured with the same protocol, else measured here.
 
     Raises:
@@ -166,16 +167,32 @@ def quantize_folder(
     for name in (REPORT_NAME, RECIPE_NAME):
         if (source / name).is_file():
             shutil.copy2(source / name, staging / name)
-    result = quantization_section(
-        scheme=scheme,
-        description=SCHEMES[scheme],
-        source=str(source),
-        device=str(place),
-        bytes=sum(f.stat().st_size for f in staging.glob("*.safetensors")),
-        source_bytes=sum(f.stat().st_size for f in source.glob("*.safetensors")),
-        dequantized=quantized_sparsity(model),
+    result = artifact_record(
+        format=scheme,
+        path=".",
+        files={f.name: f.stat().st_size for f in sorted(staging.glob("*.safetensors"))},
         perplexity=perplexity_section(measured, before),
+        load=load_snippets(scheme),
+        details={
+            "description": SCHEMES[scheme],
+            "source": str(source),
+            "device": str(place),
+            "source_bytes": sum(f.stat().st_size for f in source.glob("*.safetensors")),
+            "dequantized": quantized_sparsity(model),
+        },
     )
-    update_report(staging, "quantization", result)
+    record_artifact(staging, result)
     publish(staging, target)
     return result
+
+
+def load_snippets(scheme: str) -> list[dict]:
+    """How to load a bitsandbytes folder (``{REPO}``: the repo id or folder); the checkpoint's
+    config carries its quantization, so ``from_pretrained`` needs no ``BitsAndBytesConfig``."""
+    code = (
+        "from transformers import AutoModelForCausalLM\n\n"
+        'model = AutoModelForCausalLM.from_pretrained("{REPO}", device_map="auto")'
+    )
+    return [
+        {"runtime": f"transformers with bitsandbytes installed ({scheme}; a GPU)", "code": code}
+    ]

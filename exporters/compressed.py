@@ -26,7 +26,7 @@ from torch import nn
 
 from compress.core.errors import BadInputError
 from compress.core.io import atomic_folder, check_target
-from compress.core.report import read_report, update_report
+from compress.core.report import ArtifactRecord, artifact_record, read_report, record_artifact
 
 SPARSE_24 = "sparse-24-bitmask"
 SPARSE_BITMASK = "sparse-bitmask"
@@ -203,7 +203,7 @@ def convert_in_place(folder: Path) -> dict:
 
 def compress_into(source: Path, staging: Path) -> dict:
     """Fill the empty folder ``staging`` with ``source`` in the compressed-tensors format and
-    record it in the report's ``deploy`` section; return that record.
+    record it in the report's ``artifacts`` section; return that record.
 
     ``staging`` gets the compressed weights and ``config.json`` with its
     ``quantization_config.sparsity_config``, plus every other file of ``source`` (tokenizer,
@@ -231,7 +231,7 @@ def compress_into(source: Path, staging: Path) -> dict:
             f"({len(differing)} tensors); nothing was written"
         )
     record = deploy_record(source, staging, config, set(report["layers"]))
-    update_report(staging, "deploy", {record["format"]: record})
+    record_artifact(staging, record)
     return record
 
 
@@ -242,26 +242,28 @@ def copy_other_files(source: Path, staging: Path) -> None:
             shutil.copy2(path, staging / path.name)
 
 
-def deploy_record(source: Path, written: Path, config, pruned: set[str]) -> dict:
-    """One entry of the report's ``deploy`` section: what was written, its measured bytes
-    beside the dense folder's, and how to load it."""
+def deploy_record(source: Path, written: Path, config, pruned: set[str]) -> ArtifactRecord:
+    """The report's ``artifacts`` record of the folder's own weights: every file written with
+    its bytes, beside the dense folder's, its read-back check, and how to load it."""
     dense, compressed = measure(source, pruned), measure(written, pruned)
-    name = f"compressed-tensors {config.format}"
-    return {
-        "format": name,
-        "path": ".",
-        "sparsity_structure": config.sparsity_structure,
-        "bytes": compressed["folder_bytes"],
-        "dense_bytes": dense["folder_bytes"],
-        "ratio": compressed["folder_bytes"] / dense["folder_bytes"],
-        "linear_bytes": compressed["linear_bytes"],
-        "dense_linear_bytes": dense["linear_bytes"],
-        "linear_ratio": compressed["linear_bytes"] / max(dense["linear_bytes"], 1),
-        "round_trip": "bit-identical weights",
-        "latency": None,
-        "load": load_snippets(config.format),
-        "package": f"compressed-tensors=={_installed_version()}",
-    }
+    files = {f.name: f.stat().st_size for f in sorted(Path(written).iterdir()) if f.is_file()}
+    return artifact_record(
+        format=f"compressed-tensors {config.format}",
+        path=".",
+        files=files,  # their sum is folder_bytes(written)
+        parity={"round_trip": "bit-identical weights"},
+        load=load_snippets(config.format),
+        details={
+            "sparsity_structure": config.sparsity_structure,
+            "dense_bytes": dense["folder_bytes"],
+            "ratio": compressed["folder_bytes"] / dense["folder_bytes"],
+            "linear_bytes": compressed["linear_bytes"],
+            "dense_linear_bytes": dense["linear_bytes"],
+            "linear_ratio": compressed["linear_bytes"] / max(dense["linear_bytes"], 1),
+            "latency": None,
+            "package": f"compressed-tensors=={_installed_version()}",
+        },
+    )
 
 
 def _installed_version() -> str:

@@ -26,10 +26,13 @@ from compress.core.io import atomic_folder, write_json_atomic
 from compress.core.options import option
 from compress.core.report import (
     REPORT_NAME,
+    ArtifactRecord,
+    PerplexitySection,
+    artifact_record,
     now_iso,
     package_versions,
     perplexity_protocol,
-    update_report,
+    record_artifact,
 )
 from exporters.genai_quant import LM_HEAD, PROJECTIONS
 from exporters.onnx_files import (
@@ -246,14 +249,66 @@ def export_onnx(
     run = _genai_export_and_check if config.route == "genai" else _export_and_check
     with atomic_folder(output) as staging:
         report = run(folder, staging, config)
-    if (folder / REPORT_NAME).is_file():
-        key = "onnx_genai" if config.route == "genai" else "onnx"
-        record = {key: _relative_to(output, folder), f"{key}_files": report["files"]}
-        update_report(folder, "export", record)  # the files with their bytes, for the card
+    if (folder / REPORT_NAME).is_file():  # the files with their bytes, for the card
+        record_artifact(folder, onnx_artifact(report, _relative_to(output, folder)))
     for parity in _parities(report):
         if not parity["passed"]:
             raise ExportParityError(_parity_message(parity, output))
     return report
+
+
+def onnx_artifact(report: dict, path: str) -> ArtifactRecord:
+    """The model folder's ``artifacts`` record of an export (``report``: its export_report.json,
+    which keeps the rest) at ``path``: ``onnx`` (optimum-onnx, with its quantized graph when
+    made) or ``onnx-genai``. Its perplexity is the quantized graph's against the float one's
+    (optimum) or PyTorch's (genai int4); its parity the float graph's (genai: the build's)."""
+    genai = report.get("runtime") == "onnxruntime-genai"
+    tag = next((t for t in ("int8", "int4") if report.get(t)), None)
+    measured = report.get("perplexity") if genai else tag and report[tag]["perplexity"]
+    perplexity: PerplexitySection | None = None
+    if measured:
+        before, after = ("pytorch_fp32", "int4") if genai else ("fp32", tag)
+        windows, seqlen = measured["windows"], measured["seqlen"]
+        tokens = measured.get("tokens", windows * seqlen)
+        protocol = perplexity_protocol(
+            measured["dataset"], measured["split"], seqlen, windows, tokens
+        )
+        perplexity = {**protocol, "before": measured[before], "after": measured[after]}
+    if genai:
+        keys = ("precision", "algorithm", "execution_provider")
+        details = {key: report[key] for key in keys}
+    else:
+        details = {key: report[key] for key in ("task", "opset", "dtype")} | {"quantized": tag}
+    return artifact_record(
+        format="onnx-genai" if genai else "onnx",
+        path=path,
+        files=report["files"],
+        parity=report["parity"],
+        perplexity=perplexity,
+        load=_load_snippets(genai, path, tag and quantized_file(tag)),
+        details={**details, "report": EXPORT_REPORT},
+    )
+
+
+def _load_snippets(genai: bool, path: str, quantized: str | None) -> list[dict]:
+    """How to load an export at ``path`` (``{REPO}``: the repo id or folder it lies in)."""
+    if genai:
+        code = f'import onnxruntime_genai as og\n\nmodel = og.Model("{path}")  # a local copy'
+        return [{"runtime": "onnxruntime-genai", "code": code}]
+    where = f'"{path}"' if Path(path).is_absolute() else f'"{{REPO}}", subfolder="{path}"'
+    head = "from optimum.onnxruntime import ORTModelForCausalLM\n\n"
+    snippets = [
+        {
+            "runtime": "ONNX Runtime through optimum-onnx",
+            "code": f"{head}model = ORTModelForCausalLM.from_pretrained({where})",
+        }
+    ]
+    if quantized:
+        code = (
+            f'{head}model = ORTModelForCausalLM.from_pretrained({where}, file_name="{quantized}")'
+        )
+        snippets.append({"runtime": f"ONNX Runtime, {quantized}", "code": code})
+    return snippets
 
 
 def _parities(report: dict) -> list[dict]:

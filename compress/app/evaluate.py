@@ -305,7 +305,7 @@ def sharpness(config: SharpnessConfig) -> SharpnessResult:
     """λ_max and tr(H^k) of the LM loss over the unpruned weights, into JSON and report.json."""
     from compress.calibration import load_windows
     from compress.core.io import write_json_atomic
-    from compress.core.report import REPORT_NAME, update_report
+    from compress.core.report import REPORT_NAME, sharpness_section, update_report
     from compress.finetune import sparsity_masks
     from compress.models import load_model
     from evaluators.sharpness import lm_sharpness
@@ -332,8 +332,8 @@ def sharpness(config: SharpnessConfig) -> SharpnessResult:
         max_power=c.max_power,
         seed=c.seed,
     )
-    result["data"] = windows.describe()
-    result["pruned_weights_excluded"] = sum(int((~m).sum()) for m in masks.values())
+    excluded = sum(int((~m).sum()) for m in masks.values())
+    result = sharpness_section(result, windows.describe(), excluded)
     output = c.output or model_dir / "sharpness.json"
     write_json_atomic(output, result)
     if (model_dir / REPORT_NAME).is_file():

@@ -94,7 +94,7 @@ class ExportBnbConfig:
 
 
 def export_bnb(config: ExportBnbConfig) -> dict:
-    """Quantize a pruned folder with bitsandbytes; returns the report's quantization section."""
+    """Quantize a pruned folder with bitsandbytes; returns its report's artifacts record."""
     from exporters.bnb import quantize_folder
 
     return quantize_folder(

@@ -38,7 +38,6 @@ from compress.core.io import (
 from compress.core.report import (
     RECIPE_NAME,
     REPORT_FORMAT,
-    REPORT_NAME,
     EvaluationSection,
     Report,
     block_entry,
@@ -49,6 +48,7 @@ from compress.core.report import (
     perplexity_section,
     summary_section,
     write_json_atomic,
+    write_report,
 )
 from compress.engine import SELFGEN, Engine, PruneOutcome, WorkFolder
 from compress.finite import refuse_non_finite
@@ -408,14 +408,14 @@ def _write_staging(
     loaded.model.save_pretrained(staging, safe_serialization=True)
     loaded.tokenizer.save_pretrained(staging)
     write_json_atomic(staging / RECIPE_NAME, {**config.to_dict(), "versions": report["versions"]})
-    write_json_atomic(staging / REPORT_NAME, report)
+    write_report(staging, report)
     if work.selfgen.is_file():  # the texts behind the self-generated tokens
         shutil.copy2(work.selfgen, staging / SELFGEN)
     if config.save_format is SaveFormat.compressed:
         from exporters.compressed import convert_in_place
 
         record = convert_in_place(staging)
-        report["deploy"] = {record["format"]: record}
+        report["artifacts"] = {record["format"]: record}
     from cards.builder import write_card
 
     target = Path(config.output)

@@ -59,10 +59,10 @@ def _export_bnb(config: workflows.ExportBnbConfig) -> None:
     from compress.core.report import perplexity_label
 
     result = workflows.export_bnb(config)
-    ppl = result["perplexity"]
+    ppl, source_bytes = result["perplexity"], result["details"]["source_bytes"]
     before = "-" if ppl["before"] is None else f"{ppl['before']:.2f}"
     typer.echo(
-        f"{result['scheme']}: {result['source_bytes'] / 2**20:.1f} MiB -> {result['bytes'] / 2**20:.1f} MiB; "
+        f"{result['format']}: {source_bytes / 2**20:.1f} MiB -> {result['bytes'] / 2**20:.1f} MiB; "
         f"perplexity {perplexity_label(ppl)} {before} -> {ppl['after']:.2f}"
     )
     typer.echo(f"wrote {config.output}")

@@ -7,9 +7,19 @@ The schema is the :class:`Report` TypedDict below (``format`` = :data:`REPORT_FO
 TypedDict per section, and each section (or entry of one) is built by one function here, so each
 key is spelt once: :func:`layer_entry` (``layers``, counted in the final saved weights),
 :func:`block_entry` (``blocks``), :func:`summary_section`, :func:`perplexity_section`
-(``evaluation.perplexity``, also ``quantization.perplexity``), :func:`tasks_section`
-(``evaluation.tasks``), :func:`export_section`, :func:`quantization_section` and
-:func:`finetune_section`. :func:`check_report` validates a report against the schema.
+(``evaluation.perplexity``, also an artefact's ``perplexity``), :func:`tasks_section`
+(``evaluation.tasks``), :func:`sharpness_section` (``evaluation.sharpness``),
+:func:`artifact_record` (one entry of ``artifacts``: every shipped artefact, whatever its format)
+and :func:`finetune_section`. :func:`check_report` validates a report against the schema, and
+every writer validates what it writes: :func:`write_report` the whole report,
+:func:`update_report` the section it sets (an unknown or mistyped key raises
+:class:`ReportSchemaError`, a bug). The types are declared here, in the lowest layer, so that
+every reader and writer checks against the same complete schema whichever stages it imported;
+each stage builds its own section beside its code (``exporters.compressed.deploy_record``,
+``exporters.onnx.onnx_artifact``, ``exporters.bnb``, ``evaluators.sharpness``) from these types.
+
+Reports written before ``artifacts`` existed (with ``deploy``, ``export`` or ``quantization``)
+are read as if written now: :func:`upgrade_report` moves those sections into ``artifacts``.
 """
 
 # no ``from __future__ import annotations``: TypedDict reads NotRequired only from real types
@@ -41,21 +51,43 @@ REPORT_NAME = "report.json"
 RECIPE_NAME = "recipe.json"
 
 
+class ReportSchemaError(ValueError):
+    """A writer produced a report outside the schema. A bug, not a user error: not a
+    :class:`~compress.core.errors.CompressError`, so the CLI keeps its traceback."""
+
+
 def read_report(folder: Path) -> dict:
-    """Load ``folder/report.json``, with a one-line error when it is missing or broken."""
+    """Load ``folder/report.json`` (an older report's sections moved where they are written
+    now, see :func:`upgrade_report`), with a one-line error when it is missing or broken."""
     path = Path(folder) / REPORT_NAME
     if not path.is_file():
         raise BadInputError(
             f"{folder} has no {REPORT_NAME}: point to a folder written by compress prune"
         )
     try:
-        return json.loads(path.read_text())
+        return upgrade_report(json.loads(path.read_text()))
     except json.JSONDecodeError as exc:
         raise BadInputError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno})") from exc
 
 
+def write_report(folder: Path, report: Mapping) -> None:
+    """Save a whole report as ``folder/report.json`` once it conforms to :class:`Report`.
+
+    Raises:
+        ReportSchemaError: a key is missing, unknown or mistyped.
+    """
+    _require(check_report(report))
+    write_json_atomic(Path(folder) / REPORT_NAME, report)
+
+
 def update_report(folder: Path, key: str, value: Any) -> dict:
-    """Set ``report[key] = value`` (dict values are merged one level deep) and save atomically."""
+    """Set ``report[key] = value`` (dict values are merged one level deep) and save atomically,
+    once what is written conforms to the schema (see :func:`check_section`).
+
+    Raises:
+        ReportSchemaError: ``key``, or a key inside ``value``, is unknown or mistyped.
+    """
+    _require(check_section(key, value))
     report = read_report(folder)
     if isinstance(value, dict) and isinstance(report.get(key), dict):
         report[key] = {**report[key], **value}
@@ -63,6 +95,16 @@ def update_report(folder: Path, key: str, value: Any) -> dict:
         report[key] = value
     write_json_atomic(Path(folder) / REPORT_NAME, report)
     return report
+
+
+def record_artifact(folder: Path, record: "ArtifactRecord") -> dict:
+    """File ``record`` under its format in the ``artifacts`` section of ``folder``'s report."""
+    return update_report(folder, "artifacts", {record["format"]: record})
+
+
+def _require(problems: list[str]) -> None:
+    if problems:
+        raise ReportSchemaError("report outside its schema: " + "; ".join(problems))
 
 
 def package_versions() -> dict[str, str]:
@@ -196,24 +238,44 @@ class TasksSection(TypedDict):
     updated: NotRequired[str]
 
 
+class SharpnessSection(TypedDict):
+    """``compress eval sharpness`` (:mod:`evaluators.sharpness`): the loss's top Hessian
+    eigenvalue and trace moments over the unpruned weights, on ``data``."""
+
+    dimension: int
+    batches: int
+    lambda_max: dict  # value, iterations, converged, ... (evaluators.sharpness.top_eigenvalue)
+    trace_moments: dict[str, dict]  # per power k: the Hutchinson estimate's summary
+    hessian_vector_products: int
+    seconds: float
+    seed: int
+    data: CalibrationSource
+    pruned_weights_excluded: int
+
+
 class EvaluationSection(TypedDict, total=False):
     perplexity: PerplexitySection
     tasks: TasksSection
+    sharpness: SharpnessSection
 
 
-class ExportSection(TypedDict, total=False):
-    onnx: str  # the ONNX export folder, relative to the model folder when inside it
+class LoadSnippet(TypedDict):
+    runtime: str  # what runs the code, with what it needs installed
+    code: str  # Python; ``{REPO}`` stands for the repo id or folder
 
 
-class QuantizationSection(TypedDict):
-    scheme: str
-    description: str
-    source: str
-    device: str
-    bytes: int
-    source_bytes: int
-    dequantized: dict
-    perplexity: PerplexitySection
+class ArtifactRecord(TypedDict):
+    """One shipped artefact, whatever wrote it (export onnx, export compressed, --save-format
+    compressed, export bnb), filed in ``artifacts`` under its ``format``."""
+
+    format: str  # "onnx", "onnx-genai", "compressed-tensors sparse-24-bitmask", "bnb-nf4", ...
+    path: str  # its folder: relative to the model folder ("." its own weights), or absolute
+    files: dict[str, int]  # its files, bytes each
+    bytes: int  # all of them
+    parity: dict | None  # its check against the PyTorch model (the exporter's record); None: none
+    perplexity: PerplexitySection | None  # before: the reference it was measured against
+    load: list[LoadSnippet]  # how to load it
+    details: dict  # what only this format records (opset, scheme, bytes beside the dense ...)
 
 
 class FinetuneHeldout(TypedDict):
@@ -262,8 +324,7 @@ class Report(TypedDict):
     versions: dict[str, str]
     created: str
     command: NotRequired[str | list[str]]
-    export: NotRequired[ExportSection]
-    quantization: NotRequired[QuantizationSection]
+    artifacts: NotRequired[dict[str, ArtifactRecord]]
     finetune: NotRequired[FinetuneSection]
     hub: NotRequired[HubSection]
 
@@ -455,32 +516,74 @@ def evaluation_section(
     return section
 
 
-def export_section(onnx: str) -> ExportSection:
-    return {"onnx": onnx}
+def sharpness_section(
+    measured: Mapping[str, Any], data: CalibrationSource, excluded: int
+) -> SharpnessSection:
+    """``measured`` (a result of :func:`evaluators.sharpness.lm_sharpness`) with the windows it
+    was measured on and the count of pruned weights left out of the Hessian."""
+    keys = SharpnessSection.__required_keys__ - {"data", "pruned_weights_excluded"}
+    section = {key: measured[key] for key in measured if key in keys}
+    return {**section, "data": data, "pruned_weights_excluded": excluded}  # type: ignore[return-value]
 
 
-def quantization_section(
+def artifact_record(
     *,
-    scheme: str,
-    description: str,
-    source: str,
-    device: str,
-    bytes: int,
-    source_bytes: int,
-    dequantized: dict,
-    perplexity: PerplexitySection,
-) -> QuantizationSection:
-    """A quantized copy of a pruned folder: scheme, sizes, sparsity kept, perplexity change."""
+    format: str,
+    path: str,
+    files: Mapping[str, int],
+    load: Sequence[LoadSnippet],
+    parity: dict | None = None,
+    perplexity: PerplexitySection | None = None,
+    details: dict | None = None,
+) -> ArtifactRecord:
+    """A shipped artefact: its ``files`` (bytes each; ``bytes`` is their sum), its check and
+    perplexity against the reference when measured, and how to load it."""
     return {
-        "scheme": scheme,
-        "description": description,
-        "source": source,
-        "device": device,
-        "bytes": bytes,
-        "source_bytes": source_bytes,
-        "dequantized": dequantized,
+        "format": format,
+        "path": path,
+        "files": dict(files),
+        "bytes": sum(files.values()),
+        "parity": parity,
         "perplexity": perplexity,
+        "load": list(load),
+        "details": details or {},
     }
+
+
+def upgrade_report(report: dict) -> dict:
+    """``report`` with the sections written before ``artifacts`` existed moved into it (in
+    place): ``deploy.FORMAT`` -> ``artifacts.FORMAT``, ``export.onnx`` (``onnx_files``) ->
+    ``artifacts.onnx``, ``export.onnx_genai`` (``onnx_genai_files``) -> ``artifacts.onnx-genai``,
+    ``quantization`` -> ``artifacts.SCHEME``. What they did not record (a deploy record's file
+    list, an ONNX export's loading code and parity, which stay in its export_report.json) is
+    left empty."""
+    artifacts = report.get("artifacts", {})
+    for name, old in (report.pop("deploy", None) or {}).items():
+        keep = ("format", "path", "bytes", "load", "round_trip")
+        artifacts[name] = {
+            **artifact_record(format=name, path=old.get("path", "."), files={}, load=old["load"]),
+            "bytes": old["bytes"],
+            "parity": {"round_trip": old["round_trip"]} if old.get("round_trip") else None,
+            "details": {key: value for key, value in old.items() if key not in keep},
+        }
+    export = report.pop("export", None) or {}
+    for key, name in (("onnx", "onnx"), ("onnx_genai", "onnx-genai")):
+        if export.get(key):
+            files = export.get(f"{key}_files") or {}
+            artifacts[name] = artifact_record(format=name, path=export[key], files=files, load=[])
+    old = report.pop("quantization", None)
+    if old:
+        scheme = old["scheme"]
+        details = {key: old[key] for key in ("description", "source", "device", "source_bytes")}
+        artifacts[scheme] = {
+            **artifact_record(format=scheme, path=".", files={}, load=[]),
+            "bytes": old["bytes"],
+            "perplexity": old["perplexity"],
+            "details": {**details, "dequantized": old["dequantized"]},
+        }
+    if artifacts:
+        report["artifacts"] = artifacts
+    return report
 
 
 def finetune_section(
@@ -579,6 +682,28 @@ def check_report(report: Mapping) -> list[str]:
     """Where ``report`` departs from :class:`Report`: missing, unknown or mistyped keys, each
     as ``path: problem``; an empty list means it conforms."""
     return check_value(report, Report, "report")
+
+
+def check_section(key: str, value: Any) -> list[str]:
+    """Problems of ``value`` written as ``report[key]``: a dict written into a section is merged
+    one level deep (see :func:`update_report`), so each of its keys is checked against that
+    section's field; any other value against the section's type."""
+    fields = get_type_hints(Report)
+    if key not in fields:
+        return [f"report.{key}: not in the schema"]
+    hint, path = fields[key], f"report.{key}"
+    if is_typeddict(hint) and isinstance(value, dict):
+        inner = get_type_hints(hint)
+        return [
+            problem
+            for name, item in value.items()
+            for problem in (
+                check_value(item, inner[name], f"{path}.{name}")
+                if name in inner
+                else [f"{path}.{name}: not in the schema"]
+            )
+        ]
+    return check_value(value, hint, path)
 
 
 def check_value(value: Any, hint: Any, path: str) -> list[str]:

@@ -15,7 +15,7 @@ from cards.builder import check_card, render_card, write_card
 from cards.facts import FORMATS, layer_type
 from compress.cli.main import app
 from compress.core.io import write_json_atomic
-from compress.core.report import REPORT_FORMAT
+from compress.core.report import REPORT_FORMAT, check_section, read_report
 
 TYPES = {  # Llama block Linear -> (out, in) of SmolLM2-135M
     "self_attn.q_proj": (576, 576),
@@ -532,19 +532,39 @@ def genai_record() -> dict:
     }  # fmt: skip
 
 
-def deploy_folder(tmp_path: Path) -> Path:
-    """A pruned folder with its dense weights, an int4 ONNX export and a genai build."""
+def deploy_folder(tmp_path: Path, legacy: bool = False) -> Path:
+    """A pruned folder with its dense weights, an int4 ONNX export and a genai build, filed in
+    ``artifacts`` as the exporter files them (``legacy``: in the ``export`` section a report
+    written before ``artifacts`` existed has)."""
+    from exporters.onnx import onnx_artifact
+
     folder = make_folder(tmp_path, tasks=False, export=False)
     (folder / "model.safetensors").write_bytes(b"\0" * 3_456_789)
     export = export_record()
     export["int4"] = int4_record(export["size"]["fp32_bytes"])
     del export["int8"]
+    export["files"] = {"model.onnx": export["int4"]["bytes"]["fp32"]}
+    export["files"]["model_int4.onnx"] = export["int4"]["bytes"]["int4"]
     write_json_atomic(folder / "onnx" / "export_report.json", export)
     write_json_atomic(folder / "genai-int4" / "export_report.json", genai_record())
     report = json.loads((folder / "report.json").read_text())
-    report["export"] = {"onnx": "onnx", "onnx_genai": "genai-int4"}
+    if legacy:
+        report["export"] = {"onnx": "onnx", "onnx_genai": "genai-int4"}
+    else:
+        records = onnx_artifact(export, "onnx"), onnx_artifact(genai_record(), "genai-int4")
+        report["artifacts"] = {record["format"]: record for record in records}
+        assert check_section("artifacts", report["artifacts"]) == []
     write_json_atomic(folder / "report.json", report)
     return folder
+
+
+def test_a_report_written_before_artifacts_renders_the_same_card(tmp_path):
+    (tmp_path / "new").mkdir(), (tmp_path / "old").mkdir()
+    new, old = deploy_folder(tmp_path / "new"), deploy_folder(tmp_path / "old", legacy=True)
+    assert str(render_card(old, "me/m")) == str(render_card(new, "me/m"))
+    upgraded = read_report(old)
+    assert "export" not in upgraded and set(upgraded["artifacts"]) == {"onnx", "onnx-genai"}
+    assert check_section("artifacts", upgraded["artifacts"]) == []
 
 
 def test_card_lists_every_written_format_with_its_size_and_how_to_load_it(tmp_path):

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from compress.cli.main import app
 from compress.core.errors import BadInputError
+from compress.core.report import check_section
 from evaluators.tasks import offline
 from evaluators.tasks.registry import PAPER_TASKS, TASKS, Source, resolve_tasks
 from evaluators.tasks.runner import (
@@ -343,6 +344,7 @@ def test_cli_all_merges_perplexity_and_tasks_into_report(tmp_path, tiny_llama, t
     )
     assert evaluation["tasks"]["settings"]["sample"] == 2
     assert evaluation["tasks"]["tasks"]["rte"]["subset"]["kind"] == "random"
+    assert check_section("evaluation", evaluation) == []  # what eval all writes, whole
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "kept" in again.stderr and "skipped" in again.stderr
     assert json.loads((folder / "report.json").read_text())["evaluation"]["perplexity"] == ppl

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from compress.core.errors import BadInputError
+from compress.core.report import check_section
 from tests.exporters.conftest import make_pruned_dir
 
 pytest.importorskip("bitsandbytes")
@@ -41,12 +42,14 @@ def test_quantized_folder_keeps_zeros_and_measures_perplexity(scheme, pruned, te
     out = tmp_path / "q"
     result = quantize_folder(pruned, out, scheme, "cpu", texts, eval_seqlen=32, eval_windows=2)
     report = json.loads((out / "report.json").read_text())
-    assert report["quantization"]["scheme"] == scheme and report["layers"]  # source report kept
-    assert result["dequantized"]["layers"] == 14  # 7 Linears x 2 blocks; lm_head stays float
-    assert result["dequantized"]["sparsity"] >= report["summary"]["sparsity"] - 1e-9
+    assert report["artifacts"][scheme] == result and report["layers"]  # source report kept
+    assert check_section("artifacts", report["artifacts"]) == []
+    dequantized_ = result["details"]["dequantized"]
+    assert dequantized_["layers"] == 14  # 7 Linears x 2 blocks; lm_head stays float
+    assert dequantized_["sparsity"] >= report["summary"]["sparsity"] - 1e-9
     ppl = result["perplexity"]
     assert ppl["windows"] == 2 and math.isfinite(ppl["after"]) and math.isfinite(ppl["before"])
-    assert result["bytes"] < result["source_bytes"]
+    assert result["bytes"] < result["details"]["source_bytes"]
     reloaded = AutoModelForCausalLM.from_pretrained(out, device_map={"": "cpu"})
     weights = [dequantized(m) for m in reloaded.modules()]
     assert sum(w is not None for w in weights) == 14
@@ -89,4 +92,4 @@ def test_cli_export_bnb(pruned, texts, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "bnb-nf4" in result.output and (out / "report.json").is_file()
-    assert "quantization" in json.loads((out / "report.json").read_text())
+    assert "bnb-nf4" in json.loads((out / "report.json").read_text())["artifacts"]

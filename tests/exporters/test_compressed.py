@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from compress.cli.main import app
 from compress.core.errors import BadInputError
 from compress.core.io import write_json_atomic
+from compress.core.report import check_report, check_section
 from compress.masks import SparsityPattern
 from compress.pruners import PRUNERS
 from exporters import compressed
@@ -92,9 +93,11 @@ def test_round_trip_bit_identical(family, pattern, tmp_path, tokenizer):
     assert compressed.differing_tensors(dense, loaded) == []
     tokens = torch.tensor([tokenizer("Sparse weights, dense results.").input_ids])
     assert torch.equal(logits(dense, tokens), logits(loaded, tokens))
-    assert record["linear_ratio"] < 0.6 and record["bytes"] < record["dense_bytes"]
-    saved = json.loads((target / "report.json").read_text())["deploy"]
-    assert saved[record["format"]] == record
+    details = record["details"]
+    assert details["linear_ratio"] < 0.6 and record["bytes"] < details["dense_bytes"]
+    saved = json.loads((target / "report.json").read_text())["artifacts"]
+    assert saved[record["format"]] == record and check_section("artifacts", saved) == []
+    assert record["parity"] == {"round_trip": "bit-identical weights"}
 
 
 @needs_sparse
@@ -136,7 +139,7 @@ def test_other_n_m_falls_back_to_bitmask(tmp_path, tokenizer):
     source, _ = pruned_folder(tmp_path, tokenizer, "llama", "4:8")
     record = compressed.write_compressed(source, tmp_path / "ct")
     assert record["format"] == "compressed-tensors sparse-bitmask"
-    assert record["sparsity_structure"] == "4:8"
+    assert record["details"]["sparsity_structure"] == "4:8"
     dense = compressed.load_dense(source)
     assert compressed.differing_tensors(dense, compressed.load_compressed(tmp_path / "ct")) == []
 
@@ -183,7 +186,8 @@ def test_prune_save_format_compressed(tiny_model_dir, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["sparsity_config"]["format"] == "sparse-24-bitmask"
     report = json.loads((out / "report.json").read_text())
-    record = report["deploy"]["compressed-tensors sparse-24-bitmask"]
+    assert check_report(report) == []
+    record = report["artifacts"]["compressed-tensors sparse-24-bitmask"]
     assert abs(record["bytes"] - compressed.folder_bytes(out)) < 0.01 * record["bytes"]
     loaded = compressed.load_compressed(out)
     modules = dict(loaded.named_modules())

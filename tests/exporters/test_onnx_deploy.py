@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from compress.cli.main import app
 from compress.core.errors import BadInputError
-from exporters.onnx import EXPORT_REPORT, OnnxExportConfig, export_onnx
+from compress.core.report import check_section
+from exporters.onnx import EXPORT_REPORT, OnnxExportConfig, export_onnx, onnx_artifact
 from tests.compress.test_refusals import refused
 from tests.exporters.test_onnx_export import FAST, prompt_of
 from tests.stacks import needs_optimum
@@ -248,6 +249,11 @@ def test_genai_int4_build_records_parity_and_perplexity(pruned_llama_dir, eval_t
     assert report["int8_matmuls"] == {"qkv_proj": layers, "down_proj": layers, "lm_head": 1}
     # the tied head in int8, stored once: about 0.3 of one fp32 copy
     assert report["files"]["model.onnx"] < 0.35 * 4 * 49152 * 64
+    record = json.loads((pruned_llama_dir / "report.json").read_text())["artifacts"]["onnx-genai"]
+    assert record == onnx_artifact(report, str(output))  # outside the folder: its absolute path
+    assert check_section("artifacts", {"onnx-genai": record}) == []
+    assert record["perplexity"]["after"] == ppl["int4"] and record["details"]["precision"] == "int4"
+    assert f'og.Model("{output}")' in record["load"][0]["code"]
 
 
 def test_genai_run_onnx_needs_a_genai_folder(tmp_path):

@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from compress.cli.main import app
 from compress.core.errors import BadInputError, ExportParityError
-from exporters.onnx import EXPORT_REPORT, OnnxExportConfig, export_onnx
+from compress.core.report import check_section
+from exporters.onnx import EXPORT_REPORT, OnnxExportConfig, export_onnx, onnx_artifact
 from tests.compress.test_refusals import refused
 from tests.stacks import needs_optimum
 
@@ -69,8 +70,20 @@ def test_parity_and_greedy_tokens(family, request):
 def test_export_is_recorded_in_the_model_report(llama_export, pruned_llama_dir):
     _, export = llama_export
     report = json.loads((pruned_llama_dir / "report.json").read_text())
-    assert report["export"] == {"onnx": "onnx", "onnx_files": export["files"]}
-    assert report["export"]["onnx_files"]["model_int8.onnx"] > 0
+    record = report["artifacts"]["onnx"]
+    assert (
+        record == onnx_artifact(export, "onnx")
+        and check_section("artifacts", {"onnx": record}) == []
+    )
+    assert record["files"] == export["files"] and record["files"]["model_int8.onnx"] > 0
+    assert record["bytes"] == sum(export["files"].values()) and record["parity"]["passed"]
+    ppl = export["int8"]["perplexity"]
+    assert (record["perplexity"]["before"], record["perplexity"]["after"]) == (
+        ppl["fp32"],
+        ppl["int8"],
+    )
+    assert 'subfolder="onnx", file_name="model_int8.onnx"' in record["load"][1]["code"]
+    assert "export" not in report
 
 
 @needs_optimum
