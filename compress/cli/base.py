@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import copy
+import os
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import typer
@@ -13,8 +16,29 @@ from typer.core import TyperCommand, TyperGroup, TyperOption
 from compress.core.errors import CompressError, Interrupted, Terminated, signal_exit_code
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated
+@contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Within the block, SIGTERM to this process raises :class:`Terminated`, so it unwinds like
+    SIGINT; the previous handler is restored after. A child forked inside the block (a
+    multiprocessing pool's worker) is ended by SIGTERM as usual: a pool terminates its workers
+    that way and waits for them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def handle(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class ErrorReportingGroup(TyperGroup):
@@ -23,10 +47,9 @@ class ErrorReportingGroup(TyperGroup):
     unwinds like SIGINT, so every clean-up on the way out runs."""
 
     def invoke(self, ctx: typer.Context) -> Any:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, _raise_terminated)
         try:
-            return super().invoke(ctx)
+            with sigterm_unwinds():
+                return super().invoke(ctx)
         except KeyboardInterrupt as exc:
             typer.echo("error: interrupted", err=True)
             raise typer.Exit(signal_exit_code(exc)) from None

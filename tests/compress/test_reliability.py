@@ -427,3 +427,26 @@ def test_a_signal_says_where_resume_continues(sig, code, tiny_model_dir, tmp_pat
     assert "Traceback" not in stderr
     assert not lock_path(out).exists() and not out.exists()
     assert snapshot(tmp_path / ".out.work")
+
+
+def test_sigterm_unwinds_this_process_and_still_ends_forked_workers():
+    """A pool forked inside a command (lm-eval's bootstrap) terminates its workers with SIGTERM
+    and waits for them: the handler must end a forked child as usual (the first version raised
+    in the workers too, and the pool waited forever), and is restored after the command."""
+    import multiprocessing
+
+    from compress.cli.base import sigterm_unwinds
+    from compress.core.errors import Terminated
+
+    before = signal.getsignal(signal.SIGTERM)
+    with sigterm_unwinds():
+        pool = multiprocessing.get_context("fork").Pool(2)
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+        started = time.monotonic()
+        pool.terminate()
+        pool.join()
+        assert time.monotonic() - started < 10
+        with pytest.raises(Terminated):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler runs at the next bytecode boundary
+    assert signal.getsignal(signal.SIGTERM) == before
