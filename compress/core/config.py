@@ -7,13 +7,14 @@ bad flag fails before any model is loaded.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import ClassVar
 
 from compress.core.errors import BadInputError
-from compress.core.options import flag_of, option
+from compress.core.methods import METHODS, methods_help
+from compress.core.options import flag_of, option, options_of
 from compress.core.patterns import SparsityPattern
 from compress.core.shared_options import (
     DType,
@@ -44,17 +45,17 @@ def _choice(enum: type[Enum], value: object, flag: str) -> Enum:
         raise BadInputError(f"{flag} {value!r}: choose {choices}") from None
 
 
-class Method(str, Enum):
-    magnitude = "magnitude"
-    wanda = "wanda"
-    sparsegpt = "sparsegpt"
+# --method's choices: the methods of compress/core/methods.py, in their order
+Method = Enum("Method", [(name, name) for name in METHODS], type=str)
 
-
-class MagnitudeScope(str, Enum):
-    """Where magnitude scores compete: one threshold per layer (the papers' baseline) or per row."""
-
-    layer = "layer"
-    row = "row"
+# One sub-config per method, named after it, holding that method's options (recipe.json:
+# "pruner": {"magnitude": {"scope": "layer"}, "sparsegpt": {...}, ...}).
+PrunerOptions = make_dataclass(
+    "PrunerOptions",
+    [(name, cls, field(default_factory=cls)) for name, cls in METHODS.items()],
+    kw_only=True,
+    namespace={"PANEL": PRUNING, "__doc__": "Each method's options (compress/core/methods.py)."},
+)
 
 
 class Technique(str, Enum):
@@ -353,6 +354,10 @@ class PruneConfig:
         PLACEMENT,
         OUTPUT,
     )
+    # recipe.json keys of earlier versions -> where their value lives now (None: not set)
+    RENAMED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "magnitude_scope": ("pruner", "magnitude", "scope")
+    }
 
     model: str | None = option(
         None,  # None: the embedded SmolLM2-135M-Instruct
@@ -363,7 +368,7 @@ class PruneConfig:
         Method.wanda,
         flags="--method",
         metavar="METHOD",
-        help="Pruner: magnitude (|W|), wanda (|W|·‖X‖₂) or sparsegpt (OBS update).",
+        help=methods_help(),
         panel=PRUNING,
     )
     sparsity: float = option(
@@ -378,13 +383,7 @@ class PruneConfig:
         help="'unstructured' or N:M such as 2:4 or 4:8 (keep N of every M weights).",
         panel=PRUNING,
     )
-    magnitude_scope: MagnitudeScope | None = option(
-        None,  # None: layer for magnitude, unused otherwise
-        flags="--magnitude-scope",
-        metavar="SCOPE",
-        help="Magnitude only: one |W| threshold per layer (default; the papers' baseline) or per output row.",
-        panel=PRUNING,
-    )
+    pruner: PrunerOptions = field(default_factory=PrunerOptions)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     output: str | None = output_option(
         None,  # None: out/<model-name>-<method>-<sparsity or NofM>[-<reconstruction>]
@@ -513,10 +512,7 @@ class PruneConfig:
         self.method = Method(self.method)
         self.dtype = _choice(DType, self.dtype, "--dtype")
         self.save_format = _choice(SaveFormat, self.save_format, "--save-format")
-        if self.method is Method.magnitude:
-            self.magnitude_scope = MagnitudeScope(self.magnitude_scope or MagnitudeScope.layer)
-        elif self.magnitude_scope is not None:
-            raise BadInputError("--magnitude-scope applies to --method magnitude only")
+        self._check_pruner_options()
         self.parsed_pattern = SparsityPattern.parse(self.pattern)
         self.pattern = str(self.parsed_pattern)
         if self.parsed_pattern.structured:
@@ -532,6 +528,21 @@ class PruneConfig:
         for where, value in [("--sparsity", self.sparsity), *self.layer_sparsity.items()]:
             if not 0.0 <= value < 1.0:
                 raise BadInputError(f"sparsity for {where} is {value}; it must lie in [0, 1)")
+
+    def _check_pruner_options(self) -> None:
+        """Refuse an option of a method other than ``--method``'s set to other than its default
+        (it would change nothing)."""
+        for f in fields(self.pruner):
+            if f.name == self.method.value:
+                continue
+            values, defaults = getattr(self.pruner, f.name), METHODS[f.name]()
+            set_ = [
+                opt.flag
+                for opt in options_of(METHODS[f.name])
+                if getattr(values, opt.path[-1]) != getattr(defaults, opt.path[-1])
+            ]
+            if set_:
+                raise BadInputError(f"{', '.join(set_)} applies to --method {f.name} only")
 
     def _check_profile(self) -> None:
         self.sparsity_profile = _choice(
@@ -572,9 +583,9 @@ class PruneConfig:
                 target = value
         return target
 
-    def pruner_options(self) -> dict:
-        """Keyword arguments for the pruner class beyond the weight and its name."""
-        return {"scope": self.magnitude_scope.value} if self.magnitude_scope else {}
+    def pruner_options(self) -> object:
+        """The options object of ``--method``'s pruner (its constructor's ``options``)."""
+        return getattr(self.pruner, self.method.value)
 
     def to_dict(self) -> dict:
         """The recipe (recipe.json): every field, enums as their values."""

@@ -368,6 +368,7 @@ def recipe_defaults(
     Raises:
         BadInputError: the record holds keys no option expresses, or a section that is not one.
     """
+    record = renamed(cls, record)
     unknown = [key for key in unknown_fields(cls, record) if key not in extras]
     if unknown:
         raise BadInputError(
@@ -387,6 +388,24 @@ def recipe_defaults(
             continue
         values[opt.name] = opt.spec.to_cli(value) if opt.spec.to_cli else value
     return values
+
+
+def renamed(cls: type, record: dict) -> dict:
+    """``record`` with the top-level keys of an earlier version that ``cls.RENAMED`` maps (old
+    key -> path of the option now) moved to their paths; a key holding None is dropped."""
+    record = dict(record)
+    for old, path in getattr(cls, "RENAMED", {}).items():
+        if old not in record:
+            continue
+        value = record.pop(old)
+        if value is None:
+            continue
+        where = record
+        for part in path[:-1]:
+            where[part] = dict(where.get(part) or {})
+            where = where[part]
+        where[path[-1]] = value
+    return record
 
 
 def _recipe_parameter(cls: type, file_name: str, extras: tuple[str, ...]) -> inspect.Parameter:

@@ -35,6 +35,7 @@ import torch
 
 from compress.core.dtypes import emulated_on_this_cpu
 from compress.core.errors import NumericsError
+from compress.core.methods import SparseGPTOptions
 from compress.distributed import ExactSum
 from compress.masks import SparsityPattern
 from compress.pruners.base import Pruner, PruneResult, register, sequences
@@ -149,20 +150,17 @@ def unpack_lower_gram(packed: torch.Tensor, cols: int) -> torch.Tensor:
     return full
 
 
-@register("sparsegpt")
+@register(SparseGPTOptions)
 class SparseGPTPruner(Pruner):
     shares = ("xxt", "count", "factor")
 
     def __init__(
-        self,
-        weight: torch.Tensor,
-        name: str = "layer",
-        blocksize: int = 128,
-        percdamp: float = 0.01,
+        self, weight: torch.Tensor, name: str = "layer", options: SparseGPTOptions | None = None
     ) -> None:
         super().__init__(weight, name)
-        self.blocksize = blocksize
-        self.percdamp = percdamp
+        options = options or SparseGPTOptions()
+        self.blocksize = options.blocksize  # --sparsegpt-blocksize
+        self.percdamp = options.percdamp  # --sparsegpt-damp
         cols = weight.shape[1]
         self.xxt = ExactSum((cols * (cols + 1) // 2,), weight.device)  # lower triangle, packed
         self.count = ExactSum((), weight.device)

@@ -237,9 +237,15 @@ VALUES = {
     "offload_folder": ["offload"],
     "hub_repo_id": ["me/pruned"],
     "magnitude_scope": ["row"],
+    "sparsegpt_blocksize": ["64"],
+    "sparsegpt_damp": ["0.05"],
 }
 # options that only apply together with another one
-NEEDS = {"magnitude_scope": ["--method", "magnitude"]}
+NEEDS = {
+    "magnitude_scope": ["--method", "magnitude"],
+    "sparsegpt_blocksize": ["--method", "sparsegpt"],
+    "sparsegpt_damp": ["--method", "sparsegpt"],
+}
 
 
 def prune_command():
