@@ -236,7 +236,6 @@ VALUES = {
     "max_memory": ["0=20GiB,cpu=64GiB"],
     "offload_folder": ["offload"],
     "hub_repo_id": ["me/pruned"],
-    "magnitude_scope": ["row"],
     "sparsegpt_blocksize": ["64"],
     "sparsegpt_damp": ["0.05"],
 }
@@ -279,7 +278,8 @@ def settings(param) -> list[list[str]]:
             return [[flag], [param.secondary_opts[0]]]
         return [[flag if not param.default else param.secondary_opts[0]]]
     if isinstance(param.default, Enum):
-        return [[flag, next(c.value for c in type(param.default) if c != param.default)]]
+        other = next(c.value for c in type(param.default) if c != param.default)
+        return [NEEDS.get(param.name, []) + [flag, other]]
     assert param.name in VALUES, f"give the round-trip test a value for {flag}"
     values = VALUES[param.name]
     return [
