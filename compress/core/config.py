@@ -90,11 +90,10 @@ class ReconOptimizer(str, Enum):
 class ReconSchedule(str, Enum):
     """How the learning rate moves over a block's steps (from --recon-lr, no warm-up).
 
-    linear is the default (the paper's): at 16 steps and 3e-3 (Wanda 50%, blocks 3 / 9 of the
-    embedded model), constant closed 48% / 37% of the calibration error against linear's 40% /
-    27%, but only 21% / 12% of the held-out error against 20% / 11.5%: what constant adds is
-    mostly fit to the calibration set. No warm-up: Adam's first steps are already bounded by
-    the rate, and a few-step budget cannot spare any.
+    linear is the default (the paper's): constant closes more of the calibration error but
+    hardly more of the held-out error, so what it adds is mostly fit to the calibration set
+    (docs/results.md). No warm-up: Adam's first steps are already bounded by the rate, and a
+    few-step budget cannot spare any.
     """
 
     linear = "linear"  # down to 0 (the paper's)
@@ -118,7 +117,7 @@ class ActivationsDevice(str, Enum):
 
 
 PAPER_LR, PAPER_STEPS = 2e-4, 320  # Shin et al.: lr 2e-4 over 256 samples x 10 epochs / batch 8
-MAX_AUTO_LR = 3e-3  # the best of 2e-4, 1e-3, 3e-3, 1e-2 at 16 steps; 1e-2 diverged
+MAX_AUTO_LR = 3e-3  # above it the short budgets diverge (learning_rate)
 
 
 @dataclass(kw_only=True)
@@ -126,7 +125,7 @@ class ReconstructConfig:
     PANEL: ClassVar[str] = RECONSTRUCTION
 
     technique: Technique = option(
-        Technique.br_gp,  # beat lr on the embedded model (issue 3 note)
+        Technique.br_gp,  # closes part of lr's gap to the dense model (docs/results.md)
         flags="--reconstruct",
         metavar="TECHNIQUE",
         help="none (mask only), lr (the pruner's layer update), br (block-wise), br+gp (dense-model targets), br+gp+cr / br+cr (two-block windows).",
@@ -214,11 +213,9 @@ class ReconstructConfig:
         2e-4 at its 320 steps (256 samples x 10 epochs / batch 8), scaled by 320 / steps so a
         smaller budget keeps its product (how far Adam can move each weight), at most 3e-3.
 
-        Why (issue 18, embedded SmolLM2-135M, Wanda 50%, 32 x 256 calibration, 16 steps, share
-        of block 3 / 9 error closed on held-out text): 2e-4 closes 9% / 5%, 1e-3 16% / 10%,
-        3e-3 20% / 12%, while 1e-2 diverges (-47% / -1%); at 64 steps block 3 closes 15% with
-        2e-4 and 24% with this default (1e-3), the best of all tried. At 4-64 steps, the budgets
-        CPU calibration affords, 2e-4 barely moves the weights.
+        Why: at the 4-64 steps CPU calibration affords, the paper's 2e-4 barely moves the
+        weights; larger rates close more of a block's held-out error up to 3e-3, while 1e-2
+        diverges (the rates tried: docs/results.md).
         """
         if self.lr is not None:
             return self.lr
