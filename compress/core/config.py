@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from compress.core.errors import BadInputError
 from compress.core.methods import METHODS, methods_help
-from compress.core.options import flag_of, option, options_of
+from compress.core.options import flag_of, option, options_of, value_at
 from compress.core.patterns import SparsityPattern
 from compress.core.shared_options import (
     DType,
@@ -579,6 +579,15 @@ class PruneConfig:
             if fnmatch.fnmatchcase(layer, pattern):
                 target = value
         return target
+
+    @staticmethod
+    def applies(config: PruneConfig | dict, path: tuple[str, ...]) -> bool:
+        """Whether the option at ``path`` applies to ``config`` (an object or its record): not
+        the options of a method other than its ``--method`` (:func:`to_argv` leaves them out)."""
+        if path[0] != "pruner":
+            return True
+        method = value_at(config, ("method",))
+        return path[1] == getattr(method, "value", method)
 
     def pruner_options(self) -> object:
         """The options object of ``--method``'s pruner (its constructor's ``options``)."""

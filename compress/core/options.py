@@ -274,16 +274,20 @@ def to_argv(config: Any, cls: type | None = None, *, complete: bool = False) -> 
     (positional arguments first): every option whose value differs from its default.
 
     ``config`` is a config object, or its record (nested dicts, as in recipe.json) with ``cls``
-    naming the config class. ``complete`` is for a record of what was run (the card's command):
+    naming the config class. A config class may define ``applies(config, path) -> bool``: the
+    options it denies are left out (another pruning method's options). ``complete`` is for a record of what was run (the card's command):
     every value is spelt out, also where it equals today's default (a later default must not
     change what the command does), and options about the attempt (``reproduce=False``) are
     left out.
     """
     positional: list[str] = []
     flags: list[str] = []
+    applies = getattr(cls or type(config), "applies", None)
     for opt in options_of(cls or type(config)):
         value = value_at(config, opt.path)
         if value is MISSING or (complete and not opt.spec.reproduce):
+            continue
+        if applies is not None and not applies(config, opt.path):
             continue
         if _same(value, opt.default) and not (complete and not isinstance(value, bool)):
             continue

@@ -284,3 +284,11 @@ def test_a_recipe_with_the_earlier_top_level_magnitude_scope_still_loads(tmp_pat
     (tmp_path / "recipe.json").write_text(json.dumps(wanda))
     config, result = _parsed(["--recipe", tmp_path], monkeypatch)
     assert config is not None and config.to_dict() == PruneConfig().to_dict(), result.output
+
+
+def test_a_recorded_command_names_only_its_method_s_options():
+    for method in METHODS:
+        argv = to_argv(PruneConfig(method=method).to_dict(), PruneConfig, complete=True)
+        flags = {opt.flag for opt in options_of(METHODS[method])}
+        others = {opt.flag for m in METHODS if m != method for opt in options_of(METHODS[m])}
+        assert flags <= set(argv) and not others & set(argv), (method, argv)
