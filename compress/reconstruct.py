@@ -91,7 +91,7 @@ def epoch_steps(
 def _autocast(device: torch.device, dtype: torch.dtype | None):
     """The forward in ``dtype`` on a GPU, and in bfloat16 on a CPU too (float16 is a GPU
     format: a CPU runs it slower than float32). On a CPU with native bfloat16 a block's step
-    takes about 0.55 x its float32 time (embedded SmolLM2-135M, 8 x 512, one thread)."""
+    is faster than in float32 (docs/results.md)."""
     supported = device.type == "cuda" or (device.type == "cpu" and dtype is torch.bfloat16)
     if dtype is None or not supported:
         return contextlib.nullcontext()

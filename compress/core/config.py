@@ -7,13 +7,14 @@ bad flag fails before any model is loaded.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import ClassVar
 
 from compress.core.errors import BadInputError
-from compress.core.options import flag_of, option
+from compress.core.methods import METHODS, methods_help
+from compress.core.options import flag_of, option, options_of, value_at
 from compress.core.patterns import SparsityPattern
 from compress.core.shared_options import (
     DType,
@@ -44,17 +45,17 @@ def _choice(enum: type[Enum], value: object, flag: str) -> Enum:
         raise BadInputError(f"{flag} {value!r}: choose {choices}") from None
 
 
-class Method(str, Enum):
-    magnitude = "magnitude"
-    wanda = "wanda"
-    sparsegpt = "sparsegpt"
+# --method's choices: the methods of compress/core/methods.py, in their order
+Method = Enum("Method", [(name, name) for name in METHODS], type=str)
 
-
-class MagnitudeScope(str, Enum):
-    """Where magnitude scores compete: one threshold per layer (the papers' baseline) or per row."""
-
-    layer = "layer"
-    row = "row"
+# One sub-config per method, named after it, holding that method's options (recipe.json:
+# "pruner": {"magnitude": {"scope": "layer"}, "sparsegpt": {...}, ...}).
+PrunerOptions = make_dataclass(
+    "PrunerOptions",
+    [(name, cls, field(default_factory=cls)) for name, cls in METHODS.items()],
+    kw_only=True,
+    namespace={"PANEL": PRUNING, "__doc__": "Each method's options (compress/core/methods.py)."},
+)
 
 
 class Technique(str, Enum):
@@ -89,11 +90,10 @@ class ReconOptimizer(str, Enum):
 class ReconSchedule(str, Enum):
     """How the learning rate moves over a block's steps (from --recon-lr, no warm-up).
 
-    linear is the default (the paper's): at 16 steps and 3e-3 (Wanda 50%, blocks 3 / 9 of the
-    embedded model), constant closed 48% / 37% of the calibration error against linear's 40% /
-    27%, but only 21% / 12% of the held-out error against 20% / 11.5%: what constant adds is
-    mostly fit to the calibration set. No warm-up: Adam's first steps are already bounded by
-    the rate, and a few-step budget cannot spare any.
+    linear is the default (the paper's): constant closes more of the calibration error but
+    hardly more of the held-out error, so what it adds is mostly fit to the calibration set
+    (docs/results.md). No warm-up: Adam's first steps are already bounded by the rate, and a
+    few-step budget cannot spare any.
     """
 
     linear = "linear"  # down to 0 (the paper's)
@@ -117,7 +117,7 @@ class ActivationsDevice(str, Enum):
 
 
 PAPER_LR, PAPER_STEPS = 2e-4, 320  # Shin et al.: lr 2e-4 over 256 samples x 10 epochs / batch 8
-MAX_AUTO_LR = 3e-3  # the best of 2e-4, 1e-3, 3e-3, 1e-2 at 16 steps; 1e-2 diverged
+MAX_AUTO_LR = 3e-3  # above it the short budgets diverge (learning_rate)
 
 
 @dataclass(kw_only=True)
@@ -125,7 +125,7 @@ class ReconstructConfig:
     PANEL: ClassVar[str] = RECONSTRUCTION
 
     technique: Technique = option(
-        Technique.br_gp,  # beat lr on the embedded model (issue 3 note)
+        Technique.br_gp,  # closes part of lr's gap to the dense model (docs/results.md)
         flags="--reconstruct",
         metavar="TECHNIQUE",
         help="none (mask only), lr (the pruner's layer update), br (block-wise), br+gp (dense-model targets), br+gp+cr / br+cr (two-block windows).",
@@ -213,11 +213,9 @@ class ReconstructConfig:
         2e-4 at its 320 steps (256 samples x 10 epochs / batch 8), scaled by 320 / steps so a
         smaller budget keeps its product (how far Adam can move each weight), at most 3e-3.
 
-        Why (issue 18, embedded SmolLM2-135M, Wanda 50%, 32 x 256 calibration, 16 steps, share
-        of block 3 / 9 error closed on held-out text): 2e-4 closes 9% / 5%, 1e-3 16% / 10%,
-        3e-3 20% / 12%, while 1e-2 diverges (-47% / -1%); at 64 steps block 3 closes 15% with
-        2e-4 and 24% with this default (1e-3), the best of all tried. At 4-64 steps, the budgets
-        CPU calibration affords, 2e-4 barely moves the weights.
+        Why: at the 4-64 steps CPU calibration affords, the paper's 2e-4 barely moves the
+        weights; larger rates close more of a block's held-out error up to 3e-3, while 1e-2
+        diverges (the rates tried: docs/results.md).
         """
         if self.lr is not None:
             return self.lr
@@ -353,6 +351,10 @@ class PruneConfig:
         PLACEMENT,
         OUTPUT,
     )
+    # recipe.json keys of earlier versions -> where their value lives now (None: not set)
+    RENAMED: ClassVar[dict[str, tuple[str, ...]]] = {
+        "magnitude_scope": ("pruner", "magnitude", "scope")
+    }
 
     model: str | None = option(
         None,  # None: the embedded SmolLM2-135M-Instruct
@@ -363,7 +365,7 @@ class PruneConfig:
         Method.wanda,
         flags="--method",
         metavar="METHOD",
-        help="Pruner: magnitude (|W|), wanda (|W|·‖X‖₂) or sparsegpt (OBS update).",
+        help=methods_help(),
         panel=PRUNING,
     )
     sparsity: float = option(
@@ -378,13 +380,7 @@ class PruneConfig:
         help="'unstructured' or N:M such as 2:4 or 4:8 (keep N of every M weights).",
         panel=PRUNING,
     )
-    magnitude_scope: MagnitudeScope | None = option(
-        None,  # None: layer for magnitude, unused otherwise
-        flags="--magnitude-scope",
-        metavar="SCOPE",
-        help="Magnitude only: one |W| threshold per layer (default; the papers' baseline) or per output row.",
-        panel=PRUNING,
-    )
+    pruner: PrunerOptions = field(default_factory=PrunerOptions)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     output: str | None = output_option(
         None,  # None: out/<model-name>-<method>-<sparsity or NofM>[-<reconstruction>]
@@ -513,10 +509,7 @@ class PruneConfig:
         self.method = Method(self.method)
         self.dtype = _choice(DType, self.dtype, "--dtype")
         self.save_format = _choice(SaveFormat, self.save_format, "--save-format")
-        if self.method is Method.magnitude:
-            self.magnitude_scope = MagnitudeScope(self.magnitude_scope or MagnitudeScope.layer)
-        elif self.magnitude_scope is not None:
-            raise BadInputError("--magnitude-scope applies to --method magnitude only")
+        self._check_pruner_options()
         self.parsed_pattern = SparsityPattern.parse(self.pattern)
         self.pattern = str(self.parsed_pattern)
         if self.parsed_pattern.structured:
@@ -532,6 +525,21 @@ class PruneConfig:
         for where, value in [("--sparsity", self.sparsity), *self.layer_sparsity.items()]:
             if not 0.0 <= value < 1.0:
                 raise BadInputError(f"sparsity for {where} is {value}; it must lie in [0, 1)")
+
+    def _check_pruner_options(self) -> None:
+        """Refuse an option of a method other than ``--method``'s set to other than its default
+        (it would change nothing)."""
+        for f in fields(self.pruner):
+            if f.name == self.method.value:
+                continue
+            values, defaults = getattr(self.pruner, f.name), METHODS[f.name]()
+            set_ = [
+                opt.flag
+                for opt in options_of(METHODS[f.name])
+                if getattr(values, opt.path[-1]) != getattr(defaults, opt.path[-1])
+            ]
+            if set_:
+                raise BadInputError(f"{', '.join(set_)} applies to --method {f.name} only")
 
     def _check_profile(self) -> None:
         self.sparsity_profile = _choice(
@@ -572,9 +580,18 @@ class PruneConfig:
                 target = value
         return target
 
-    def pruner_options(self) -> dict:
-        """Keyword arguments for the pruner class beyond the weight and its name."""
-        return {"scope": self.magnitude_scope.value} if self.magnitude_scope else {}
+    @staticmethod
+    def applies(config: PruneConfig | dict, path: tuple[str, ...]) -> bool:
+        """Whether the option at ``path`` applies to ``config`` (an object or its record): not
+        the options of a method other than its ``--method`` (:func:`to_argv` leaves them out)."""
+        if path[0] != "pruner":
+            return True
+        method = value_at(config, ("method",))
+        return path[1] == getattr(method, "value", method)
+
+    def pruner_options(self) -> object:
+        """The options object of ``--method``'s pruner (its constructor's ``options``)."""
+        return getattr(self.pruner, self.method.value)
 
     def to_dict(self) -> dict:
         """The recipe (recipe.json): every field, enums as their values."""

@@ -274,16 +274,20 @@ def to_argv(config: Any, cls: type | None = None, *, complete: bool = False) -> 
     (positional arguments first): every option whose value differs from its default.
 
     ``config`` is a config object, or its record (nested dicts, as in recipe.json) with ``cls``
-    naming the config class. ``complete`` is for a record of what was run (the card's command):
+    naming the config class. A config class may define ``applies(config, path) -> bool``: the
+    options it denies are left out (another pruning method's options). ``complete`` is for a record of what was run (the card's command):
     every value is spelt out, also where it equals today's default (a later default must not
     change what the command does), and options about the attempt (``reproduce=False``) are
     left out.
     """
     positional: list[str] = []
     flags: list[str] = []
+    applies = getattr(cls or type(config), "applies", None)
     for opt in options_of(cls or type(config)):
         value = value_at(config, opt.path)
         if value is MISSING or (complete and not opt.spec.reproduce):
+            continue
+        if applies is not None and not applies(config, opt.path):
             continue
         if _same(value, opt.default) and not (complete and not isinstance(value, bool)):
             continue
@@ -368,6 +372,7 @@ def recipe_defaults(
     Raises:
         BadInputError: the record holds keys no option expresses, or a section that is not one.
     """
+    record = renamed(cls, record)
     unknown = [key for key in unknown_fields(cls, record) if key not in extras]
     if unknown:
         raise BadInputError(
@@ -387,6 +392,24 @@ def recipe_defaults(
             continue
         values[opt.name] = opt.spec.to_cli(value) if opt.spec.to_cli else value
     return values
+
+
+def renamed(cls: type, record: dict) -> dict:
+    """``record`` with the top-level keys of an earlier version that ``cls.RENAMED`` maps (old
+    key -> path of the option now) moved to their paths; a key holding None is dropped."""
+    record = dict(record)
+    for old, path in getattr(cls, "RENAMED", {}).items():
+        if old not in record:
+            continue
+        value = record.pop(old)
+        if value is None:
+            continue
+        where = record
+        for part in path[:-1]:
+            where[part] = dict(where.get(part) or {})
+            where = where[part]
+        where[path[-1]] = value
+    return record
 
 
 def _recipe_parameter(cls: type, file_name: str, extras: tuple[str, ...]) -> inspect.Parameter:

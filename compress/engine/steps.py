@@ -232,7 +232,7 @@ class Engine:
         pruners: dict[str, Pruner] = {}
         for group in groups:
             for name in group:
-                pruners[name] = pruner_cls(weight_view(layers[name]), name, **options)
+                pruners[name] = pruner_cls(weight_view(layers[name]), name, options)
                 if name != group[0]:
                     pruners[name].share(pruners[group[0]])
         return pruners

@@ -31,6 +31,7 @@ class Pruner(ABC):
 
     needs_data: bool = True
     shares: tuple[str, ...] = ()  # attributes holding the statistics (see :meth:`share`)
+    options: type  # its options dataclass (compress/core/methods.py), set by :func:`register`
 
     def __init__(self, weight: torch.Tensor, name: str = "layer") -> None:
         self.weight = weight  # (out, in), shares storage with the module's parameter
@@ -87,11 +88,13 @@ def sequences(inp: torch.Tensor, dtype: torch.dtype = torch.float32) -> Iterator
 PRUNERS: dict[str, type[Pruner]] = {}
 
 
-def register(name: str) -> Callable[[type[Pruner]], type[Pruner]]:
-    """Class decorator adding a pruner to :data:`PRUNERS` under ``name``."""
+def register(options: type) -> Callable[[type[Pruner]], type[Pruner]]:
+    """Class decorator adding a pruner to :data:`PRUNERS` under the name of its ``options``
+    (a method of :mod:`compress.core.methods`); it is built with an instance of them."""
 
     def add(cls: type[Pruner]) -> type[Pruner]:
-        PRUNERS[name] = cls
+        PRUNERS[options.METHOD] = cls
+        cls.options = options
         return cls
 
     return add

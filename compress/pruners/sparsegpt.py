@@ -16,7 +16,7 @@ lowest per row every M columns), and each pruned weight's error is pushed into t
 yet visited (the OBS update), so the kept weights compensate. Damping starts at
 ``percdamp * mean(diag H)`` and grows tenfold on a failed Cholesky.
 
-Speed (issue 17): the loop issues a few ops per column, so it runs on the transpose (a column
+Speed: the loop issues a few ops per column, so it runs on the transpose (a column
 is a contiguous row, the columns left in a block one contiguous slice) with the views it needs
 made once per factor; the ops and their order are those of the row-major loop, so masks and
 weights are the same bit for bit (tests/compress/test_sparsegpt_reference.py).
@@ -35,6 +35,7 @@ import torch
 
 from compress.core.dtypes import emulated_on_this_cpu
 from compress.core.errors import NumericsError
+from compress.core.methods import SparseGPTOptions
 from compress.distributed import ExactSum
 from compress.masks import SparsityPattern
 from compress.pruners.base import Pruner, PruneResult, register, sequences
@@ -46,7 +47,7 @@ def column_loop_threads(cores: int, load: float, allowed: int) -> int:
     """Threads for the column loop on a CPU: the cores the rest of the machine leaves idle.
 
     The loop issues thousands of tiny ops; threads the machine cannot give it stall every op
-    on OpenMP start-up (100x slower measured on a loaded 2-core machine), while on a free
+    on OpenMP start-up (docs/results.md has the cost on a loaded machine), while on a free
     machine the extra cores help. ``load`` is the 1-minute load average, which counts this run
     itself (busy in the forward passes just before): the others' load is ``load - 1``. Results
     do not depend on the count (tests/compress/test_siblings.py)."""
@@ -72,15 +73,15 @@ def gram_dtype(inp: torch.Tensor) -> torch.dtype:
     """The dtype each sequence's ``x^T x`` is multiplied in: bfloat16 for bfloat16 inputs on a
     CPU, float32 otherwise.
 
-    Why (issue 17): a CPU has no bfloat16 x bfloat16 -> float32 product in torch, and the
-    float32 one costs 2.3x the bfloat16 one at the embedded model's MLP width (24 -> 11 ms per
-    512 tokens at 1536 columns, one thread). Inputs in bfloat16 are already rounded to 8 bits,
-    and each product of two is exact; the bfloat16 product rounds its partial sums to bfloat16,
-    which leaves each entry of a sequence's term within 2^-8 (bfloat16's unit roundoff) of
-    ``sum_tokens |x_i x_j|`` of the float32 one (measured; tests/compress/test_pruners.py). The
-    sums over sequences stay exact (:class:`ExactSum`). A float32 model keeps float32
-    statistics, and so does a CPU that would emulate the bfloat16 product (AVX2 only: there it
-    is tens of times slower than float32, :func:`~compress.core.dtypes.emulated_on_this_cpu`).
+    Why: a CPU has no bfloat16 x bfloat16 -> float32 product in torch, and the float32 one
+    costs more than the bfloat16 one at the embedded model's MLP width (docs/results.md).
+    Inputs in bfloat16 are already rounded to 8 bits, and each product of two is exact; the
+    bfloat16 product rounds its partial sums to bfloat16, which leaves each entry of a
+    sequence's term within 2^-8 (bfloat16's unit roundoff) of ``sum_tokens |x_i x_j|`` of the
+    float32 one (measured; tests/compress/test_pruners.py). The sums over sequences stay exact
+    (:class:`ExactSum`). A float32 model keeps float32 statistics, and so does a CPU that would
+    emulate the bfloat16 product (AVX2 only: there it is tens of times slower than float32,
+    :func:`~compress.core.dtypes.emulated_on_this_cpu`).
     """
     cpu_bf16 = inp.dtype == torch.bfloat16 and inp.device.type == "cpu"
     return (
@@ -149,20 +150,17 @@ def unpack_lower_gram(packed: torch.Tensor, cols: int) -> torch.Tensor:
     return full
 
 
-@register("sparsegpt")
+@register(SparseGPTOptions)
 class SparseGPTPruner(Pruner):
     shares = ("xxt", "count", "factor")
 
     def __init__(
-        self,
-        weight: torch.Tensor,
-        name: str = "layer",
-        blocksize: int = 128,
-        percdamp: float = 0.01,
+        self, weight: torch.Tensor, name: str = "layer", options: SparseGPTOptions | None = None
     ) -> None:
         super().__init__(weight, name)
-        self.blocksize = blocksize
-        self.percdamp = percdamp
+        options = options or SparseGPTOptions()
+        self.blocksize = options.blocksize  # --sparsegpt-blocksize
+        self.percdamp = options.percdamp  # --sparsegpt-damp
         cols = weight.shape[1]
         self.xxt = ExactSum((cols * (cols + 1) // 2,), weight.device)  # lower triangle, packed
         self.count = ExactSum((), weight.device)
@@ -266,8 +264,8 @@ class SparseGPTPruner(Pruner):
 
         Why scaled: OBS pushes ``(w_c - q_c) / [Hinv]_cc · Hinv[c, c:]`` into the columns not yet
         visited; folding the division into the row once per factor leaves two ops per column
-        (the error, then one fused outer-product update, ``addr_``) instead of four: the loop
-        takes about 0.7 x its time (1536 x 576 layer, one thread)."""
+        (the error, then one fused outer-product update, ``addr_``) instead of four, which the
+        loop's time follows (docs/results.md)."""
         if "columns" not in self.factor:
             cols = Hinv.shape[0]
             scaled = Hinv / Hinv.diagonal().unsqueeze(1)
@@ -313,8 +311,8 @@ class SparseGPTPruner(Pruner):
     def _block_mask(W1: torch.Tensor, d2: torch.Tensor, sparsity: float) -> torch.Tensor:
         """Unstructured: the lowest ``sparsity`` share of the block's ``w^2 / [Hinv]_cc^2``, as
         ``W1`` is laid out (``(count, rows)``, the block transposed). Where that share is one set
-        (no tie across its edge) it is found by selection (``kthvalue``, 7x faster than a
-        ``topk`` of half the block); a tie is broken by ``topk`` as it always was."""
+        (no tie across its edge) it is found by selection (``kthvalue``, faster than a ``topk``
+        of half the block, docs/results.md); where it ties, ``topk`` chooses."""
         count, rows = W1.shape
         n_prune = int(round(sparsity * W1.numel()))
         if not n_prune:

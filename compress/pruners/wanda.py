@@ -15,16 +15,19 @@ import time
 
 import torch
 
+from compress.core.methods import WandaOptions
 from compress.distributed import ExactSum
 from compress.masks import SparsityPattern, apply_mask, select_mask
 from compress.pruners.base import Pruner, PruneResult, register, sequences
 
 
-@register("wanda")
+@register(WandaOptions)
 class WandaPruner(Pruner):
     shares = ("scaler_row",)
 
-    def __init__(self, weight: torch.Tensor, name: str = "layer") -> None:
+    def __init__(
+        self, weight: torch.Tensor, name: str = "layer", options: WandaOptions | None = None
+    ) -> None:
         super().__init__(weight, name)
         self.scaler_row = ExactSum((weight.shape[1],), weight.device)
 

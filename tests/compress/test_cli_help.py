@@ -13,7 +13,14 @@ import pytest
 from typer.testing import CliRunner
 
 from compress.cli.main import app
-from compress.core.config import CalibrationConfig, EvalConfig, PruneConfig, ReconstructConfig
+from compress.core.config import (
+    CalibrationConfig,
+    EvalConfig,
+    PruneConfig,
+    PrunerOptions,
+    ReconstructConfig,
+)
+from compress.core.methods import METHODS
 from compress.core.options import Option, options_of, to_argv
 
 PANELS = (
@@ -37,7 +44,7 @@ def _help(width: int = 80) -> str:
 
 def test_prune_help_reads_at_80_columns_in_panels():
     lines = _help().splitlines()
-    assert len(lines) <= 220, len(lines)
+    assert len(lines) <= 230, len(lines)  # a few lines per option
     titles = [line.split("─ ", 1)[1].split(" ─")[0] for line in lines if line.startswith("╭─ ")]
     assert [title for title in titles if title in PANELS] == list(PANELS)
     assert max(len(line) for line in lines) <= 80
@@ -108,16 +115,37 @@ def _record(values: dict[tuple[str, ...], object]) -> dict:
 
 
 def _configs() -> list[PruneConfig]:
-    """Configs that between them set every option to something other than its default."""
-    everything = _record({opt.path: _other(opt) for opt in options_of(PruneConfig)})
+    """Configs that between them set every option to something other than its default: the
+    options of one method are set with that method (another method's are refused)."""
+    method = next(opt for opt in options_of(PruneConfig) if opt.name == "method")
+    chosen = _other(method)
+    everything = _record(
+        {
+            opt.path: _other(opt)
+            for opt in options_of(PruneConfig)
+            if opt.path[0] != "pruner" or opt.path[1] == chosen
+        }
+    )
     structured = {"pattern": "2:4"}
     profile = {"sparsity_profile": "owl", "owl_m": 3.0, "owl_lambda": 0.05}
-    return [_build(record) for record in (everything, structured, profile)]
+    methods = [
+        {"method": name, "pruner": {name: {o.path[-1]: _other(o) for o in options_of(cls)}}}
+        for name, cls in METHODS.items()
+        if name != chosen and any(options_of(cls))
+    ]
+    return [_build(record) for record in (everything, structured, profile, *methods)]
+
+
+CONFIG_IDS = ["every-option", "2:4", "owl"]
+CONFIG_IDS += [f"{m}-options" for m in METHODS if m != "magnitude" and any(options_of(METHODS[m]))]
 
 
 def _build(record: dict) -> PruneConfig:
     subs = {"calibration": CalibrationConfig, "reconstruct": ReconstructConfig}
     subs["evaluation"] = EvalConfig
+    subs["pruner"] = lambda **by_method: PrunerOptions(
+        **{name: METHODS[name](**values) for name, values in by_method.items()}
+    )
     kwargs = {key: subs[key](**value) if key in subs else value for key, value in record.items()}
     return PruneConfig(**kwargs)
 
@@ -173,7 +201,11 @@ def test_the_configs_set_every_option():
         assert any(_at(r, opt.path) != _at(defaults, opt.path) for r in records), path
 
 
-@pytest.mark.parametrize("which", [0, 1, 2], ids=["every-option", "2:4", "owl"])
+def test_the_configs_are_named():
+    assert len(CONFIG_IDS) == len(_configs())
+
+
+@pytest.mark.parametrize("which", range(len(CONFIG_IDS)), ids=CONFIG_IDS)
 def test_recipe_round_trips_every_option_through_the_parser(which, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the outputs named are relative
     config = _configs()[which]
@@ -227,3 +259,36 @@ def test_a_missing_recipe_is_one_error_line(tmp_path, monkeypatch):
     assert result.stderr.strip().splitlines() == [
         f"error: --recipe {tmp_path}: no such file or folder holding recipe.json"
     ]
+
+
+def test_an_option_of_another_method_is_one_error_line(monkeypatch):
+    for args, message in [
+        (["--sparsegpt-damp", "0.05"], "--sparsegpt-damp applies to --method sparsegpt only"),
+        (["--method", "magnitude", "--sparsegpt-blocksize", "64"], "--sparsegpt-blocksize"),
+        (["--method", "sparsegpt", "--magnitude-scope", "row"], "--method magnitude only"),
+    ]:
+        config, result = _parsed(args, monkeypatch)
+        assert config is None and result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+
+
+def test_a_recipe_with_the_earlier_top_level_magnitude_scope_still_loads(tmp_path, monkeypatch):
+    old = {**PruneConfig(method="magnitude").to_dict(), "magnitude_scope": "row"}
+    del old["pruner"]
+    (tmp_path / "recipe.json").write_text(json.dumps(old))
+    config, result = _parsed(["--recipe", tmp_path], monkeypatch)
+    assert config is not None, result.output
+    assert config.pruner.magnitude.scope.value == "row"
+    wanda = {**PruneConfig().to_dict(), "magnitude_scope": None}  # how wanda recorded it
+    (tmp_path / "recipe.json").write_text(json.dumps(wanda))
+    config, result = _parsed(["--recipe", tmp_path], monkeypatch)
+    assert config is not None and config.to_dict() == PruneConfig().to_dict(), result.output
+
+
+def test_a_recorded_command_names_only_its_method_s_options():
+    for method in METHODS:
+        argv = to_argv(PruneConfig(method=method).to_dict(), PruneConfig, complete=True)
+        flags = {opt.flag for opt in options_of(METHODS[method])}
+        others = {opt.flag for m in METHODS if m != method for opt in options_of(METHODS[m])}
+        assert flags <= set(argv) and not others & set(argv), (method, argv)

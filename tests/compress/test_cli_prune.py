@@ -216,3 +216,31 @@ def test_eval_ppl_scores_a_text_file_whole_with_two_decimals(tiny_model_dir, tmp
         assert json.loads((tmp_path / "few.json").read_text())["windows"] == windows
     result = run(*common, "--split", "test", "--json", tmp_path / "test.json")
     assert json.loads((tmp_path / "test.json").read_text())["windows"] < whole / 5
+
+
+def test_sparsegpt_options_from_the_cli_reach_the_pruner(monkeypatch):
+    """--sparsegpt-blocksize / --sparsegpt-damp: the engine builds each pruner with them."""
+    import types
+
+    import torch
+
+    from compress.engine.steps import Engine
+
+    seen = []
+    monkeypatch.setattr("compress.app.prune.run_prune", lambda config, **_: seen.append(config))
+    monkeypatch.setattr("compress.cli.prune.summary_table", lambda report: "")
+    args = [
+        "prune",
+        "--method",
+        "sparsegpt",
+        "--sparsegpt-blocksize",
+        "16",
+        "--sparsegpt-damp",
+        "0.05",
+    ]
+    result = runner.invoke(app, args)
+    assert seen, result.output
+    engine = types.SimpleNamespace(config=seen[0])
+    layers = {"q": torch.nn.Linear(8, 4), "k": torch.nn.Linear(8, 4)}
+    pruners = Engine._pruners(engine, [["q", "k"]], layers)
+    assert {(p.blocksize, p.percdamp) for p in pruners.values()} == {(16, 0.05)}

@@ -236,10 +236,15 @@ VALUES = {
     "max_memory": ["0=20GiB,cpu=64GiB"],
     "offload_folder": ["offload"],
     "hub_repo_id": ["me/pruned"],
-    "magnitude_scope": ["row"],
+    "sparsegpt_blocksize": ["64"],
+    "sparsegpt_damp": ["0.05"],
 }
 # options that only apply together with another one
-NEEDS = {"magnitude_scope": ["--method", "magnitude"]}
+NEEDS = {
+    "magnitude_scope": ["--method", "magnitude"],
+    "sparsegpt_blocksize": ["--method", "sparsegpt"],
+    "sparsegpt_damp": ["--method", "sparsegpt"],
+}
 
 
 def prune_command():
@@ -273,7 +278,8 @@ def settings(param) -> list[list[str]]:
             return [[flag], [param.secondary_opts[0]]]
         return [[flag if not param.default else param.secondary_opts[0]]]
     if isinstance(param.default, Enum):
-        return [[flag, next(c.value for c in type(param.default) if c != param.default)]]
+        other = next(c.value for c in type(param.default) if c != param.default)
+        return [NEEDS.get(param.name, []) + [flag, other]]
     assert param.name in VALUES, f"give the round-trip test a value for {flag}"
     values = VALUES[param.name]
     return [

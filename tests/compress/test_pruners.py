@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from compress.core.methods import MagnitudeOptions, SparseGPTOptions
 from compress.masks import SparsityPattern
 from compress.pruners import PRUNERS
 
@@ -95,20 +96,46 @@ def test_magnitude_default_is_one_threshold_per_layer():
 
 def test_magnitude_per_row_on_request():
     layer = scaled_rows()
-    PRUNERS["magnitude"](layer.weight, scope="row").prune(0.5, SparsityPattern())
+    options = MagnitudeOptions(scope="row")
+    PRUNERS["magnitude"](layer.weight, "layer", options).prune(0.5, SparsityPattern())
     assert layer.weight.tolist() == [[0.0, 0.0, 3.0, 4.0], [0.0, 0.0, -30.0, 40.0]]
 
 
 def test_recipe_names_the_magnitude_scope():
-    from compress.core.config import PruneConfig
+    from compress.core.config import PruneConfig, PrunerOptions
     from compress.core.errors import BadInputError
 
-    assert PruneConfig(method="magnitude").to_dict()["magnitude_scope"] == "layer"
-    row = PruneConfig(method="magnitude", magnitude_scope="row")
-    assert row.to_dict()["magnitude_scope"] == "row" and row.pruner_options() == {"scope": "row"}
-    assert PruneConfig(method="wanda").to_dict()["magnitude_scope"] is None
-    with pytest.raises(BadInputError, match="--method magnitude only"):
-        PruneConfig(method="wanda", magnitude_scope="row")
+    def scope(config: PruneConfig) -> str:
+        return config.to_dict()["pruner"]["magnitude"]["scope"]
+
+    assert scope(PruneConfig(method="magnitude")) == "layer"
+    row = PruneConfig(
+        method="magnitude", pruner=PrunerOptions(magnitude=MagnitudeOptions(scope="row"))
+    )
+    assert scope(row) == "row" and row.pruner_options() == MagnitudeOptions(scope="row")
+    assert scope(PruneConfig(method="wanda")) == "layer"  # the default: changes nothing
+    with pytest.raises(
+        BadInputError, match="^--magnitude-scope applies to --method magnitude only$"
+    ):
+        PruneConfig(method="wanda", pruner=PrunerOptions(magnitude=MagnitudeOptions(scope="row")))
+
+
+def test_every_method_has_one_pruner_built_with_its_options():
+    from compress.core.config import Method
+    from compress.core.methods import METHODS
+
+    assert list(METHODS) == [m.value for m in Method] and set(PRUNERS) == set(METHODS)
+    for name, cls in PRUNERS.items():
+        assert cls.options is METHODS[name]
+
+
+def test_sparsegpt_takes_its_block_size_and_damping_from_its_options():
+    pruner = PRUNERS["sparsegpt"](
+        torch.zeros(4, 8), "layer", SparseGPTOptions(blocksize=16, percdamp=0.1)
+    )
+    assert (pruner.blocksize, pruner.percdamp) == (16, 0.1)
+    default = PRUNERS["sparsegpt"](torch.zeros(4, 8), "layer")
+    assert (default.blocksize, default.percdamp) == (128, 0.01)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

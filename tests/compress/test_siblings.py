@@ -6,6 +6,7 @@ import torch
 from compress import blocks
 from compress.blocks import BlockAdapter, is_prunable
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
+from compress.core.methods import SparseGPTOptions
 from compress.engine import prune_model
 from compress.masks import SparsityPattern
 from compress.moe import unfused_experts
@@ -113,7 +114,10 @@ def test_sparsegpt_prunes_siblings_in_one_loop_as_one_by_one(pattern):
     cls = PRUNERS["sparsegpt"]
 
     def siblings():
-        pruners = [cls(w.clone(), f"layer{k}", blocksize=16) for k, w in enumerate(weights)]
+        pruners = [
+            cls(w.clone(), f"layer{k}", SparseGPTOptions(blocksize=16))
+            for k, w in enumerate(weights)
+        ]
         pruners[0].add_batch(inputs)
         for pruner in pruners[1:]:
             pruner.share(pruners[0])
@@ -144,7 +148,7 @@ def test_sparsegpt_does_not_depend_on_thread_count(pattern):
     for count in (1, 2, 4):
         torch.set_num_threads(count)
         try:
-            pruner = PRUNERS["sparsegpt"](weight.clone(), "layer", blocksize=32)
+            pruner = PRUNERS["sparsegpt"](weight.clone(), "layer", SparseGPTOptions(blocksize=32))
             pruner.add_batch(inputs)
             mask = pruner.prune(0.5, SparsityPattern.parse(pattern)).mask
         finally:

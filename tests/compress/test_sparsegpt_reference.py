@@ -18,6 +18,7 @@ The row-wise problem: minimise ``(w - ŵ) H (w - ŵ)ᵀ`` with ``ŵ`` zero on th
 import pytest
 import torch
 
+from compress.core.methods import SparseGPTOptions
 from compress.masks import SparsityPattern
 from compress.pruners import PRUNERS
 
@@ -43,7 +44,9 @@ def project_sparsegpt(W: torch.Tensor, X: torch.Tensor, pattern: str, blocksize:
     """The project's pruner on a ``Linear`` holding ``W``: (pruned weights as float64, mask)."""
     layer = torch.nn.Linear(W.shape[1], W.shape[0], bias=False)
     layer.weight.data.copy_(W)
-    pruner = PRUNERS["sparsegpt"](layer.weight, "layer", blocksize=blocksize, percdamp=PERCDAMP)
+    pruner = PRUNERS["sparsegpt"](
+        layer.weight, "layer", SparseGPTOptions(blocksize=blocksize, percdamp=PERCDAMP)
+    )
     for chunk in X.split(64):
         pruner.add_batch(chunk)
     mask = pruner.prune(0.5, SparsityPattern.parse(pattern)).mask
@@ -192,7 +195,9 @@ def test_column_loop_equals_the_plain_loop(pattern, rows, cols, blocksize, conv1
         W = W.round()
     storage = W.t().contiguous() if conv1d else W.clone()
     weight = storage.t() if conv1d else storage  # a Conv1D's weight is a transposed view
-    pruner = PRUNERS["sparsegpt"](weight, "layer", blocksize=blocksize, percdamp=PERCDAMP)
+    pruner = PRUNERS["sparsegpt"](
+        weight, "layer", SparseGPTOptions(blocksize=blocksize, percdamp=PERCDAMP)
+    )
     pruner.add_batch(X)
     dead, Hinv = pruner._factorised()
     start = W.clone()
