@@ -421,7 +421,7 @@ class PruneConfig:
         SparsityProfile.uniform,
         flags="--sparsity-profile",
         metavar="PROFILE",
-        help="uniform (--sparsity in every layer), owl (fewer zeros in blocks with more outliers) or errors (minimising the summed block errors measured at 5 sparsities); both from a first pass over the dense model, within ±--owl-lambda, parameter-weighted mean = --sparsity.",
+        help="uniform, owl (fewer zeros in blocks with more outliers) or errors (least summed block error); owl and errors: a first pass, blocks within ±--owl-lambda, mean --sparsity.",
         panel=PROFILE,
     )
     owl_m: float = option(
@@ -439,7 +439,7 @@ class PruneConfig:
     one_pass: bool = option(
         False,
         flags="--one-pass",
-        help="One forward per block, later layers calibrated on its pruned earlier ones (GPTQ's true-sequential), if there is no reconstruction, --errors or --distributed and the calibration set fits one batch; else two passes (calibrate the dense block, then propagate).",
+        help="One forward per block, later layers calibrated on the pruned earlier ones (GPTQ's true-sequential), where nothing is trained or measured and the calibration fits one batch.",
         panel=PRUNING,
     )
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
