@@ -62,8 +62,8 @@ class RunOnnxConfig:
 def run_onnx(config: RunOnnxConfig) -> Iterator[str]:
     """The greedy continuation of the prompt by the exported model, piece by piece:
     onnxruntime-genai's generator streams a folder built with ``--runtime genai``."""
-    from exporters.genai import is_genai_folder, stream_text
     from exporters.onnx import generate_text
+    from exporters.onnx.genai import is_genai_folder, stream_text
 
     if is_genai_folder(config.folder):
         yield from stream_text(config.folder, config.prompt, config.max_new_tokens)

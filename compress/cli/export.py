@@ -29,7 +29,7 @@ def _export_onnx(config: workflows.ExportOnnxConfig) -> None:
 
 
 def _export_summary(report: dict, target: Path) -> str:
-    from exporters.summary import extra_lines, genai_lines
+    from exporters.onnx.summary import extra_lines, genai_lines
 
     if report.get("runtime") == "onnxruntime-genai":
         return "\n".join(genai_lines(report, target))

@@ -101,7 +101,7 @@ def test_choice_lists_come_from_one_enum_each():
     from compress.core.shared_options import Split
     from exporters.bnb import SCHEMES, BnbScheme
     from exporters.onnx import QUANTIZATIONS, Quantization
-    from exporters.quantize import METHODS
+    from exporters.onnx.quantize import METHODS
 
     assert tuple(METHODS) == QUANTIZATIONS == tuple(m.value for m in Quantization)
     assert tuple(SCHEMES) == tuple(s.value for s in BnbScheme)

@@ -2,11 +2,11 @@
 
 Steps (:func:`export_onnx`): optimum-onnx's ``main_export`` (task ``text-generation-with-past`` or
 ``text-generation``, float32) into a temporary folder; a tied embedding and LM head stored once
-(:mod:`exporters.tied`); the tokenizer beside it; the parity check of :mod:`exporters.parity`
+(:mod:`exporters.onnx.tied`); the tokenizer beside it; the parity check of :mod:`exporters.onnx.parity`
 against the PyTorch model; optionally int8 or int4 quantization measured by
-:mod:`exporters.quantize` (int4 parity-checked against PyTorch too, within ``int4_atol``);
+:mod:`exporters.onnx.quantize` (int4 parity-checked against PyTorch too, within ``int4_atol``);
 ``export_report.json``; then the folder is renamed into place. With ``runtime="genai"`` the
-model is built by onnxruntime-genai's model builder instead (:mod:`exporters.genai`) and checked
+model is built by onnxruntime-genai's model builder instead (:mod:`exporters.onnx.genai`) and checked
 the same way through its generator.
 
 optimum's own validation only logs a tolerance miss as a warning and keeps the export; here a miss
@@ -34,8 +34,7 @@ from compress.core.report import (
     perplexity_protocol,
     record_artifact,
 )
-from exporters.genai_quant import LM_HEAD, PROJECTIONS
-from exporters.onnx_files import (
+from exporters.onnx.files import (
     MODEL_FILE,
     has_past,
     label,
@@ -45,18 +44,19 @@ from exporters.onnx_files import (
     size_note,
     weight_zeros,
 )
-from exporters.tied import share_in_file
+from exporters.onnx.genai_quant import LM_HEAD, PROJECTIONS
+from exporters.onnx.tied import share_in_file
 
 if TYPE_CHECKING:
-    from exporters.genai import GenaiLM
-    from exporters.parity import ParityResult
+    from exporters.onnx.genai import GenaiLM
+    from exporters.onnx.parity import ParityResult
 
 EXPORT_REPORT = "export_report.json"
 EXPORT_FORMAT = "compress.export/1"
 
 
 class Quantization(str, Enum):
-    """The quantized graphs :mod:`exporters.quantize` writes (its ``METHODS`` describe them)."""
+    """The quantized graphs :mod:`exporters.onnx.quantize` writes (its ``METHODS`` describe them)."""
 
     int8 = "int8"
     int8_weights = "int8-weights"
@@ -321,7 +321,7 @@ def _export_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> 
     from optimum.exporters.onnx import main_export
 
     from compress.models import load_model
-    from exporters.parity import check_parity, encode_prompts
+    from exporters.onnx.parity import check_parity, encode_prompts
 
     loaded = load_model(str(folder), device="cpu", dtype="float32")
     main_export(
@@ -370,8 +370,8 @@ def _export_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> 
 
 
 def _quantize_and_measure(staging: Path, ort_model, loaded, config: OnnxExportConfig) -> dict:
-    from exporters.parity import check_parity, encode_prompts
-    from exporters.quantize import METHODS, compare_int8, eval_windows, quantize_int8
+    from exporters.onnx.parity import check_parity, encode_prompts
+    from exporters.onnx.quantize import METHODS, compare_int8, eval_windows, quantize_int8
 
     tokenizer, tag = loaded.tokenizer, label(config.quantize)
     windows = eval_windows(tokenizer, config.eval_source, config.eval_windows, config.eval_seqlen)
@@ -412,9 +412,9 @@ def _genai_export_and_check(folder: Path, staging: Path, config: OnnxExportConfi
     """Build with onnxruntime-genai's model builder; parity (and for int4 perplexity against
     PyTorch's) through its generator."""
     from compress.models import load_model
-    from exporters.genai import build, execution_provider
-    from exporters.genai_quant import check_eight_bit, int4_quant_config
-    from exporters.quantize import eval_windows, window_perplexity
+    from exporters.onnx.genai import build, execution_provider
+    from exporters.onnx.genai_quant import check_eight_bit, int4_quant_config
+    from exporters.onnx.quantize import eval_windows, window_perplexity
 
     precision = "int4" if config.quantize == "int4" else "fp32"
     provider = execution_provider()
@@ -471,8 +471,8 @@ def _genai_parity(
     Raises:
         ExportParityError: the runtime fails inside the check; the first line of its message.
     """
-    from exporters.genai import GenaiLM
-    from exporters.parity import check_parity, encode_prompts
+    from exporters.onnx.genai import GenaiLM
+    from exporters.onnx.parity import check_parity, encode_prompts
 
     try:
         model = GenaiLM(staging)
@@ -527,7 +527,7 @@ def generate_text(
     import torch
 
     from compress.compat import load_tokenizer
-    from exporters.context import check_fits, config_context
+    from exporters.onnx.context import check_fits, config_context
 
     folder = Path(folder)
     tag = "int4" if int4 else "int8" if int8 else None
