@@ -35,12 +35,12 @@ def export_report(folder: Path, config: OnnxExportConfig, **fields: object) -> d
     }
 
 
-def measured_perplexity(config: OnnxExportConfig, windows, **values: float) -> dict:
-    """Perplexities measured on the held-out ``windows`` (``(count, seqlen)`` token ids) of
+def measured_perplexity(config: OnnxExportConfig, ids, /, **values: object) -> dict:
+    """Perplexities measured on the held-out windows ``ids`` (``(count, seqlen)`` token ids) of
     ``config.eval_source``'s test split, under the shared protocol's keys, beside ``values``."""
-    count, seqlen = windows.shape
+    count, seqlen = ids.shape
     protocol = perplexity_protocol(
-        config.eval_source, "test", int(seqlen), int(count), int(windows.numel())
+        config.eval_source, "test", int(seqlen), int(count), int(ids.numel())
     )
     return {**protocol, **values}
 
