@@ -5,6 +5,7 @@ An exporter reads a model folder (and its report.json) and writes one folder in 
 - ``config``: its options, a dataclass declared with ``option(...)``: ``folder`` (the model
   folder, an argument), ``output`` (``shared_options.output_option(..., lock=True)``: the
   export folder) and ``overwrite``, then its own; ``compress export NAME`` is built from it;
+- ``target(config)``: where it goes (``--output``, or the format's default);
 - ``check(source, target, config)``: refuse, before any work, what cannot be exported;
 - ``export(source, staging, config)``: fill the empty folder ``staging`` (published onto the
   target when it returns) and return the :class:`~compress.core.report.ArtifactRecord` it
@@ -26,6 +27,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
+from compress.core.claim import output_lock
 from compress.core.io import atomic_folder
 from compress.core.report import ArtifactRecord
 
@@ -42,6 +44,10 @@ class Exporter:
     doc: ClassVar[str]  # the command's help
     formats: ClassVar[tuple[str, ...]] = ()  # the ``artifacts`` keys it writes (prefixes)
 
+    def target(self, config: Any) -> Path:
+        """Where the export goes: ``--output`` (an exporter with a default overrides this)."""
+        return Path(config.output)
+
     def check(self, source: Path, target: Path, config: Any) -> None:
         """Refuse, before any work, what cannot be exported (default: nothing)."""
 
@@ -54,7 +60,7 @@ class Exporter:
     def summary(self, record: ArtifactRecord, config: Any) -> list[str]:
         return [
             f"{record['format']}: {record['bytes'] / 2**20:.1f} MiB",
-            f"wrote {target_of(config)}",
+            f"wrote {self.target(config)}",
         ]
 
     def deployment_row(self, record: ArtifactRecord, repo: str) -> dict | None:
@@ -76,18 +82,11 @@ def register(cls: type[Exporter]) -> type[Exporter]:
     return cls
 
 
-def target_of(config: Any) -> Path:
-    """Where an export goes: the config's ``target`` where it has a default, else ``output``."""
-    return Path(getattr(config, "target", None) or config.output)
-
-
 def run_export(exporter: Exporter, config: Any) -> ArtifactRecord:
     """Check, export into a staging folder, publish it onto the target, finish; return the
     record. A default target (no ``--output`` given) is locked here; a given one the command
     locked."""
-    from compress.core.claim import output_lock
-
-    source, target = Path(config.folder), target_of(config)
+    source, target = Path(config.folder), exporter.target(config)
     with nullcontext() if config.output else output_lock(target):
         exporter.check(source, target, config)
         with atomic_folder(target) as staging:
@@ -98,4 +97,5 @@ def run_export(exporter: Exporter, config: Any) -> ArtifactRecord:
 
 def exporter_of(fmt: str) -> Exporter | None:
     """The registered exporter writing ``artifacts`` records of format ``fmt``."""
-    return next((cls() for cls in EXPORTERS.values() if cls().writes(fmt)), None)
+    exporters = (cls() for cls in EXPORTERS.values())
+    return next((exporter for exporter in exporters if exporter.writes(fmt)), None)

@@ -34,6 +34,9 @@ class OnnxExporter(Exporter):
     """
     formats = ("onnx", "onnx-genai")
 
+    def target(self, config: ExportOnnxConfig) -> Path:
+        return config.target  # default: DIR/onnx
+
     def check(self, source: Path, target: Path, config: ExportOnnxConfig) -> None:
         _check_paths(source.resolve(), target.resolve(), config.overwrite)
         config.onnx.require_runtime()
