@@ -13,7 +13,7 @@ to keep the run short); each pruned model in every format, measured in one run o
   key/value cache; as many threads as the others).
 
 Columns: bytes on disk, load seconds, prompt (prefill) latency, greedy tokens/s, and perplexity
-on the same held-out windows (exporters.quantize.window_perplexity for every row). Goals
+on the same held-out windows (exporters.onnx.quantize.window_perplexity for every row). Goals
 (issue 14): compressed-tensors pruned Linears <= 0.55x and the whole folder <= 0.65x the dense
 bytes; onnxruntime-genai int4 >= 2x the tokens/s of ONNX fp32 (optimum) of the same pruned
 model, perplexity within +10 % of ONNX fp32. The speed goal is judged on a second timing that
@@ -42,12 +42,12 @@ from compress.calibration import load_texts, tokenize_stream
 from compress.cli.render import table
 from compress.core.io import write_json_atomic
 from compress.models import embedded_model_dir, load_model
-from exporters.genai import GenaiLM
 from exporters.onnx import OnnxExportConfig, export_onnx, load_ort
-from exporters.onnx_files import INT4_FILE, INT8_FILE, MODEL_FILE, model_bytes
-from exporters.quantize import eval_windows as held_out_windows
-from exporters.quantize import quantize_int8, window_perplexity
-from exporters.timing import generation, machine, measure_latency
+from exporters.onnx.files import INT4_FILE, INT8_FILE, MODEL_FILE, model_bytes
+from exporters.onnx.genai import GenaiLM
+from exporters.onnx.quantize import eval_windows as held_out_windows
+from exporters.onnx.quantize import quantize_int8, window_perplexity
+from exporters.onnx.timing import generation, machine, measure_latency
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import prune_lr  # noqa: E402

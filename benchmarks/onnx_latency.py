@@ -9,7 +9,7 @@ The embedded SmolLM2-135M-Instruct, three ways, measured in one run on the same 
   and with ``int8-weights`` (8-bit weights only, float activations).
 
 For each: file size, prompt (prefill) latency, greedy generation tokens/s, and perplexity (PyTorch:
-run_prune's before/after; ONNX: exporters.quantize.window_perplexity on the same held-out windows).
+run_prune's before/after; ONNX: exporters.onnx.quantize.window_perplexity on the same held-out windows).
 Unstructured zeros are expected to change neither size nor speed; int8 should change both.
 
 Both runtimes get the same number of intra-op threads (``--threads``). Prints a table and writes
@@ -36,10 +36,10 @@ from compress.core.io import write_json_atomic
 from compress.core.report import read_report
 from compress.models import embedded_model_dir, load_model
 from exporters.onnx import OnnxExportConfig, export_onnx, load_ort
-from exporters.onnx_files import INT8_FILE, MODEL_FILE, model_bytes
-from exporters.quantize import eval_windows as held_out_windows
-from exporters.quantize import quantize_int8, window_perplexity
-from exporters.timing import machine, measure_latency
+from exporters.onnx.files import INT8_FILE, MODEL_FILE, model_bytes
+from exporters.onnx.quantize import eval_windows as held_out_windows
+from exporters.onnx.quantize import quantize_int8, window_perplexity
+from exporters.onnx.timing import machine, measure_latency
 
 
 def prune_embedded(folder: Path, nsamples: int, seqlen: int, eval_windows: int) -> dict:

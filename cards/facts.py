@@ -19,6 +19,7 @@ from compress.core.report import describe_targets, perplexity_change
 from compress.core.report import layer_type as layer_type  # the card's layer-type grouping
 from compress.core.report import sparsity_by_type as sparsity_by_type
 from evaluators.tasks.registry import describe_subset
+from exporters.registry import Exporter, exporter_of
 
 # Hub dataset ids of the packaged text sources (where the text comes from).
 DATASET_IDS = {
@@ -242,20 +243,16 @@ def quantized_graphs(export: dict | None) -> list[tuple[str, dict]]:
     return [(tag, export[tag]) for tag in ("int8", "int4") if export and export.get(tag)]
 
 
-ONNX_FORMATS = ("onnx", "onnx-genai")  # rendered from their export_report.json instead
-
-
 def deployment(report: dict, repo: str) -> list[dict]:
-    """The artefacts recorded in the report's ``artifacts`` section (one record per format
-    written, by any exporter) other than the ONNX exports, with ``{REPO}`` in their loading
-    code replaced by ``repo``. A record's ``path`` is where its files are, relative to the
-    folder (``.``: the folder's own weights)."""
+    """The Deployment rows of the artefacts recorded in the report's ``artifacts`` section (one
+    record per format written, by any exporter): each as the exporter that wrote it renders it
+    (:meth:`exporters.base.Exporter.deployment_row`: the record with ``{REPO}`` in its loading
+    code replaced by ``repo``; ONNX exports have their own section, from their
+    export_report.json). A record's ``path`` is where its files are, relative to the folder
+    (``.``: the folder's own weights)."""
     rows = []
     for record in (report.get("artifacts") or {}).values():
-        if record["format"] in ONNX_FORMATS:
-            continue
-        load = [
-            {**entry, "code": entry["code"].replace("{REPO}", repo)} for entry in record["load"]
-        ]
-        rows.append({**record, "load": load})
+        row = (exporter_of(record["format"]) or Exporter()).deployment_row(record, repo)
+        if row is not None:
+            rows.append(row)
     return rows

@@ -11,22 +11,28 @@ Dettmers et al., QLoRA (arXiv 2305.14314) for NF4; LLM.int8() (arXiv 2208.07339)
 from __future__ import annotations
 
 import shutil
+from dataclasses import MISSING, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from compress.core.config import check_window_count
 from compress.core.errors import BadInputError
-from compress.core.io import check_target, publish, staging_folder
+from compress.core.io import check_target
+from compress.core.options import option
 from compress.core.report import (
     RECIPE_NAME,
     REPORT_NAME,
     ArtifactRecord,
     artifact_record,
+    perplexity_label,
     perplexity_section,
     read_report,
     record_artifact,
     same_protocol,
 )
+from compress.core.shared_options import device_option, output_option, overwrite_option
+from exporters.base import FOLDER_HELP, Exporter, register, run_export
 
 if TYPE_CHECKING:  # torch is imported where it runs, so the scheme names load without it
     import torch
@@ -116,6 +122,107 @@ def baseline_perplexity(report: dict, dataset: str, seqlen: int, windows: int | 
     return recorded.get("after") if same_protocol(recorded, dataset, seqlen, windows) else None
 
 
+@dataclass(frozen=True)
+class ExportBnbConfig:
+    """``compress export bnb``."""
+
+    folder: Path = option(argument=True, help=FOLDER_HELP)
+    output: Path = output_option(MISSING, "Folder for the quantized model", short=True, lock=True)
+    quantize: BnbScheme = option(
+        BnbScheme.nf4,
+        help="bitsandbytes scheme: bnb-nf4 (4-bit NormalFloat) or bnb-int8 (LLM.int8).",
+    )
+    device: str = device_option()
+    eval_dataset: str = option("wikipedia", help="Held-out text for the perplexity before/after.")
+    eval_seqlen: int = option(512, help="Tokens per perplexity window.")
+    eval_windows: int = option(40, help="Perplexity windows (0: all).")
+    overwrite: bool = overwrite_option("an existing output folder")
+
+    def __post_init__(self) -> None:
+        check_window_count("--eval-windows", self.eval_windows)
+
+    @property
+    def scheme(self) -> str:
+        """The scheme's name (``quantize`` as given: a :class:`BnbScheme` or its value)."""
+        return getattr(self.quantize, "value", self.quantize)
+
+
+@register
+class BnbExporter(Exporter):
+    """The pruned folder's bitsandbytes checkpoint, with the tokenizer, the source's recipe and
+    its report with an ``artifacts`` record filed under the scheme (its weights' bytes, the
+    perplexity before and after on ``eval_dataset``'s test split, how to load it; in its
+    ``details`` the source's bytes and the sparsity kept). The pre-quantization perplexity is
+    taken from the source report when it was measured with the same protocol, else measured."""
+
+    name = "bnb"
+    config = ExportBnbConfig
+    doc = (
+        "Quantize a pruned model folder with bitsandbytes for transformers; measure its perplexity."
+    )
+    formats = tuple(SCHEMES)
+
+    def check(self, source: Path, target: Path, config: ExportBnbConfig) -> None:
+        """Raises: BadInputError: not a pruned folder, bad scheme or target, bitsandbytes
+        missing."""
+        import torch
+
+        read_report(source)
+        check_target(target, config.overwrite)
+        quantization_config(config.scheme, torch.float32)
+
+    def export(self, source: Path, staging: Path, config: ExportBnbConfig) -> ArtifactRecord:
+        from transformers import AutoModelForCausalLM
+
+        from compress.calibration import eval_text
+        from compress.compat import load_tokenizer
+        from compress.models import resolve_device
+        from evaluators.perplexity import perplexity_of_text
+
+        scheme, windows = config.scheme, config.eval_windows or None
+        dataset, seqlen = config.eval_dataset, config.eval_seqlen
+        place = resolve_device(config.device)
+        text = eval_text(dataset, "test")
+        tokenizer = load_tokenizer(source)
+        before = baseline_perplexity(read_report(source), dataset, seqlen, windows)
+        if before is None:
+            dense = AutoModelForCausalLM.from_pretrained(source).to(place).eval()
+            before = perplexity_of_text(dense, tokenizer, text, seqlen, windows)["perplexity"]
+            del dense
+        model = load_quantized(source, scheme, place)
+        measured = perplexity_of_text(model, tokenizer, text, seqlen, windows)
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        for name in (REPORT_NAME, RECIPE_NAME):
+            if (source / name).is_file():
+                shutil.copy2(source / name, staging / name)
+        result = artifact_record(
+            format=scheme,
+            path=".",
+            files={f.name: f.stat().st_size for f in sorted(staging.glob("*.safetensors"))},
+            perplexity=perplexity_section(measured, before),
+            load=load_snippets(scheme),
+            details={
+                "description": SCHEMES[scheme],
+                "source": str(source),
+                "device": str(place),
+                "source_bytes": sum(f.stat().st_size for f in source.glob("*.safetensors")),
+                "dequantized": quantized_sparsity(model),
+            },
+        )
+        record_artifact(staging, result)
+        return result
+
+    def summary(self, record: ArtifactRecord, config: ExportBnbConfig) -> list[str]:
+        ppl, source_bytes = record["perplexity"], record["details"]["source_bytes"]
+        before = "-" if ppl["before"] is None else f"{ppl['before']:.2f}"
+        return [
+            f"{record['format']}: {source_bytes / 2**20:.1f} MiB -> {record['bytes'] / 2**20:.1f}"
+            f" MiB; perplexity {perplexity_label(ppl)} {before} -> {ppl['after']:.2f}",
+            f"wrote {config.output}",
+        ]
+
+
 def quantize_folder(
     source: Path,
     target: Path,
@@ -126,64 +233,23 @@ def quantize_folder(
     eval_windows: int | None = 40,
     overwrite: bool = False,
 ) -> ArtifactRecord:
-    """Quantize the pruned folder ``source`` into ``target``; measure and record the result.
-
-    ``target`` gets the bitsandbytes checkpoint, the tokenizer, the source's recipe and its
-    report with an ``artifacts`` record filed under the scheme (its weights' bytes, the
-    perplexity before and after on ``eval_dataset``'s test split, how to load it; in its
-    ``details`` the source's bytes and the sparsity kept); that record is returned. The pre-quantization perplexity is taken from the
-    source report when it was measured with the same protocol, else measured here.
+    """Quantize the pruned folder ``source`` into ``target`` (:class:`BnbExporter`; ``None``
+    windows: all); return the record filed in ``target``'s report.
 
     Raises:
         BadInputError: not a pruned folder, bad scheme or target, bitsandbytes missing.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from compress.calibration import eval_text
-    from compress.compat import load_tokenizer
-    from compress.models import resolve_device
-    from evaluators.perplexity import perplexity_of_text
-
-    source, target = Path(source), Path(target)
-    report = read_report(source)
-    check_target(target, overwrite)
-    quantization_config(scheme, torch.float32)
-    place = resolve_device(device)
-    text = eval_text(eval_dataset, "test")
-    tokenizer = load_tokenizer(source)
-    before = baseline_perplexity(report, eval_dataset, eval_seqlen, eval_windows)
-    if before is None:
-        dense = AutoModelForCausalLM.from_pretrained(source).to(place).eval()
-        before = perplexity_of_text(dense, tokenizer, text, eval_seqlen, eval_windows)["perplexity"]
-        del dense
-    model = load_quantized(source, scheme, place)
-    measured = perplexity_of_text(model, tokenizer, text, eval_seqlen, eval_windows)
-
-    staging = staging_folder(target)
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    for name in (REPORT_NAME, RECIPE_NAME):
-        if (source / name).is_file():
-            shutil.copy2(source / name, staging / name)
-    result = artifact_record(
-        format=scheme,
-        path=".",
-        files={f.name: f.stat().st_size for f in sorted(staging.glob("*.safetensors"))},
-        perplexity=perplexity_section(measured, before),
-        load=load_snippets(scheme),
-        details={
-            "description": SCHEMES[scheme],
-            "source": str(source),
-            "device": str(place),
-            "source_bytes": sum(f.stat().st_size for f in source.glob("*.safetensors")),
-            "dequantized": quantized_sparsity(model),
-        },
+    config = ExportBnbConfig(
+        folder=Path(source),
+        output=Path(target),
+        quantize=scheme,  # type: ignore[arg-type]  # a scheme name; checked before any work
+        device=device,
+        eval_dataset=eval_dataset,
+        eval_seqlen=eval_seqlen,
+        eval_windows=eval_windows or 0,
+        overwrite=overwrite,
     )
-    record_artifact(staging, result)
-    publish(staging, target)
-    return result
+    return run_export(BnbExporter(), config)
 
 
 def load_snippets(scheme: str) -> list[dict]:

@@ -19,19 +19,72 @@ transformers builds), so that format is read back with compressed-tensors' own
 from __future__ import annotations
 
 import shutil
+from dataclasses import MISSING, dataclass
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from compress.core.errors import BadInputError
 from compress.core.io import atomic_folder, check_target
+from compress.core.options import option
 from compress.core.report import ArtifactRecord, artifact_record, read_report, record_artifact
+from compress.core.shared_options import output_option, overwrite_option
+from exporters.base import Exporter, register
+
+if TYPE_CHECKING:  # torch is imported where it runs, so the command loads without it
+    from torch import nn
 
 SPARSE_24 = "sparse-24-bitmask"
 SPARSE_BITMASK = "sparse-bitmask"
 NEEDED_VERSION = "0.14.0.1"  # the last compressed-tensors release with sparse compressors
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "config.json")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompressedExportConfig:
+    """``compress export compressed``."""
+
+    folder: Path = option(argument=True, help="Dense model folder written by compress prune.")
+    output: Path = output_option(
+        MISSING, "Folder for the compressed-tensors checkpoint", short=True, lock=True
+    )
+    overwrite: bool = overwrite_option()
+
+
+@register
+class CompressedExporter(Exporter):
+    """A pruned folder rewritten in the compressed-tensors format, read back bit-identical
+    before it is published, its card re-rendered with the new record."""
+
+    name = "compressed"
+    config = CompressedExportConfig
+    doc = """Rewrite a pruned folder in the compressed-tensors format (sparse-24-bitmask for 2:4,
+    sparse-bitmask otherwise); it is read back bit-identical before it is published."""
+    formats = ("compressed-tensors",)
+
+    def check(self, source: Path, target: Path, config: CompressedExportConfig) -> None:
+        read_report(source)
+        check_target(target, config.overwrite)
+        if source.resolve() == target.resolve():
+            raise BadInputError("--output must differ from the dense folder it is written from")
+
+    def export(self, source: Path, staging: Path, config: CompressedExportConfig) -> ArtifactRecord:
+        return compress_into(source, staging)
+
+    def finish(
+        self, source: Path, target: Path, record: ArtifactRecord, config: CompressedExportConfig
+    ) -> None:
+        from cards.builder import write_card
+
+        write_card(target)
+
+    def summary(self, record: ArtifactRecord, config: CompressedExportConfig) -> list[str]:
+        details = record["details"]
+        return [
+            f"{record['format']}: {record['bytes'] / 2**20:.1f} MiB (dense "
+            f"{details['dense_bytes'] / 2**20:.1f} MiB, {details['ratio']:.3f}x); pruned Linears "
+            f"{details['linear_ratio']:.3f}x; {record['parity']['round_trip']}",
+            f"wrote {config.output}",
+        ]
 
 
 def format_for(pattern: str) -> str:
@@ -72,6 +125,7 @@ def sparsity_config(model: nn.Module, report: dict):
         BadInputError: a pruned layer is not an ``nn.Linear`` (e.g. GPT-2's ``Conv1D``).
     """
     from compressed_tensors.config import SparsityCompressionConfig
+    from torch import nn
 
     pruned = set(report["layers"])
     modules = dict(model.named_modules())
@@ -125,6 +179,8 @@ def load_compressed(folder: Path) -> nn.Module:
 
 def differing_tensors(a: nn.Module, b: nn.Module) -> list[str]:
     """Names of the state-dict entries that are not bit-identical (or missing) between models."""
+    import torch
+
     theirs = b.state_dict()
     return [
         name
@@ -187,10 +243,8 @@ def write_compressed(source: Path, target: Path, overwrite: bool = False) -> dic
             to ``source``.
     """
     source, target = Path(source), Path(target)
-    read_report(source)
-    check_target(target, overwrite)
-    if source.resolve() == target.resolve():
-        raise BadInputError("--output must differ from the dense folder it is written from")
+    config = CompressedExportConfig(folder=source, output=target, overwrite=overwrite)
+    CompressedExporter().check(source, target, config)
     with atomic_folder(target) as staging:
         return compress_into(source, staging)
 

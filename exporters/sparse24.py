@@ -78,7 +78,7 @@ def _timings(model, ids: torch.Tensor, new_tokens: int, repeats: int) -> dict:
     Per token: generating ``new_tokens`` minus generating one, over the ``new_tokens - 1``
     decode steps between them, so that the prefill and ``generate``'s own set-up (milliseconds,
     as long as a small model's forward pass on a GPU) cancel out."""
-    from exporters.timing import generation, median_seconds
+    from exporters.onnx.timing import generation, median_seconds
 
     mask = torch.ones_like(ids)
     prefill = median_seconds(

@@ -1,51 +1,19 @@
-"""Export workflows: ONNX (``export onnx``, ``run-onnx``), bitsandbytes (``export bnb``), the
-model card (``card``) and the Hub upload (``push``).
+"""Workflows around the exports: running an ONNX export (``run-onnx``), the model card
+(``card``) and the Hub upload (``push``). The ``export NAME`` commands come from the exporters'
+registry (:mod:`exporters.registry`), each config beside its exporter.
 
-Each command's options are the fields of its config here (``export onnx`` embeds
-:class:`exporters.onnx.OnnxExportConfig`); the CLI builds the command and prints the result.
-Heavy libraries are imported inside the workflows.
+Each command's options are the fields of its config here; the CLI builds the command and prints
+the result. Heavy libraries are imported inside the workflows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import nullcontext
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from compress.core.config import check_window_count
 from compress.core.options import option
-from compress.core.shared_options import device_option, output_option, overwrite_option
-from exporters.bnb import BnbScheme
-from exporters.onnx import OnnxExportConfig
-
-FOLDER_HELP = "Model folder written by compress prune (or any saved model)."
-
-
-@dataclass(frozen=True)
-class ExportOnnxConfig:
-    """``compress export onnx``."""
-
-    folder: Path = option(argument=True, help=FOLDER_HELP)
-    output: Path | None = output_option(
-        None, "Export folder (default: DIR/onnx)", short=True, lock=True
-    )
-    onnx: OnnxExportConfig = field(default_factory=OnnxExportConfig)
-    overwrite: bool = overwrite_option("an existing export folder")
-
-    @property
-    def target(self) -> Path:
-        return self.output or self.folder / "onnx"
-
-
-def export_onnx(config: ExportOnnxConfig) -> dict:
-    """Export to ONNX and check it in ONNX Runtime; returns export_report.json."""
-    from compress.core.claim import output_lock
-    from exporters.onnx import export_onnx as run_export
-
-    # an --output given is claimed by the command; the default one is claimed here
-    with nullcontext() if config.output else output_lock(config.target):
-        return run_export(config.folder, config.target, config.onnx, overwrite=config.overwrite)
+from exporters.base import FOLDER_HELP
 
 
 @dataclass(frozen=True)
@@ -62,50 +30,14 @@ class RunOnnxConfig:
 def run_onnx(config: RunOnnxConfig) -> Iterator[str]:
     """The greedy continuation of the prompt by the exported model, piece by piece:
     onnxruntime-genai's generator streams a folder built with ``--runtime genai``."""
-    from exporters.genai import is_genai_folder, stream_text
     from exporters.onnx import generate_text
+    from exporters.onnx.genai import is_genai_folder, stream_text
 
     if is_genai_folder(config.folder):
         yield from stream_text(config.folder, config.prompt, config.max_new_tokens)
         return
     yield generate_text(
         config.folder, config.prompt, config.max_new_tokens, int8=config.int8, int4=config.int4
-    )
-
-
-@dataclass(frozen=True)
-class ExportBnbConfig:
-    """``compress export bnb``."""
-
-    folder: Path = option(argument=True, help=FOLDER_HELP)
-    output: Path = output_option(MISSING, "Folder for the quantized model", short=True, lock=True)
-    quantize: BnbScheme = option(
-        BnbScheme.nf4,
-        help="bitsandbytes scheme: bnb-nf4 (4-bit NormalFloat) or bnb-int8 (LLM.int8).",
-    )
-    device: str = device_option()
-    eval_dataset: str = option("wikipedia", help="Held-out text for the perplexity before/after.")
-    eval_seqlen: int = option(512, help="Tokens per perplexity window.")
-    eval_windows: int = option(40, help="Perplexity windows (0: all).")
-    overwrite: bool = overwrite_option("an existing output folder")
-
-    def __post_init__(self) -> None:
-        check_window_count("--eval-windows", self.eval_windows)
-
-
-def export_bnb(config: ExportBnbConfig) -> dict:
-    """Quantize a pruned folder with bitsandbytes; returns its report's artifacts record."""
-    from exporters.bnb import quantize_folder
-
-    return quantize_folder(
-        config.folder,
-        config.output,
-        config.quantize.value,
-        config.device,
-        config.eval_dataset,
-        config.eval_seqlen,
-        config.eval_windows or None,
-        config.overwrite,
     )
 
 

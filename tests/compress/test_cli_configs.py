@@ -12,6 +12,8 @@ import typer
 from compress.app import evaluate, export, inspect
 from compress.cli.main import app
 from compress.core.options import build, options_of, to_argv
+from exporters.bnb import ExportBnbConfig
+from exporters.onnx import ExportOnnxConfig, OnnxExportConfig
 
 # command -> (config, every flag the command took before the conversion, hidden ones included)
 COMMANDS = {
@@ -38,12 +40,12 @@ COMMANDS = {
     ),
     ("info",): (inspect.InfoConfig, "--layers --by-type --errors --plot"),
     ("export", "onnx"): (
-        export.ExportOnnxConfig,
+        ExportOnnxConfig,
         "--output -o --with-past --no-past --quantize --opset --eval-source --eval-windows "
         "--eval-seqlen --overwrite --no-overwrite",
     ),
     ("export", "bnb"): (
-        export.ExportBnbConfig,
+        ExportBnbConfig,
         "--output -o --quantize --device --eval-dataset --eval-seqlen --eval-windows "
         "--overwrite --no-overwrite",
     ),
@@ -90,8 +92,8 @@ def test_non_default_configs_render_to_their_flags():
     assert to_argv(tasks) == [
         "m", "--tasks", "rte", "--sample", "5", "--seed", "1", "--overwrite", "--dense",
     ]  # fmt: skip
-    onnx = export.ExportOnnxConfig(
-        folder="d", onnx=export.OnnxExportConfig(with_past=False, quantize="int8-weights")
+    onnx = ExportOnnxConfig(
+        folder="d", onnx=OnnxExportConfig(with_past=False, quantize="int8-weights")
     )
     assert to_argv(onnx) == ["d", "--no-past", "--quantize", "int8-weights"]
 
@@ -101,7 +103,7 @@ def test_choice_lists_come_from_one_enum_each():
     from compress.core.shared_options import Split
     from exporters.bnb import SCHEMES, BnbScheme
     from exporters.onnx import QUANTIZATIONS, Quantization
-    from exporters.quantize import METHODS
+    from exporters.onnx.quantize import METHODS
 
     assert tuple(METHODS) == QUANTIZATIONS == tuple(m.value for m in Quantization)
     assert tuple(SCHEMES) == tuple(s.value for s in BnbScheme)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from compress.cli.main import app
 from exporters.onnx import OnnxExportConfig, export_onnx
-from exporters.parity import encode_prompts
+from exporters.onnx.parity import encode_prompts
 from tests.compress.test_refusals import refused
 from tests.exporters.conftest import prune_and_save
 from tests.exporters.test_onnx_export import FAST, PARAGRAPH
@@ -67,7 +67,7 @@ def test_gemma3_int4_build_and_run_onnx(tokenizer, tmp_path_factory):
     run-onnx, which streams exactly the tokens asked for from a cache sized to the window."""
     import torch
 
-    from exporters.genai import GenaiLM
+    from exporters.onnx.genai import GenaiLM
 
     folder = sliding_dir(tmp_path_factory, tokenizer, "gemma3_text")
     text = tmp_path_factory.mktemp("text") / "eval.txt"
@@ -85,12 +85,12 @@ def test_gemma3_int4_build_and_run_onnx(tokenizer, tmp_path_factory):
 
 
 def test_mistral_and_phi3_configs_get_the_layer_types_their_window_needs():
-    """What the builder is told (exporters.genai_builder): every block of a Mistral or Phi-3
+    """What the builder is told (exporters.onnx.builder): every block of a Mistral or Phi-3
     config with a window shorter than its context; nothing where the window drops no token, is
     unset, or the config names its blocks itself."""
     import transformers as tf
 
-    from exporters.genai_builder import window_layer_types
+    from exporters.onnx.builder import window_layer_types
 
     configs = sliding_window_configs(window=WINDOW)
     for family, config in configs.items():
@@ -103,7 +103,7 @@ def test_mistral_and_phi3_configs_get_the_layer_types_their_window_needs():
 
 
 def test_a_runtime_error_in_the_parity_check_is_one_line(pruned_llama_dir, tmp_path, monkeypatch):
-    import exporters.genai
+    import exporters.onnx.genai
 
     class FailingLM:
         def __init__(self, folder: Path):
@@ -112,8 +112,8 @@ def test_a_runtime_error_in_the_parity_check_is_one_line(pruned_llama_dir, tmp_p
         def __call__(self, **_):
             raise RuntimeError("Non-zero status code returned while running GQA\nsecond line")
 
-    monkeypatch.setattr(exporters.genai, "build", lambda *_: None)
-    monkeypatch.setattr(exporters.genai, "GenaiLM", FailingLM)
+    monkeypatch.setattr(exporters.onnx.genai, "build", lambda *_: None)
+    monkeypatch.setattr(exporters.onnx.genai, "GenaiLM", FailingLM)
     args = ["export", "onnx", pruned_llama_dir, "--output", tmp_path / "out", "--runtime", "genai"]
     refused(args, tmp_path, "parity check", "Non-zero status code returned while running GQA")
     result = CliRunner().invoke(app, [str(arg) for arg in args])

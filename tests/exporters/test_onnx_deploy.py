@@ -73,7 +73,7 @@ def tied_copy_graph(scale: float = 1.0):
 
 
 def test_tied_head_copy_is_replaced_by_a_transpose():
-    from exporters.tied import share_float
+    from exporters.onnx.tied import share_float
 
     model, _ = tied_copy_graph()
     before = run(model, *INPUTS)
@@ -86,7 +86,7 @@ def test_tied_head_copy_is_replaced_by_a_transpose():
 
 
 def test_untied_head_is_left_alone():
-    from exporters.tied import share_float
+    from exporters.onnx.tied import share_float
 
     head = np.random.default_rng(2).standard_normal((HIDDEN, VOCAB)).astype(np.float32)
     model, _ = tied_graph(head)
@@ -100,7 +100,7 @@ def test_int4_embedding_reads_the_heads_blocks(tied):
     and looks up exactly the weights the head computes with; an untied one stays float."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from exporters.tied import materialise_head, share_float, share_quantized
+    from exporters.onnx.tied import materialise_head, share_float, share_quantized
 
     model, embedding = tied_copy_graph(1.0 if tied else 1.5)
     share_float(model)
@@ -207,7 +207,7 @@ def test_genai_fp32_build_matches_pytorch_and_streams(genai_llama):
     assert parity["max_abs_logit_diff"] <= 1e-4 and parity["max_abs_decode_logit_diff"] <= 1e-4
     assert (output / "genai_config.json").is_file()
 
-    from exporters.genai import stream_text
+    from exporters.onnx.genai import stream_text
 
     prompt = "The capital of France is"
     pieces = list(stream_text(output, prompt, 6))
@@ -221,13 +221,13 @@ def test_genai_fp32_build_matches_pytorch_and_streams(genai_llama):
 def test_genai_run_onnx_refuses_a_prompt_beyond_the_context(genai_llama, tokenizer, monkeypatch):
     """genai_config.json records a context of 256 (the tiny Llama's positions): 252 prompt
     tokens and 5 new ones are refused before the model loads; 4 new ones fill it exactly."""
-    import exporters.genai
+    import exporters.onnx.genai
 
     output, _ = genai_llama
     assert json.loads((output / "genai_config.json").read_text())["model"]["context_length"] == 256
     prompt = prompt_of(tokenizer, 252)
     with monkeypatch.context() as patch:
-        patch.setattr(exporters.genai, "GenaiLM", lambda *_: pytest.fail("loaded the model"))
+        patch.setattr(exporters.onnx.genai, "GenaiLM", lambda *_: pytest.fail("loaded the model"))
         words = ("252 tokens", "5 more", "context of 256", "--max-new-tokens 4")
         refused(["run-onnx", output, prompt, "--max-new-tokens", 5], output, *words)
     result = CliRunner().invoke(app, ["run-onnx", str(output), prompt, "--max-new-tokens", "4"])
@@ -257,7 +257,7 @@ def test_genai_int4_build_records_parity_and_perplexity(pruned_llama_dir, eval_t
 
 
 def test_genai_run_onnx_needs_a_genai_folder(tmp_path):
-    from exporters.genai import stream_text
+    from exporters.onnx.genai import stream_text
 
     with pytest.raises(BadInputError, match="--runtime genai"):
         next(stream_text(tmp_path, "hi", 2))
@@ -285,7 +285,7 @@ def test_only_true_2_4_linears_are_swappable():
 
 
 def test_quantized_parity_is_judged_on_the_mean():
-    from exporters.parity import ParityResult
+    from exporters.onnx.parity import ParityResult
 
     common = dict(prompts=1, prompt_tokens=4, max_new_tokens=2, mismatches=[{"prompt": 0}])
     result = ParityResult(
@@ -313,7 +313,7 @@ def test_export_stores_a_duplicated_tied_head_once(pruned_llama_dir, tmp_path, m
     from onnx import numpy_helper
     from optimum.exporters import onnx as optimum_onnx
 
-    from exporters.tied import find_pair
+    from exporters.onnx.tied import find_pair
 
     real_export = optimum_onnx.main_export
 
@@ -341,7 +341,7 @@ def test_genai_sessions_get_the_thread_count_of_the_other_runtimes(monkeypatch, 
     import sys
     import types
 
-    from exporters.genai import session_config
+    from exporters.onnx.genai import session_config
 
     overlays = []
 
@@ -453,7 +453,7 @@ def test_a_projection_the_builder_did_not_keep_at_eight_bits_is_refused(tmp_path
     import onnx
     from onnx import helper
 
-    from exporters.genai_quant import check_eight_bit
+    from exporters.onnx.genai_quant import check_eight_bit
 
     def matmul(name: str, bits: int):
         return helper.make_node(

@@ -120,7 +120,7 @@ def test_weight_only_int8_keeps_activations_float(llama_export, tmp_path):
     import onnx
 
     from exporters.onnx import load_ort
-    from exporters.quantize import quantize_int8, window_perplexity
+    from exporters.onnx.quantize import quantize_int8, window_perplexity
 
     output, report = llama_export
     folder = tmp_path / "weights-only"
@@ -219,12 +219,14 @@ def prompt_of(tokenizer, tokens: int) -> str:
 def test_run_onnx_refuses_a_prompt_beyond_the_context(gpt2_export, tokenizer, monkeypatch):
     """The tiny GPT-2 has 256 positions (config.json's n_positions): 252 prompt tokens and 5 new
     ones are refused before the model loads; with 4 new ones they fill the context exactly."""
-    import exporters.onnx
+    import exporters.onnx.optimum
 
     output, _ = gpt2_export
     prompt = prompt_of(tokenizer, 252)
     with monkeypatch.context() as patch:
-        patch.setattr(exporters.onnx, "load_ort", lambda *_: pytest.fail("loaded the model"))
+        patch.setattr(
+            exporters.onnx.optimum, "load_ort", lambda *_: pytest.fail("loaded the model")
+        )
         words = ("252 tokens", "5 more", "context of 256", "--max-new-tokens 4")
         refused(["run-onnx", output, prompt, "--max-new-tokens", 5], output, *words)
     result = CliRunner().invoke(app, ["run-onnx", str(output), prompt, "--max-new-tokens", "4"])
@@ -266,11 +268,11 @@ def test_command_module_loads_no_heavy_library():
 
 
 def test_auto_runtime_is_optimum_where_installed_else_genai(monkeypatch):
-    import exporters.onnx
+    import exporters.onnx.config
 
-    monkeypatch.setattr(exporters.onnx, "optimum_installed", lambda: True)
+    monkeypatch.setattr(exporters.onnx.config, "optimum_installed", lambda: True)
     assert OnnxExportConfig().route == "optimum"
-    monkeypatch.setattr(exporters.onnx, "optimum_installed", lambda: False)
+    monkeypatch.setattr(exporters.onnx.config, "optimum_installed", lambda: False)
     assert OnnxExportConfig().route == "genai"
     assert OnnxExportConfig(quantize="int4").route == "genai"
     assert OnnxExportConfig(quantize="int8").route == "optimum"  # only optimum writes int8
@@ -281,9 +283,9 @@ def test_auto_runtime_is_optimum_where_installed_else_genai(monkeypatch):
 def test_optimum_route_without_optimum_onnx_is_one_line(args, pruned_llama_dir, monkeypatch):
     """Where optimum-onnx cannot be installed (transformers 5), the line names the extra and
     the transformers it needs, and the route that works."""
-    import exporters.onnx
+    import exporters.onnx.config
 
-    monkeypatch.setattr(exporters.onnx, "optimum_installed", lambda: False)
+    monkeypatch.setattr(exporters.onnx.config, "optimum_installed", lambda: False)
     out = pruned_llama_dir.parent / "never-written"
     args = ["export", "onnx", str(pruned_llama_dir), "--output", str(out), *args]
     result = CliRunner().invoke(app, args)

@@ -1,4 +1,4 @@
-"""``python -m exporters.genai_builder ARGS``: onnxruntime-genai 0.18's model builder, run with
+"""``python -m exporters.onnx.builder ARGS``: onnxruntime-genai 0.18's model builder, run with
 transformers 4.57 (the builder is written against transformers 5).
 
 Three adjustments to what it reads, all before the builder is imported, none changing what the

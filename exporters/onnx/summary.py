@@ -1,5 +1,5 @@
-"""Summary lines of an ONNX export for the CLI: the tied embedding, the int4 graph, and
-onnxruntime-genai builds."""
+"""Summary lines of an ONNX export for the CLI: the float graph's check and size, the int8 and
+int4 graphs, the tied embedding, and onnxruntime-genai builds."""
 
 from __future__ import annotations
 
@@ -46,6 +46,33 @@ def _int4_lines(int4: dict | None) -> list[str]:
         f"{ppl['int4']:.2f} vs fp32 {ppl['fp32']:.2f} ({100 * ppl['relative_change']:+.2f}%)",
         _parity_line(int4["parity"], "int4"),
     ]
+
+
+def summary_lines(report: dict, target: Path) -> list[str]:
+    """What ``compress export onnx`` prints about the export at ``target`` (``report``: its
+    export_report.json)."""
+    if report.get("runtime") == "onnxruntime-genai":
+        return genai_lines(report, target)
+    parity = report["parity"]
+    lines = [
+        f"exported {report['task']} (opset {report['opset']}) to {target}",
+        f"ORT vs PyTorch: max |logit diff| {parity['max_abs_logit_diff']:.2e} prompts, "
+        f"{parity['max_abs_decode_logit_diff']:.2e} decoding (limit {parity['atol']:g}); "
+        f"greedy tokens identical on {parity['prompts']} prompts",
+        f"size: {report['size']['note']}",
+    ]
+    int8 = report.get("int8")
+    if int8:
+        lat, ppl = int8["latency"], int8["perplexity"]
+        lines += [
+            f"{int8['quantize']}: {int8['bytes']['int8'] / 2**20:.1f} MiB (fp32 {int8['bytes']['fp32'] / 2**20:.1f}"
+            f" MiB); prompt {lat['int8']['prefill_ms']:.1f} ms (fp32 {lat['fp32']['prefill_ms']:.1f}"
+            f" ms); {lat['int8']['tokens_per_second']:.1f} tokens/s (fp32 "
+            f"{lat['fp32']['tokens_per_second']:.1f})",
+            f"int8 perplexity on {ppl['dataset']} ({ppl['windows']} x {ppl['seqlen']} tokens): "
+            f"{ppl['int8']:.2f} vs fp32 {ppl['fp32']:.2f} ({100 * ppl['relative_change']:+.2f}%)",
+        ]
+    return lines + extra_lines(report)
 
 
 def genai_lines(report: dict, target: Path) -> list[str]:

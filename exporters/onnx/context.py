@@ -5,7 +5,7 @@ the runtime's key/value buffers are sized to it); a prompt plus new tokens beyon
 refused before any model loads, with the numbers and the flag that helps. The context is what
 the export folder records: ``max_position_embeddings`` in ``config.json`` for an optimum export
 (GPT-2's ``n_positions``, through transformers' attribute map), ``context_length`` in
-``genai_config.json`` for an onnxruntime-genai build (:func:`exporters.genai.context_length`).
+``genai_config.json`` for an onnxruntime-genai build (:func:`exporters.onnx.genai.context_length`).
 """
 
 from __future__ import annotations

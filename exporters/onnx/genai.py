@@ -2,12 +2,12 @@
 
 The builder (``onnxruntime_genai.models.builder``) writes a fused decoder (GroupQueryAttention,
 SkipLayerNorm, MatMulNBits for int4) plus ``genai_config.json``; the generator keeps the key/value
-cache inside the runtime. The builder runs in a child process (:mod:`exporters.genai_builder`)
+cache inside the runtime. The builder runs in a child process (:mod:`exporters.onnx.builder`)
 because it puts its own folder on ``sys.path`` and needs two adjustments for transformers 4.57.
 
 :class:`GenaiLM` gives a built folder the ``__call__``/``generate`` interface that
-:mod:`exporters.parity`, :func:`exporters.quantize.window_perplexity` and
-:mod:`exporters.timing` use for PyTorch and optimum models, so every runtime is checked and
+:mod:`exporters.onnx.parity`, :func:`exporters.onnx.quantize.window_perplexity` and
+:mod:`exporters.onnx.timing` use for PyTorch and optimum models, so every runtime is checked and
 timed by the same code. Token ids come from the Hugging Face tokenizer saved beside the model:
 the same ids PyTorch sees.
 """
@@ -72,11 +72,11 @@ def build(
     Raises:
         BadInputError: the builder fails (an unsupported architecture, say); its last lines.
     """
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     command = [
         sys.executable,
         "-m",
-        "exporters.genai_builder",
+        "exporters.onnx.builder",
         "-i",
         str(folder),
         "-o",
@@ -209,7 +209,7 @@ def stream_text(folder: Path, prompt: str, max_new_tokens: int) -> Iterator[str]
             ``max_new_tokens`` exceed its context.
     """
     from compress.compat import load_tokenizer
-    from exporters.context import check_fits
+    from exporters.onnx.context import check_fits
 
     if not is_genai_folder(folder):
         raise BadInputError(

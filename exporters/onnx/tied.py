@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exporters.onnx_files import model_bytes, model_files
+from exporters.onnx.files import model_bytes, model_files
 
 MS_DOMAIN = "com.microsoft"
 

@@ -10,7 +10,7 @@ methods, all without calibration data:
 - ``int4`` -- weight-only 4-bit (``MatMulNBitsQuantizer``, symmetric blocks of ``block_size``,
   default 32, int8 compute for the activations, ``accuracy_level`` 4 as onnxruntime-genai's
   builder sets it for CPUs). A tied embedding reads the LM head's 4-bit blocks through
-  ``GatherBlockQuantized`` (:mod:`exporters.tied`), so the matrix is stored once, in 4 bits.
+  ``GatherBlockQuantized`` (:mod:`exporters.onnx.tied`), so the matrix is stored once, in 4 bits.
 
 The comparison runs the fp32 and int8 graphs in the same process on the same inputs: file size,
 CPU prefill latency, greedy generation throughput, and perplexity on held-out text.
@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from compress.core.report import perplexity_change
-from exporters.onnx_files import MODEL_FILE, label, model_bytes, quantized_file
-from exporters.timing import machine, measure_latency
+from exporters.onnx.files import MODEL_FILE, label, model_bytes, quantized_file
+from exporters.onnx.timing import machine, measure_latency
 
 TWO_GIB = 2 * 2**30  # protobuf's limit: larger graphs keep their weights in external data
 
@@ -66,7 +66,7 @@ def _weight_only(source: Path, target: Path, bits: int, block_size: int, externa
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from exporters.tied import materialise_head, share_quantized
+    from exporters.onnx.tied import materialise_head, share_quantized
 
     model = onnx.load(str(source))
     materialise_head(model)  # a head reading Transpose(embedding) gets packed too
