@@ -15,11 +15,18 @@ Hugging Face model computes:
   builder wrote a window into genai_config.json that no block used, attending to the whole
   context. Those configs get ``layer_types`` saying so. A window as long as the context drops
   nothing, so there the blocks stay global (the builder would size each block's cache to the
-  window).
+  window);
+- under transformers 5, Gemma 3 keeps its RoPE per layer type (``rope_parameters`` holds a
+  ``full_attention`` and a ``sliding_attention`` entry) where the builder reads one flat entry
+  for the global blocks and ``rope_local_base_freq`` for the sliding ones (it failed with
+  ``KeyError: 'rope_type'``): its Gemma 3 builder is handed a copy of the config in that form
+  (the Hugging Face model it loads keeps the original).
 """
 
 from __future__ import annotations
 
+import copy
+import importlib
 import runpy
 import sys
 
@@ -38,6 +45,34 @@ def window_layer_types(config) -> list[str] | None:
     if not window or window >= config.max_position_embeddings:
         return None
     return ["sliding_attention"] * config.num_hidden_layers
+
+
+def flat_rope(config):
+    """A copy of ``config`` with Gemma 3's per-layer-type RoPE (transformers 5) in the flat form
+    the builder reads; ``config`` itself where it is flat already."""
+    rope = getattr(config, "rope_parameters", None)
+    if not (isinstance(rope, dict) and isinstance(rope.get("full_attention"), dict)):
+        return config
+    flat = copy.copy(config)
+    local = rope.get("sliding_attention") or {}
+    if "rope_theta" in local:
+        flat.rope_local_base_freq = local["rope_theta"]
+    flat.rope_parameters = dict(rope["full_attention"])
+    return flat
+
+
+def _adapt_builder() -> None:
+    import onnxruntime_genai.models  # noqa: F401  (puts its folder on sys.path, as the builder's own imports expect)
+
+    # the builder imports its classes as the top-level package ``builders``, not through
+    # onnxruntime_genai.models: that is the class it constructs
+    gemma = importlib.import_module("builders.gemma")
+    init = gemma.Gemma3Model.__init__
+
+    def flat_init(self, config, *args, **kwargs):
+        init(self, flat_rope(config), *args, **kwargs)
+
+    gemma.Gemma3Model.__init__ = flat_init
 
 
 def _adapt_transformers() -> None:
@@ -63,5 +98,6 @@ def _adapt_transformers() -> None:
 
 if __name__ == "__main__":
     _adapt_transformers()
+    _adapt_builder()
     sys.argv = ["onnxruntime_genai.models.builder", *sys.argv[1:]]
     runpy.run_module("onnxruntime_genai.models.builder", run_name="__main__")

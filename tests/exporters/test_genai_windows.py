@@ -118,3 +118,24 @@ def test_a_runtime_error_in_the_parity_check_is_one_line(pruned_llama_dir, tmp_p
     refused(args, tmp_path, "parity check", "Non-zero status code returned while running GQA")
     result = CliRunner().invoke(app, [str(arg) for arg in args])
     assert "second line" not in result.stderr
+
+
+def test_gemma3_rope_by_layer_type_is_flattened_for_the_builder_only():
+    """transformers 5 keeps Gemma 3's RoPE per layer type; onnxruntime-genai 0.18's builder
+    read it as one flat entry and failed with KeyError: 'rope_type' (the transformers 5 test
+    leg). The builder gets a flat copy; the config the model is built from is unchanged."""
+    from types import SimpleNamespace
+
+    from exporters.genai_builder import flat_rope
+
+    nested = {
+        "full_attention": {"rope_theta": 1e6, "rope_type": "default"},
+        "sliding_attention": {"rope_theta": 1e4, "rope_type": "default"},
+    }
+    config = SimpleNamespace(rope_parameters=nested)
+    flat = flat_rope(config)
+    assert flat.rope_parameters == {"rope_theta": 1e6, "rope_type": "default"}
+    assert flat.rope_local_base_freq == 1e4
+    assert config.rope_parameters is nested and not hasattr(config, "rope_local_base_freq")
+    plain = SimpleNamespace(rope_parameters={"rope_theta": 1e4, "rope_type": "default"})
+    assert flat_rope(plain) is plain
