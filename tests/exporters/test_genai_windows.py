@@ -126,7 +126,7 @@ def test_gemma3_rope_by_layer_type_is_flattened_for_the_builder_only():
     leg). The builder gets a flat copy; the config the model is built from is unchanged."""
     from types import SimpleNamespace
 
-    from exporters.genai_builder import flat_rope
+    from exporters.onnx.builder import flat_rope
 
     nested = {
         "full_attention": {"rope_theta": 1e6, "rope_type": "default"},
