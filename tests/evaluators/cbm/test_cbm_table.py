@@ -73,6 +73,20 @@ def test_cli_trains_and_intervenes_on_a_table(tmp_path):
 GOOD = ["--concepts", "wings,fur", "--label", "kind"]
 
 
+def refused_training(csv, out, args: list[str]) -> str:
+    """``cbm train`` on the table ``csv`` exits 2 with one ``error:`` line (returned) and writes
+    no model to ``out``."""
+    result = runner.invoke(
+        app, ["cbm", "train", "-o", str(out), "--data", "table", "--data-path", str(csv), *args,
+              "--epochs", "1"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert not out.exists()
+    return lines[0]
+
+
 @pytest.mark.parametrize(
     "edit, args, message",
     [
@@ -107,14 +121,7 @@ def test_malformed_tables_are_one_error_line(tmp_path, edit, args, message):
     csv.write_text(text)
     if edit == "missing":
         csv.unlink()
-    result = runner.invoke(
-        app, ["cbm", "train", "-o", str(out), "--data", "table", "--data-path", str(csv), *args,
-              "--epochs", "1"],
-    )  # fmt: skip
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
-    assert not out.exists()
+    assert message in refused_training(csv, out, args)
 
 
 def blank_out(path, column: str, rows: list[int], marks: list[str]) -> None:
@@ -145,15 +152,9 @@ def test_cli_refuses_a_table_with_nan_concepts_or_labels(tmp_path, column, args)
     csv, out = tmp_path / "animals.csv", tmp_path / "model"
     write_table(csv)
     blank_out(csv, column, [0, 5], ["NaN", "nan"])
-    result = runner.invoke(
-        app, ["cbm", "train", "-o", str(out), "--data", "table", "--data-path", str(csv), *args,
-              "--epochs", "1"],
-    )  # fmt: skip
-    assert result.exit_code == 2, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    assert f"column '{column}' has missing values ('NaN', 'nan') on 2 rows: lines 2, 7" in lines[0]
-    assert "fill those cells or drop those rows" in lines[0] and not out.exists()
+    line = refused_training(csv, out, args)
+    assert f"column '{column}' has missing values ('NaN', 'nan') on 2 rows: lines 2, 7" in line
+    assert "fill those cells or drop those rows" in line
 
 
 def test_table_flags_need_table_data(tmp_path):
