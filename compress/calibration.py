@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -167,6 +167,17 @@ def _read_utf8(file: Path) -> str:
         ) from exc
 
 
+def jsonl_records(text: str) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON or None where the line is not JSON) for each non-blank line."""
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError:
+            yield number, None
+
+
 def _jsonl_texts(file: Path) -> list[str]:
     """The ``text`` string of each non-blank line of a ``.jsonl`` file.
 
@@ -175,13 +186,7 @@ def _jsonl_texts(file: Path) -> list[str]:
             a string (a number or null would otherwise fail deep inside the tokenizer).
     """
     texts = []
-    for number, line in enumerate(_read_utf8(file).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
+    for number, record in jsonl_records(_read_utf8(file)):
         if not isinstance(record, dict) or "text" not in record:
             raise BadInputError(f"{file}:{number} is not a JSON object with a 'text' field")
         text = record["text"]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from compress.calibration import Windows
+from compress.calibration import Windows, jsonl_records
 from compress.core.errors import BadInputError
 
 DRAW_BITS = 32
@@ -38,13 +37,7 @@ def read_samples(path: Path, repair: bool = False) -> list[dict]:
         with path.open("r+b") as handle:
             handle.truncate(complete)
     samples = []
-    for number, line in enumerate(data[:complete].decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            sample = json.loads(line)
-        except json.JSONDecodeError:
-            sample = None
+    for number, sample in jsonl_records(data[:complete].decode("utf-8")):
         if (
             not isinstance(sample, dict)
             or not isinstance(sample.get("text"), str)
