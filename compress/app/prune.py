@@ -25,7 +25,7 @@ from compress.calibration import (
     tokenize_stream,
     windows_from_stream,
 )
-from compress.core.claim import check_writable, output_lock
+from compress.core.claim import output_lock
 from compress.core.config import PruneConfig, SaveFormat
 from compress.core.errors import BadInputError, Interrupted, signal_exit_code
 from compress.core.io import (
@@ -152,7 +152,6 @@ def run_prune(
         require_sparse_compressors()
     target = Path(config.output)
     check_target(target, config.overwrite)
-    check_writable(target)
     device = distributed.init_from_env() if config.distributed else None
     main = distributed.is_main()
     if not main:

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import fcntl
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from compress.core.errors import BadInputError, OutputError
-
-HEADROOM = 64 * 1024**2  # beyond an output's own bytes: tokenizer, card, reports, metadata
 
 
 def lock_path(target: Path) -> Path:
@@ -37,10 +34,10 @@ def _existing_ancestor(path: Path) -> Path:
     return Path(path.anchor)
 
 
-def check_writable(target: Path, flag: str = "--output", need_bytes: int = 0) -> None:
+def check_writable(target: Path, flag: str = "--output") -> None:
     """Refuse, before any work, a ``target`` that cannot be created: a regular file where a
-    folder must be, a filesystem that is read-only or takes no files, or one with less free room
-    than ``need_bytes`` (plus :data:`HEADROOM` when ``need_bytes`` is set). Writes nothing.
+    folder must be, or a filesystem that is read-only or takes no files (whether the disk has
+    room is the preflight's check, :func:`compress.plan.check_disk`). Writes nothing.
 
     Raises:
         OutputError: one line naming the path, what is wrong and what to do.
@@ -61,17 +58,6 @@ def check_writable(target: Path, flag: str = "--output", need_bytes: int = 0) ->
         ) from exc
     os.close(fd)
     os.unlink(probe)
-    if need_bytes:
-        free = shutil.disk_usage(where).free
-        if need_bytes + HEADROOM > free:
-            raise OutputError(
-                f"{flag} {target} needs about {_gib(need_bytes + HEADROOM)} and "
-                f"{_gib(free)} is free on its disk; free space or choose another {flag}"
-            )
-
-
-def _gib(size: int) -> str:
-    return f"{size / 1024**3:.2f} GiB"
 
 
 def _missing_folders(target: Path) -> list[Path]:
