@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from compress.core.errors import BadInputError, ExportParityError
-from compress.core.io import write_json_atomic
+from compress.core.io import check_target, write_json_atomic
 from compress.core.report import REPORT_NAME, ArtifactRecord, record_artifact
 from exporters.base import Exporter, register, run_export
 from exporters.onnx.config import ExportOnnxConfig, OnnxExportConfig
@@ -101,8 +101,7 @@ def _check_paths(folder: Path, output: Path, overwrite: bool) -> None:
         raise BadInputError(f"{folder} has no config.json: point to a saved model folder")
     if output == folder or folder.is_relative_to(output):
         raise BadInputError(f"--output {output} would replace the model folder; pick another path")
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise BadInputError(f"--output {output} exists and is not empty; pass --overwrite")
+    check_target(output, overwrite)
 
 
 def _relative_to(path: Path, folder: Path) -> str:
