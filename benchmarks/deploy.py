@@ -13,8 +13,8 @@ to keep the run short); each pruned model in every format, measured in one run o
   key/value cache; as many threads as the others).
 
 Columns: bytes on disk, load seconds, prompt (prefill) latency, greedy tokens/s, and perplexity
-on the same held-out windows (exporters.onnx.quantize.window_perplexity for every row). Goals
-(issue 14): compressed-tensors pruned Linears <= 0.55x and the whole folder <= 0.65x the dense
+on the same held-out windows (exporters.onnx.quantize.window_perplexity for every row). Goals:
+compressed-tensors pruned Linears <= 0.55x and the whole folder <= 0.65x the dense
 bytes; onnxruntime-genai int4 >= 2x the tokens/s of ONNX fp32 (optimum) of the same pruned
 model, perplexity within +10 % of ONNX fp32. The speed goal is judged on a second timing that
 alternates the two models round by round (``--rounds``), so that load from other processes hits
@@ -38,10 +38,10 @@ from typing import Annotated
 import torch
 import typer
 
-from compress.calibration import load_texts, tokenize_stream
 from compress.cli.render import table
 from compress.core.io import write_json_atomic
-from compress.models import embedded_model_dir, load_model
+from compress.data.calibration import load_texts, tokenize_stream
+from compress.model.loading import embedded_model_dir, load_model
 from exporters.onnx import OnnxExportConfig, export_onnx, load_ort
 from exporters.onnx.files import INT4_FILE, INT8_FILE, MODEL_FILE, model_bytes
 from exporters.onnx.genai import GenaiLM
@@ -54,7 +54,7 @@ from common import prune_lr  # noqa: E402
 
 PATTERNS = {"50%": "unstructured", "2:4": "2:4"}
 DENSE, FP32, GENAI = "dense safetensors (PyTorch)", "ONNX fp32 (optimum)", "onnxruntime-genai int4"
-LINEAR_GOAL, FOLDER_GOAL = 0.55, 0.65  # compressed-tensors bytes over dense (issue 14)
+LINEAR_GOAL, FOLDER_GOAL = 0.55, 0.65  # compressed-tensors bytes over dense
 SPEED_GOAL, PPL_GOAL = 2.0, 0.10  # genai int4 over ONNX fp32: tokens/s at least, ppl at most
 COMPRESSED_NOTE = (
     "compressed-tensors rows: the folder compress export compressed writes (MiB: its safetensors "

@@ -80,7 +80,7 @@ def forward_seconds(model, ids: torch.Tensor, batch: int, device: torch.device) 
 def engine_class(onload: torch.device | None):
     """The library engine; with ``onload``, each block's turn runs inside ``onloaded``."""
     from compress.engine import Engine
-    from compress.placement import onloaded
+    from compress.model.placement import onloaded
 
     if onload is None:
         return Engine

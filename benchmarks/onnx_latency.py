@@ -29,12 +29,12 @@ import torch
 import typer
 
 from compress.app.prune import run_prune
-from compress.calibration import load_texts, tokenize_stream
 from compress.cli.render import table
 from compress.core.config import CalibrationConfig, EvalConfig, PruneConfig, ReconstructConfig
 from compress.core.io import write_json_atomic
 from compress.core.report import read_report
-from compress.models import embedded_model_dir, load_model
+from compress.data.calibration import load_texts, tokenize_stream
+from compress.model.loading import embedded_model_dir, load_model
 from exporters.onnx import OnnxExportConfig, export_onnx, load_ort
 from exporters.onnx.files import INT8_FILE, MODEL_FILE, model_bytes
 from exporters.onnx.quantize import eval_windows as held_out_windows

@@ -1,7 +1,7 @@
 """How fast and how good is one-shot pruning of the embedded SmolLM2-135M on this CPU, next to
 the peer?
 
-Issue 17's table in one run: ours (``compress prune``, the whole process: imports, model load,
+One table in one run: ours (``compress prune``, the whole process: imports, model load,
 calibration text, pruning, saving the folder) and the peer's (llm-compressor's Wanda and SparseGPT
 through ``shared/bench/llmc_cpu_peer.py`` in its own venv, ``shared/bench/README.md``: its whole
 process too, and its ``oneshot`` seconds alone) on the very same calibration windows
@@ -58,8 +58,8 @@ PATTERNS = ("unstructured", "2:4")
 
 
 def load(nsamples: int, seqlen: int):
-    from compress.calibration import load_texts, load_windows
-    from compress.models import load_model
+    from compress.data.calibration import load_texts, load_windows
+    from compress.model.loading import load_model
 
     loaded = load_model(None, "cpu", "float32")
     windows = load_windows(loaded.tokenizer, "wikipedia", nsamples, seqlen, seed=0)
@@ -121,8 +121,8 @@ def write_windows(path: Path, args) -> dict:
     """The calibration windows every row uses, as token-id lists (the peer's ``--windows``)."""
     from transformers import AutoTokenizer
 
-    from compress.calibration import load_windows
-    from compress.models import embedded_model_dir
+    from compress.data.calibration import load_windows
+    from compress.model.loading import embedded_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
     windows = load_windows(tokenizer, "wikipedia", args.nsamples, args.seqlen, seed=0)
@@ -132,7 +132,7 @@ def write_windows(path: Path, args) -> dict:
 
 def folder_perplexity(folder: str, args) -> dict:
     """Held-out perplexity of a pruned model folder (the peer's), on the same windows as ours."""
-    from compress.calibration import load_texts
+    from compress.data.calibration import load_texts
     from evaluators.perplexity import perplexity
 
     model, tokenizer = load_peer_folder(folder)

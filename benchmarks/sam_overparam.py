@@ -7,7 +7,7 @@ The direction of "Critical Influence of Overparameterization on Sharpness-aware 
 - dense: hidden width 16 .. 1024;
 - sparse: a fixed budget of non-zero weights (those of the dense width-``base`` net) spread over
   wider nets, i.e. width x and density base/x, with a random static mask kept exactly by the
-  mask-aware SAM of compress.sam (and by the same masking for SGD).
+  mask-aware SAM of compress.algorithms.sam (and by the same masking for SGD).
 
 For each solution: test accuracy (mean and std over seeds), SAM - SGD gain, and λ_max of the
 training-loss Hessian over the unpruned weights (evaluators.sharpness). Prints a table, writes
@@ -27,8 +27,8 @@ import torch
 import typer
 from torch import nn
 
+from compress.algorithms.sam import SAM, mask_gradients, mask_weights
 from compress.core.io import write_json_atomic
-from compress.sam import SAM, mask_gradients, mask_weights
 from evaluators.sharpness import HessianOperator, top_eigenvalue
 
 CLASSES = 10

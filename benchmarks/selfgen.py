@@ -4,7 +4,7 @@ The paper's claim (arXiv 2406.15524, "Self-generated calibration data"): adding 
 writes itself to the real calibration set lowers held-out reconstruction error and perplexity
 after reconstruction. Here: the embedded SmolLM2-135M, Wanda 50% unstructured + BR+GP, REAL
 Wikipedia windows plus 0, K1, K2, ... self-generated windows (one random window of --seqlen
-tokens from each of K texts long enough, :func:`compress.selfgen.selfgen_windows`), concatenated
+tokens from each of K texts long enough, :func:`compress.data.selfgen.selfgen_windows`), concatenated
 along the batch dimension. Reported per K: normalized error after the last block on the
 calibration set (real + self-generated, so not comparable across K) and on held-out Wikipedia,
 perplexity on held-out Wikipedia and LAMBADA, seconds; plus generation throughput.
@@ -40,7 +40,7 @@ from compress.core.dtypes import TORCH_DTYPES  # noqa: E402
 
 def generate(args, model, tokenizer) -> dict:
     """Grow ``args.selfgen_file`` until it holds ``max(K)`` texts of at least --seqlen tokens."""
-    from compress.selfgen import Recipe, generate_long_texts
+    from compress.data.selfgen import Recipe, generate_long_texts
 
     want = max(int(k) for k in args.selfgen.split(","))
     stats = generate_long_texts(
@@ -57,7 +57,7 @@ def former_generate_ids(model, tokenizer, seeds: list[int], recipe) -> list[list
     import torch
     from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-    from compress.selfgen import first_token_choices, stop_ids
+    from compress.data.selfgen import first_token_choices, stop_ids
 
     class RowSampler(LogitsProcessor):
         def __call__(self, input_ids, scores):
@@ -95,7 +95,7 @@ def former_generate_ids(model, tokenizer, seeds: list[int], recipe) -> list[list
 def former_generate(model, tokenizer, n: int, recipe, batch_size: int) -> dict:
     """The former ``generate_file`` loop without the file: batches of draws until ``n`` English
     texts, every text of a batch counted (as it counted them)."""
-    from compress.selfgen import detect_language, text_seed
+    from compress.data.selfgen import detect_language, text_seed
 
     draws = rejected = tokens = 0
     kept = []
@@ -142,8 +142,8 @@ def speed(args, model, tokenizer) -> dict:
     model loaded in that dtype, as ``compress calib generate --dtype`` loads it)."""
     import tempfile
 
-    from compress.models import load_model
-    from compress.selfgen import Recipe, generate_file, read_samples
+    from compress.data.selfgen import Recipe, generate_file, read_samples
+    from compress.model.loading import load_model
 
     recipe = Recipe(max_len=args.max_len)
     baseline = (
@@ -202,7 +202,7 @@ def speed(args, model, tokenizer) -> dict:
 
 
 def ppl(model, tokenizer, args) -> dict:
-    from compress.calibration import load_texts
+    from compress.data.calibration import load_texts
     from evaluators.perplexity import perplexity
 
     return {
@@ -217,9 +217,9 @@ def one(k: int, args, real, holdout) -> dict:
     import torch
 
     from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
+    from compress.data.selfgen import selfgen_windows
     from compress.engine import Engine
-    from compress.models import load_model
-    from compress.selfgen import selfgen_windows
+    from compress.model.loading import load_model
 
     loaded = load_model(None, "cpu", "float32")
     parts = [real.ids]
@@ -295,8 +295,8 @@ def main() -> None:
         parser.error("--speed-texts and --former-texts must be at least 1")
     args.output = args.output or Path(f"out/bench/selfgen{'_speed' if args.speed else ''}.json")
 
-    from compress.calibration import load_windows
-    from compress.models import load_model
+    from compress.data.calibration import load_windows
+    from compress.model.loading import load_model
 
     loaded = load_model(None, "cpu", "float32")
     tok = loaded.tokenizer

@@ -5,7 +5,7 @@ Wanda and SparseGPT (LR: the pruner's own update, no training) at 50/60/70% unst
 the same settings (``--owl-m``, ``--owl-lambda``) on the very same calibration windows (32 x 512
 Wikipedia), through ``peer_owl.py`` in the peer's venv (../shared/bench/README.md); perplexity on
 held-out Wikipedia (its test split) of every result, ours and the peer's, measured by the
-project. Each configuration runs in a fresh process. Goal (issue 18): at 70%, ``owl`` within 5%
+project. Each configuration runs in a fresh process. Goal: at 70%, ``owl`` within 5%
 of ``peer-owl``'s perplexity, ``errors`` below both.
 
     python benchmarks/sparsity_profile.py                       # the whole table
@@ -46,7 +46,7 @@ KEYED = ("nsamples", "seqlen", "batch", "ppl_windows", "owl_m", "owl_lambda")
 
 
 def held_out_ppl(model, tokenizer, args) -> float:
-    from compress.calibration import load_texts
+    from compress.data.calibration import load_texts
     from evaluators.perplexity import perplexity
 
     texts = load_texts("wikipedia", "test")
@@ -54,8 +54,8 @@ def held_out_ppl(model, tokenizer, args) -> float:
 
 
 def windows(args):
-    from compress.calibration import load_windows
-    from compress.models import load_model
+    from compress.data.calibration import load_windows
+    from compress.model.loading import load_model
 
     loaded = load_model(None, "cpu", "float32")
     calib = load_windows(loaded.tokenizer, "wikipedia", args.nsamples, args.seqlen, seed=0)
@@ -98,7 +98,7 @@ def one(method: str, profile: str, sparsity: float, args) -> dict:
 
 def write_windows(path: Path, args) -> dict:
     """The calibration windows ours use, as token-id lists (the peer's ``--windows``)."""
-    from compress.models import embedded_model_dir
+    from compress.model.loading import embedded_model_dir
 
     _, calib = windows(args)
     path.write_text(json.dumps(calib.ids.tolist()))

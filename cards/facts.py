@@ -194,7 +194,7 @@ def hub_base_model(model: dict) -> str | None:
     """The base model's Hub repo id; None when the report's model came from a local folder or a
     GGUF file (recorded as its path), which the Hub cannot link to.
 
-    A path is told apart as :func:`compress.models.load_model` tells it: it starts with ``.``,
+    A path is told apart as :func:`compress.model.loading.load_model` tells it: it starts with ``.``,
     ``/`` or ``~``, has more than one ``/``, or names a ``.gguf`` file; a relative folder spelt
     like a repo id (``org/name``) cannot be told apart from the string alone."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id

@@ -1,6 +1,6 @@
 """Perplexity with the protocol of the SparseGPT/Wanda tables (reference/pruning.md).
 
-The evaluation text is joined as its source's protocol says (:func:`compress.calibration.eval_text`:
+The evaluation text is joined as its source's protocol says (:func:`compress.data.calibration.eval_text`:
 WikiText-2 and C4 exactly as the SparseGPT/Wanda code, packaged and local texts with blank lines)
 and tokenized once, cut into non-overlapping windows of ``seqlen`` tokens, and the mean token
 negative log-likelihood over all windows is exponentiated. ``max_windows`` keeps CPU runs short;
@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from compress.calibration import EvalText, tokenize_stream
 from compress.core.errors import BadInputError
+from compress.data.calibration import EvalText, tokenize_stream
 
 
 @torch.no_grad()

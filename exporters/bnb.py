@@ -104,7 +104,7 @@ def dequantized(module: nn.Module) -> torch.Tensor | None:
 
 def quantized_sparsity(model: nn.Module) -> dict:
     """Share of exact zeros in the dequantized weights of the quantized Linears."""
-    from compress.masks import zero_count
+    from compress.algorithms.masks import zero_count
 
     zeros = numel = layers = 0
     for module in model.modules():
@@ -174,9 +174,9 @@ class BnbExporter(Exporter):
     def export(self, source: Path, staging: Path, config: ExportBnbConfig) -> ArtifactRecord:
         from transformers import AutoModelForCausalLM
 
-        from compress.calibration import eval_text
-        from compress.compat import load_tokenizer
-        from compress.models import resolve_device
+        from compress.data.calibration import eval_text
+        from compress.model.compat import load_tokenizer
+        from compress.model.loading import resolve_device
         from evaluators.perplexity import perplexity_of_text
 
         scheme, windows = config.scheme, config.eval_windows or None

@@ -104,7 +104,7 @@ def _as_push_error(exc: Exception, endpoint: str, retry: str) -> HubPushError | 
     """
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    from compress.compat import is_hub_network_error
+    from compress.model.compat import is_hub_network_error
 
     while isinstance(exc, RuntimeError) and exc.__cause__ is not None:
         exc = exc.__cause__

@@ -109,7 +109,7 @@ def benchmark(
         BadInputError: no CUDA GPU, or no Linear of the model is 2:4 sparse.
     """
     require_gpu()
-    from compress.models import load_model
+    from compress.model.loading import load_model
 
     loaded = load_model(str(folder), device="cuda", dtype=dtype)
     model = loaded.model.eval()

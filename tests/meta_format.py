@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from compress.convert_meta import LAYER_NAMES, TOP_NAMES
+from compress.model.convert_meta import LAYER_NAMES, TOP_NAMES
 
 TEXT = [
     "the quick brown fox jumps over the lazy dog",

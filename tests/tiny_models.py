@@ -110,7 +110,7 @@ def expert_matrices(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every expert's weight matrix by name, whichever way the library stores them: a Linear
     per expert projection (transformers 4.57's Mixtral) or fused ``(experts, out, in)``
     tensors (transformers 5's), sliced per expert and projection."""
-    from compress.moe import is_fused_experts
+    from compress.model.moe import is_fused_experts
 
     found: dict[str, torch.Tensor] = {}
     for name, module in model.named_modules():

@@ -49,8 +49,8 @@ def generate(config: GenerateConfig):
     returns the generation statistics."""
     from pathlib import Path
 
-    from compress.models import load_model
-    from compress.selfgen import Recipe, check_request, generate_file
+    from compress.data.selfgen import Recipe, check_request, generate_file
+    from compress.model.loading import load_model
 
     recipe = Recipe(max_len=config.max_len)
     language = None if config.lang == "any" else config.lang
@@ -73,6 +73,6 @@ def inspect(config: InspectConfig) -> dict:
     """Counts, length histogram, language share, opening words and code-like share."""
     from pathlib import Path
 
-    from compress.selfgen import inspect as inspect_file
+    from compress.data.selfgen import inspect as inspect_file
 
     return inspect_file(Path(config.file), config.top)

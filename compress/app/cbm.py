@@ -170,7 +170,7 @@ def compare(request: CompareRequest) -> tuple[dict[str, list[Any]], dict[str, Pa
 def prune(request: PruneRequest) -> dict[str, Any]:
     """Prune g; the record also holds ``pattern`` (parsed) and the ``sparsity`` used (an N:M
     pattern fixes it)."""
-    from compress.masks import SparsityPattern
+    from compress.algorithms.masks import SparsityPattern
     from evaluators.cbm.workflows import prune_folder
 
     pattern = SparsityPattern.parse(request.pattern)

@@ -81,9 +81,9 @@ class PplResult:
 
 def perplexity(config: PplConfig) -> PplResult:
     """Perplexity of the model over non-overlapping windows of the evaluation text."""
-    from compress.calibration import eval_text
     from compress.core.io import write_json_atomic
-    from compress.models import check_seqlen, load_model
+    from compress.data.calibration import eval_text
+    from compress.model.loading import check_seqlen, load_model
     from evaluators.perplexity import perplexity_of_text
 
     text = eval_text(config.dataset, config.split.value if config.split else None)
@@ -176,7 +176,7 @@ def _dense_source(folder: str | None) -> str:
 
 def evaluate_tasks(config: TasksConfig, log: Log) -> TasksResult:
     """Zero-shot accuracy of the model (or, ``dense``, of its base model); resumes by task."""
-    from compress.models import load_model
+    from compress.model.loading import load_model
     from evaluators.tasks.runner import DENSE_RESULTS_NAME
     from evaluators.tasks.runner import evaluate_tasks as run_tasks
 
@@ -217,7 +217,7 @@ class AllConfig:
 def evaluate_all(config: AllConfig, log: Log) -> dict:
     """Perplexity and tasks for a pruned folder, merged into its report.json; returns both."""
     from compress.core.report import read_report
-    from compress.models import load_model
+    from compress.model.loading import load_model
     from evaluators.tasks.suite import evaluate_folder
 
     run, folder = config.run, config.folder
@@ -303,11 +303,11 @@ class SharpnessResult:
 
 def sharpness(config: SharpnessConfig) -> SharpnessResult:
     """λ_max and tr(H^k) of the LM loss over the unpruned weights, into JSON and report.json."""
-    from compress.calibration import load_windows
     from compress.core.io import write_json_atomic
     from compress.core.report import REPORT_NAME, sharpness_section, update_report
+    from compress.data.calibration import load_windows
     from compress.finetune import sparsity_masks
-    from compress.models import load_model
+    from compress.model.loading import load_model
     from evaluators.sharpness import lm_sharpness
 
     c = config

@@ -15,16 +15,9 @@ from pathlib import Path
 
 import torch
 
-from compress import distributed
-from compress.calibration import (
-    EvalText,
-    Windows,
-    eval_text,
-    load_texts,
-    load_windows,
-    tokenize_stream,
-    windows_from_stream,
-)
+from compress.algorithms import distributed
+from compress.algorithms.finite import refuse_non_finite
+from compress.algorithms.masks import zero_count
 from compress.core.claim import output_lock
 from compress.core.config import PruneConfig, SaveFormat
 from compress.core.errors import BadInputError, Interrupted, signal_exit_code
@@ -50,11 +43,24 @@ from compress.core.report import (
     write_json_atomic,
     write_report,
 )
+from compress.data.calibration import (
+    EvalText,
+    Windows,
+    eval_text,
+    load_texts,
+    load_windows,
+    tokenize_stream,
+    windows_from_stream,
+)
 from compress.engine import SELFGEN, Engine, PruneOutcome, WorkFolder
-from compress.finite import refuse_non_finite
-from compress.masks import zero_count
-from compress.models import LoadedModel, check_seqlen, context_length, load_model, resolve_device
-from compress.placement import Placement, peak_rss_bytes, refuse_quantized
+from compress.model.loading import (
+    LoadedModel,
+    check_seqlen,
+    context_length,
+    load_model,
+    resolve_device,
+)
+from compress.model.placement import Placement, peak_rss_bytes, refuse_quantized
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -254,7 +260,7 @@ def self_generated_windows(
     calib = config.calibration
     if calib.self_gen is None:
         return None, None
-    from compress.selfgen import GenerationStats, Recipe, generate_long_texts, selfgen_windows
+    from compress.data.selfgen import GenerationStats, Recipe, generate_long_texts, selfgen_windows
 
     generation = None
     if calib.self_gen.isdigit():

@@ -37,7 +37,7 @@ def _existing_ancestor(path: Path) -> Path:
 def check_writable(target: Path, flag: str = "--output") -> None:
     """Refuse, before any work, a ``target`` that cannot be created: a regular file where a
     folder must be, or a filesystem that is read-only or takes no files (whether the disk has
-    room is the preflight's check, :func:`compress.plan.check_disk`). Writes nothing.
+    room is the preflight's check, :func:`compress.model.plan.check_disk`). Writes nothing.
 
     Raises:
         OutputError: one line naming the path, what is wrong and what to do.

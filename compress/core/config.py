@@ -103,7 +103,7 @@ class ReconSchedule(str, Enum):
 
 class SparsityProfile(str, Enum):
     """How the target spreads over blocks: the same everywhere, OWL, or the allocation that
-    minimises the summed block errors of a first pass (compress/sparsity_profile.py)."""
+    minimises the summed block errors of a first pass (compress/algorithms/sparsity_profile.py)."""
 
     uniform = "uniform"
     owl = "owl"

@@ -2,7 +2,7 @@
 
 Each method's options are a dataclass made with :func:`~compress.core.options.option`,
 registered here under the method's name with :func:`method`; its pruner
-(``compress/pruners/<name>.py``) is registered with that class (``@register(SparseGPTOptions)``)
+(``compress/algorithms/pruners/<name>.py``) is registered with that class (``@register(SparseGPTOptions)``)
 and built with an instance of it. The declarations live in the core, not beside the pruners,
 because the CLI builds ``--help`` and reads recipe.json from them without loading torch, and the
 config tree imports nothing above the core (ARCHITECTURE.md).

@@ -209,7 +209,7 @@ class SummarySection(TypedDict):
 class PerplexityProtocol(TypedDict):
     dataset: str
     split: str
-    protocol: NotRequired[dict]  # how the text was joined and cut (compress.calibration)
+    protocol: NotRequired[dict]  # how the text was joined and cut (compress.data.calibration)
     seqlen: int
     windows: int
     tokens: int

@@ -23,7 +23,7 @@ class DType(str, Enum):
 
 
 class Split(str, Enum):
-    """The splits of a text source (``compress.calibration``: every 10th document is test)."""
+    """The splits of a text source (``compress.data.calibration``: every 10th document is test)."""
 
     train = "train"
     validation = "validation"

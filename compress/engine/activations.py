@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from compress import distributed
-from compress.blocks import BlockAdapter, BlockCall
+from compress.algorithms import distributed
+from compress.model.blocks import BlockAdapter, BlockCall
 
 Stream = list[torch.Tensor]  # one activation tensor (B, T, H) per batch
 SAVED = ("sparse", "dense", "prev_sparse", "prev_local")  # what a checkpoint keeps of Streams

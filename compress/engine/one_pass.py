@@ -16,7 +16,7 @@ import psutil
 import torch
 from torch import nn
 
-from compress.pruners import Pruner
+from compress.algorithms.pruners import Pruner
 
 PruneGroup = Callable[[list[str]], None]
 

@@ -7,7 +7,7 @@ outlier ratio from their scores, then for each candidate prune every layer of th
 measure the block's normalized output error against its dense output, and put the dense
 weights back. Cheap next to the real run: no reconstruction, one forward per block for OWL, and
 each candidate only re-runs the pruner's mask (and SparseGPT's update, its factorisation
-reused) and one block forward. The plans then come from :mod:`compress.sparsity_profile`.
+reused) and one block forward. The plans then come from :mod:`compress.algorithms.sparsity_profile`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from compress.blocks import weight_view
-from compress.moe import unfused_experts
-from compress.placement import execution_device, onloaded
-from compress.sparsity_profile import outlier_ratio
+from compress.algorithms.sparsity_profile import outlier_ratio
+from compress.model.blocks import weight_view
+from compress.model.moe import unfused_experts
+from compress.model.placement import execution_device, onloaded
 
 if TYPE_CHECKING:
     from compress.engine.steps import Engine

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from compress.pruners import Pruner
+from compress.algorithms.pruners import Pruner
 
 
 class _StopBlock(Exception):

@@ -15,9 +15,9 @@ Per block ``i``, in this order:
 With ``--one-pass`` (no reconstruction, no errors measured) steps 2, 3 and 5 are one forward of
 block ``i`` over the whole calibration set as one batch (:mod:`.one_pass`).
 
-The engine reaches models only through :class:`~compress.blocks.BlockAdapter`, pruners only
-through :class:`~compress.pruners.base.Pruner`, training only through
-:func:`~compress.reconstruct.reconstruct`, the activations only through its
+The engine reaches models only through :class:`~compress.model.blocks.BlockAdapter`, pruners only
+through :class:`~compress.algorithms.pruners.base.Pruner`, training only through
+:func:`~compress.algorithms.reconstruct.reconstruct`, the activations only through its
 :class:`~compress.engine.activations.ActivationStore` and checkpoints only through a
 :class:`~compress.engine.workfolder.WorkFolder`.
 """
@@ -31,8 +31,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from compress import distributed
-from compress.blocks import BlockAdapter, BlockCall, weight_view
+from compress.algorithms import distributed
+from compress.algorithms.finite import check_finite_stream, check_finite_weights
+from compress.algorithms.masks import zero_count
+from compress.algorithms.pruners import PRUNERS, Pruner
+from compress.algorithms.reconstruct import Batches, normalized_error, reconstruct
+from compress.algorithms.sparsity_profile import allocate_by_errors, candidates, carried, owl_plan
 from compress.core.config import PruneConfig, SparsityProfile, Technique
 from compress.core.dtypes import torch_dtype
 from compress.core.errors import BadInputError
@@ -50,19 +54,15 @@ from compress.engine.one_pass import fits_one_batch, hooked_forward
 from compress.engine.profile_pass import first_pass
 from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
-from compress.finite import check_finite_stream, check_finite_weights
-from compress.masks import zero_count
-from compress.moe import unfused_experts
-from compress.placement import (
+from compress.model.blocks import BlockAdapter, BlockCall, weight_view
+from compress.model.moe import unfused_experts
+from compress.model.placement import (
     execution_device,
     holds_offloaded,
     measure_peak,
     onloaded,
     release_free_memory,
 )
-from compress.pruners import PRUNERS, Pruner
-from compress.reconstruct import Batches, normalized_error, reconstruct
-from compress.sparsity_profile import allocate_by_errors, candidates, carried, owl_plan
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -541,7 +541,7 @@ class Engine:
         ``holdout_ids`` (optional) get their own streams: held-out errors and early stopping.
         ``recipe`` identifies the run in checkpoints; ``resume`` continues from the last one.
         Fused MoE experts are one Linear per expert projection while their block is onloaded
-        and stepped (:mod:`compress.moe`; layer names and masks use those names), fused again
+        and stepped (:mod:`compress.model.moe`; layer names and masks use those names), fused again
         before the checkpoint.
         """
         start = time.perf_counter()
@@ -600,7 +600,7 @@ def prune_model(
     """Prune every decoder block of ``model`` in place, without checkpoints (see :class:`Engine`).
 
     Args:
-        model: a supported causal LM (see :data:`compress.blocks.BLOCK_PATHS`).
+        model: a supported causal LM (see :data:`compress.model.blocks.BLOCK_PATHS`).
         calibration_ids: token ids ``(N, T)``.
         config: method, sparsity, pattern, skips, overrides and reconstruction.
         on_block: called as ``on_block(done, total, tokens_per_second)`` before the first

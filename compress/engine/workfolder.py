@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from compress import distributed
+from compress.algorithms import distributed
 from compress.core.errors import BadInputError
 from compress.core.io import atomic_file, write_json_atomic
 

@@ -2,7 +2,7 @@
 
 All parameters train. The sparsity pattern is read from the saved model itself: every exact
 zero in a prunable Linear weight of the decoder blocks is pruned and stays zero (gradients are
-masked before each step and the weights re-masked after it, see :mod:`compress.sam`), so the
+masked before each step and the weights re-masked after it, see :mod:`compress.algorithms.sam`), so the
 measured sparsity after fine-tuning equals the sparsity before.
 
 Per step: ``batch × grad_accum`` token windows of ``seqlen`` tokens (the train split of

@@ -12,7 +12,7 @@ from compress.finetune.config import FinetuneConfig
 
 def training_windows(tokenizer, config: FinetuneConfig) -> tuple[torch.Tensor, dict]:
     """All the train windows one run needs (or every window the text holds, reused by epoch)."""
-    from compress.calibration import load_texts, sample_windows, tokenize_stream
+    from compress.data.calibration import load_texts, sample_windows, tokenize_stream
 
     texts = load_texts(config.data, "train")
     slots = len(tokenize_stream(tokenizer, texts)) // config.seqlen
@@ -44,7 +44,7 @@ def window_order(available: int, needed: int, seed: int) -> torch.Tensor:
 def heldout_windows(tokenizer, config: FinetuneConfig) -> tuple[torch.Tensor | None, dict | None]:
     if config.eval_windows == 0:
         return None, None
-    from compress.calibration import load_windows
+    from compress.data.calibration import load_windows
 
     windows = load_windows(
         tokenizer, config.data, config.eval_windows, config.seqlen, config.seed, "test"

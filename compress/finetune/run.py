@@ -119,7 +119,7 @@ class FinetuneRun:
     """One fine-tuning run: model, data, optimizer and schedule, and what was measured."""
 
     def __init__(self, config: FinetuneConfig) -> None:
-        from compress.models import load_model
+        from compress.model.loading import load_model
 
         self.config = config
         self.staging = prepare_output(config)

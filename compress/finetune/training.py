@@ -9,16 +9,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from compress.algorithms.masks import masks_from_zeros, zero_count
+from compress.algorithms.sam import SAM, accumulated_step, mask_gradients, mask_weights
 from compress.finetune.config import FinetuneConfig, Optimizer, Precision
-from compress.masks import masks_from_zeros, zero_count
-from compress.sam import SAM, accumulated_step, mask_gradients, mask_weights
 
 
 def sparsity_masks(model: nn.Module) -> dict[nn.Parameter, torch.Tensor]:
     """Keep-masks (``weight != 0``) of the block Linear weights that hold exact zeros, and of
-    fused MoE expert tensors (transformers 5; pruned as Linears, see :mod:`compress.moe`)."""
-    from compress.blocks import BlockAdapter
-    from compress.moe import is_fused_experts
+    fused MoE expert tensors (transformers 5; pruned as Linears, see :mod:`compress.model.moe`)."""
+    from compress.model.blocks import BlockAdapter
+    from compress.model.moe import is_fused_experts
 
     adapter = BlockAdapter(model)
     layers = [m for i in range(len(adapter)) for m in adapter.prunable_layers(i).values()]

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from compress.algorithms.masks import SparsityPattern, measured_sparsity
+from compress.algorithms.pruners import PRUNERS
 from compress.core.errors import BadInputError
-from compress.masks import SparsityPattern, measured_sparsity
-from compress.pruners import PRUNERS
 
 
 def linear_layers(module: nn.Module) -> list[tuple[str, nn.Linear]]:

@@ -123,12 +123,12 @@ def finetune_sam(
     cfg: TrainConfig,
     rho: float = 0.05,
 ) -> list[float]:
-    """Fine-tune a pruned model with SAM (:class:`compress.sam.SAM`), keeping pruned weights 0.
+    """Fine-tune a pruned model with SAM (:class:`compress.algorithms.sam.SAM`), keeping pruned weights 0.
 
     IND/SEQ fine-tune ``g`` on its concept loss (``f`` is left as trained); JNT/JNT+P fine-tune
     the whole model on the joint loss. Returns the mean loss per epoch.
     """
-    from compress.sam import SAM
+    from compress.algorithms.sam import SAM
 
     generator = torch.Generator().manual_seed(cfg.seed)
     train = data.train

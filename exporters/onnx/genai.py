@@ -208,7 +208,7 @@ def stream_text(folder: Path, prompt: str, max_new_tokens: int) -> Iterator[str]
         BadInputError: ``folder`` is no onnxruntime-genai build, or the prompt and
             ``max_new_tokens`` exceed its context.
     """
-    from compress.compat import load_tokenizer
+    from compress.model.compat import load_tokenizer
     from exporters.onnx.context import check_fits
 
     if not is_genai_folder(folder):

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 def build_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> dict:
     """Build with onnxruntime-genai's model builder; parity (and for int4 perplexity against
     PyTorch's) through its generator."""
-    from compress.models import load_model
+    from compress.model.loading import load_model
     from exporters.onnx import genai
     from exporters.onnx.genai_quant import check_eight_bit, int4_quant_config
     from exporters.onnx.quantize import eval_windows, window_perplexity

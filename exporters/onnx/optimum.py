@@ -30,7 +30,7 @@ def export_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> d
     """Export ``folder`` into ``staging`` and check it; returns its export_report.json."""
     from optimum.exporters.onnx import main_export
 
-    from compress.models import load_model
+    from compress.model.loading import load_model
     from exporters.onnx.parity import check_parity, encode_prompts
 
     loaded = load_model(str(folder), device="cpu", dtype="float32")
@@ -145,7 +145,7 @@ def generate_text(
     """
     import torch
 
-    from compress.compat import load_tokenizer
+    from compress.model.compat import load_tokenizer
     from exporters.onnx.context import check_fits, config_context
 
     folder = Path(folder)

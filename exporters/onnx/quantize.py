@@ -3,10 +3,10 @@ methods, all without calibration data:
 
 - ``int8`` -- dynamic quantization (``quantize_dynamic``): MatMul and Gather weights in int8 with
   per-output-channel scales, activations quantized on the fly per tensor. Smallest file; small
-  LLMs with activation outliers can lose a lot (SmolLM2-135M: perplexity 22.2 -> 42.2 here).
+  LLMs with activation outliers can lose a lot (SmolLM2-135M's perplexity nearly doubles).
 - ``int8-weights`` -- weight-only (``MatMulNBitsQuantizer``, 8 bits, symmetric blocks of 128
-  along the input dimension): MatMul weights in int8, activations stay float (SmolLM2-135M: 22.2
-  -> 22.3 here); embeddings stay float, so the file is larger.
+  along the input dimension): MatMul weights in int8, activations stay float (SmolLM2-135M's
+  perplexity barely moves); embeddings stay float, so the file is larger.
 - ``int4`` -- weight-only 4-bit (``MatMulNBitsQuantizer``, symmetric blocks of ``block_size``,
   default 32, int8 compute for the activations, ``accuracy_level`` 4 as onnxruntime-genai's
   builder sets it for CPUs). A tied embedding reads the LM head's 4-bit blocks through
@@ -103,8 +103,8 @@ def window_perplexity(model, windows: torch.Tensor) -> float:
 
 def eval_windows(tokenizer, source: str, windows: int, seqlen: int) -> torch.Tensor:
     """The first ``windows`` non-overlapping ``seqlen``-token windows of ``source``'s test split."""
-    from compress.calibration import load_texts, tokenize_stream
     from compress.core.errors import BadInputError
+    from compress.data.calibration import load_texts, tokenize_stream
 
     stream = tokenize_stream(tokenizer, load_texts(source, split="test"))
     if len(stream) < windows * seqlen:

@@ -4,10 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from compress.blocks import SUPPORTED_MODEL_TYPES, BlockAdapter, is_prunable
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.core.errors import BadInputError
 from compress.engine import prune_model
+from compress.model.blocks import SUPPORTED_MODEL_TYPES, BlockAdapter, is_prunable
 from tests.tiny_models import expert_matrices, family_configs, random_model
 
 FAMILIES = family_configs()
@@ -64,7 +64,7 @@ def test_pruned_family_runs_and_reloads(model_type, tmp_path):
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_no_expert_is_left_dense_silently(model_type):
     """Every block Linear is pruned, and so is every expert, stored as Linears (transformers
-    4.57) or fused into 3-D tensors (transformers 5, unfused while pruning: compress.moe)."""
+    4.57) or fused into 3-D tensors (transformers 5, unfused while pruning: compress.model.moe)."""
     model = build(model_type)
     ids = torch.randint(0, 256, (4, 16))
     outcome = prune_model(model, ids, WANDA)
@@ -139,7 +139,7 @@ def deeper(model_type: str, layers: int = 4):
 
 @pytest.mark.parametrize("model_type", sorted(FAMILIES))
 def test_capture_computes_only_the_first_block(model_type):
-    """Recording every block's call costs no block computation past block 0 (issue 17: it was
+    """Recording every block's call costs no block computation past block 0 (it was
     half a forward over the calibration set); the calls still replay the model exactly."""
     model = deeper(model_type)
     adapter = BlockAdapter(model)

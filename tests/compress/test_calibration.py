@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from compress.calibration import PACKAGED, load_texts, sample_windows
 from compress.core.errors import BadInputError
+from compress.data.calibration import PACKAGED, load_texts, sample_windows
 
 
 def test_packaged_splits_are_disjoint():
@@ -88,7 +88,7 @@ def fake_hub(monkeypatch):
 
 
 def test_wikitext2_protocol_joins_test_split_with_empty_lines(fake_hub):
-    from compress.calibration import eval_text
+    from compress.data.calibration import eval_text
 
     text = eval_text("wikitext2")
     assert text.text == "\n\n".join(WIKITEXT_TEST)  # empty lines included
@@ -99,7 +99,7 @@ def test_wikitext2_protocol_joins_test_split_with_empty_lines(fake_hub):
 
 
 def test_c4_protocol_first_1100_validation_documents_joined_with_space(fake_hub):
-    from compress.calibration import eval_text
+    from compress.data.calibration import eval_text
 
     text = eval_text("c4")
     assert text.text == " ".join(f"doc {i}" for i in range(1100))
@@ -122,7 +122,7 @@ class CharTokenizer:
 
 
 def test_c4_perplexity_uses_256_windows_at_most(fake_hub, tiny_llama_1k):
-    from compress.calibration import eval_text
+    from compress.data.calibration import eval_text
     from evaluators.perplexity import perplexity_of_text
 
     tokenizer, text = CharTokenizer(), eval_text("c4")
@@ -134,7 +134,7 @@ def test_c4_perplexity_uses_256_windows_at_most(fake_hub, tiny_llama_1k):
 
 
 def test_local_file_evaluated_whole_unless_a_split_is_asked(tmp_path):
-    from compress.calibration import eval_text
+    from compress.data.calibration import eval_text
 
     path = tmp_path / "mine.txt"
     path.write_text("\n\n".join(f"paragraph {i}" for i in range(30)))
@@ -165,7 +165,7 @@ def test_early_stopping_holdout_is_disjoint_from_the_evaluation_text(tokenizer):
 
 
 def _drop_templates_by_character(text: str) -> str:
-    """The former character loop (issue 17: 2 s of every run), the reference."""
+    """The former character loop (2 s of every run), the reference."""
     out, depth, i = [], 0, 0
     while i < len(text):
         pair = text[i : i + 2]
@@ -183,7 +183,7 @@ def _drop_templates_by_character(text: str) -> str:
 def test_drop_templates_equals_the_character_loop():
     import random
 
-    from compress.wikitext import _drop_templates
+    from compress.data.wikitext import _drop_templates
 
     rng = random.Random(0)
     cases = ["a{{b}}c", "{{a{{b}}c}}d", "}}x{{", "{{{x}}}", "x}}}y", "{{a}b}}c", "a{{b"]

@@ -1,5 +1,5 @@
 """Loading a checkpoint in another dtype: the same model as ``from_pretrained(dtype=...)``, with
-one copy of the weights in memory (compress.cast_load)."""
+one copy of the weights in memory (compress.model.cast_load)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from compress import cast_load
-from compress.models import load_model
+from compress.model import cast_load
+from compress.model.loading import load_model
 from tests.tiny_models import random_model, tiny_llama_config
 
 
@@ -61,9 +61,9 @@ def test_load_model_casts_only_where_the_stored_dtype_differs(tmp_path, monkeypa
 PEAK = textwrap.dedent(
     """
     import json, sys, psutil
-    from compress import cast_load
-    from compress.compat import skip_unused_imports
-    from compress.models import load_model
+    from compress.model import cast_load
+    from compress.model.compat import skip_unused_imports
+    from compress.model.loading import load_model
     skip_unused_imports()
     from transformers import AutoTokenizer, LlamaForCausalLM  # imported before measuring
     folder, how = sys.argv[1], sys.argv[2]

@@ -99,8 +99,8 @@ def test_non_default_configs_render_to_their_flags():
 
 
 def test_choice_lists_come_from_one_enum_each():
-    from compress.calibration import SPLITS
     from compress.core.shared_options import Split
+    from compress.data.calibration import SPLITS
     from exporters.bnb import SCHEMES, BnbScheme
     from exporters.onnx import QUANTIZATIONS, Quantization
     from exporters.onnx.quantize import METHODS

@@ -156,7 +156,7 @@ def test_reconstruction_errors_table_and_plot(tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_self_generated_windows_mix_with_real(tiny_model_dir, tmp_path):
-    from compress.calibration import load_texts
+    from compress.data.calibration import load_texts
 
     texts = load_texts("wikipedia", "test")[:6]
     lines = [

@@ -1,4 +1,4 @@
-"""compress/compat.py: each difference between the supported library stacks, on this stack."""
+"""compress/model/compat.py: each difference between the supported library stacks, on this stack."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from compress.compat import hub_network_errors, is_hub_network_error, no_split_modules
+from compress.model.compat import hub_network_errors, is_hub_network_error, no_split_modules
 
 
 def test_decoder_blocks_are_kept_whole_by_device_maps(tiny_llama):
@@ -34,11 +34,11 @@ def test_the_installed_http_clients_errors_count():
 
 
 def test_loading_a_model_does_not_import_sklearn_or_scipy():
-    """Issue 17: transformers 4.x imported scikit-learn, scipy and pandas with its model classes
+    """transformers 4.x imported scikit-learn, scipy and pandas with its model classes
     (a second or more of every prune's start-up); loading the embedded model imports none of
     them on 4.x (5.x still imports scipy with its losses)."""
     code = (
-        "import sys; from compress.models import load_model; load_model(None, 'cpu', 'float32');"
+        "import sys; from compress.model.loading import load_model; load_model(None, 'cpu', 'float32');"
         "print(sorted(m for m in ('sklearn', 'scipy', 'pandas') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -7,8 +7,8 @@ import platform
 import pytest
 import torch
 
-from compress import models
 from compress.core.dtypes import emulated_on_this_cpu
+from compress.model import loading
 
 
 @pytest.mark.parametrize(
@@ -37,9 +37,9 @@ def test_other_architectures_are_not_judged(monkeypatch):
 
 @pytest.mark.parametrize("emulated", [True, False])
 def test_loading_bfloat16_on_such_a_cpu_warns_in_one_line(tiny_model_dir, monkeypatch, emulated):
-    monkeypatch.setattr(models, "emulated_on_this_cpu", lambda dtype: emulated)
+    monkeypatch.setattr(loading, "emulated_on_this_cpu", lambda dtype: emulated)
     lines: list[str] = []
-    loaded = models.load_model(str(tiny_model_dir), "cpu", "bfloat16", log=lines.append)
+    loaded = loading.load_model(str(tiny_model_dir), "cpu", "bfloat16", log=lines.append)
     assert next(loaded.model.parameters()).dtype is torch.bfloat16
     warnings = [line for line in lines if line.startswith("warning: this CPU has no bfloat16")]
     assert len(warnings) == (1 if emulated else 0), lines

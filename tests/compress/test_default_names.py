@@ -1,4 +1,4 @@
-"""Default output folder and Hub repository names explain themselves (issue 15)."""
+"""Default output folder and Hub repository names explain themselves."""
 
 import pytest
 

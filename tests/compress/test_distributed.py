@@ -28,9 +28,9 @@ def tiny_model():
 
 def prune_block0(model, batches, method: str) -> dict[str, torch.Tensor]:
     """Statistics of block 0's Linears on this rank's batches, summed over ranks, then pruned."""
-    from compress.blocks import BlockAdapter, weight_view
-    from compress.masks import SparsityPattern
-    from compress.pruners import PRUNERS
+    from compress.algorithms.masks import SparsityPattern
+    from compress.algorithms.pruners import PRUNERS
+    from compress.model.blocks import BlockAdapter, weight_view
 
     layers = BlockAdapter(model).prunable_layers(0)
     pruners = {name: PRUNERS[method](weight_view(m), name) for name, m in layers.items()}
@@ -54,9 +54,9 @@ def prune_block0(model, batches, method: str) -> dict[str, torch.Tensor]:
 def reconstruct_block0(model, batches) -> None:
     """Wanda on block 0, then two epochs of block-wise reconstruction towards the dense block's
     outputs (gradients summed over ranks inside :func:`reconstruct`)."""
-    from compress.blocks import BlockAdapter
+    from compress.algorithms.reconstruct import Batches, reconstruct
     from compress.core.config import ReconstructConfig
-    from compress.reconstruct import Batches, reconstruct
+    from compress.model.blocks import BlockAdapter
 
     adapter = BlockAdapter(model)
     block = adapter.blocks[0]
@@ -80,7 +80,7 @@ def reconstruct_block0(model, batches) -> None:
 
 def gradients(features: torch.Tensor) -> list[torch.Tensor]:
     """Gradient of the mean loss over all rows: each rank's share of it, summed over ranks."""
-    from compress.distributed import local_batches, sum_gradients
+    from compress.algorithms.distributed import local_batches, sum_gradients
 
     torch.manual_seed(1)
     layer = torch.nn.Linear(6, 3)
@@ -92,7 +92,7 @@ def gradients(features: torch.Tensor) -> list[torch.Tensor]:
 
 def compute() -> dict:
     """Everything compared, computed on this rank's shard of the calibration samples."""
-    from compress.distributed import local_batches
+    from compress.algorithms.distributed import local_batches
 
     ids = torch.randint(0, 256, (NSAMPLES, SEQLEN), generator=torch.Generator().manual_seed(0))
     batches = local_batches(ids, BATCH)
@@ -123,10 +123,10 @@ def grid_case(method: str, technique: str, nsamples: int, batch: int, seqlen: in
     """One configuration through the pipeline's engine entry point (as ``compress prune``):
     masks and the pruned blocks' weights, or the error it raised."""
     from compress.app.prune import run_engine
-    from compress.calibration import Windows
     from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
     from compress.core.errors import BadInputError
-    from compress.models import LoadedModel
+    from compress.data.calibration import Windows
+    from compress.model.loading import LoadedModel
 
     ids = torch.randint(0, 256, (nsamples, seqlen), generator=torch.Generator().manual_seed(7))
     model = tiny_model()
@@ -145,7 +145,7 @@ def grid_case(method: str, technique: str, nsamples: int, batch: int, seqlen: in
 
 
 def worker(out: Path) -> None:
-    from compress.distributed import barrier, init_from_env, is_main
+    from compress.algorithms.distributed import barrier, init_from_env, is_main
 
     torch.set_num_threads(1)
     init_from_env()
@@ -159,7 +159,7 @@ def worker(out: Path) -> None:
 
 def test_local_batches_slice_every_batch(monkeypatch):
     """One process's batches of 3 rows, each cut in two: the last (1 row) leaves rank 1 none."""
-    from compress import distributed
+    from compress.algorithms import distributed
 
     ids = torch.arange(7).unsqueeze(1)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
@@ -171,7 +171,7 @@ def test_local_batches_slice_every_batch(monkeypatch):
 
 def test_exact_sum_does_not_depend_on_the_order_of_its_terms():
     """A plain float64 sum of the same terms changes with their order; ExactSum does not."""
-    from compress.distributed import ExactSum
+    from compress.algorithms.distributed import ExactSum
 
     gen = torch.Generator().manual_seed(0)
     terms = torch.randn(64, 20_000, generator=gen, dtype=torch.float64)
@@ -190,7 +190,7 @@ def test_exact_sum_does_not_depend_on_the_order_of_its_terms():
 
 
 def test_local_batches_refuses_fewer_samples_than_ranks(monkeypatch):
-    from compress import distributed
+    from compress.algorithms import distributed
     from compress.core.errors import BadInputError
 
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
@@ -199,7 +199,7 @@ def test_local_batches_refuses_fewer_samples_than_ranks(monkeypatch):
 
 
 def test_single_process_helpers_are_no_ops():
-    from compress import distributed
+    from compress.algorithms import distributed
     from compress.core.errors import BadInputError
 
     total = distributed.ExactSum((3,), torch.device("cpu"))

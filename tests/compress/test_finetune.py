@@ -10,7 +10,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from compress.blocks import BlockAdapter
 from compress.cli.main import app
 from compress.core.errors import BadInputError
 from compress.core.report import REPORT_FORMAT
@@ -22,6 +21,7 @@ from compress.finetune import (
     sparsity_masks,
     window_order,
 )
+from compress.model.blocks import BlockAdapter
 
 WORDS = (
     "the river runs past a mill where farmers bring grain in autumn and the miller keeps a "
@@ -134,7 +134,7 @@ def test_finetune_keeps_sparsity_exactly_and_extends_the_report(
 def test_bf16_folder_stays_bf16_with_bf16_autocast(pruned_dir, text_file, tmp_path):
     from safetensors.torch import load_file
 
-    from compress.models import load_model
+    from compress.model.loading import load_model
 
     bf16_dir = tmp_path / "bf16"
     loaded = load_model(str(pruned_dir), device="cpu", dtype="bfloat16")

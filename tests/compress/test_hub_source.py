@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from compress.cli.main import app
-from compress.models import load_model
+from compress.model.loading import load_model
 from tests.exporters.fake_hub import FakeHub, HubStore, point_clients_at
 from tests.meta_format import (
     sentencepiece_model,
@@ -221,7 +221,7 @@ def test_offline_mode_reads_only_the_cache(original, hf_files, hub, monkeypatch,
 def test_permute_rotary_moves_meta_pairs_to_transformers_halves():
     """Meta rotates channel pairs (2i, 2i+1) of a head; transformers rotates (i, i + d/2): row
     i of a head must come from Meta's row 2i and row i + d/2 from row 2i+1."""
-    from compress.convert_meta import permute_rotary
+    from compress.model.convert_meta import permute_rotary
 
     heads, head_dim = 2, 8
     rows = torch.arange(heads * head_dim, dtype=torch.float32).unsqueeze(1)

@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from compress.core.errors import BadInputError
-from compress.masks import (
+from compress.algorithms.masks import (
     SparsityPattern,
     layerwise_mask,
     measured_sparsity,
     n_m_mask,
     rowwise_mask,
 )
+from compress.core.errors import BadInputError
 
 
 def test_rowwise_mask_drops_lowest_per_row():
@@ -65,7 +65,7 @@ def test_layerwise_mask_one_threshold_exact_count(sparsity):
 
 
 def test_masks_from_zeros_keep_nonzeros_of_weights_holding_zeros():
-    from compress.masks import masks_from_zeros, zero_count
+    from compress.algorithms.masks import masks_from_zeros, zero_count
 
     sparse = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
     dense = torch.ones(2, 2)
@@ -88,7 +88,7 @@ def test_rowwise_mask_exact_per_layer():
 
 
 def test_zero_count_allocates_no_weight_sized_temporary():
-    from compress.masks import zero_count
+    from compress.algorithms.masks import zero_count
     from tests.allocations import largest_allocation
 
     weight = torch.randn(2048, 1024, generator=torch.Generator().manual_seed(0))
@@ -102,7 +102,7 @@ def test_zero_count_allocates_no_weight_sized_temporary():
 def test_zero_count_counts_both_zeros_in_every_dtype(dtype):
     """Counted on the bits without the sign (float64 by ``count_nonzero``): +0 and -0 are zeros;
     NaN, infinities and the smallest subnormal are not."""
-    from compress.masks import zero_count
+    from compress.algorithms.masks import zero_count
 
     values = [0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1.0, -2.0]
     weight = torch.tensor(values * 100_000, dtype=dtype)  # more than one part of 2^18

@@ -1,4 +1,4 @@
-"""Memory ``compress prune`` holds: freed heap returned between blocks (issue 17)."""
+"""Memory ``compress prune`` holds: freed heap returned between blocks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
-from compress.placement import memory
+from compress.model.placement import memory
 
 MIB = 2**20
 

@@ -1,5 +1,5 @@
 """transformers 5's fused MoE experts, unfused into one Linear per expert projection while
-compress prunes them (compress/moe.py), on either transformers stack."""
+compress prunes them (compress/model/moe.py), on either transformers stack."""
 
 import pytest
 import torch
@@ -11,8 +11,8 @@ from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConf
 from compress.engine import prune_model
 from compress.finetune import sparsity_masks
 from compress.finetune.training import count_zeros
-from compress.moe import UnfusedExperts, is_fused_experts, unfused_experts
-from compress.placement import Placement, dispatch
+from compress.model.moe import UnfusedExperts, is_fused_experts, unfused_experts
+from compress.model.placement import Placement, dispatch
 from tests.tiny_models import expert_matrices, family_configs, random_model
 
 EXPERTS, HIDDEN, INNER = 4, 64, 128  # the tiny Mixtral's widths

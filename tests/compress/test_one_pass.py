@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from compress.blocks import BlockAdapter, weight_view
+from compress.algorithms.pruners import PRUNERS
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.engine import prune_model
-from compress.pruners import PRUNERS
+from compress.model.blocks import BlockAdapter, weight_view
 from tests.tiny_models import family_configs, random_llama, random_model
 
 IDS = torch.randint(0, 256, (6, 16), generator=torch.Generator().manual_seed(0))

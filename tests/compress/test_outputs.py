@@ -1,4 +1,4 @@
-"""What the output folder and its card must get right (issue 12): self-generated texts kept and
+"""What the output folder and its card must get right: self-generated texts kept and
 reused, the card naming the final folder, a reproduce command that parses back to the recipe,
 and per-layer sparsity measured in the saved weights, grouped one way everywhere."""
 
@@ -16,12 +16,13 @@ import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from compress import distributed, selfgen
+from compress.algorithms import distributed
 from compress.cli.main import app
 from compress.cli.prune import prune
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.core.io import work_folder, write_json_atomic
 from compress.core.report import REPORT_NAME
+from compress.data import selfgen
 from compress.engine import WorkFolder
 
 FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--device", "cpu"]
@@ -81,7 +82,7 @@ def test_self_generated_texts_reach_the_output(tiny_model_dir, tmp_path, english
 def test_self_gen_n_is_n_windows_and_the_record_names_the_shipped_file(
     tiny_model_dir, tmp_path, english
 ):
-    """Issue 35, item 11. Main: --help said "N texts the model writes now" while N counted
+    """Before this test, --help said "N texts the model writes now" while N counted
     windows (the model wrote 5 texts for --self-gen 2), and report.json named the source
     ``out/.m.work/selfgen.jsonl``, a staging path gone after the run."""
     out = tmp_path / "m"
@@ -155,8 +156,8 @@ def test_resume_reuses_the_self_generated_texts(tiny_model_dir, tmp_path, englis
 def test_one_rank_writes_the_self_generated_texts(tiny_model_dir, tmp_path, monkeypatch, main):
     """Under --distributed rank 0 generates and the others wait, then read its file."""
     from compress.app.prune import self_generated_windows
-    from compress.calibration import load_texts
-    from compress.models import load_model
+    from compress.data.calibration import load_texts
+    from compress.model.loading import load_model
 
     loaded = load_model(str(tiny_model_dir), "cpu", "auto")
     config = selfgen_config(tiny_model_dir, tmp_path / "out")

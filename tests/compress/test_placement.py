@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.core.errors import BadInputError
 from compress.engine import Engine
-from compress.placement import (
+from compress.model.placement import (
     Placement,
     dispatch,
     execution_device,

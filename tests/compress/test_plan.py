@@ -3,7 +3,7 @@
 import pytest
 
 from compress.core.errors import BadInputError
-from compress.plan import GIB, DiskNeed, check_disk, plan_memory
+from compress.model.plan import GIB, DiskNeed, check_disk, plan_memory
 
 SEVEN_B = 6_738_000_000  # Llama-2-7b's parameters
 BLOCKS = 32
@@ -60,8 +60,8 @@ def test_local_folder_is_planned_before_loading(tiny_model_dir, monkeypatch):
     float32, ``--dtype auto`` on a CPU loads bfloat16."""
     import torch
 
-    from compress import preflight
-    from compress.models import load_model
+    from compress.model import preflight
+    from compress.model.loading import load_model
 
     stored = preflight.weights_bytes(preflight.folder_sizes(tiny_model_dir))  # float32 on disk
     ram = int(stored * 0.9)  # float32 x headroom does not fit; bfloat16 does

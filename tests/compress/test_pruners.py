@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from compress.algorithms.masks import SparsityPattern
+from compress.algorithms.pruners import PRUNERS
 from compress.core.methods import MagnitudeOptions, SparseGPTOptions
-from compress.masks import SparsityPattern
-from compress.pruners import PRUNERS
 
 
 def correlated_inputs(tokens: int = 1024, width: int = 64) -> torch.Tensor:
@@ -141,9 +141,9 @@ def test_sparsegpt_takes_its_block_size_and_damping_from_its_options():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_statistics_do_not_depend_on_batching_or_threads(method, dtype):
-    """Float32 terms per sequence (issue 17: float64 ones cost as much as a forward; bfloat16
+    """Float32 terms per sequence (float64 ones cost as much as a forward; bfloat16
     Gram products for bfloat16 inputs on a CPU with bfloat16 instructions, float32 ones on a CPU
-    that would emulate them) keep the promise of compress.distributed: the
+    that would emulate them) keep the promise of compress.algorithms.distributed: the
     same sums however the sequences are batched or split among ranks, and whatever the thread
     count, at the embedded model's widths."""
     gen = torch.Generator().manual_seed(0)
@@ -166,12 +166,12 @@ def test_statistics_do_not_depend_on_batching_or_threads(method, dtype):
 
 
 def test_sparsegpt_bfloat16_statistics_stay_within_bfloat16_rounding(monkeypatch):
-    """bfloat16 inputs on a CPU with bfloat16 instructions (issue 17): each sequence's Gram
+    """bfloat16 inputs on a CPU with bfloat16 instructions: each sequence's Gram
     product runs in bfloat16; every entry of its term stays within 2^-8 (bfloat16's unit
     roundoff) of the float32 term's sum of ``|x_i x_j|``; the float32 reference it is measured
     against gives the same sums batched or one sequence at a time."""
-    from compress.pruners import sparsegpt
-    from compress.pruners.sparsegpt import gram_dtype
+    from compress.algorithms.pruners import sparsegpt
+    from compress.algorithms.pruners.sparsegpt import gram_dtype
 
     monkeypatch.setattr(sparsegpt, "emulated_on_this_cpu", lambda dtype: False)
     gen = torch.Generator().manual_seed(5)
@@ -193,16 +193,16 @@ def test_sparsegpt_bfloat16_statistics_stay_within_bfloat16_rounding(monkeypatch
 
 
 def test_a_cpu_that_emulates_bfloat16_multiplies_the_gram_terms_in_float32(monkeypatch):
-    from compress.pruners import sparsegpt
+    from compress.algorithms.pruners import sparsegpt
 
     monkeypatch.setattr(sparsegpt, "emulated_on_this_cpu", lambda dtype: dtype is torch.bfloat16)
     assert sparsegpt.gram_dtype(torch.zeros(2, 8, dtype=torch.bfloat16)) == torch.float32
 
 
 def test_sparsegpt_sums_half_of_each_term_and_factorises_the_same():
-    """Only the lower triangle of ``x^T x`` is summed (issue 17: half the exact-sum work); the
+    """Only the lower triangle of ``x^T x`` is summed (half the exact-sum work); the
     Cholesky factor reads only that triangle, so it equals the full matrix's bit for bit."""
-    from compress.distributed import ExactSum
+    from compress.algorithms.distributed import ExactSum
 
     gen = torch.Generator().manual_seed(3)
     inputs = torch.randn(3, 40, 24, generator=gen) * torch.rand(24, generator=gen)
@@ -222,10 +222,10 @@ def test_sparsegpt_sums_half_of_each_term_and_factorises_the_same():
 
 @pytest.mark.parametrize(("tokens", "cols"), [(40, 24), (77, 300), (512, 576), (512, 1536)])
 def test_sparsegpt_gram_bands_equal_the_full_product(tokens, cols):
-    """SparseGPT's ``x^T x`` term is computed band by band below the diagonal (issue 17: 5/8 of
+    """SparseGPT's ``x^T x`` term is computed band by band below the diagonal (5/8 of
     the work at the embedded model's MLP width); it packs the very values of the full product's
     lower triangle, one each."""
-    from compress.pruners.sparsegpt import lower_gram, unpack_lower_gram
+    from compress.algorithms.pruners.sparsegpt import lower_gram, unpack_lower_gram
 
     gen = torch.Generator().manual_seed(cols)
     x = torch.randn(tokens, cols, generator=gen) * torch.rand(cols, generator=gen) * 4

@@ -133,8 +133,8 @@ def test_early_stop_restores_the_best_epoch_bit_for_bit():
     """Training pulls the weights from 0 towards 1; the held-out targets sit at the first
     epoch's weights (Adam's first step is ``lr`` per entry), so held-out error falls once, then
     rises: the run must stop and hand back exactly the first epoch's weights."""
+    from compress.algorithms.reconstruct import Batches, normalized_error, reconstruct
     from compress.core.config import ReconstructConfig
-    from compress.reconstruct import Batches, normalized_error, reconstruct
 
     layer = torch.nn.Linear(4, 4, bias=False)
     torch.nn.init.zeros_(layer.weight)
@@ -172,8 +172,8 @@ def test_early_stop_restores_the_best_epoch_bit_for_bit():
 
 def batch_compositions(seed: int, epochs: int = 3) -> list[list[frozenset[int]]]:
     """Per epoch, which samples (tagged by value) were trained on together."""
+    from compress.algorithms.reconstruct import Batches, reconstruct
     from compress.core.config import ReconstructConfig
-    from compress.reconstruct import Batches, reconstruct
 
     layer = torch.nn.Linear(2, 2)
     samples = torch.arange(10.0).reshape(10, 1, 1).expand(10, 3, 2)  # sample k holds k
@@ -218,8 +218,8 @@ def test_recon_steps_budget_and_share_closed():
 def test_recon_schedules_shape_the_learning_rate():
     """linear and cosine reach 0 at the last step from --recon-lr, constant stays; cosine stays
     above linear in the first half (more of the budget near the base rate)."""
+    from compress.algorithms.reconstruct import lr_factor
     from compress.core.config import ReconSchedule
-    from compress.reconstruct import lr_factor
 
     total = 8
     linear, cosine, constant = (
@@ -299,7 +299,7 @@ def test_bf16_model_reconstructs_under_cpu_autocast_with_fp32_master_weights():
 
 
 def test_cpu_autocast_only_for_bfloat16():
-    from compress.reconstruct import _autocast
+    from compress.algorithms.reconstruct import _autocast
 
     cpu = torch.device("cpu")
     for dtype, enabled in ((torch.bfloat16, True), (torch.float16, False), (None, False)):

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from compress import placement
 from compress.cli.main import app
+from compress.model import placement
 
 FAST = ["--nsamples", "4", "--seqlen", "32", "--batch-size", "2", "--device", "cpu"]
 NOT_UTF8 = bytes(range(128, 256)) * 8  # opens with 0x80, a continuation byte: invalid UTF-8
@@ -144,7 +144,7 @@ def test_truncated_gguf_is_called_damaged(cut, tmp_path):
 
 
 def test_prune_calls_a_cut_download_of_the_embedded_gguf_damaged(tmp_path):
-    from compress.models import embedded_gguf
+    from compress.model.loading import embedded_gguf
 
     path = tmp_path / "SmolLM2.gguf"
     with embedded_gguf().open("rb") as whole:
@@ -166,7 +166,7 @@ def test_peak_rss_unit_follows_the_platform(platform, factor, monkeypatch):
     assert placement.peak_rss_bytes() == 123_456 * factor
 
 
-# -- damaged model folders (issue 35, item 5) ---------------------------------------------------
+# -- damaged model folders ------------------------------------------------------------------
 def without(folder: Path, *names: str) -> Path:
     for name in names:
         (folder / name).unlink(missing_ok=True)
@@ -217,7 +217,7 @@ def test_a_damaged_model_folder_is_one_line(damage, tiny_model_dir, tmp_path):
     refused(args, tmp_path, *words)
 
 
-# -- a tokenizer saved by transformers 5 (issue 35, item 6) --------------------------------------
+# -- a tokenizer saved by transformers 5 -----------------------------------------------------
 TRANSFORMERS5 = Path(__file__).parent / "data" / "transformers5"
 
 
@@ -234,7 +234,7 @@ def test_a_tokenizer_saved_by_transformers_5_loads(tiny_model_dir, tokenizer, tm
     assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == (
         "TokenizersBackend"
     )
-    from compress.models import load_model
+    from compress.model.loading import load_model
 
     loaded = load_model(str(folder), "cpu")
     text = "Pruning keeps the weights that matter. <|im_start|>user\nhello<|im_end|>"
@@ -261,7 +261,7 @@ def test_a_rope_that_transformers_4_would_misread_is_refused(tiny_model_dir, tmp
     config["rope_parameters"] = {"rope_theta": 500000.0, "rope_type": "default"}
     (folder / "config.json").write_text(json.dumps(config))
     if not transformers.__version__.startswith("4."):
-        from compress.models import load_model
+        from compress.model.loading import load_model
 
         loaded = load_model(str(folder), "cpu")
         assert loaded.model.config.rope_parameters["rope_theta"] == 500000.0
@@ -270,6 +270,6 @@ def test_a_rope_that_transformers_4_would_misread_is_refused(tiny_model_dir, tmp
     refused(args, tmp_path, "rope_parameters", "transformers 5")
     config["rope_parameters"]["rope_theta"] = 10000.0  # what 4.57 reads anyway: accepted
     (folder / "config.json").write_text(json.dumps(config))
-    from compress.models import load_model
+    from compress.model.loading import load_model
 
     assert load_model(str(folder), "cpu").model.config.rope_theta == 10000.0

@@ -1,4 +1,4 @@
-"""Faults a run meets on its way (issue 35): two runs into one output, an output that cannot be
+"""Faults a run meets on its way: two runs into one output, an output that cannot be
 written or fills its disk, non-finite weights, signals, and the small refusals. Each is one
 line through the CLI, and nothing finished is lost."""
 
@@ -169,12 +169,12 @@ def read_only_disk(tmp_path):
 
 def must_not_load(monkeypatch) -> None:
     """Fail the test if the command gets as far as loading a model."""
-    import compress.models
+    import compress.model.loading
 
     def load_model(*args, **kwargs):
         raise AssertionError("loaded a model before refusing the output")
 
-    monkeypatch.setattr(compress.models, "load_model", load_model)
+    monkeypatch.setattr(compress.model.loading, "load_model", load_model)
     monkeypatch.setattr("compress.app.prune.load_model", load_model)
 
 

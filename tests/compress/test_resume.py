@@ -126,7 +126,7 @@ def test_checkpointed_streams_come_back_as_saved():
 
 @pytest.mark.parametrize("main", [True, False])
 def test_only_the_main_process_clears_the_work_folder(tmp_path, monkeypatch, main):
-    from compress import distributed
+    from compress.algorithms import distributed
     from compress.engine import WorkFolder
 
     work = WorkFolder(tmp_path / ".out.work")
@@ -140,7 +140,7 @@ def test_only_the_main_process_clears_the_work_folder(tmp_path, monkeypatch, mai
 
 def test_ranks_do_not_checkpoint(tmp_path, monkeypatch):
     """Under --distributed a rank holds only its slice of every batch: nothing to resume from."""
-    from compress import distributed
+    from compress.algorithms import distributed
     from compress.core.config import PruneConfig
     from compress.engine import Engine, WorkFolder
 

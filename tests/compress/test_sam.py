@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from compress.sam import SAM, accumulated_step
+from compress.algorithms.sam import SAM, accumulated_step
 
 
 @pytest.fixture(autouse=True)

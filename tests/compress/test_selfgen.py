@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from compress.core.errors import BadInputError
-from compress.selfgen import (
+from compress.data.selfgen import (
     Recipe,
     decoding,
     detect_language,
@@ -28,7 +28,7 @@ from compress.selfgen import (
     split_seed,
     text_seed,
 )
-from compress.selfgen.decoding import SlotLayer
+from compress.data.selfgen.decoding import SlotLayer
 
 
 def accept_all(text: str) -> tuple[str, float]:

@@ -3,15 +3,15 @@
 import pytest
 import torch
 
-from compress import blocks
-from compress.blocks import BlockAdapter, is_prunable
+from compress.algorithms.masks import SparsityPattern
+from compress.algorithms.pruners import PRUNERS
+from compress.algorithms.pruners.sparsegpt import column_loop_threads
 from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
 from compress.core.methods import SparseGPTOptions
 from compress.engine import prune_model
-from compress.masks import SparsityPattern
-from compress.moe import unfused_experts
-from compress.pruners import PRUNERS
-from compress.pruners.sparsegpt import column_loop_threads
+from compress.model import blocks
+from compress.model.blocks import BlockAdapter, is_prunable
+from compress.model.moe import unfused_experts
 from tests.tiny_models import family_configs, random_model
 
 FAMILIES = family_configs()

@@ -18,9 +18,9 @@ The row-wise problem: minimise ``(w - ŵ) H (w - ŵ)ᵀ`` with ``ŵ`` zero on th
 import pytest
 import torch
 
+from compress.algorithms.masks import SparsityPattern
+from compress.algorithms.pruners import PRUNERS
 from compress.core.methods import SparseGPTOptions
-from compress.masks import SparsityPattern
-from compress.pruners import PRUNERS
 
 ROWS, COLS, TOKENS = 8, 16, 256
 PERCDAMP = 0.01
@@ -146,7 +146,7 @@ def test_matches_sequential_reference(pattern, blocksize):
 
 
 def plain_column_loop(W: torch.Tensor, Hinv: torch.Tensor, pattern: str, blocksize: int):
-    """The column loop as written before issue 17's rework (columns of a row-major copy, one
+    """The column loop as written before its rework for speed (columns of a row-major copy, one
     ``W1[:, i:] -= err ⊗ h`` per column): the reworked loop must equal it."""
     pat = SparsityPattern.parse(pattern)
     W = W.clone()
@@ -182,7 +182,7 @@ def plain_column_loop(W: torch.Tensor, Hinv: torch.Tensor, pattern: str, blocksi
 )
 @pytest.mark.parametrize("ties", [False, True])
 def test_column_loop_equals_the_plain_loop(pattern, rows, cols, blocksize, conv1d, ties):
-    """Issue 17 reworked the column loop for speed (transposed, views made once per factor, the
+    """The column loop was reworked for speed (transposed, views made once per factor, the
     unstructured share found by selection, ties left to ``topk``, rows of ``Hinv`` divided by
     their diagonal once and one fused ``addr_`` per column); the masks are those of the plain
     loop and the weights equal within float32 rounding (the fused update rounds once where the

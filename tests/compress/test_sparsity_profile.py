@@ -6,11 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from compress.cli.main import app
-from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
-from compress.core.errors import BadInputError
-from compress.engine import prune_model
-from compress.sparsity_profile import (
+from compress.algorithms.sparsity_profile import (
     allocate_by_errors,
     candidates,
     carried,
@@ -18,6 +14,10 @@ from compress.sparsity_profile import (
     outlier_ratio,
     owl_plan,
 )
+from compress.cli.main import app
+from compress.core.config import CalibrationConfig, PruneConfig, ReconstructConfig
+from compress.core.errors import BadInputError
+from compress.engine import prune_model
 from tests.tiny_models import random_llama
 
 

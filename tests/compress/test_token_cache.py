@@ -5,8 +5,8 @@ import copy
 
 import pytest
 
-from compress.calibration import load_texts, tokenize_stream
-from compress.token_cache import cache_key, cached_tokens
+from compress.data.calibration import load_texts, tokenize_stream
+from compress.data.token_cache import cache_key, cached_tokens
 
 
 @pytest.fixture

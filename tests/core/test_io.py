@@ -1,4 +1,4 @@
-"""core/io.py: what a published file looks like and how a failed write is reported (issue 35)."""
+"""core/io.py: what a published file looks like and how a failed write is reported."""
 
 from __future__ import annotations
 

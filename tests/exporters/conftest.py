@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from compress.algorithms.masks import SparsityPattern, measured_sparsity
+from compress.algorithms.pruners import PRUNERS
 from compress.core.io import write_json_atomic
 from compress.core.report import REPORT_FORMAT
-from compress.masks import SparsityPattern, measured_sparsity
-from compress.pruners import PRUNERS
 from tests.tiny_models import family_configs, random_model
 
 

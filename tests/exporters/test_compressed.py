@@ -13,12 +13,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from compress.algorithms.masks import SparsityPattern
+from compress.algorithms.pruners import PRUNERS
 from compress.cli.main import app
 from compress.core.errors import BadInputError
 from compress.core.io import write_json_atomic
 from compress.core.report import check_report, check_section
-from compress.masks import SparsityPattern
-from compress.pruners import PRUNERS
 from exporters import compressed
 from tests.exporters.conftest import minimal_report, prunable, prune_and_save
 from tests.tiny_models import family_configs, random_model

@@ -56,7 +56,7 @@ class DataSpec:
 
 def recorded(spec: DataSpec) -> DataSpec:
     """``spec`` with every synthetic knob written out, so a saved model keeps its data even if a
-    default changes (``z_std`` did: 2.0 -> 1.0); other datasets are returned unchanged."""
+    default changes; other datasets are returned unchanged."""
     if spec.name != "synthetic":
         return spec
     knobs = {k: v for k, v in asdict(SyntheticConfig()).items() if k != "seed"}

@@ -42,7 +42,7 @@ from torch import nn
 
 from compress.core.errors import BadInputError
 from compress.core.io import atomic_file
-from compress.models import cache_dir
+from compress.model.loading import cache_dir
 from evaluators.cbm.data.base import ConceptDataset, ConceptSplit, class_majority, split_indices
 
 REQUIRED = ["images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt"]

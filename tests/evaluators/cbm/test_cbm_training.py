@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from compress.algorithms.masks import SparsityPattern
 from compress.core.errors import BadInputError
-from compress.masks import SparsityPattern
 from evaluators.cbm.models import CBMConfig, Variant, build_cbm
 from evaluators.cbm.prune import prune_linears
 from evaluators.cbm.training import TrainConfig, evaluate, finetune_sam, train_cbm

@@ -11,9 +11,9 @@ import time
 
 import torch
 
+from compress.algorithms.masks import SparsityPattern, apply_mask, select_mask
+from compress.algorithms.pruners.base import Pruner, PruneResult, register
 from compress.core.methods import MagnitudeOptions, MagnitudeScope
-from compress.masks import SparsityPattern, apply_mask, select_mask
-from compress.pruners.base import Pruner, PruneResult, register
 
 
 @register(MagnitudeOptions)

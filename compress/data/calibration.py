@@ -34,7 +34,7 @@ import torch
 from compress.core.errors import BadInputError
 from compress.core.io import package_dir
 from compress.core.shared_options import Split
-from compress.token_cache import cached_tokens
+from compress.data.token_cache import cached_tokens
 
 SPLITS = tuple(split.value for split in Split)
 HELD_OUT_EVERY = 10  # document i is test when i % 10 == 9, validation when i % 10 == 8
@@ -42,7 +42,7 @@ HELD_OUT_EVERY = 10  # document i is test when i % 10 == 9, validation when i % 
 
 @lru_cache(maxsize=1)
 def _wikipedia() -> tuple[str, ...]:
-    from compress.wikitext import iter_articles
+    from compress.data.wikitext import iter_articles
 
     dump = package_dir("gensim", "gensim==4.4.0", "this text source") / "test" / "test_data"
     return tuple(
@@ -309,7 +309,7 @@ def eval_text(source: str, split: str | None = None) -> EvalText:
 
 def tokenize_stream(tokenizer, texts: list[str]) -> torch.Tensor:
     """All documents joined with blank lines, tokenized once, as a 1-D LongTensor (kept in the
-    token cache, :mod:`compress.token_cache`)."""
+    token cache, :mod:`compress.data.token_cache`)."""
 
     def tokenize(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]

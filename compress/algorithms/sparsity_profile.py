@@ -1,7 +1,7 @@
 """Per-block sparsity targets: OWL (Yin et al., arXiv 2310.05175) and ``errors``.
 
 Both start from a first pass over the dense model (:mod:`compress.engine.profile_pass`), block
-by block, from the same statistics the pruner gathers (its :meth:`~compress.pruners.base.Pruner.scores`,
+by block, from the same statistics the pruner gathers (its :meth:`~compress.algorithms.pruners.base.Pruner.scores`,
 ``|W|·‖X‖``), and give a plan: one sparsity per block whose parameter-weighted mean is the
 target. The engine then prunes block ``i`` at :func:`carried`: its planned share plus the zeros
 the earlier blocks' rounding missed, so the last block closes the budget.

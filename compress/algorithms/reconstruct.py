@@ -28,9 +28,9 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from compress import distributed
+from compress.algorithms import distributed
+from compress.algorithms.sam import SAM, mask_gradients, mask_weights
 from compress.core.config import ReconOptimizer, ReconSchedule, ReconstructConfig
-from compress.sam import SAM, mask_gradients, mask_weights
 
 # (index of a stored batch as large as the inputs, whose recorded call they use; inputs) -> outputs
 RunFn = Callable[[int, torch.Tensor], torch.Tensor]
@@ -70,7 +70,7 @@ def epoch_steps(
     position (slot) is shuffled across the batches that have it, independently, then the batches
     are visited in random order. ``sizes`` are this process's batch sizes, ``global_sizes`` those
     of the whole batches over all ranks, ``width`` the slots a rank holds of a whole batch (see
-    :func:`compress.distributed.local_batches`: rank ``r`` holds slots ``[r·width, (r+1)·width)``).
+    :func:`compress.algorithms.distributed.local_batches`: rank ``r`` holds slots ``[r·width, (r+1)·width)``).
     Every rank draws the same permutations for every slot, so the ranks' slices of each step put
     together are exactly the single-process batch.
     """

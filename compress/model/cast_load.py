@@ -1,9 +1,8 @@
 """Load a safetensors checkpoint in another float dtype with one copy of the weights in memory.
 
 ``from_pretrained(dtype=...)`` of a checkpoint stored in another dtype keeps every stored tensor
-mapped while it builds the converted model, so its peak holds both: the embedded SmolLM2-135M
-(float32 on disk) loaded as bfloat16 peaked 783 MB above the interpreter, against 270 MB
-here. Here each tensor is read, converted and its file mapping closed before the next one
+mapped while it builds the converted model, so its peak holds both (about three times the converted model's size,
+against one here). Here each tensor is read, converted and its file mapping closed before the next one
 (a mapping's pages count as resident until it is closed), and the converted state dict is
 handed to ``from_pretrained``, which builds the model around it as usual (tied weights, buffers,
 modules kept in float32).

@@ -56,8 +56,7 @@ def release_free_memory() -> None:
 
     Why: a block's forward frees tensors of 1-32 MB that glibc keeps in its heap once its
     dynamic mmap threshold has grown; their pages stay resident, and from block to block the
-    heap grows by the fragments (SmolLM2: +35 MB a block, 0.7 GB over the model, as much as
-    the weights). Called between blocks, the peak is one block's working set on top of what
+    heap grows by the fragments (over a whole model, by as much as its weights). Called between blocks, the peak is one block's working set on top of what
     is alive. No-op where there is no ``malloc_trim``."""
     trim = _malloc_trim()
     if trim is not None:

@@ -117,7 +117,7 @@ def unfused_experts(roots: nn.Module | Iterable[nn.Module]) -> Iterator[None]:
     """Inside, every fused experts module under ``roots`` is an :class:`UnfusedExperts` at the
     same place; leaving (also on error), the originals are back, holding the weights.
 
-    Enter it where the weights are real tensors (inside :func:`compress.placement.onloaded`:
+    Enter it where the weights are real tensors (inside :func:`compress.model.placement.onloaded`:
     views of offloaded ``meta`` parameters would hold nothing), and leave it before saving
     state dicts, which then keep the library's fused names.
     """

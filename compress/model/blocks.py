@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from compress.core.errors import BadInputError
-from compress.moe import is_fused_experts
+from compress.model.moe import is_fused_experts
 
 BLOCK_PATHS: dict[str, str] = {
     "llama": "model.layers",
@@ -49,7 +49,7 @@ _GATE_UP = ("mlp.gate_proj", "mlp.up_proj")
 SIBLINGS: dict[str, tuple[tuple[str, ...], ...]] = {
     "llama": (_QKV, _GATE_UP),
     "mistral": (_QKV, _GATE_UP),
-    "mixtral": (  # transformers 4.57's experts; 5's, unfused by compress.moe
+    "mixtral": (  # transformers 4.57's experts; 5's, unfused by compress.model.moe
         _QKV,
         ("block_sparse_moe.experts.*.w1", "block_sparse_moe.experts.*.w3"),
         ("mlp.experts.*.gate_proj", "mlp.experts.*.up_proj"),
@@ -119,11 +119,11 @@ class BlockAdapter:
 
         transformers 5 stores MoE experts (Mixtral) as one ``(experts, out, in)`` tensor per
         projection instead of a Linear per expert; compress prunes Linear layers, so experts
-        it cannot unfuse (:func:`compress.moe.unfused_experts`) would silently stay dense.
+        it cannot unfuse (:func:`compress.model.moe.unfused_experts`) would silently stay dense.
 
         Raises:
             BadInputError: a block parameter has more than two dimensions, outside an experts
-                module that :func:`compress.moe.is_fused_experts` accepts.
+                module that :func:`compress.model.moe.is_fused_experts` accepts.
         """
         unfusable = {
             id(p) for m in self.blocks[0].modules() if is_fused_experts(m) for p in m.parameters()

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from compress.convert_meta import PARAMS, is_meta_format, meta_files
 from compress.core.errors import BadInputError
+from compress.model.convert_meta import PARAMS, is_meta_format, meta_files
 
 NOT_WEIGHTS = (".bin", ".pth", ".pt", ".h5", ".msgpack", ".gguf", ".onnx", ".onnx_data", ".ckpt")
 TOKEN_HELP = "set HF_TOKEN=<your token> or run `hf auth login`"
@@ -77,7 +77,7 @@ def look(repo_id: str) -> Remote | None:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
-    from compress.compat import hub_network_errors
+    from compress.model.compat import hub_network_errors
 
     try:
         info = HfApi().model_info(repo_id, files_metadata=True, timeout=hub_timeout())

@@ -46,7 +46,7 @@ def cache_key(tokenizer, text: str) -> str | None:
 
 
 def _folder() -> Path:
-    from compress.models import cache_dir
+    from compress.model.loading import cache_dir
 
     return cache_dir() / "tokens"
 

@@ -5,7 +5,7 @@ Symbols, as in the paper:
             (one float32 term per sequence, bfloat16 for a bfloat16 model on a CPU
             (:func:`gram_dtype`), added in an ExactSum, so ``H`` is the same however the
             sequences were cut into batches and ranks; see
-            :class:`compress.distributed.ExactSum`)
+            :class:`compress.algorithms.distributed.ExactSum`)
     Hinv    upper Cholesky factor of ``H^-1``                                (in, in)
     WT      weights being pruned, float32 copy, transposed                   (in, out)
     Err1    scaled errors ``(w - q) / [Hinv]_cc`` of one lazy block          (blocksize, out)
@@ -33,12 +33,12 @@ from itertools import accumulate
 
 import torch
 
+from compress.algorithms.distributed import ExactSum
+from compress.algorithms.masks import SparsityPattern
+from compress.algorithms.pruners.base import Pruner, PruneResult, register, sequences
 from compress.core.dtypes import emulated_on_this_cpu
 from compress.core.errors import NumericsError
 from compress.core.methods import SparseGPTOptions
-from compress.distributed import ExactSum
-from compress.masks import SparsityPattern
-from compress.pruners.base import Pruner, PruneResult, register, sequences
 
 MAX_DAMPING_TRIES = 5
 

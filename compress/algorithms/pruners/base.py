@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from compress.distributed import ExactSum
-from compress.masks import SparsityPattern
+from compress.algorithms.distributed import ExactSum
+from compress.algorithms.masks import SparsityPattern
 
 
 @dataclass

@@ -3,7 +3,7 @@
 ``||X_j||_2`` is the L2 norm of input feature j over all calibration tokens; scores are
 compared within each output row (or each N:M group). No weight update.
 We accumulate ``sum_tokens x_j^2`` (``scaler_row``) so batches can be summed across processes
-before the square root, one term per sequence in an :class:`~compress.distributed.ExactSum`:
+before the square root, one term per sequence in an :class:`~compress.algorithms.distributed.ExactSum`:
 the float32 norms then come out the same however the sequences were cut into batches and ranks
 (a plain sum would differ in its last bits with the order of the additions, and flip
 near-tied scores).
@@ -15,10 +15,10 @@ import time
 
 import torch
 
+from compress.algorithms.distributed import ExactSum
+from compress.algorithms.masks import SparsityPattern, apply_mask, select_mask
+from compress.algorithms.pruners.base import Pruner, PruneResult, register, sequences
 from compress.core.methods import WandaOptions
-from compress.distributed import ExactSum
-from compress.masks import SparsityPattern, apply_mask, select_mask
-from compress.pruners.base import Pruner, PruneResult, register, sequences
 
 
 @register(WandaOptions)

@@ -1,4 +1,4 @@
-"""Generating self-generated calibration text with the paper's recipe (see :mod:`compress.selfgen`)."""
+"""Generating self-generated calibration text with the paper's recipe (see :mod:`compress.data.selfgen`)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,15 @@ from pathlib import Path
 import torch
 
 from compress.core.errors import BadInputError
-from compress.selfgen.decoding import Picker, Row, decode
-from compress.selfgen.inspection import detect_language, known_language
-from compress.selfgen.samples import next_draw, read_samples, split_seed, text_seed, token_lengths
+from compress.data.selfgen.decoding import Picker, Row, decode
+from compress.data.selfgen.inspection import detect_language, known_language
+from compress.data.selfgen.samples import (
+    next_draw,
+    read_samples,
+    split_seed,
+    text_seed,
+    token_lengths,
+)
 
 LanguageFn = Callable[[str], tuple[str, float]]
 
@@ -84,7 +90,7 @@ def sample_texts(
     model, tokenizer, recipe: Recipe, batch_size: int, next_seed: Callable[[], int | None]
 ) -> Iterator[Row]:
     """Texts as they end, written ``batch_size`` at a time with continuous batching
-    (:func:`compress.selfgen.decoding.decode`); ``next_seed`` gives the seed of each new text
+    (:func:`compress.data.selfgen.decoding.decode`); ``next_seed`` gives the seed of each new text
     (None: no new text now). A row's ``ids`` hold its text's tokens, first token included, EOS
     excluded."""
     choices = first_token_choices(model, tokenizer)

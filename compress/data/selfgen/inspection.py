@@ -8,7 +8,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from compress.core.errors import BadInputError
-from compress.selfgen.samples import read_samples, split_seed
+from compress.data.selfgen.samples import read_samples, split_seed
 
 
 @lru_cache(maxsize=1)

@@ -1,4 +1,4 @@
-"""Measure what :mod:`compress.plan` decides on: the weights' sizes and shape, free RAM, free
+"""Measure what :mod:`compress.model.plan` decides on: the weights' sizes and shape, free RAM, free
 accelerator memory and free disk, for a model about to be downloaded or loaded."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from compress.plan import ITEMSIZE, DiskNeed, Plan, check_disk, plan_memory
+from compress.model.plan import ITEMSIZE, DiskNeed, Plan, check_disk, plan_memory
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth")
 

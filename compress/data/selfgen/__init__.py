@@ -25,7 +25,7 @@ draw order as texts are accepted; a rerun continues the draws after the last rec
 until the file holds ``n`` texts, and drops a partially written last line first.
 """
 
-from compress.selfgen.generate import (
+from compress.data.selfgen.generate import (
     GenerationStats,
     Recipe,
     check_request,
@@ -36,8 +36,13 @@ from compress.selfgen.generate import (
     sample_texts,
     stop_ids,
 )
-from compress.selfgen.inspection import detect_language, inspect, length_histogram, looks_like_code
-from compress.selfgen.samples import (
+from compress.data.selfgen.inspection import (
+    detect_language,
+    inspect,
+    length_histogram,
+    looks_like_code,
+)
+from compress.data.selfgen.samples import (
     read_samples,
     selfgen_windows,
     split_seed,

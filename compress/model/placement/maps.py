@@ -1,5 +1,5 @@
 """Device maps: the ``--device-map``/``--max-memory``/``--offload-folder`` flags, resolving a
-map on an empty copy of the model, loading or dispatching with it (see :mod:`compress.placement`)."""
+map on an empty copy of the model, loading or dispatching with it (see :mod:`compress.model.placement`)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.compat import no_split_modules
 from compress.core.errors import BadInputError
+from compress.model.compat import no_split_modules
 
 PRESETS = ("auto", "balanced", "balanced_low_0", "sequential")
 UNITS = {

@@ -73,7 +73,7 @@ def local_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     The batches are those of one process (``batch_size`` rows, the last one shorter); rank ``r``
     holds the rows (slots) ``[r·w, (r+1)·w)`` of each, ``w = ceil(batch_size / world_size)``, so
     a slot belongs to the same rank in every batch (the per-epoch reshuffle of
-    :func:`compress.reconstruct.epoch_steps` relies on it). A slice is empty where a batch has
+    :func:`compress.algorithms.reconstruct.epoch_steps` relies on it). A slice is empty where a batch has
     too few rows; the rank still takes part in that step.
 
     Raises:

@@ -18,8 +18,8 @@ matters only for texts longer than the window.
 With ``sdpa`` attention the model's attention runs blockwise for the duration (:func:`_blocked_attention`,
 with ``BLOCK`` columns a block). On a CPU, SDPA's kernel and oneDNN's bfloat16 products both want
 each (row, head)'s keys contiguous; a slice of a width-major buffer is not, and SDPA's own
-kernel on one query per head is slow in bfloat16 (a 32-row, 1,024-column bfloat16 layer: 2.6 ms in
-SDPA, 1.4 ms blockwise; float32 about even). Any other attention gets one column a block
+kernel on one query per head is slow in bfloat16 (about twice the blockwise time; float32 about
+even). Any other attention gets one column a block
 (``block`` 1), whose slice is the (rows, kv_heads, columns, head_dim) view it expects, no copy.
 """
 
