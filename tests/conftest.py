@@ -10,6 +10,8 @@ import torch
 
 from tests.tiny_models import random_llama
 
+pytest_plugins = ["tests.written_reports"]
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -31,7 +33,7 @@ def requires_gpu(func):
 @pytest.fixture(scope="session")
 def embedded_dir():
     """The embedded SmolLM2 model as a cached safetensors folder (converted once)."""
-    from compress.models import embedded_model_dir
+    from compress.model.loading import embedded_model_dir
 
     return embedded_model_dir()
 

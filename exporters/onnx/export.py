@@ -16,11 +16,11 @@ import json
 from pathlib import Path
 
 from compress.core.errors import BadInputError, ExportParityError
-from compress.core.io import check_target, write_json_atomic
+from compress.core.io import check_target
 from compress.core.report import REPORT_NAME, ArtifactRecord, record_artifact
 from exporters.base import Exporter, register, run_export
 from exporters.onnx.config import ExportOnnxConfig, OnnxExportConfig
-from exporters.onnx.record import EXPORT_REPORT, onnx_artifact
+from exporters.onnx.record import EXPORT_REPORT, onnx_artifact, write_export_report
 
 
 @register
@@ -48,7 +48,7 @@ class OnnxExporter(Exporter):
         genai = config.onnx.route == "genai"
         route = genai_route.build_and_check if genai else optimum.export_and_check
         report = route(source, staging, config.onnx)
-        write_json_atomic(staging / EXPORT_REPORT, report)
+        write_export_report(staging, report)
         return onnx_artifact(report, _relative_to(config.target.resolve(), source))
 
     def finish(

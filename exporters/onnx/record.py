@@ -1,15 +1,19 @@
 """What an ONNX export records: ``export_report.json`` (one builder for both routes, its
-perplexity measured on the shared protocol) and the model folder's ``artifacts`` record."""
+perplexity measured on the shared protocol; :class:`OnnxExportReport` its schema, checked where it
+is written) and the model folder's ``artifacts`` record."""
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: TypedDict reads NotRequired only from real types
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, NotRequired, TypedDict
 
+from compress.core.io import write_json_atomic
 from compress.core.report import (
     ArtifactRecord,
     PerplexitySection,
+    ReportSchemaError,
     artifact_record,
+    check_value,
     now_iso,
     package_versions,
     perplexity_protocol,
@@ -19,6 +23,66 @@ from exporters.onnx.files import quantized_file
 
 EXPORT_REPORT = "export_report.json"
 EXPORT_FORMAT = "compress.export/1"
+
+
+class QuantizedGraph(TypedDict):
+    """The optimum route's quantized graph (``int8`` or ``int4``), measured against the float one."""
+
+    quantize: str
+    method: str
+    file: str
+    bytes: dict[str, int]
+    size_ratio: float
+    machine: str
+    latency: dict[str, Any]
+    perplexity: dict[str, Any]
+    block_size: NotRequired[int]  # int4 only
+    parity: NotRequired[dict[str, Any]]  # int4 only
+
+
+class OnnxExportReport(TypedDict):
+    """``export_report.json``: the keys both routes write, then each route's own."""
+
+    format: str
+    source: str
+    config: dict[str, Any]  # OnnxExportConfig's fields
+    files: dict[str, int]
+    parity: dict[str, Any]
+    size: dict[str, Any]
+    versions: dict[str, str]
+    created: str
+    # optimum-onnx
+    task: NotRequired[str]
+    dtype: NotRequired[str]
+    opset: NotRequired[int]
+    tied_embedding: NotRequired[Any]
+    int8: NotRequired[QuantizedGraph]
+    int4: NotRequired[QuantizedGraph]
+    # onnxruntime-genai
+    runtime: NotRequired[str]
+    precision: NotRequired[str]
+    algorithm: NotRequired[str | None]
+    int8_projections: NotRequired[list[str]]
+    int8_matmuls: NotRequired[dict[str, Any]]
+    execution_provider: NotRequired[str]
+    perplexity: NotRequired[dict[str, Any]]
+
+
+def check_export_report(report: dict) -> list[str]:
+    """Where ``report`` departs from :class:`OnnxExportReport`, each as ``path: problem``."""
+    return check_value(report, OnnxExportReport, EXPORT_REPORT)
+
+
+def write_export_report(folder: Path, report: dict) -> None:
+    """Save ``folder/export_report.json`` once it conforms to :class:`OnnxExportReport`.
+
+    Raises:
+        ReportSchemaError: a key is missing, unknown or mistyped (a bug).
+    """
+    problems = check_export_report(report)
+    if problems:
+        raise ReportSchemaError("export report outside its schema: " + "; ".join(problems))
+    write_json_atomic(Path(folder) / EXPORT_REPORT, report)
 
 
 def export_report(folder: Path, config: OnnxExportConfig, **fields: object) -> dict:

@@ -558,6 +558,7 @@ def deploy_folder(tmp_path: Path, legacy: bool = False) -> Path:
     return folder
 
 
+@pytest.mark.hand_written_report  # the sections reports had before `artifacts`
 def test_a_report_written_before_artifacts_renders_the_same_card(tmp_path):
     (tmp_path / "new").mkdir(), (tmp_path / "old").mkdir()
     new, old = deploy_folder(tmp_path / "new"), deploy_folder(tmp_path / "old", legacy=True)

@@ -220,6 +220,7 @@ def test_sharpness_section_conforms():
     assert check_section("evaluation", {"sharpness": section}) == []
 
 
+@pytest.mark.hand_written_report  # the sections reports had before `artifacts`
 def test_a_report_written_before_artifacts_is_read_with_them(tmp_path):
     """``deploy``, ``export`` and ``quantization`` move into ``artifacts`` when read."""
     old_deploy = {"format": "ct", "path": ".", "sparsity_structure": "2:4", "bytes": 7}
