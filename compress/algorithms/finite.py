@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from torch import nn
 
 from compress.core.errors import NumericsError
 
@@ -33,11 +32,11 @@ def check_finite_weights(named: Iterable[tuple[str, torch.Tensor]], what: str) -
             )
 
 
-def refuse_non_finite(model: nn.Module) -> None:
-    """Refuse to save ``model`` while any parameter holds NaN or Inf (buffers may hold -Inf
-    masks by design)."""
+def refuse_non_finite(parameters: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Refuse to save a model while any of its named ``parameters`` holds NaN or Inf (buffers
+    may hold -Inf masks by design, so they are not passed)."""
     check_finite_weights(
-        model.named_parameters(),
+        parameters,
         "nothing was written: a checkpoint damaged this way, or reconstruction that diverged "
         "(lower --recon-lr), gives such weights",
     )

@@ -60,7 +60,12 @@ from compress.model.loading import (
     load_model,
     resolve_device,
 )
-from compress.model.placement import Placement, peak_rss_bytes, refuse_quantized
+from compress.model.placement import (
+    Placement,
+    peak_rss_bytes,
+    refuse_quantized,
+    stored_parameters,
+)
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -95,9 +100,19 @@ def model_summary(loaded: LoadedModel) -> dict:
 
 
 def model_sparsity(model: torch.nn.Module) -> float:
-    """Zeros over all parameters (tied weights counted once)."""
-    params = {id(p): p for p in model.parameters()}.values()
-    return sum(zero_count(p) for p in params) / sum(p.numel() for p in params)
+    """Zeros over all parameters (tied weights counted once), offloaded ones read back from
+    their store one at a time."""
+    zeros = numel = 0
+    for _, parameter in stored_parameters(model):
+        zeros, numel = zeros + zero_count(parameter), numel + parameter.numel()
+    return zeros / numel
+
+
+def computed_on(model: torch.nn.Module, accelerator: torch.device) -> str:
+    """The device the weights live on: the first that is not ``meta`` (an offloaded weight's
+    placeholder); ``accelerator`` when every weight is offloaded."""
+    devices = (p.device for p in model.parameters() if p.device.type != "meta")
+    return str(next(devices, accelerator))
 
 
 def holdout_windows(loaded: LoadedModel, config: PruneConfig) -> Windows | None:
@@ -376,7 +391,7 @@ def build_report(
             prune_seconds=outcome.seconds,
             seconds=time.perf_counter() - started,
             peak_rss_bytes=peak_rss_bytes(),
-            device=str(next(loaded.model.parameters()).device),
+            device=computed_on(loaded.model, resolve_device(config.device)),
         ),
         "evaluation": evaluation,
         "versions": package_versions(),
@@ -393,7 +408,7 @@ def save_output(
     (and checked bit-identical) before the card is written, so the card, the published folder
     and the Hub push all hold what was saved. A failed write removes the staging folder and keeps
     the work folder, whose last checkpoint lets ``--resume`` finish without pruning again."""
-    refuse_non_finite(loaded.model)
+    refuse_non_finite(stored_parameters(loaded.model))
     staging = staging_folder(target)
     shutil.rmtree(staging, ignore_errors=True)
     then = "free space or choose another --output, then rerun with --resume to save without pruning again"

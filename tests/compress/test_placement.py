@@ -21,6 +21,7 @@ from compress.model.placement import (
     parse_device_map,
     parse_max_memory,
     refuse_quantized,
+    stored_parameters,
 )
 from tests.tiny_models import random_llama, tiny_llama_config
 
@@ -206,3 +207,15 @@ def test_measure_peak_is_none_on_cpu():
     with measure_peak(torch.device("cpu")) as peak:
         torch.ones(4).sum()
     assert peak.bytes is None
+
+
+def test_stored_parameters_reads_offloaded_weights_back(tmp_path):
+    """Offloaded parameters are meta tensors in the model; stored_parameters gives their values
+    (once each, tied ones too), so sparsity and NaN checks see the real weights."""
+    want = fresh().state_dict()
+    model = dispatch(fresh(), Placement(DISK_MAP, offload_folder=str(tmp_path / "offload")))
+    assert model.model.layers[1].mlp.down_proj.weight.device.type == "meta"
+    stored = dict(stored_parameters(model))
+    assert sorted(stored) == sorted(name for name, _ in fresh().named_parameters())
+    for name, tensor in stored.items():
+        assert tensor.device.type == "cpu" and torch.equal(tensor, want[name]), name

@@ -34,7 +34,12 @@ from compress.model.placement.memory import (
     peak_rss_bytes,
     release_free_memory,
 )
-from compress.model.placement.onload import execution_device, holds_offloaded, onloaded
+from compress.model.placement.onload import (
+    execution_device,
+    holds_offloaded,
+    onloaded,
+    stored_parameters,
+)
 
 __all__ = [
     "DeviceMap",
@@ -51,6 +56,7 @@ __all__ = [
     "parse_size",
     "peak_rss_bytes",
     "refuse_quantized",
+    "stored_parameters",
     "release_free_memory",
     "resolve_device_map",
 ]

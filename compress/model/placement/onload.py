@@ -128,6 +128,24 @@ def onloaded(blocks: nn.Module | Iterable[nn.Module], device: torch.device | str
             step()
 
 
+def stored_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every parameter of ``model`` (a tied one once) with its values, one at a time: a parameter
+    accelerate offloaded (its slot holds a ``meta`` tensor) is read back from its offload store,
+    memory-mapped on disk or held in CPU memory, so no more than one offloaded tensor is loaded."""
+    stores: dict[str, tuple[object, str]] = {}
+    for prefix, module in model.named_modules():
+        for hook in _align_hooks(module):
+            if hook.offload:
+                for _, _, _, key in _tensor_slots(module, hook.place_submodules, buffers=False):
+                    stores[f"{prefix}.{key}" if prefix else key] = (hook.weights_map, key)
+    for name, parameter in model.named_parameters():
+        if parameter.device.type == "meta" and name in stores:
+            weights_map, key = stores[name]
+            yield name, weights_map[key]
+        else:
+            yield name, parameter
+
+
 def _mover(owner: nn.Module, kind: str, name: str, home: torch.device) -> Callable[[], None]:
     return lambda: _set(owner, kind, name, getattr(owner, kind)[name].to(home))
 
