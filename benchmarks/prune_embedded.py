@@ -10,9 +10,9 @@ RSS (each run a fresh process), held-out Wikipedia perplexity of the saved folde
 windows, and the load average before and after. Goals: ours <= 0.5x the peer's seconds, peak RSS
 <= the peer's, perplexity within 2%. Ours run with ``--one-pass`` and without (``--passes 1 2``,
 the default; ``--passes 2`` alone is the CLI's default); ``--skip-peer`` leaves the peer out
-(needed where its venv is absent); ``--dtypes float32 bfloat16`` adds ours with ``--dtype
-bfloat16`` (the peer's script always loads float32). Also printed: the seconds of one plain forward pass over the calibration set (the
-floor). ``--reconstruction`` adds BR+GP (Wanda, unstructured; in-process): seconds per block and
+(needed where its venv is absent); ``--dtypes float32 bfloat16`` runs both sides in each dtype
+(ours ``--dtype``, the peer's ``--dtype``): a ratio always compares the same dtype. Also printed:
+the seconds of one plain forward pass over the calibration set (the floor). ``--reconstruction`` adds BR+GP (Wanda, unstructured; in-process): seconds per block and
 in total, x floor.
 
     python benchmarks/prune_embedded.py [--nsamples 16 --seqlen 512 --ppl-windows 32]
@@ -204,10 +204,10 @@ def ours(method: str, pattern: str, passes: int, dtype: str, work: Path, args) -
     }
 
 
-def peer(method: str, pattern: str, setup: dict, work: Path, args) -> dict:
-    """One peer row: its whole process (seconds, peak RSS), its ``oneshot`` seconds alone, then
-    its folder's perplexity."""
-    out = work / f"peer-{method}-{pattern.replace(':', 'of')}"
+def peer(method: str, pattern: str, dtype: str, setup: dict, work: Path, args) -> dict:
+    """One peer row in ``dtype`` (the dtype of the rows of ours it is compared with): its whole
+    process (seconds, peak RSS), its ``oneshot`` seconds alone, then its folder's perplexity."""
+    out = work / f"peer-{method}-{pattern.replace(':', 'of')}-{dtype}"
     command = [
         str(args.peer_python),
         str(args.peer_script),
@@ -220,6 +220,8 @@ def peer(method: str, pattern: str, setup: dict, work: Path, args) -> dict:
         pattern,
         "--windows",
         setup["windows"],
+        "--dtype",
+        dtype,
     ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the peer's own stack
     run = measured(command, env)
@@ -239,7 +241,7 @@ def table(rows: list[dict], base: dict, args) -> str:
     RSS and perplexity, with the ratios the goals are stated in."""
     gib = 2**30
     lines = [
-        f"\nembedded SmolLM2-135M, CPU (peer float32), calibration {args.nsamples} x {args.seqlen}, "
+        f"\nembedded SmolLM2-135M, CPU (the peer in each row's dtype), calibration {args.nsamples} x {args.seqlen}, "
         f"batch 8, no reconstruction; ppl: Wikipedia test split, {args.ppl_windows} x "
         f"{args.seqlen}; process = interpreter start to exit (load, calibrate, prune, save)",
         f"forward floor {base['forward_floor_seconds']:.1f} s, dense ppl {base['ppl_dense']:.2f}",
@@ -289,22 +291,21 @@ def measure_rows(work: Path, common: list[str], floor: float, args) -> list[dict
     (a few GB: the caller removes it)."""
     setup = run_isolated(__file__, ["--write-windows", str(work / "windows.json"), *common])
     rows = []
-    for pattern in args.patterns:
-        for method in args.methods:
-            other = None
-            if not args.skip_peer and method in PEER_METHODS:
-                other = peer(method, pattern, setup, work, args)
-                print(json.dumps({"peer": method, "pattern": pattern, **other}), flush=True)
-            for passes, dtype in itertools.product(args.passes, args.dtypes):
-                row = ours(method, pattern, passes, dtype, work, args)
-                row["x_floor"] = row["prune_seconds"] / floor
-                if other is not None:
-                    row["peer"] = other
-                    row["x_peer"] = row["process_seconds"] / other["process_seconds"]
-                    row["x_peer_prune"] = row["prune_seconds"] / other["prune_seconds"]
-                    row["ppl_vs_peer"] = row["ppl_after"] / other["ppl_after"]
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+    for pattern, method, dtype in itertools.product(args.patterns, args.methods, args.dtypes):
+        other = None
+        if not args.skip_peer and method in PEER_METHODS:
+            other = peer(method, pattern, dtype, setup, work, args)
+            print(json.dumps({"peer": method, "pattern": pattern, **other}), flush=True)
+        for passes in args.passes:
+            row = ours(method, pattern, passes, dtype, work, args)
+            row["x_floor"] = row["prune_seconds"] / floor
+            if other is not None:
+                row["peer"] = other
+                row["x_peer"] = row["process_seconds"] / other["process_seconds"]
+                row["x_peer_prune"] = row["prune_seconds"] / other["prune_seconds"]
+                row["ppl_vs_peer"] = row["ppl_after"] / other["ppl_after"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if args.reconstruction:
         row = run_isolated(__file__, ["--one", "wanda", "unstructured", "br+gp", *common])
         row["x_floor"] = row["prune_seconds"] / floor
@@ -342,7 +343,7 @@ def main() -> None:
         nargs="+",
         choices=("float32", "bfloat16"),
         default=["float32"],
-        help="ours: compress prune --dtype (the peer's script loads float32)",
+        help="the dtype both sides load and prune in (compress prune --dtype, the peer's --dtype)",
     )
     parser.add_argument("--output", type=Path, default=Path("out/bench/prune_embedded.json"))
     args = parser.parse_args()

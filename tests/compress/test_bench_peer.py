@@ -61,3 +61,49 @@ def test_table_shows_the_goal_ratios():
     last = text.splitlines()[-1].split()
     assert last[:6] == ["2:4", "wanda", "1", "bfloat16", "10.0", "6.0"]
     assert last[-3:] == ["0.25", "0.20", "1.010"]
+
+
+def test_the_peer_runs_in_the_dtype_of_the_rows_it_is_compared_with(tmp_path, monkeypatch):
+    """A ratio against the peer compares one dtype: every peer run gets the rows' --dtype."""
+    import json
+    from types import SimpleNamespace
+
+    module = bench()
+    commands = []
+
+    def measured(command, env=None):
+        commands.append(command)
+        peer_line = {"oneshot_seconds": 1.0} if "--windows" in command else {}
+        return {"seconds": 2.0, "peak_rss_bytes": 2**30, "stdout": json.dumps(peer_line)}
+
+    monkeypatch.setattr(module, "measured", measured)
+    isolated = {"ppl_after": 20.0, "model_dir": "model", "windows": "windows.json"}
+    monkeypatch.setattr(module, "run_isolated", lambda script, args: isolated)
+    monkeypatch.setattr(
+        module,
+        "ours",
+        lambda method, pattern, passes, dtype, work, args: {
+            "dtype": dtype,
+            "process_seconds": 1.0,
+            "prune_seconds": 0.5,
+            "ppl_after": 20.0,
+        },
+    )
+    args = SimpleNamespace(
+        patterns=["unstructured"],
+        methods=["wanda"],
+        dtypes=["float32", "bfloat16"],
+        passes=[2],
+        skip_peer=False,
+        reconstruction=False,
+        peer_python=Path("python"),
+        peer_script=Path("peer.py"),
+        nsamples=4,
+        seqlen=32,
+        ppl_windows=2,
+        recon_epochs=1,
+    )
+    rows = module.measure_rows(tmp_path, [], 1.0, args)
+    peer_dtypes = [c[c.index("--dtype") + 1] for c in commands if "--windows" in c]
+    assert peer_dtypes == ["float32", "bfloat16"]
+    assert [row["dtype"] for row in rows] == ["float32", "bfloat16"]
