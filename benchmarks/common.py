@@ -64,6 +64,30 @@ def run_isolated(script: str, args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+MEASURED = """import json, resource, subprocess, sys, time
+start = time.perf_counter()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+print(json.dumps({"rc": done.returncode, "seconds": time.perf_counter() - start,
+    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
+    "stdout": done.stdout[-4000:], "stderr": done.stderr[-4000:]}))"""
+
+
+def measured(command: list[str], env: dict | None = None) -> dict:
+    """``command`` in a fresh process under a fresh parent: its wall seconds (interpreter start
+    to exit) and its own peak RSS (the parent's only child); raises on a failure."""
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURED, *command],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    result = json.loads(done.stdout)
+    if result["rc"] != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result['stderr']}")
+    return result
+
+
 def save(path: Path, data: dict) -> None:
     from compress.core.io import write_json_atomic
 

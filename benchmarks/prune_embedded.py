@@ -25,7 +25,6 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +39,7 @@ from common import (  # noqa: E402
     beside_repo,
     load_peer_folder,
     machine,
+    measured,
     peak_rss_bytes,
     require_peer_venv,
     run_isolated,
@@ -47,12 +47,6 @@ from common import (  # noqa: E402
 )
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
-MEASURED = """import json, resource, subprocess, sys, time
-start = time.perf_counter()
-done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-print(json.dumps({"rc": done.returncode, "seconds": time.perf_counter() - start,
-    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
-    "stdout": done.stdout[-4000:], "stderr": done.stderr[-4000:]}))"""
 PEER_METHODS = ("wanda", "sparsegpt")
 PATTERNS = ("unstructured", "2:4")
 
@@ -139,22 +133,6 @@ def folder_perplexity(folder: str, args) -> dict:
     test = load_texts("wikipedia", "test")
     result = perplexity(model, tokenizer, test, args.seqlen, args.ppl_windows)
     return {"ppl_after": result["perplexity"]}
-
-
-def measured(command: list[str], env: dict | None = None) -> dict:
-    """``command`` in a fresh process under a fresh parent: its wall seconds (interpreter start
-    to exit) and its own peak RSS (the parent's only child); raises on a failure."""
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURED, *command],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    )
-    result = json.loads(done.stdout)
-    if result["rc"] != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result['stderr']}")
-    return result
 
 
 def ours(method: str, pattern: str, passes: int, dtype: str, work: Path, args) -> dict:

@@ -1,0 +1,348 @@
+"""The headline job at its real size: a Llama-2-7B-shaped model through compress on this machine,
+beside the peer.
+
+Builds a Llama-2-7B-shaped folder once (hidden 4096, MLP 11008, 32 heads, ``--blocks`` blocks,
+random bfloat16 weights drawn from a seeded generator, one safetensors shard per block, the
+embedded model's tokenizer and so its 49,152-token vocabulary), cached under
+``$COMPRESS_CACHE/bench/`` (``--cache``); then runs each stage in a fresh process under a fresh parent and
+prints one table -- stage, seconds, peak RSS, disk written -- with llm-compressor's columns beside
+each pruning row (``shared/bench/llmc_cpu_peer.py`` in its own venv, on the very same calibration
+windows, in the same dtype), the ratios, the load average before and after, and the JSON.
+
+    python benchmarks/scale_7b.py --blocks 4 --nsamples 16 --seqlen 256    # beside the peer
+    python benchmarks/scale_7b.py --blocks 32 --methods wanda --skip-peer   # the whole shape
+    python benchmarks/scale_7b.py --tiny --skip-peer                        # a 2-block miniature
+
+Goals (the 7B shape, bfloat16 on both sides, 16 x 256): ours <= 0.5x the peer's whole-process
+seconds, peak RSS <= the peer's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import (  # noqa: E402
+    REPO,
+    add_peer_arguments,
+    beside_repo,
+    load_average,
+    machine,
+    measured,
+    require_peer_venv,
+    run_isolated,
+    save,
+)
+
+SHAPE_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32)
+SHAPE_TINY = dict(hidden_size=64, intermediate_size=172, num_attention_heads=4)
+PROJECTIONS = {
+    "self_attn.q_proj": ("hidden", "hidden"),
+    "self_attn.k_proj": ("hidden", "hidden"),
+    "self_attn.v_proj": ("hidden", "hidden"),
+    "self_attn.o_proj": ("hidden", "hidden"),
+    "mlp.gate_proj": ("mlp", "hidden"),
+    "mlp.up_proj": ("mlp", "hidden"),
+    "mlp.down_proj": ("hidden", "mlp"),
+}
+METHODS = ("wanda", "sparsegpt")
+PATTERNS = ("unstructured", "2:4")
+GIB = 2**30
+
+
+def shape_name(shape: dict, blocks: int, seed: int) -> str:
+    return f"llama-h{shape['hidden_size']}-m{shape['intermediate_size']}-b{blocks}-seed{seed}"
+
+
+def random_tensor(shape: tuple[int, ...], seed: int, std: float = 0.02) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=generator) * std).to(torch.bfloat16)
+
+
+def build_folder(folder: Path, shape: dict, blocks: int, seed: int) -> dict:
+    """Write the model folder shard by shard (at most one block's weights in memory): config,
+    tokenizer, ``model-NNNNN.safetensors`` per block plus one for the embeddings and head, and
+    the index. Returns what was written."""
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from compress.core.io import atomic_folder
+    from compress.model.loading import embedded_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    vocab = len(tokenizer)
+    config = LlamaConfig(
+        **shape,
+        vocab_size=vocab,
+        num_hidden_layers=blocks,
+        num_key_value_heads=shape["num_attention_heads"],
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        torch_dtype="bfloat16",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    sizes = {"hidden": shape["hidden_size"], "mlp": shape["intermediate_size"]}
+    hidden = shape["hidden_size"]
+    weight_map: dict[str, str] = {}
+    with atomic_folder(folder) as staging:
+        shards = blocks + 1
+        top = f"model-{shards:05d}-of-{shards:05d}.safetensors"
+        tensors = {
+            "model.embed_tokens.weight": random_tensor((vocab, hidden), seed),
+            "lm_head.weight": random_tensor((vocab, hidden), seed + 1),
+            "model.norm.weight": torch.ones(hidden, dtype=torch.bfloat16),
+        }
+        save_file(tensors, staging / top, metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(tensors, top)
+        for block in range(blocks):
+            name = f"model-{block + 1:05d}-of-{shards:05d}.safetensors"
+            prefix = f"model.layers.{block}."
+            tensors = {
+                prefix + f"{projection}.weight": random_tensor(
+                    (sizes[rows], sizes[cols]), seed + 100 * (block + 1) + index
+                )
+                for index, (projection, (rows, cols)) in enumerate(PROJECTIONS.items())
+            }
+            for norm in ("input_layernorm", "post_attention_layernorm"):
+                tensors[prefix + f"{norm}.weight"] = torch.ones(hidden, dtype=torch.bfloat16)
+            save_file(tensors, staging / name, metadata={"format": "pt"})
+            weight_map |= dict.fromkeys(tensors, name)
+            print(f"built block {block + 1}/{blocks}", flush=True)
+        total = sum((staging / f).stat().st_size for f in set(weight_map.values()))
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+        config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return {"folder": str(folder), "weights_bytes": total, "blocks": blocks, "vocab": vocab}
+
+
+def cached_folder(cache: Path | None, shape: dict, blocks: int, seed: int) -> Path:
+    from compress.model.loading import cache_dir
+
+    return (cache or cache_dir() / "bench") / shape_name(shape, blocks, seed)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def write_windows(path: Path, folder: Path, nsamples: int, seqlen: int) -> dict:
+    """The calibration windows ``compress prune --calib wikipedia --seed 0`` draws, as token-id
+    lists (the peer's ``--windows``)."""
+    from transformers import AutoTokenizer
+
+    from compress.data.calibration import load_windows
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    windows = load_windows(tokenizer, "wikipedia", nsamples, seqlen, seed=0)
+    path.write_text(json.dumps(windows.ids.tolist()))
+    return {"windows": str(path)}
+
+
+def ours(folder: Path, method: str, pattern: str, out: Path, args) -> dict:
+    """``compress prune`` as a user runs it: whole-process seconds, peak RSS, the folder written."""
+    command = [
+        sys.executable,
+        "-m",
+        "compress.cli",
+        "prune",
+        str(folder),
+        "--method",
+        method,
+        "--pattern",
+        pattern,
+        "--calib",
+        "wikipedia",
+        "--nsamples",
+        str(args.nsamples),
+        "--seqlen",
+        str(args.seqlen),
+        "--seed",
+        "0",
+        "--reconstruct",
+        "lr",
+        "--device",
+        "cpu",
+        "--dtype",
+        args.dtype,
+        "--output",
+        str(out),
+    ]
+    run = measured(command, {**os.environ, "PYTHONPATH": str(REPO)})
+    summary = json.loads((out / "report.json").read_text())["summary"]
+    written = folder_bytes(out)
+    shutil.rmtree(out)  # a 7B folder is 13.5 GB: keep one at a time
+    return {
+        "seconds": run["seconds"],
+        "prune_seconds": summary["prune_seconds"],
+        "peak_rss_bytes": run["peak_rss_bytes"],
+        "disk_bytes": written,
+        "sparsity": summary["sparsity"],
+    }
+
+
+def peer(folder: Path, method: str, pattern: str, windows: str, out: Path, args) -> dict:
+    """llm-compressor on the same windows in the same dtype: whole process, oneshot alone."""
+    command = [
+        str(args.peer_python),
+        str(args.peer_script),
+        str(folder),
+        "-",
+        str(out),
+        "--method",
+        method,
+        "--pattern",
+        pattern,
+        "--windows",
+        windows,
+        "--dtype",
+        args.dtype,
+    ]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the peer's own stack
+    run = measured(command, env)
+    line = json.loads(run["stdout"].strip().splitlines()[-1])
+    written = folder_bytes(out)
+    shutil.rmtree(out)
+    return {
+        "seconds": run["seconds"],
+        "prune_seconds": line["oneshot_seconds"],
+        "peak_rss_bytes": run["peak_rss_bytes"],
+        "disk_bytes": written,
+    }
+
+
+def table(rows: list[dict], args) -> str:
+    shape = "tiny" if args.tiny else "Llama-2-7B"
+    lines = [
+        f"\n{shape} shape, {args.blocks} blocks, {args.dtype}, calibration {args.nsamples} x "
+        f"{args.seqlen} (Wikipedia, seed 0), CPU, no reconstruction; seconds = whole process",
+        f"{'stage':28s} {'seconds':>8s} {'prune s':>8s} {'peak RSS':>9s} {'disk':>9s} | "
+        f"{'peer s':>8s} {'peer RSS':>9s} | {'x time':>6s} {'x RSS':>6s}",
+    ]
+    for row in rows:
+        prune = f"{row['prune_seconds']:8.1f}" if "prune_seconds" in row else f"{'':8s}"
+        line = (
+            f"{row['stage']:28s} {row['seconds']:8.1f} {prune} "
+            f"{row['peak_rss_bytes'] / GIB:8.2f}G {row['disk_bytes'] / GIB:8.2f}G"
+        )
+        if "peer" in row:
+            other = row["peer"]
+            line += (
+                f" | {other['seconds']:8.1f} {other['peak_rss_bytes'] / GIB:8.2f}G | "
+                f"{row['x_peer_seconds']:6.2f} {row['x_peer_rss']:6.2f}"
+            )
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def measure(work: Path, args) -> list[dict]:
+    shape = SHAPE_TINY if args.tiny else SHAPE_7B
+    folder = cached_folder(args.cache, shape, args.blocks, args.seed)
+    rows = []
+    if not (folder / "model.safetensors.index.json").is_file():
+        build = ["--build", str(folder), *shape_args(args)]
+        run = measured([sys.executable, __file__, *build], {**os.environ, "PYTHONPATH": str(REPO)})
+        rows.append(
+            {
+                "stage": "build (random bf16 weights)",
+                "seconds": run["seconds"],
+                "peak_rss_bytes": run["peak_rss_bytes"],
+                "disk_bytes": folder_bytes(folder),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    windows = None
+    if not args.skip_peer:
+        setup = [*shape_args(args), "--write-windows", str(work / "windows.json")]
+        windows = run_isolated(__file__, [*setup, "--model-folder", str(folder)])["windows"]
+    for method, pattern in itertools.product(args.methods, args.patterns):
+        tag = f"{method}-{pattern.replace(':', 'of')}"
+        row = {"stage": f"prune {method} {pattern}"}
+        row |= ours(folder, method, pattern, work / f"ours-{tag}", args)
+        if windows is not None:
+            other = peer(folder, method, pattern, windows, work / f"peer-{tag}", args)
+            row |= {
+                "peer": other,
+                "x_peer_seconds": row["seconds"] / other["seconds"],
+                "x_peer_rss": row["peak_rss_bytes"] / other["peak_rss_bytes"],
+            }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def shape_args(args) -> list[str]:
+    tiny = ["--tiny"] if args.tiny else []
+    return [*tiny, "--blocks", str(args.blocks), "--seed", str(args.seed)] + [
+        "--nsamples",
+        str(args.nsamples),
+        "--seqlen",
+        str(args.seqlen),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=4)
+    parser.add_argument("--tiny", action="store_true", help="the miniature shape (hidden 64)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cache", type=Path, help="where the built folder is kept (default $COMPRESS_CACHE/bench)"
+    )
+    parser.add_argument("--nsamples", type=int, default=16)
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
+    parser.add_argument("--skip-peer", action="store_true", help="leave llm-compressor out")
+    add_peer_arguments(parser)
+    parser.add_argument(
+        "--peer-script", type=Path, default=beside_repo("shared/bench/llmc_cpu_peer.py")
+    )
+    parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--model-folder", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, default=Path("out/bench/scale_7b.json"))
+    args = parser.parse_args()
+    shape = SHAPE_TINY if args.tiny else SHAPE_7B
+    if args.build:
+        print(json.dumps(build_folder(args.build, shape, args.blocks, args.seed)))
+        return
+    if args.write_windows:
+        result = write_windows(args.write_windows, args.model_folder, args.nsamples, args.seqlen)
+        print(json.dumps(result))
+        return
+    if not args.skip_peer:
+        require_peer_venv(args.peer_python, "pass --skip-peer")
+    before = load_average()
+    print("load average before:", before, flush=True)
+    with tempfile.TemporaryDirectory(prefix="scale-7b-") as work:
+        rows = measure(Path(work), args)
+    after = load_average()
+    print("load average after:", after)
+    print(table(rows, args))
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    save(
+        args.output,
+        {
+            "machine": machine(),
+            "settings": settings,
+            "loadavg_before": before,
+            "rows": rows,
+            "loadavg_after": after,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
