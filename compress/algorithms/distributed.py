@@ -88,6 +88,9 @@ def local_batches(ids: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     return [batch[r * width : (r + 1) * width] for batch in ids.split(batch_size)]
 
 
+SUM_CHUNK = 1 << 20  # elements per step of ExactSum.add_: its scratch is 3 x 8 MiB, not 3 x the sum
+
+
 class ExactSum:
     """A float64 running sum whose value does not depend on the order of its terms (Neumaier's
     compensated summation: ``hi`` plus the rounding errors gathered in ``lo``, together ~106
@@ -97,27 +100,24 @@ class ExactSum:
     additions, so one process and several ranks (which add the same terms in another order)
     get float32 statistics that differ now and then by an ulp, enough to flip near-tied mask
     entries. Here two orders differ by ~1e-32 relatively, far below float32 rounding.
+
+    Memory: ``hi`` and ``lo``, 16 bytes per entry; a term is added :data:`SUM_CHUNK` entries at
+    a time through scratch shared by every sum on the device (a SparseGPT Hessian of a 7B MLP's
+    11,008 inputs holds 60.6 M entries, so scratch shaped like the sum would be 1.45 GB more).
     """
 
     def __init__(self, shape: tuple[int, ...], device: torch.device) -> None:
         self.hi = torch.zeros(shape, dtype=torch.float64, device=device)
         self.lo = torch.zeros_like(self.hi)
-        self._scratch: list[torch.Tensor] = []  # three buffers shaped like hi, made on demand
 
     @torch.no_grad()
     def add_(self, term: torch.Tensor) -> None:
-        """Add ``term`` (any float dtype); Knuth's TwoSum gives the rounding error of
-        ``hi + term`` exactly (the value Neumaier's branch computes), all in place."""
-        if not self._scratch:
-            self._scratch = [torch.empty_like(self.hi) for _ in range(3)]
-        t, total, b = self._scratch
-        t.copy_(term)
-        torch.add(self.hi, t, out=total)
-        torch.sub(total, self.hi, out=b)  # b' = total - hi: the part of t that made it in
-        t.sub_(b)  # t - b'
-        torch.sub(total, b, out=b)  # a' = total - b'
-        self.lo.add_(self.hi.sub_(b).add_(t))  # the exact error (hi - a') + (t - b')
-        self.hi, self._scratch[1] = total, self.hi
+        """Add ``term`` (any float dtype, shaped like the sum); Knuth's TwoSum gives the rounding
+        error of ``hi + term`` exactly (the value Neumaier's branch computes), all in place."""
+        hi, lo, flat = self.hi.view(-1), self.lo.view(-1), term.reshape(-1)
+        for start in range(0, hi.numel(), SUM_CHUNK):
+            stop = min(start + SUM_CHUNK, hi.numel())
+            _two_sum_(hi[start:stop], lo[start:stop], flat[start:stop])
 
     def value(self) -> torch.Tensor:
         return self.hi + self.lo
@@ -135,11 +135,27 @@ class ExactSum:
             total.add_(part)
         dist.all_reduce(self.lo, op=dist.ReduceOp.SUM)
         self.hi, self.lo = total.hi, total.lo + self.lo
-        self._scratch = []
 
     def free(self) -> None:
         self.hi = self.lo = torch.empty(0)
-        self._scratch = []
+
+
+_scratch: dict[torch.device, torch.Tensor] = {}
+
+
+def _two_sum_(hi: torch.Tensor, lo: torch.Tensor, term: torch.Tensor) -> None:
+    """``hi += term`` with the rounding error added to ``lo``, on 1-D slices of one chunk."""
+    device, count = hi.device, hi.numel()
+    if device not in _scratch or _scratch[device].shape[1] < count:
+        _scratch[device] = torch.empty(3, count, dtype=torch.float64, device=device)
+    t, total, b = (row[:count] for row in _scratch[device])
+    t.copy_(term)
+    torch.add(hi, t, out=total)
+    torch.sub(total, hi, out=b)  # b' = total - hi: the part of t that made it in
+    t.sub_(b)  # t - b'
+    torch.sub(total, b, out=b)  # a' = total - b'
+    lo.add_(hi.sub_(b).add_(t))  # the exact error (hi - a') + (t - b')
+    hi.copy_(total)
 
 
 def sum_floats(values: list[float], device: torch.device | None = None) -> list[float]:

@@ -189,6 +189,28 @@ def test_exact_sum_does_not_depend_on_the_order_of_its_terms():
         assert torch.equal(value.float(), exact[0].float())
 
 
+def test_exact_sum_in_chunks_is_the_sum_in_one_step(monkeypatch):
+    """ExactSum adds a term a chunk at a time through shared scratch; every entry's hi and lo
+    are those of the whole-tensor step, bit for bit (the ops are elementwise)."""
+    from compress.algorithms import distributed
+
+    gen = torch.Generator().manual_seed(1)
+    terms = torch.randn(8, 3, 2_500, generator=gen) * torch.exp(
+        4 * torch.randn(8, 1, 1, generator=gen)
+    )
+    sums = []
+    for chunk in (1 << 20, 1_000, 7):
+        monkeypatch.setattr(distributed, "SUM_CHUNK", chunk)
+        distributed._scratch.clear()
+        total = distributed.ExactSum((3, 2_500), torch.device("cpu"))
+        for term in terms:
+            total.add_(term)
+        sums.append((total.hi, total.lo))
+    for hi, lo in sums[1:]:
+        assert torch.equal(hi, sums[0][0]) and torch.equal(lo, sums[0][1])
+    assert sums[0][1].abs().sum() > 0  # the compensation did catch rounding errors
+
+
 def test_local_batches_refuses_fewer_samples_than_ranks(monkeypatch):
     from compress.algorithms import distributed
     from compress.core.errors import BadInputError

@@ -182,14 +182,14 @@ def test_sparsegpt_bfloat16_statistics_stay_within_bfloat16_rounding(monkeypatch
     fast.add_batch(inputs)
     exact = PRUNERS["sparsegpt"](torch.zeros(4, 576), "layer")
     exact.add_batch(inputs.float())
-    got, want = fast._xxt(), exact._xxt()
-    magnitudes = sum(x.abs().t().double() @ x.abs().double() for x in inputs.float())
+    got, want = summed_gram(fast), summed_gram(exact)
+    magnitudes = sum(x.abs().t().double() @ x.abs().double() for x in inputs.float()).tril()
     assert ((got - want).abs() <= magnitudes * 2.0**-8).all()
     assert not torch.equal(got, want)  # the bfloat16 product did run
     again = PRUNERS["sparsegpt"](torch.zeros(4, 576), "layer")
     for x in inputs.float():
         again.add_batch(x)
-    assert torch.equal(again._xxt(), want)
+    assert torch.equal(summed_gram(again), want)
 
 
 def test_a_cpu_that_emulates_bfloat16_multiplies_the_gram_terms_in_float32(monkeypatch):
@@ -211,13 +211,44 @@ def test_sparsegpt_sums_half_of_each_term_and_factorises_the_same():
     full = ExactSum((24, 24), torch.device("cpu"))
     for x in inputs:
         full.add_(x.t() @ x)
-    half = pruner._xxt()
-    assert torch.equal(half.tril(), full.value().tril()) and torch.equal(half, half.t())
-    damped = full.value().float() + torch.eye(24)
-    assert torch.equal(
-        torch.linalg.cholesky(half.float() + torch.eye(24)), torch.linalg.cholesky(damped)
-    )
+    half = summed_gram(pruner)
+    assert torch.equal(half, full.value().tril())
+    scale = 2.0 / (3 * 40)
+    H = pruner._hessian()
+    assert torch.equal(H, H.t())
+    damped = (full.value() * scale).float() + torch.eye(24)
+    assert torch.equal(torch.linalg.cholesky(H + torch.eye(24)), torch.linalg.cholesky(damped))
     assert pruner.xxt.hi.numel() == 24 * 25 // 2
+
+
+def summed_gram(pruner) -> torch.Tensor:
+    """A SparseGPT pruner's summed ``x^T x`` (float64, its lower triangle; zeros above)."""
+    from compress.algorithms.pruners.sparsegpt import unpack_lower_gram
+
+    return unpack_lower_gram(pruner.xxt.value(), pruner.weight.shape[1])
+
+
+@pytest.mark.parametrize("cols", [24, 300, 700])
+def test_sparsegpt_hessian_is_the_float64_formula_rounded_without_its_copies(cols, monkeypatch):
+    """The float32 Hessian, built in chunks from the packed sums (scratch-free), equals bit for
+    bit the former construction: the float64 sum mirrored, scaled by 2/n, then rounded; and the
+    score's diagonal is that of the float64 sum. Chunks far smaller than the sum are taken here
+    so that several are visited."""
+    from compress.algorithms import distributed
+    from compress.algorithms.pruners import sparsegpt
+
+    monkeypatch.setattr(distributed, "SUM_CHUNK", 1000)
+    monkeypatch.setattr(sparsegpt, "SUM_CHUNK", 1000)
+    gen = torch.Generator().manual_seed(cols)
+    pruner = PRUNERS["sparsegpt"](torch.randn(8, cols, generator=gen), "layer")
+    for _ in range(3):
+        pruner.add_batch(torch.randn(2, 50, cols, generator=gen) * torch.rand(cols, generator=gen))
+    lower = summed_gram(pruner)
+    former = torch.where(torch.ones(cols, cols, dtype=torch.bool).tril(), lower, lower.t())
+    want = (former * (2.0 / (3 * 2 * 50))).float()
+    assert torch.equal(pruner._hessian(), want)
+    norms = former.diagonal().float().sqrt()
+    assert torch.equal(pruner.scores(), pruner.weight.abs().float() * norms.unsqueeze(0))
 
 
 @pytest.mark.parametrize(("tokens", "cols"), [(40, 24), (77, 300), (512, 576), (512, 1536)])

@@ -33,7 +33,7 @@ from itertools import accumulate
 
 import torch
 
-from compress.algorithms.distributed import ExactSum
+from compress.algorithms.distributed import SUM_CHUNK, ExactSum
 from compress.algorithms.masks import SparsityPattern
 from compress.algorithms.pruners.base import Pruner, PruneResult, register, sequences
 from compress.core.dtypes import emulated_on_this_cpu
@@ -150,6 +150,28 @@ def unpack_lower_gram(packed: torch.Tensor, cols: int) -> torch.Tensor:
     return full
 
 
+def _mirror_lower_(H: torch.Tensor) -> None:
+    """Copy the lower triangle of square ``H`` onto its upper one, in place, band by band (no
+    second full matrix)."""
+    cols = H.shape[0]
+    for start in range(0, cols, GRAM_ROWS):
+        stop = min(start + GRAM_ROWS, cols)
+        H[start:stop, stop:] = H[stop:, start:stop].t()
+        block = H[start:stop, start:stop]
+        block.copy_(torch.where(_lower_triangle(stop - start, H.device), block, block.t()))
+
+
+@lru_cache(maxsize=4)
+def _packed_diagonal(cols: int, device: torch.device) -> torch.Tensor:
+    """Positions of the diagonal entries in :func:`lower_gram`'s packing, in column order."""
+    positions, offset = [], 0
+    for start, stop, triangle in _gram_plan(cols, device):
+        rows = torch.arange(stop - start, device=device)
+        positions.append(offset + (stop - start) * start + rows * (rows + 1) // 2 + rows)
+        offset += (stop - start) * start + len(triangle)
+    return torch.cat(positions)
+
+
 @register(SparseGPTOptions)
 class SparseGPTPruner(Pruner):
     shares = ("xxt", "count", "factor")
@@ -182,30 +204,43 @@ class SparseGPTPruner(Pruner):
     @torch.no_grad()
     def scores(self) -> torch.Tensor:
         """Wanda's ``|W|·‖X‖``: ``‖X_j‖²`` is the diagonal of ``X^T X``."""
-        norms = self._xxt().diagonal().float().sqrt()
+        at = _packed_diagonal(self.weight.shape[1], self.weight.device)
+        norms = (self.xxt.hi[at] + self.xxt.lo[at]).float().sqrt()
         return self.weight.abs().float() * norms.unsqueeze(0)
 
-    def _xxt(self) -> torch.Tensor:
-        """``sum x x^T`` (float64) from its summed lower triangle, mirrored: the Cholesky
-        factorisation reads the lower triangle only, so summing half of each term (half the
-        exact-sum work and memory) changes no bit of the result."""
-        cols = self.weight.shape[1]
-        full = unpack_lower_gram(self.xxt.value(), cols)
-        return torch.where(_lower_triangle(cols, self.weight.device), full, full.t())
+    def _hessian(self) -> torch.Tensor:
+        """``H = (2/n) sum x x^T`` in float32, mirrored from its summed lower triangle (the
+        Cholesky factorisation reads the lower triangle only, so summing half of each term
+        changes no bit of the result). Each entry is rounded from its float64 sum as a whole
+        float64 matrix would give it, but built :data:`SUM_CHUNK` entries at a time: a float64
+        copy of a 7B MLP's Hessian would be 0.97 GB, each."""
+        hi, lo = self.xxt.hi, self.xxt.lo
+        scale = 2.0 / max(float(self.count.value()), 1.0)
+        packed = torch.empty(hi.numel(), dtype=torch.float32, device=hi.device)
+        for start in range(0, hi.numel(), SUM_CHUNK):
+            part = slice(start, start + SUM_CHUNK)
+            packed[part] = ((hi[part] + lo[part]) * scale).float()
+        H = unpack_lower_gram(packed, self.weight.shape[1])
+        del packed
+        _mirror_lower_(H)
+        return H
 
     def _inverse_hessian_factor(self, H: torch.Tensor) -> torch.Tensor:
-        """Upper Cholesky factor of ``H^-1``, raising the damping until it succeeds."""
-        diag = torch.arange(H.shape[0], device=H.device)
-        damp = self.percdamp * H.diagonal().mean()
+        """Upper Cholesky factor of ``H^-1``, raising the damping until it succeeds. ``H``'s
+        diagonal is damped in place (each try from the undamped one kept aside), so no second
+        copy of ``H`` is made, and each factor is released once the next one is made."""
+        undamped = H.diagonal().clone()
+        damp = self.percdamp * undamped.mean()
         for _ in range(MAX_DAMPING_TRIES):
-            Hd = H.clone()
-            Hd[diag, diag] += damp
-            L, info = torch.linalg.cholesky_ex(Hd)
+            H.diagonal().copy_(undamped + damp)
+            L, info = torch.linalg.cholesky_ex(H)
             if info == 0:
                 Hinv = torch.cholesky_inverse(L)
+                del L
                 U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
                 if info == 0:
                     return U
+                del Hinv, U
             damp = damp * 10
         raise NumericsError(
             f"{self.name}: Hessian is not positive definite even with damping {damp / 10:.3g}; "
@@ -250,7 +285,8 @@ class SparseGPTPruner(Pruner):
         """(dead input columns, ``Hinv``): computed by the first sibling to prune, then reused
         (siblings share ``self.factor`` with their statistics)."""
         if not self.factor:
-            H = (self._xxt() * (2.0 / max(float(self.count.value()), 1.0))).float()
+            H = self._hessian()
+            self.xxt.free()  # the float64 sums (twice H's bytes) are spent; siblings share H's factor
             dead = H.diagonal() == 0
             H[dead, dead] = 1.0
             self.factor.update(dead=dead, hinv=self._inverse_hessian_factor(H))
@@ -328,4 +364,5 @@ class SparseGPTPruner(Pruner):
 
     def free(self) -> None:
         self.xxt.free()
+        self.factor.clear()
         self.factor.clear()
