@@ -88,6 +88,43 @@ def measured(command: list[str], env: dict | None = None) -> dict:
     return result
 
 
+def run_compress_prune(
+    model: str | None,
+    method: str,
+    pattern: str,
+    calibration: tuple[int, int],
+    out: Path,
+    *extra: str,
+) -> dict:
+    """``compress prune`` as a user runs it (Wikipedia calibration, seed 0, no reconstruction,
+    CPU; ``extra`` flags after), measured by :func:`measured`; ``calibration``: (nsamples, seqlen)."""
+    nsamples, seqlen = calibration
+    command = [sys.executable, "-m", "compress.cli", "prune", *([model] if model else [])]
+    command += ["--method", method, "--pattern", pattern, "--calib", "wikipedia"]
+    command += ["--nsamples", str(nsamples), "--seqlen", str(seqlen), "--seed", "0"]
+    command += ["--reconstruct", "lr", "--device", "cpu", *extra, "--output", str(out)]
+    return measured(command, {**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def run_peer(
+    python: Path,
+    script: Path,
+    model: str,
+    method: str,
+    pattern: str,
+    windows: str,
+    dtype: str,
+    out: Path,
+) -> tuple[dict, dict]:
+    """llm-compressor through ``script`` in its own venv on the token-id ``windows`` file, in
+    ``dtype``: (:func:`measured`'s result, the JSON line the script prints)."""
+    command = [str(python), str(script), model, "-", str(out), "--method", method]
+    command += ["--pattern", pattern, "--windows", windows, "--dtype", dtype]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the peer's own stack
+    run = measured(command, env)
+    return run, json.loads(run["stdout"].strip().splitlines()[-1])
+
+
 def save(path: Path, data: dict) -> None:
     from compress.core.io import write_json_atomic
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
 import tempfile
 import time
@@ -34,15 +33,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (  # noqa: E402
-    REPO,
     add_peer_arguments,
     beside_repo,
     load_peer_folder,
     machine,
-    measured,
     peak_rss_bytes,
     require_peer_venv,
+    run_compress_prune,
     run_isolated,
+    run_peer,
     save,
 )
 
@@ -138,34 +137,10 @@ def folder_perplexity(folder: str, args) -> dict:
 def ours(method: str, pattern: str, passes: int, dtype: str, work: Path, args) -> dict:
     """One row of ours: ``compress prune`` as a user runs it, then its folder's perplexity."""
     out = work / f"ours-{method}-{pattern.replace(':', 'of')}-{passes}-{dtype}"
-    command = [
-        sys.executable,
-        "-m",
-        "compress.cli",
-        "prune",
-        "--method",
-        method,
-        "--pattern",
-        pattern,
-        "--calib",
-        "wikipedia",
-        "--nsamples",
-        str(args.nsamples),
-        "--seqlen",
-        str(args.seqlen),
-        "--batch-size",
-        "8",
-        "--reconstruct",
-        "lr",
-        "--device",
-        "cpu",
-        "--dtype",
-        dtype,
-        "--one-pass" if passes == 1 else "--no-one-pass",
-        "--output",
-        str(out),
-    ]
-    run = measured(command, {**os.environ, "PYTHONPATH": str(REPO)})
+    passes_flag = "--one-pass" if passes == 1 else "--no-one-pass"
+    extra = ("--batch-size", "8", "--dtype", dtype, passes_flag)
+    calibration = (args.nsamples, args.seqlen)
+    run = run_compress_prune(None, method, pattern, calibration, out, *extra)
     summary = json.loads((out / "report.json").read_text())["summary"]
     ppl = run_isolated(__file__, ["--ppl-of", str(out), *common_args(args)])
     return {
@@ -186,24 +161,16 @@ def peer(method: str, pattern: str, dtype: str, setup: dict, work: Path, args) -
     """One peer row in ``dtype`` (the dtype of the rows of ours it is compared with): its whole
     process (seconds, peak RSS), its ``oneshot`` seconds alone, then its folder's perplexity."""
     out = work / f"peer-{method}-{pattern.replace(':', 'of')}-{dtype}"
-    command = [
-        str(args.peer_python),
-        str(args.peer_script),
+    run, row = run_peer(
+        args.peer_python,
+        args.peer_script,
         setup["model_dir"],
-        "-",
-        str(out),
-        "--method",
         method,
-        "--pattern",
         pattern,
-        "--windows",
         setup["windows"],
-        "--dtype",
         dtype,
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the peer's own stack
-    run = measured(command, env)
-    row = json.loads(run["stdout"].strip().splitlines()[-1])
+        out,
+    )
     ppl = run_isolated(__file__, ["--ppl-of", str(out), *common_args(args)])
     return {
         "process_seconds": run["seconds"],

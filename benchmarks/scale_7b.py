@@ -40,7 +40,9 @@ from common import (  # noqa: E402
     machine,
     measured,
     require_peer_venv,
+    run_compress_prune,
     run_isolated,
+    run_peer,
     save,
 )
 
@@ -152,34 +154,8 @@ def write_windows(path: Path, folder: Path, nsamples: int, seqlen: int) -> dict:
 
 def ours(folder: Path, method: str, pattern: str, out: Path, args) -> dict:
     """``compress prune`` as a user runs it: whole-process seconds, peak RSS, the folder written."""
-    command = [
-        sys.executable,
-        "-m",
-        "compress.cli",
-        "prune",
-        str(folder),
-        "--method",
-        method,
-        "--pattern",
-        pattern,
-        "--calib",
-        "wikipedia",
-        "--nsamples",
-        str(args.nsamples),
-        "--seqlen",
-        str(args.seqlen),
-        "--seed",
-        "0",
-        "--reconstruct",
-        "lr",
-        "--device",
-        "cpu",
-        "--dtype",
-        args.dtype,
-        "--output",
-        str(out),
-    ]
-    run = measured(command, {**os.environ, "PYTHONPATH": str(REPO)})
+    calibration = (args.nsamples, args.seqlen)
+    run = run_compress_prune(str(folder), method, pattern, calibration, out, "--dtype", args.dtype)
     summary = json.loads((out / "report.json").read_text())["summary"]
     written = folder_bytes(out)
     shutil.rmtree(out)  # a 7B folder is 13.5 GB: keep one at a time
@@ -194,24 +170,9 @@ def ours(folder: Path, method: str, pattern: str, out: Path, args) -> dict:
 
 def peer(folder: Path, method: str, pattern: str, windows: str, out: Path, args) -> dict:
     """llm-compressor on the same windows in the same dtype: whole process, oneshot alone."""
-    command = [
-        str(args.peer_python),
-        str(args.peer_script),
-        str(folder),
-        "-",
-        str(out),
-        "--method",
-        method,
-        "--pattern",
-        pattern,
-        "--windows",
-        windows,
-        "--dtype",
-        args.dtype,
-    ]
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the peer's own stack
-    run = measured(command, env)
-    line = json.loads(run["stdout"].strip().splitlines()[-1])
+    run, line = run_peer(
+        args.peer_python, args.peer_script, str(folder), method, pattern, windows, args.dtype, out
+    )
     written = folder_bytes(out)
     shutil.rmtree(out)
     return {

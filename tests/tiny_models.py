@@ -11,6 +11,15 @@ from __future__ import annotations
 import torch
 
 EMBEDDED_VOCAB = 49152  # the embedded SmolLM2 tokenizer's
+# a device map of the 2-block tiny Llama with block 1 offloaded to disk (its turn onloads it)
+DISK_MAP = {
+    "model.embed_tokens": "cpu",
+    "model.rotary_emb": "cpu",
+    "model.layers.0": "cpu",
+    "model.layers.1": "disk",
+    "model.norm": "cpu",
+    "lm_head": "cpu",
+}
 
 
 def tiny_llama_config(vocab_size: int = EMBEDDED_VOCAB, layers: int = 2):

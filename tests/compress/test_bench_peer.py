@@ -31,9 +31,10 @@ def bench():
 
 def test_measured_is_the_childs_own_seconds_and_peak_rss():
     """Each run's peak RSS is its own, not the largest of the benchmark's children so far."""
-    module = bench()
-    big = module.measured([sys.executable, "-c", "x = bytearray(300 * 2**20); print(1)"])
-    small = module.measured([sys.executable, "-c", "print(2)"])
+    bench()  # puts benchmarks/ on the path, so its common module is importable
+    measured = sys.modules["common"].measured
+    big = measured([sys.executable, "-c", "x = bytearray(300 * 2**20); print(1)"])
+    small = measured([sys.executable, "-c", "print(2)"])
     assert big["stdout"].strip() == "1" and big["seconds"] > 0
     assert big["peak_rss_bytes"] > 300 * 2**20 > small["peak_rss_bytes"]
 
@@ -76,7 +77,7 @@ def test_the_peer_runs_in_the_dtype_of_the_rows_it_is_compared_with(tmp_path, mo
         peer_line = {"oneshot_seconds": 1.0} if "--windows" in command else {}
         return {"seconds": 2.0, "peak_rss_bytes": 2**30, "stdout": json.dumps(peer_line)}
 
-    monkeypatch.setattr(module, "measured", measured)
+    monkeypatch.setattr(sys.modules["common"], "measured", measured)  # run_peer's
     isolated = {"ppl_after": 20.0, "model_dir": "model", "windows": "windows.json"}
     monkeypatch.setattr(module, "run_isolated", lambda script, args: isolated)
     monkeypatch.setattr(

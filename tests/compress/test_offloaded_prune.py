@@ -11,16 +11,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from compress.cli.main import app
-
-# block 1 on disk: only its turn brings it into memory
-DISK_MAP = {
-    "model.embed_tokens": "cpu",
-    "model.rotary_emb": "cpu",
-    "model.layers.0": "cpu",
-    "model.layers.1": "disk",
-    "model.norm": "cpu",
-    "lm_head": "cpu",
-}
+from tests.tiny_models import DISK_MAP
 
 
 def prune(model_dir, out, *extra: str) -> dict:

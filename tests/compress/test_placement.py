@@ -23,17 +23,9 @@ from compress.model.placement import (
     refuse_quantized,
     stored_parameters,
 )
-from tests.tiny_models import random_llama, tiny_llama_config
+from tests.tiny_models import DISK_MAP, random_llama, tiny_llama_config
 
 GIB = 2**30
-DISK_MAP = {
-    "model.embed_tokens": "cpu",
-    "model.rotary_emb": "cpu",
-    "model.layers.0": "cpu",
-    "model.layers.1": "disk",
-    "model.norm": "cpu",
-    "lm_head": "cpu",
-}
 
 
 class OnloadingEngine(Engine):
