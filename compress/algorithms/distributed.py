@@ -119,8 +119,15 @@ class ExactSum:
             stop = min(start + SUM_CHUNK, hi.numel())
             _two_sum_(hi[start:stop], lo[start:stop], flat[start:stop])
 
-    def value(self) -> torch.Tensor:
-        return self.hi + self.lo
+    def value(self, scale: float = 1.0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """``(hi + lo) * scale`` rounded to ``dtype``, built :data:`SUM_CHUNK` entries at a time
+        (no float64 temporary shaped like the sum; ``scale`` 1 leaves every bit as it is)."""
+        out = torch.empty(self.hi.shape, dtype=dtype, device=self.hi.device)
+        hi, lo, flat = self.hi.view(-1), self.lo.view(-1), out.view(-1)
+        for start in range(0, hi.numel(), SUM_CHUNK):
+            part = slice(start, start + SUM_CHUNK)
+            flat[part] = ((hi[part] + lo[part]) * scale).to(dtype)
+        return out
 
     @torch.no_grad()
     def all_reduce_(self) -> None:

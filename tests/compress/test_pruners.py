@@ -235,10 +235,8 @@ def test_sparsegpt_hessian_is_the_float64_formula_rounded_without_its_copies(col
     score's diagonal is that of the float64 sum. Chunks far smaller than the sum are taken here
     so that several are visited."""
     from compress.algorithms import distributed
-    from compress.algorithms.pruners import sparsegpt
 
     monkeypatch.setattr(distributed, "SUM_CHUNK", 1000)
-    monkeypatch.setattr(sparsegpt, "SUM_CHUNK", 1000)
     gen = torch.Generator().manual_seed(cols)
     pruner = PRUNERS["sparsegpt"](torch.randn(8, cols, generator=gen), "layer")
     for _ in range(3):

@@ -33,7 +33,7 @@ from itertools import accumulate
 
 import torch
 
-from compress.algorithms.distributed import SUM_CHUNK, ExactSum
+from compress.algorithms.distributed import ExactSum
 from compress.algorithms.masks import SparsityPattern
 from compress.algorithms.pruners.base import Pruner, PruneResult, register, sequences
 from compress.core.dtypes import emulated_on_this_cpu
@@ -212,14 +212,10 @@ class SparseGPTPruner(Pruner):
         """``H = (2/n) sum x x^T`` in float32, mirrored from its summed lower triangle (the
         Cholesky factorisation reads the lower triangle only, so summing half of each term
         changes no bit of the result). Each entry is rounded from its float64 sum as a whole
-        float64 matrix would give it, but built :data:`SUM_CHUNK` entries at a time: a float64
-        copy of a 7B MLP's Hessian would be 0.97 GB, each."""
-        hi, lo = self.xxt.hi, self.xxt.lo
+        float64 matrix would give it, without one (:meth:`ExactSum.value` works in chunks): a
+        float64 copy of a 7B MLP's Hessian would be 0.97 GB, each."""
         scale = 2.0 / max(float(self.count.value()), 1.0)
-        packed = torch.empty(hi.numel(), dtype=torch.float32, device=hi.device)
-        for start in range(0, hi.numel(), SUM_CHUNK):
-            part = slice(start, start + SUM_CHUNK)
-            packed[part] = ((hi[part] + lo[part]) * scale).float()
+        packed = self.xxt.value(scale, torch.float32)
         H = unpack_lower_gram(packed, self.weight.shape[1])
         del packed
         _mirror_lower_(H)
@@ -364,5 +360,4 @@ class SparseGPTPruner(Pruner):
 
     def free(self) -> None:
         self.xxt.free()
-        self.factor.clear()
         self.factor.clear()
