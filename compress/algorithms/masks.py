@@ -91,9 +91,9 @@ def zero_count(weight: torch.Tensor) -> int:
     """Number of exact zeros (+0 and -0) in ``weight`` (a pruned entry is exactly zero).
 
     Why the bits: ``torch.count_nonzero`` on floats runs about 15x slower on a CPU than on
-    integers (a noticeable share of a whole prune on a CPU), so a float counts as nonzero exactly when its bits without the sign are,
-    taken 2^18 at a time so the temporary stays small (never a copy of a
-    large embedding)."""
+    integers (a noticeable share of a whole prune on a CPU), so a float counts as nonzero
+    exactly when its bits without the sign are, taken 2^18 at a time so the temporary stays
+    small (never a copy of a large embedding)."""
     flat = weight.detach().reshape(-1)
     if flat.dtype not in _BITS:
         return flat.numel() - int(torch.count_nonzero(flat))
