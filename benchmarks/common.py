@@ -88,6 +88,18 @@ def measured(command: list[str], env: dict | None = None) -> dict:
     return result
 
 
+def write_windows_file(path: Path, tokenizer_folder: Path, nsamples: int, seqlen: int) -> None:
+    """The calibration windows ``compress prune --calib wikipedia --seed 0`` draws, as token-id
+    lists in ``path`` (the peer's ``--windows``: both sides calibrate on the very same tokens)."""
+    from transformers import AutoTokenizer
+
+    from compress.data.calibration import load_windows
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    windows = load_windows(tokenizer, "wikipedia", nsamples, seqlen, seed=0)
+    path.write_text(json.dumps(windows.ids.tolist()))
+
+
 def run_compress_prune(
     model: str | None,
     method: str,

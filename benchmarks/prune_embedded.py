@@ -43,6 +43,7 @@ from common import (  # noqa: E402
     run_isolated,
     run_peer,
     save,
+    write_windows_file,
 )
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -112,14 +113,9 @@ def baseline(args) -> dict:
 
 def write_windows(path: Path, args) -> dict:
     """The calibration windows every row uses, as token-id lists (the peer's ``--windows``)."""
-    from transformers import AutoTokenizer
-
-    from compress.data.calibration import load_windows
     from compress.model.loading import embedded_model_dir
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
-    windows = load_windows(tokenizer, "wikipedia", args.nsamples, args.seqlen, seed=0)
-    path.write_text(json.dumps(windows.ids.tolist()))
+    write_windows_file(path, embedded_model_dir(), args.nsamples, args.seqlen)
     return {"windows": str(path), "model_dir": str(embedded_model_dir())}
 
 

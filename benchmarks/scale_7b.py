@@ -44,6 +44,7 @@ from common import (  # noqa: E402
     run_isolated,
     run_peer,
     save,
+    write_windows_file,
 )
 
 SHAPE_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32)
@@ -137,19 +138,6 @@ def cached_folder(cache: Path | None, shape: dict, blocks: int, seed: int) -> Pa
 
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def write_windows(path: Path, folder: Path, nsamples: int, seqlen: int) -> dict:
-    """The calibration windows ``compress prune --calib wikipedia --seed 0`` draws, as token-id
-    lists (the peer's ``--windows``)."""
-    from transformers import AutoTokenizer
-
-    from compress.data.calibration import load_windows
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    windows = load_windows(tokenizer, "wikipedia", nsamples, seqlen, seed=0)
-    path.write_text(json.dumps(windows.ids.tolist()))
-    return {"windows": str(path)}
 
 
 def ours(folder: Path, method: str, pattern: str, out: Path, args) -> dict:
@@ -280,8 +268,8 @@ def main() -> None:
         print(json.dumps(build_folder(args.build, shape, args.blocks, args.seed)))
         return
     if args.write_windows:
-        result = write_windows(args.write_windows, args.model_folder, args.nsamples, args.seqlen)
-        print(json.dumps(result))
+        write_windows_file(args.write_windows, args.model_folder, args.nsamples, args.seqlen)
+        print(json.dumps({"windows": str(args.write_windows)}))
         return
     if not args.skip_peer:
         require_peer_venv(args.peer_python, "pass --skip-peer")
