@@ -8,12 +8,13 @@ from collections.abc import Iterable
 
 import torch
 
+from compress.algorithms.scans import all_finite
 from compress.core.errors import NumericsError
 
 
 def non_finite_count(tensor: torch.Tensor) -> int:
     """How many entries of ``tensor`` are NaN or ±Inf (0 for a tensor without storage)."""
-    if tensor.device.type == "meta" or not tensor.is_floating_point():
+    if tensor.device.type == "meta" or not tensor.is_floating_point() or all_finite(tensor):
         return 0
     return int(tensor.numel() - torch.isfinite(tensor).sum())
 

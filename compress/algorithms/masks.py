@@ -16,6 +16,7 @@ from collections.abc import Iterable
 
 import torch
 
+from compress.algorithms.scans import zero_count
 from compress.core.patterns import SparsityPattern
 
 __all__ = [
@@ -76,31 +77,6 @@ def select_mask(
     if pattern.structured:
         return n_m_mask(score, pattern.n, pattern.m)
     return layerwise_mask(score, sparsity) if per_layer else rowwise_mask(score, sparsity)
-
-
-# a float's bits as the same-width integer, and the mask that drops its sign bit
-_BITS = {
-    torch.float32: (torch.int32, 0x7FFFFFFF),
-    torch.bfloat16: (torch.int16, 0x7FFF),
-    torch.float16: (torch.int16, 0x7FFF),
-}
-_PART = 1 << 18  # elements per count: the masked bits' temporary stays within 1 MB
-
-
-def zero_count(weight: torch.Tensor) -> int:
-    """Number of exact zeros (+0 and -0) in ``weight`` (a pruned entry is exactly zero).
-
-    Why the bits: ``torch.count_nonzero`` on floats runs about 15x slower on a CPU than on
-    integers (a noticeable share of a whole prune on a CPU), so a float counts as nonzero
-    exactly when its bits without the sign are, taken 2^18 at a time so the temporary stays
-    small (never a copy of a large embedding)."""
-    flat = weight.detach().reshape(-1)
-    if flat.dtype not in _BITS:
-        return flat.numel() - int(torch.count_nonzero(flat))
-    ints, magnitude = _BITS[flat.dtype]
-    parts = flat.split(_PART)
-    nonzero = sum(int(torch.count_nonzero(part.view(ints) & magnitude)) for part in parts)
-    return flat.numel() - nonzero
 
 
 def measured_sparsity(weight: torch.Tensor) -> float:
