@@ -12,6 +12,12 @@ windows, in the same dtype), the ratios, the load average before and after, and 
     python benchmarks/scale_7b.py --blocks 4 --nsamples 16 --seqlen 256    # beside the peer
     python benchmarks/scale_7b.py --blocks 32 --methods wanda --skip-peer   # the whole shape
     python benchmarks/scale_7b.py --tiny --skip-peer                        # a 2-block miniature
+    python benchmarks/scale_7b.py --blocks 32 --meta --no-prune             # Meta's format
+
+``--meta`` adds the conversion of Meta's original checkpoint format: the folder is written in that
+format (``consolidated.00.pth``, streamed tensor by tensor: ``meta_checkpoint.py``), converted
+back by ``compress.model.convert_meta`` in a fresh process (seconds, peak RSS against the shard's
+bytes), and the converted weights are compared with the folder's, tensor by tensor.
 
 Goals (the 7B shape, bfloat16 on both sides, 16 x 256): ours <= 0.5x the peer's whole-process
 seconds, peak RSS <= the peer's.
@@ -46,6 +52,7 @@ from common import (  # noqa: E402
     save,
     write_windows_file,
 )
+from meta_checkpoint import same_weights, sentencepiece_model, write_meta_checkpoint  # noqa: E402
 
 SHAPE_7B = dict(hidden_size=4096, intermediate_size=11008, num_attention_heads=32)
 SHAPE_TINY = dict(hidden_size=64, intermediate_size=172, num_attention_heads=4)
@@ -171,6 +178,35 @@ def peer(folder: Path, method: str, pattern: str, windows: str, out: Path, args)
     }
 
 
+def meta_conversion(folder: Path, work: Path) -> list[dict]:
+    """The folder in Meta's format (written streaming, measured), its conversion back
+    (measured: the peak RSS against the shard's bytes), and the converted weights compared with
+    the folder's; raises when they differ."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    meta, converted = work / "meta", work / "converted"
+    run = measured([sys.executable, __file__, "--write-meta", str(folder), str(meta)], env)
+    written = {"stage": "write Meta format", "seconds": run["seconds"]}
+    written |= {"peak_rss_bytes": run["peak_rss_bytes"], "disk_bytes": folder_bytes(meta)}
+    print(json.dumps(written), flush=True)
+    shard_bytes = sum(p.stat().st_size for p in meta.glob("consolidated.*.pth"))
+    run = measured([sys.executable, __file__, "--convert-meta", str(meta), str(converted)], env)
+    check = run_isolated(__file__, ["--check-meta", str(folder), str(converted)])
+    row = {
+        "stage": "convert Meta format",
+        "seconds": run["seconds"],
+        "peak_rss_bytes": run["peak_rss_bytes"],
+        "disk_bytes": folder_bytes(converted),
+        "shard_bytes": shard_bytes,
+        "x_shard_rss": run["peak_rss_bytes"] / shard_bytes,
+        "weights_equal": check["equal"],
+    }
+    shutil.rmtree(meta)
+    shutil.rmtree(converted)
+    if not check["equal"]:
+        raise RuntimeError(f"the converted weights differ from {folder}'s: {check}")
+    return [written, row]
+
+
 def table(rows: list[dict], args) -> str:
     shape = "tiny" if args.tiny else "Llama-2-7B"
     lines = [
@@ -190,6 +226,11 @@ def table(rows: list[dict], args) -> str:
             line += (
                 f" | {other['seconds']:8.1f} {other['peak_rss_bytes'] / GIB:8.2f}G | "
                 f"{row['x_peer_seconds']:6.2f} {row['x_peer_rss']:6.2f}"
+            )
+        if "x_shard_rss" in row:
+            line += (
+                f" | shard {row['shard_bytes'] / GIB:.2f}G, peak RSS "
+                f"{row['x_shard_rss']:.2f} x shard, weights equal: {row['weights_equal']}"
             )
         lines.append(line)
     return "\n".join(lines)
@@ -211,11 +252,15 @@ def measure(work: Path, args) -> list[dict]:
             }
         )
         print(json.dumps(rows[-1]), flush=True)
+    if args.meta:
+        rows += meta_conversion(folder, work)
+        print(json.dumps(rows[-1]), flush=True)
     windows = None
-    if not args.skip_peer:
+    if args.prune and not args.skip_peer:
         setup = [*shape_args(args), "--write-windows", str(work / "windows.json")]
         windows = run_isolated(__file__, [*setup, "--model-folder", str(folder)])["windows"]
-    for method, pattern in itertools.product(args.methods, args.patterns):
+    pairs = itertools.product(args.methods, args.patterns) if args.prune else ()
+    for method, pattern in pairs:
         tag = f"{method}-{pattern.replace(':', 'of')}"
         row = {"stage": f"prune {method} {pattern}"}
         row |= ours(folder, method, pattern, work / f"ours-{tag}", args)
@@ -241,6 +286,18 @@ def shape_args(args) -> list[str]:
     ]
 
 
+def meta_step(args) -> dict:
+    """One step of the Meta-format stage, run in its own process by :func:`meta_conversion`."""
+    from compress.model.convert_meta import convert_meta
+
+    if args.write_meta:
+        return write_meta_checkpoint(*args.write_meta, sentencepiece_model())
+    if args.convert_meta:
+        convert_meta(*args.convert_meta)
+        return {"converted": str(args.convert_meta[1])}
+    return same_weights(*args.check_meta)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=4)
@@ -255,23 +312,34 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--patterns", nargs="+", choices=PATTERNS, default=list(PATTERNS))
     parser.add_argument("--skip-peer", action="store_true", help="leave llm-compressor out")
+    parser.add_argument(
+        "--meta", action="store_true", help="add the conversion of Meta's checkpoint format"
+    )
+    parser.add_argument(
+        "--no-prune", dest="prune", action="store_false", help="leave the pruning stages out"
+    )
     add_peer_arguments(parser)
     parser.add_argument(
         "--peer-script", type=Path, default=beside_repo("shared/bench/llmc_cpu_peer.py")
     )
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--model-folder", type=Path, help=argparse.SUPPRESS)
+    for step in ("--write-meta", "--convert-meta", "--check-meta"):
+        parser.add_argument(step, type=Path, nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=Path("out/bench/scale_7b.json"))
     args = parser.parse_args()
     shape = SHAPE_TINY if args.tiny else SHAPE_7B
     if args.build:
         print(json.dumps(build_folder(args.build, shape, args.blocks, args.seed)))
         return
+    if args.write_meta or args.convert_meta or args.check_meta:
+        print(json.dumps(meta_step(args)))
+        return
     if args.write_windows:
         write_windows_file(args.write_windows, args.model_folder, args.nsamples, args.seqlen)
         print(json.dumps({"windows": str(args.write_windows)}))
         return
-    if not args.skip_peer:
+    if args.prune and not args.skip_peer:
         require_peer_venv(args.peer_python, "pass --skip-peer")
     before = load_average()
     print("load average before:", before, flush=True)
