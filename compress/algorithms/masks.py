@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+import numpy as np
 import torch
 
 from compress.algorithms.scans import zero_count
@@ -35,20 +36,48 @@ __all__ = [
 def rowwise_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Keep-mask dropping ``round(sparsity * numel)`` scores of the layer, the lowest of each
     row: every row drops ``k`` or ``k + 1`` (the ``+1`` going to the rows whose next-lowest
-    score is lowest), so the layer's count is exact to one weight whatever its width."""
+    score is lowest), so the layer's count is exact to one weight whatever its width. Equal
+    scores at a row's threshold are dropped from the lowest column up (as a stable sort does)."""
     rows, cols = score.shape
     n_drop = int(round(sparsity * score.numel()))
     base, extra = divmod(n_drop, rows)
-    mask = torch.ones_like(score, dtype=torch.bool)
     if n_drop == 0:
-        return mask
+        return torch.ones_like(score, dtype=torch.bool)
+    if score.device.type == "cpu":
+        return torch.from_numpy(_rowwise_keep(score.float().numpy(), base, extra))
     lowest = torch.topk(score, min(base + 1, cols), dim=1, largest=False)
     drop = torch.zeros_like(lowest.indices, dtype=torch.bool)
     drop[:, :base] = True
     if extra:
         next_lowest = lowest.values[:, base]
         drop[torch.topk(next_lowest, extra, largest=False).indices, base] = True
-    return mask.scatter_(1, lowest.indices, ~drop)
+    return torch.ones_like(score, dtype=torch.bool).scatter_(1, lowest.indices, ~drop)
+
+
+def _rowwise_keep(score: np.ndarray, base: int, extra: int) -> np.ndarray:
+    """:func:`rowwise_mask` on a CPU: a row's threshold from one ``np.partition`` (a selection,
+    not a sort: torch's CPU ``topk`` of half a row is several times slower), then comparisons;
+    only rows with more ties at the threshold than they drop are scanned in order."""
+    rows, cols = score.shape
+    drops = np.full(rows, base, dtype=np.int64)
+    # one kth (several are far slower): left of ``base`` lie a row's ``base`` lowest, unordered
+    ordered = np.partition(score, min(base, cols - 1), axis=1)
+    lowest_dropped = ordered[:, :base].max(axis=1) if base else np.full(rows, -np.inf, np.float32)
+    threshold = lowest_dropped
+    if extra:
+        next_lowest = np.ascontiguousarray(ordered[:, base])
+        more = torch.topk(torch.from_numpy(next_lowest), extra, largest=False).indices.numpy()
+        drops[more] += 1
+        threshold = np.where(drops > base, next_lowest, lowest_dropped)
+    del ordered
+    threshold = threshold[:, None]
+    keep = score > threshold
+    at = score == threshold
+    surplus = cols - np.count_nonzero(keep, axis=1) - drops  # ties beyond what the row drops
+    for row in np.flatnonzero(surplus > 0):
+        tied = np.flatnonzero(at[row])
+        keep[row, tied[len(tied) - surplus[row] :]] = True  # keep the highest-column ties
+    return keep
 
 
 def layerwise_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
@@ -61,12 +90,33 @@ def layerwise_mask(score: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 def n_m_mask(score: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Keep-mask keeping the N highest scores in every group of M consecutive columns."""
+    """Keep-mask keeping the N highest scores in every group of M consecutive columns; of equal
+    scores the lower column is kept (as a stable sort does)."""
     rows, cols = score.shape
+    if score.device.type == "cpu" and m <= RANKED_GROUP:
+        return torch.from_numpy(_ranked_keep(score.float().numpy().reshape(rows, cols // m, m), n))
     groups = score.reshape(rows, cols // m, m)
-    keep = torch.topk(groups, n, dim=2).indices
+    keep = torch.sort(groups, dim=2, descending=True, stable=True).indices[..., :n]
     mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, keep, True)
     return mask.reshape(rows, cols)
+
+
+RANKED_GROUP = 8  # up to this M, a CPU ranks each entry against its group by comparisons
+
+
+def _ranked_keep(groups: np.ndarray, n: int) -> np.ndarray:
+    """:func:`n_m_mask` on a CPU: an entry's rank is how many of its group beat it (higher, or
+    equal and in a lower column); it is kept when fewer than ``n`` do. M^2 vectorised
+    comparisons, where torch's CPU ``topk`` over millions of tiny groups is several times slower."""
+    m = groups.shape[-1]
+    rank = np.zeros(groups.shape, dtype=np.int8)
+    for i in range(m):
+        entry = groups[..., i]
+        for j in range(m):
+            if j != i:
+                beats = groups[..., j] >= entry if j < i else groups[..., j] > entry
+                rank[..., i] += beats
+    return (rank < n).reshape(groups.shape[0], -1)
 
 
 def select_mask(

@@ -112,3 +112,39 @@ def test_zero_count_counts_both_zeros_in_every_dtype(dtype):
     assert zero_count(weight.view(1400, 500)[:, ::2]) == int(
         (weight.view(1400, 500)[:, ::2] == 0).sum()
     )
+
+
+def stable_rowwise_reference(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Each row drops its lowest by a stable sort (lower column first among equals); the extra
+    drops go to the rows whose next-lowest score is lowest."""
+    rows, cols = score.shape
+    base, extra = divmod(int(round(sparsity * score.numel())), rows)
+    order = torch.sort(score, dim=1, stable=True).indices
+    drops = torch.full((rows,), base)
+    if extra:
+        next_lowest = score.gather(1, order[:, base : base + 1]).squeeze(1)
+        drops[torch.topk(next_lowest, extra, largest=False).indices] += 1
+    mask = torch.ones_like(score, dtype=torch.bool)
+    for row in range(rows):
+        mask[row, order[row, : drops[row]]] = False
+    return mask
+
+
+@pytest.mark.parametrize("sparsity", [0.05, 0.5, 0.73, 1.0])
+def test_rowwise_mask_breaks_ties_as_a_stable_sort(sparsity):
+    # few distinct values: most rows have many ties at their threshold
+    score = torch.randint(0, 5, (64, 37), generator=torch.Generator().manual_seed(2)).float()
+    score[:, 0] = 7.0  # distinct next-lowest scores for the extra drops
+    score[:, 0] += torch.arange(64) / 64
+    mask = rowwise_mask(score, sparsity)
+    assert int((~mask).sum()) == round(sparsity * score.numel())
+    assert torch.equal(mask, stable_rowwise_reference(score, sparsity))
+
+
+@pytest.mark.parametrize(("n", "m"), [(2, 4), (1, 4), (4, 8), (3, 8), (2, 16)])
+def test_n_m_mask_breaks_ties_as_a_stable_sort(n, m):
+    score = torch.randint(0, 3, (16, 64), generator=torch.Generator().manual_seed(3)).float()
+    groups = score.reshape(16, -1, m)
+    keep = torch.sort(groups, dim=2, descending=True, stable=True).indices[..., :n]
+    expected = torch.zeros_like(groups, dtype=torch.bool).scatter_(2, keep, True)
+    assert torch.equal(n_m_mask(score, n, m), expected.reshape(16, 64))
