@@ -73,7 +73,7 @@ def hub(monkeypatch, tmp_path):
     """A fake Hub on 127.0.0.1 and huggingface_hub/transformers pointed at it in-process."""
     from huggingface_hub import constants
 
-    server = FakeHub(HubStore(token=TOKEN)).start()
+    server = FakeHub(HubStore(token=TOKEN, blob_dir=tmp_path / "hub-blobs")).start()
     point_clients_at(monkeypatch, server.url)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login-cache"))
     monkeypatch.setenv("HF_TOKEN", TOKEN)
