@@ -20,14 +20,16 @@ has not accepted the licence: not in ``store.granted``) with ``X-Error-Code: Gat
 ``resolve``, as the Hub does.
 
 ``store.kill_during_upload = True`` makes the next LFS upload (a PUT, or a part of a multipart
-one) read half its body, wait for the other uploads in flight to finish (so what the store holds
-at the kill is well defined: ``store.stored``), then drop the connection and stop the server, as
-if the Hub went away mid-upload; ``kill_during_upload = OID`` picks the object whose upload is cut.
+one) read half its body, wait (up to 10 s) for the other objects the last LFS batch asked for to
+be stored (so what the store holds at the kill is well defined: ``store.stored``), then drop the
+connection and stop the server, as if the Hub went away mid-upload; ``kill_during_upload = OID``
+picks the object whose upload is cut.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import socket
@@ -42,7 +44,7 @@ from urllib.parse import unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".bin")
 PIECE = 1 << 20  # bytes read from a request body at a time
-KILL_WAIT_S = 30  # longest a cut-off upload waits for the others in flight
+KILL_WAIT_S = 10  # longest a cut-off upload waits for the others to be stored
 
 
 @dataclass
@@ -65,7 +67,7 @@ class HubStore:
     part_size: int | None = None  # multipart uploads for objects larger than this
     kill_during_upload: bool | str = False
     granted: set[str] = field(default_factory=set)  # gated repos whose licence the user accepted
-    in_flight: int = 0  # uploads receiving a body now
+    pending: set[str] = field(default_factory=set)  # the last LFS batch's uploads not yet stored
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -320,6 +322,8 @@ class _Handler(BaseHTTPRequestHandler):
             if not self.store.has_blob(obj["oid"]):
                 entry["actions"] = {"upload": self._upload_action(obj["oid"], obj["size"])}
             objects.append(entry)
+        with self.store.lock:
+            self.store.pending = {entry["oid"] for entry in objects if "actions" in entry}
         self._json(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
 
     def _upload_action(self, oid: str, size: int) -> dict:
@@ -340,11 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if part:  # S3 answers each part with its ETag, which the completion lists
             return self._send(200, headers={"ETag": f'"{digest}"'})
-        if digest != oid:
-            target.unlink()
-            return self._error(400, "BadRequest", "content does not match its oid")
-        self._store(oid, target)
-        self._send(200)
+        self._finish(oid, target, digest)
 
     def lfs_complete(self, path: str) -> None:
         """``POST /_lfs/{oid}/{upload}``: join the parts the completion lists into the object."""
@@ -361,28 +361,29 @@ class _Handler(BaseHTTPRequestHandler):
                         digest.update(data)
                         out.write(data)
                 piece_path.unlink()
-        if digest.hexdigest() != oid:
-            target.unlink()
-            return self._error(400, "BadRequest", "content does not match its oid")
-        self._store(oid, target)
-        self._json(200, {})
+        self._finish(oid, target, digest.hexdigest())
 
-    def _store(self, oid: str, received: Path) -> None:
+    def _finish(self, oid: str, received: Path, digest: str) -> None:
+        """Keep ``received`` as the object ``oid`` when its content matches, and answer."""
+        if digest != oid:
+            received.unlink()
+            return self._error(400, "BadRequest", "content does not match its oid")
         received.replace(self.store.blob(oid))
         with self.store.lock:
             self.store.stored.append(oid)
+            self.store.pending.discard(oid)
+        self._send(200)
 
     def _receive(self, oid: str, target: Path) -> str | None:
         """Stream the body into ``target``; its sha256, or None when the upload was cut off."""
         with self.store.lock:
-            self.store.in_flight += 1
             kill = self.store.kill_during_upload in (True, oid)
             if kill:
                 self.store.kill_during_upload = False
+        length = self.headers.get("Content-Length")
+        half = max(int(length or 2) // 2, 1)
+        received, digest = 0, hashlib.sha256()
         try:
-            length = self.headers.get("Content-Length")
-            half = max(int(length or 2) // 2, 1)
-            received, digest = 0, hashlib.sha256()
             with target.open("wb") as out:
                 for piece in self._body_pieces(min(PIECE, half) if kill else PIECE):
                     if self.hub.down or (kill and received >= half):
@@ -391,28 +392,28 @@ class _Handler(BaseHTTPRequestHandler):
                     out.write(piece)
                     received += len(piece)
                 else:
-                    whole = length is None or received == int(length)
-                    if whole and not self.hub.down:
+                    if (length is None or received == int(length)) and not self.hub.down:
                         return digest.hexdigest()
-        finally:
-            with self.store.lock:
-                self.store.in_flight -= 1
-        target.unlink()
+        except OSError:  # the client went away mid-body
+            pass
+        target.unlink(missing_ok=True)
+        return self._cut(oid, kill)
+
+    def _cut(self, oid: str, kill: bool) -> None:
+        """Drop an unfinished upload; when it is the one chosen to kill the server, stop the
+        server once the other objects of the batch are stored."""
         if kill:
-            self._wait_for_others()
+            deadline = time.monotonic() + KILL_WAIT_S
+            while self.store.pending - {oid} and time.monotonic() < deadline:
+                time.sleep(0.01)
             self.hub.down = True
             threading.Thread(target=self.hub.stop, daemon=True).start()
         self._drop()
-        return None
-
-    def _wait_for_others(self) -> None:
-        deadline = time.monotonic() + KILL_WAIT_S
-        while self.store.in_flight and time.monotonic() < deadline:
-            time.sleep(0.01)
 
     def _drop(self) -> None:
         self.close_connection = True
-        self.connection.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):  # already gone
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     # --- read API -------------------------------------------------------------------------
     def resolve(self, path: str) -> None:
