@@ -8,6 +8,27 @@ then the login cache); it is handed to ``HfApi`` and never printed, logged or wr
 
 Failures (offline, refused token, server error, dropped connection) raise :class:`HubPushError`
 with one line that ends in the exact command to retry; nothing in the local folder changes.
+
+A large folder (a 7B model in bfloat16 is ~13 GB in a few shards) resumes by running that same
+command again, which sends only what the Hub does not hold yet. The Hub's content-addressed
+storage is the record of what arrived; nothing is kept on this machine between runs:
+
+- Git LFS (no ``hf_xet``, or ``HF_HUB_DISABLE_XET``): ``upload_folder`` hashes each file and asks
+  the LFS batch API what to send; the Hub gives no upload action for an object it already
+  stores, so the shards that arrived before the cut are skipped and only the shard cut part way
+  goes again, whole (multipart parts of an unfinished upload are not kept either).
+- Xet (the default wherever ``hf_xet`` is installed, both supported stacks): chunks the Hub
+  already has are deduplicated, and huggingface_hub >= 1 also drops files already committed.
+
+Why not ``HfApi.upload_large_folder``: huggingface_hub 2.x (the transformers 5 stack) has no such
+method, its resumable path being ``upload_folder`` itself; and on 0.x its workers catch every
+error and retry forever (a Hub that stays down hangs the command instead of ending in the retry
+line), it writes its resume state into the uploaded folder (``.cache/huggingface/upload/``), and
+it commits in several commits with a fixed message (no ``--commit-message``). What it saves on a
+resume is re-hashing the folder, a sequential read of it.
+
+Memory stays flat in the folder's size: files are hashed in 1 MiB reads and uploads stream from
+the open file (one slice per multipart part); ``benchmarks/push_scale.py`` measures peak RSS.
 """
 
 from __future__ import annotations

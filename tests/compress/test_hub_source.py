@@ -69,11 +69,11 @@ def point_at(monkeypatch, url: str) -> None:
 
 
 @pytest.fixture
-def hub(monkeypatch, caches):
+def hub(monkeypatch, caches, tmp_path):
     """The local test Hub, with huggingface_hub pointed at it and no token."""
     from huggingface_hub import constants
 
-    server = FakeHub(HubStore(token=TOKEN)).start()
+    server = FakeHub(HubStore(token=TOKEN, blob_dir=tmp_path / "hub-blobs")).start()
     point_at(monkeypatch, server.url)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(caches / "no-login"))
     monkeypatch.delenv("HF_TOKEN", raising=False)

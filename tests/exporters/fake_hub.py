@@ -2,9 +2,16 @@
 
 It serves what ``huggingface_hub`` calls for ``create_repo`` + ``upload_folder`` without Xet
 (``HF_HUB_DISABLE_XET``): repo create, branch create, README front-matter validation, preupload,
-the Git LFS batch API and basic PUT uploads, the ndjson commit; and for ``from_pretrained``: HEAD/GET ``resolve`` and model info.
-Writes need ``Authorization: Bearer <token>``. Every request's method, path and headers (lower-case
-names) are kept in ``store.requests`` so tests can check what the client sent.
+the Git LFS batch API (an object the store already holds gets no upload action, as on the Hub)
+with basic PUT uploads, or multipart ones (``store.part_size``: objects larger than it are sent in
+parts of that size, then a completion POST), the ndjson commit; and for ``from_pretrained``:
+HEAD/GET ``resolve`` and model info. Writes need ``Authorization: Bearer <token>``. Every request's
+method, path and headers (lower-case names) are kept in ``store.requests`` so tests can check what
+the client sent.
+
+LFS objects live on disk under ``store.blob_dir`` (one file per sha256, bodies streamed there in
+1 MiB pieces and hashed on the way), so a multi-gigabyte push costs the server no memory; an
+upload only becomes an object once its whole body arrived and matched its sha256.
 
 For downloads, :meth:`HubStore.add_repo` serves a repository of given files (siblings listed with
 their sizes, as ``model_info(files_metadata=True)`` reads them; revisions by branch or commit). A
@@ -12,22 +19,32 @@ gated repository lists its files to anyone but answers 401 (no token) or 403 (a 
 has not accepted the licence: not in ``store.granted``) with ``X-Error-Code: GatedRepo`` on
 ``resolve``, as the Hub does.
 
-``store.kill_during_upload = True`` makes the next LFS PUT read part of the body, then drop the
-connection and stop the server, as if the Hub went away mid-upload.
+``store.kill_during_upload = True`` makes the next LFS upload (a PUT, or a part of a multipart
+one) read half its body, wait (up to 10 s) for the other objects the last LFS batch asked for to
+be stored (so what the store holds at the kill is well defined: ``store.stored``), then drop the
+connection and stop the server, as if the Hub went away mid-upload; ``kill_during_upload = OID``
+picks the object whose upload is cut.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import socket
 import threading
+import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".onnx", ".onnx_data", ".bin")
+PIECE = 1 << 20  # bytes read from a request body at a time
+KILL_WAIT_S = 10  # longest a cut-off upload waits for the others to be stored
 
 
 @dataclass
@@ -43,11 +60,25 @@ class HubStore:
     """State that outlives a server restart (what the real Hub keeps on its side)."""
 
     token: str
+    blob_dir: Path  # LFS objects, one file named by its sha256
     repos: dict[str, Repo] = field(default_factory=dict)
-    blobs: dict[str, bytes] = field(default_factory=dict)  # sha256 -> content
     requests: list[tuple[str, str, dict]] = field(default_factory=list)
-    kill_during_upload: bool = False
+    stored: list[str] = field(default_factory=list)  # oids whose upload completed, in order
+    part_size: int | None = None  # multipart uploads for objects larger than this
+    kill_during_upload: bool | str = False
     granted: set[str] = field(default_factory=set)  # gated repos whose licence the user accepted
+    pending: set[str] = field(default_factory=set)  # the last LFS batch's uploads not yet stored
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.blob_dir = Path(self.blob_dir)
+        (self.blob_dir / "incoming").mkdir(parents=True, exist_ok=True)
+
+    def blob(self, oid: str) -> Path:
+        return self.blob_dir / oid
+
+    def has_blob(self, oid: str) -> bool:
+        return self.blob(oid).is_file()
 
     def add_repo(self, repo_id: str, files: dict[str, bytes], gated: bool = False) -> None:
         """A repository holding ``files`` (``.safetensors``/``.pth`` as LFS) in one commit."""
@@ -55,7 +86,7 @@ class HubStore:
         for path, content in files.items():
             if path.endswith((*LFS_SUFFIXES, ".pth", ".model")):
                 oid = hashlib.sha256(content).hexdigest()
-                self.blobs[oid] = content
+                self.blob(oid).write_bytes(content)
                 tree[path] = {"lfs": True, "oid": oid}
             else:
                 tree[path] = {"lfs": False, "content": content}
@@ -70,12 +101,24 @@ class HubStore:
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         """The content of every file at ``revision``."""
+        return {path: self._content(entry) for path, entry in self._tree(repo_id, revision).items()}
+
+    def digests(self, repo_id: str, revision: str = "main") -> dict[str, str]:
+        """The sha256 of every file at ``revision``, without reading LFS objects back."""
+        return {
+            path: entry["oid"] if entry["lfs"] else hashlib.sha256(entry["content"]).hexdigest()
+            for path, entry in self._tree(repo_id, revision).items()
+        }
+
+    def _tree(self, repo_id: str, revision: str) -> dict[str, dict]:
         repo = self.repos[repo_id]
-        tree = repo.trees[repo.branches[revision]]
-        return {path: self._content(entry) for path, entry in tree.items()}
+        return repo.trees[repo.branches[revision]]
 
     def _content(self, entry: dict) -> bytes:
-        return self.blobs[entry["oid"]] if entry["lfs"] else entry["content"]
+        return self.blob(entry["oid"]).read_bytes() if entry["lfs"] else entry["content"]
+
+    def _size(self, entry: dict) -> int:
+        return self.blob(entry["oid"]).stat().st_size if entry["lfs"] else len(entry["content"])
 
 
 class FakeHub:
@@ -110,16 +153,28 @@ class _Handler(BaseHTTPRequestHandler):
 
     # --- plumbing -------------------------------------------------------------------------
     def _body(self) -> bytes:
+        return b"".join(self._body_pieces())
+
+    def _body_pieces(self, most: int = PIECE) -> Iterator[bytes]:
+        """The request body, at most ``most`` bytes at a time (chunked or sized)."""
         if "chunked" in self.headers.get("Transfer-Encoding", ""):
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                if size == 0:
-                    self.rfile.readline()
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
+            while size := int(self.rfile.readline().split(b";")[0].strip(), 16):
+                while size:
+                    piece = self.rfile.read(min(size, most))
+                    if not piece:
+                        return
+                    size -= len(piece)
+                    yield piece
                 self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.rfile.readline()
+            return
+        left = int(self.headers.get("Content-Length", 0))
+        while left:
+            piece = self.rfile.read(min(left, most))
+            if not piece:
+                return  # the client went away
+            left -= len(piece)
+            yield piece
 
     def _send(self, status: int, body: bytes = b"", headers: dict | None = None) -> None:
         self.send_response(status)
@@ -210,9 +265,7 @@ class _Handler(BaseHTTPRequestHandler):
         if oid is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         tree = repo.trees[oid]
-        siblings = [
-            {"rfilename": p, "size": len(self.store._content(tree[p]))} for p in sorted(tree)
-        ]
+        siblings = [{"rfilename": p, "size": self.store._size(tree[p])} for p in sorted(tree)]
         gated = "manual" if repo.gated else False
         info = {"id": repo_id, "sha": oid, "private": repo.private, "gated": gated}
         self._json(200, {**info, "siblings": siblings})
@@ -224,10 +277,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
         entries = []
         for path, entry in sorted(repo.trees[oid].items()):
-            content = self.store._content(entry)
-            item = {"type": "file", "path": path, "size": len(content), "oid": _git_oid(content)}
-            if entry["lfs"]:
-                item["lfs"] = {"oid": entry["oid"], "size": len(content), "pointerSize": 134}
+            size = self.store._size(entry)
+            if entry["lfs"]:  # the Hub gives the git oid of the pointer file
+                pointer = _lfs_pointer(entry["oid"], size)
+                item = {"type": "file", "path": path, "size": size, "oid": _git_oid(pointer)}
+                item["lfs"] = {"oid": entry["oid"], "size": size, "pointerSize": len(pointer)}
+            else:
+                item = {"type": "file", "path": path, "size": size}
+                item["oid"] = _git_oid(entry["content"])
             entries.append(item)
         self._json(200, entries)
 
@@ -242,7 +299,7 @@ class _Handler(BaseHTTPRequestHandler):
                 content = base64.b64decode(value["content"])
                 tree[value["path"]] = {"lfs": False, "content": content}
             elif item["key"] == "lfsFile":
-                if value["oid"] not in self.store.blobs:
+                if not self.store.has_blob(value["oid"]):
                     return self._error(400, "BadRequest", f"LFS object {value['oid']} missing")
                 tree[value["path"]] = {"lfs": True, "oid": value["oid"]}
             elif item["key"] == "deletedFile":
@@ -262,32 +319,101 @@ class _Handler(BaseHTTPRequestHandler):
         objects = []
         for obj in body["objects"]:
             entry = {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
-            if obj["oid"] not in self.store.blobs:
-                href = f"{self.hub.url}/_lfs/{obj['oid']}"
-                entry["actions"] = {"upload": {"href": href, "header": {}}}
+            if not self.store.has_blob(obj["oid"]):
+                entry["actions"] = {"upload": self._upload_action(obj["oid"], obj["size"])}
             objects.append(entry)
+        with self.store.lock:
+            self.store.pending = {entry["oid"] for entry in objects if "actions" in entry}
         self._json(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
 
+    def _upload_action(self, oid: str, size: int) -> dict:
+        """A basic PUT, or (``store.part_size``) one PUT per part then a completion POST."""
+        part = self.store.part_size
+        if not part or size <= part:
+            return {"href": f"{self.hub.url}/_lfs/{oid}", "header": {}}
+        upload = f"{self.hub.url}/_lfs/{oid}/{uuid.uuid4().hex}"
+        parts = {f"{n:05d}": f"{upload}/{n}" for n in range(1, -(-size // part) + 1)}
+        return {"href": upload, "header": {"chunk_size": str(part), **parts}}
+
     def lfs_put(self, path: str) -> None:
-        oid = path.rsplit("/", 1)[1]
-        if self.store.kill_during_upload:
-            self.store.kill_during_upload = False
-            return self._die_mid_body()
-        content = self._body()
-        if hashlib.sha256(content).hexdigest() != oid:
+        """``/_lfs/{oid}`` (a whole object) or ``/_lfs/{oid}/{upload}/{part}``."""
+        oid, *part = path[len("/_lfs/") :].split("/")
+        target = self.store.blob_dir / "incoming" / "-".join([oid, *part])
+        digest = self._receive(oid, target)
+        if digest is None:
+            return
+        if part:  # S3 answers each part with its ETag, which the completion lists
+            return self._send(200, headers={"ETag": f'"{digest}"'})
+        self._finish(oid, target, digest)
+
+    def lfs_complete(self, path: str) -> None:
+        """``POST /_lfs/{oid}/{upload}``: join the parts the completion lists into the object."""
+        oid, upload = path[len("/_lfs/") :].split("/")
+        parts = json.loads(self._body())["parts"]
+        incoming = self.store.blob_dir / "incoming"
+        target = incoming / f"{oid}-{upload}"
+        digest = hashlib.sha256()
+        with target.open("wb") as out:
+            for part in parts:
+                piece_path = incoming / f"{oid}-{upload}-{part['partNumber']}"
+                with piece_path.open("rb") as piece:
+                    while data := piece.read(PIECE):
+                        digest.update(data)
+                        out.write(data)
+                piece_path.unlink()
+        self._finish(oid, target, digest.hexdigest())
+
+    def _finish(self, oid: str, received: Path, digest: str) -> None:
+        """Keep ``received`` as the object ``oid`` when its content matches, and answer."""
+        if digest != oid:
+            received.unlink()
             return self._error(400, "BadRequest", "content does not match its oid")
-        self.store.blobs[oid] = content
+        received.replace(self.store.blob(oid))
+        with self.store.lock:
+            self.store.stored.append(oid)
+            self.store.pending.discard(oid)
         self._send(200)
 
-    def _die_mid_body(self) -> None:
-        self.hub.down = True
-        self.rfile.read(max(int(self.headers.get("Content-Length", 2)) // 2, 1))
+    def _receive(self, oid: str, target: Path) -> str | None:
+        """Stream the body into ``target``; its sha256, or None when the upload was cut off."""
+        with self.store.lock:
+            kill = self.store.kill_during_upload in (True, oid)
+            if kill:
+                self.store.kill_during_upload = False
+        length = self.headers.get("Content-Length")
+        half = max(int(length or 2) // 2, 1)
+        received, digest = 0, hashlib.sha256()
+        try:
+            with target.open("wb") as out:
+                for piece in self._body_pieces(min(PIECE, half) if kill else PIECE):
+                    if self.hub.down or (kill and received >= half):
+                        break
+                    digest.update(piece)
+                    out.write(piece)
+                    received += len(piece)
+                else:
+                    if (length is None or received == int(length)) and not self.hub.down:
+                        return digest.hexdigest()
+        except OSError:  # the client went away mid-body
+            pass
+        target.unlink(missing_ok=True)
+        return self._cut(oid, kill)
+
+    def _cut(self, oid: str, kill: bool) -> None:
+        """Drop an unfinished upload; when it is the one chosen to kill the server, stop the
+        server once the other objects of the batch are stored."""
+        if kill:
+            deadline = time.monotonic() + KILL_WAIT_S
+            while self.store.pending - {oid} and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.hub.down = True
+            threading.Thread(target=self.hub.stop, daemon=True).start()
         self._drop()
-        threading.Thread(target=self.hub.stop, daemon=True).start()
 
     def _drop(self) -> None:
         self.close_connection = True
-        self.connection.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):  # already gone
+            self.connection.shutdown(socket.SHUT_RDWR)
 
     # --- read API -------------------------------------------------------------------------
     def resolve(self, path: str) -> None:
@@ -316,6 +442,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, content, headers)
 
     def _resolve_or_lfs(self, path: str) -> None:
+        if path.startswith("/_lfs/"):
+            return self.lfs_complete(path)
         if path.endswith(".git/info/lfs/objects/batch"):
             return self.lfs_batch(path)
         if "/resolve/" in path:
@@ -338,6 +466,10 @@ class _Handler(BaseHTTPRequestHandler):
 def _upload_mode(file: dict) -> dict:
     lfs = file["path"].endswith(LFS_SUFFIXES) or file["size"] > 1_000_000
     return {"path": file["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False}
+
+
+def _lfs_pointer(oid: str, size: int) -> bytes:
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize {size}\n".encode()
 
 
 def _git_oid(content: bytes) -> str:

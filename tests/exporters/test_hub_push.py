@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shlex
@@ -20,7 +21,7 @@ from typer.testing import CliRunner
 from cards.builder import write_card
 from compress.cli.main import app
 from compress.core.errors import BadInputError
-from exporters.hub import IGNORE_PATTERNS, push_folder, retry_command
+from exporters.hub import IGNORE_PATTERNS, HubPushError, push_folder, retry_command
 
 TOKEN = "hf_fakeTestToken0123456789abcdefABCDEF"
 REPO = "user/tiny-pruned"
@@ -69,11 +70,40 @@ def model_dir(pruned_llama_dir, tmp_path) -> Path:
 
 
 @pytest.fixture
+def sharded_dir(model_dir) -> Path:
+    """``model_dir`` with its weights in three shards of unequal size plus the index, as
+    ``save_pretrained`` shards a large model, and the card rendered again for them (the stand-in
+    ONNX export report goes: a card cannot render from it)."""
+    from safetensors.torch import load_file, save_file
+
+    (model_dir / "onnx" / "export_report.json").unlink()
+    state = load_file(model_dir / "model.safetensors")
+    names = sorted(state, key=lambda name: state[name].numel())
+    groups = [names[: len(names) // 4], names[len(names) // 4 : len(names) // 2]]
+    groups.append(names[len(names) // 2 :])  # the largest tensors: the largest shard
+    weight_map = {}
+    for i, group in enumerate(groups, 1):
+        shard = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        save_file({name: state[name] for name in group}, model_dir / shard, {"format": "pt"})
+        weight_map.update(dict.fromkeys(group, shard))
+    (model_dir / "model.safetensors").unlink()
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (model_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    write_card(model_dir)
+    return model_dir
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
 def hub(monkeypatch, tmp_path):
     """A fake Hub on 127.0.0.1 and huggingface_hub/transformers pointed at it in-process."""
     from huggingface_hub import constants
 
-    server = FakeHub(HubStore(token=TOKEN)).start()
+    server = FakeHub(HubStore(token=TOKEN, blob_dir=tmp_path / "hub-blobs")).start()
     point_clients_at(monkeypatch, server.url)
     monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-login-cache"))
     monkeypatch.setenv("HF_TOKEN", TOKEN)
@@ -160,6 +190,45 @@ def test_server_killed_mid_upload_fails_cleanly_then_retry_succeeds(
     assert hub.store.files(REPO) == uploadable(model_dir)
     assert snapshot(model_dir) == before
     assert TOKEN not in caplog.text + result.output
+
+
+@pytest.mark.parametrize("part_size", [None, 1 << 20], ids=["basic", "multipart"])
+def test_push_killed_mid_upload_resends_only_what_the_hub_lacks(
+    sharded_dir, hub, monkeypatch, part_size
+):
+    """The server dies while the largest shard is half sent, after the other files in flight
+    arrived; the same push, run again, sends only the objects the Hub does not hold."""
+    from huggingface_hub.utils import _http
+
+    monkeypatch.setattr(_http, "time", types.SimpleNamespace(sleep=lambda seconds: None))
+    hub.store.part_size = part_size
+    shards = {sha256_of(p): p for p in sharded_dir.glob("*.safetensors")}
+    assert len(shards) == 3
+    largest = max(shards, key=lambda oid: shards[oid].stat().st_size)
+    hub.store.kill_during_upload = largest
+    before = snapshot(sharded_dir)
+    with pytest.raises(HubPushError, match="connection dropped"):
+        push_folder(sharded_dir, REPO)
+    kept = set(hub.store.stored)
+    assert kept and largest not in kept
+    assert hub.store.files(REPO) == {}  # nothing committed
+
+    first_run = len(hub.store.requests)
+    back = FakeHub(hub.store, port=hub.port).start()
+    reset_sessions()
+    try:
+        push_folder(sharded_dir, REPO)
+    finally:
+        back.stop()
+    rerun = hub.store.requests[first_run:]
+    resent = {path.split("/")[2] for method, path, _ in rerun if method == "PUT"}
+    assert largest in resent and not resent & kept  # only what the Hub lacked went up again
+    assert set(hub.store.stored) == kept | resent and set(shards) <= kept | resent
+    assert hub.store.files(REPO) == uploadable(sharded_dir)  # bit-identical, one commit
+    assert len([r for r in rerun if r[1].startswith(f"/api/models/{REPO}/commit/")]) == 1
+    assert snapshot(sharded_dir) == before
+    result = CliRunner().invoke(app, ["card", str(sharded_dir), "--check"])
+    assert result.exit_code == 0, result.output
 
 
 def test_wrong_token_is_refused_without_echoing_it(model_dir, hub, monkeypatch):
