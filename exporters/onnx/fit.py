@@ -2,21 +2,23 @@
 caller measured (:func:`compress.model.preflight.float32_weights`, ``free_ram``), so a refusal is
 testable with made-up sizes.
 
-Each route's peak resident memory is modelled as ``BASE + factor x weights``, ``weights`` being
-the bytes of the model's weights in float32 (every route loads and computes in float32). The
-factors are peak RSS measured with ``/usr/bin/time -v`` on the embedded SmolLM2-135M (538 MB of
-float32 weights), minus the RSS of a process that has only imported the libraries, divided by the
-weights; the command's process and the model builder's child process each count, as they run
-one after the other. Why each factor is what it is:
+A route's peak resident memory is modelled as ``BASE + factor x weights``, ``weights`` being the
+bytes of the model's weights in float32 (every route loads and computes in float32). The figures
+come from ``compress export onnx`` on the embedded SmolLM2-135M (538 MB of float32 weights), the
+summed RSS of the command and its model-builder child sampled every 0.1 s: ``BASE`` is a
+process that has only imported torch, transformers and both ONNX runtimes (335 MB), each factor
+is (peak - ``BASE``) / weights:
 
-- optimum (fp32): torch.onnx.export traces the loaded model and holds the serialized graph
-  beside it; the parity check then holds the PyTorch model and the ONNX Runtime session;
-- optimum with ``--quantize``: the fp32 graph, its quantized copy in memory, and both sessions
-  while they are compared;
-- genai fp32: the builder loads the Hugging Face model in float32 and streams the graph to disk;
-  then the PyTorch reference, freed before the ONNX Runtime session loads the fp32 graph;
-- genai int4: the builder holds the Hugging Face model and the whole float graph in memory
-  (``ir.to_proto``) while it quantizes; the int4 session that follows is small.
+- genai fp32 (1.66 GB peak): the builder loads the Hugging Face model in float32 and streams
+  the graph to disk; the PyTorch reference is freed before the fp32 build loads;
+- genai int4 (3.30 GB): the builder holds the model and the whole float graph
+  (``ir.to_proto``) while it quantizes;
+- optimum fp32 (3.69 GB): torch.onnx.export holds the traced graph and its serialized copy
+  beside the model. The quantized optimum routes run that export first, so they take at
+  least as much (their own peak was not measured).
+
+At one size the embedding and the runtimes' own buffers weigh more than in a larger model, so
+the factors err towards refusing.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from compress.core.errors import BadInputError
 
 GIB = 1024**3
-BASE = 1 * GIB  # torch, transformers and ONNX Runtime imported, before any model loads
+BASE = 335 * 10**6  # the libraries imported, before any model loads
 
 
 @dataclass(frozen=True)
@@ -36,18 +38,22 @@ class Route:
     factor: float  # peak RSS above BASE per byte of float32 weights
 
 
-# keyed by (route, quantize); int8-weights keeps int8's factor (the same two graphs in memory)
+OPTIMUM_FACTOR = 6.24
+# keyed by (route, quantize)
 ROUTES: dict[tuple[str, str | None], Route] = {
-    ("optimum", None): Route("the fp32 ONNX export", "--runtime optimum", 4.0),
-    ("optimum", "int8"): Route("the int8 ONNX export", "--runtime optimum --quantize int8", 5.0),
-    ("optimum", "int8-weights"): Route(
-        "the int8-weights ONNX export", "--runtime optimum --quantize int8-weights", 5.0
-    ),
-    ("optimum", "int4"): Route("the int4 ONNX export", "--runtime optimum --quantize int4", 5.0),
-    ("genai", None): Route("the fp32 onnxruntime-genai build", "--runtime genai", 2.0),
+    ("genai", None): Route("the fp32 onnxruntime-genai build", "--runtime genai", 2.47),
     ("genai", "int4"): Route(
-        "the int4 onnxruntime-genai build", "--runtime genai --quantize int4", 2.5
+        "the int4 onnxruntime-genai build", "--runtime genai --quantize int4", 5.51
     ),
+    ("optimum", None): Route("the fp32 ONNX export", "--runtime optimum", OPTIMUM_FACTOR),
+    **{
+        ("optimum", quantize): Route(
+            f"the {quantize} ONNX export",
+            f"--runtime optimum --quantize {quantize}",
+            OPTIMUM_FACTOR,
+        )
+        for quantize in ("int8", "int8-weights", "int4")
+    },
 }
 
 
@@ -88,13 +94,12 @@ def killed_line(signal: str, route: str, quantize: str | None, weights: int, fre
 
 
 def _helps(weights: int, free: int, closing: bool = False) -> str:
-    """The cheapest route that fits, else the RAM the cheapest one needs."""
+    """The cheapest route where it fits, else the RAM it needs."""
     cheapest = min(ROUTES.values(), key=lambda route: route.factor)
-    fits = need(cheapest, weights) <= free
-    close = "close other programs, " if closing else ""
-    if fits:
-        return f"{close}or use {cheapest.flags}, which fits (about {gib(need(cheapest, weights))})"
+    needed = gib(need(cheapest, weights))
+    close = "close other programs or " if closing else ""
+    if need(cheapest, weights) <= free:
+        return f"{close}use {cheapest.flags}, which fits (about {needed})"
     return (
-        f"no route fits: {close}or use a machine with at least "
-        f"{gib(need(cheapest, weights))} of free RAM ({cheapest.flags})"
+        f"no route fits: {close}use a machine with at least {needed} of free RAM ({cheapest.flags})"
     )

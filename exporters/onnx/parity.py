@@ -7,7 +7,9 @@ Two checks, both on the same fixed prompts, in float32:
   past-key-values path when the export has one);
 - tokens: greedy generation gives the same new tokens in ONNX Runtime as in PyTorch.
 
-Both models only need ``__call__(input_ids=, attention_mask=) -> .logits`` and ``generate``, which
+The PyTorch side can be computed first (:func:`reference_outputs`) and the model freed before the
+ONNX model loads (:func:`compare_parity`), so a large model is never held twice. Both models only
+need ``__call__(input_ids=, attention_mask=) -> .logits`` and ``generate``, which
 ``transformers`` models and ``optimum``'s ``ORTModelForCausalLM`` share.
 """
 

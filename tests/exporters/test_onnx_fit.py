@@ -135,3 +135,23 @@ def test_a_quantized_graph_over_the_limit_keeps_its_weights_outside(method, tmp_
     monkeypatch.setattr(quantize, "TWO_GIB", 1024)
     outside = quantize.quantize_int8(tiny_graph_folder(tmp_path / "outside"), method, 32)
     assert not uses_external_data(inside) and uses_external_data(outside)
+
+
+def test_the_builder_runs_with_no_model_loaded(pruned_llama_dir, tmp_path, monkeypatch):
+    """The builder loads its own copy: the command loads none before it (the PyTorch reference
+    comes after the build)."""
+    import compress.model.loading
+
+    events = []
+    monkeypatch.setattr(
+        compress.model.loading, "load_model", lambda *_, **__: events.append("load_model")
+    )
+
+    def builder(command, **_):
+        events.append("builder")
+        return subprocess.CompletedProcess(command, 1, "", "stopped here by the test")
+
+    monkeypatch.setattr(subprocess, "run", builder)
+    with pytest.raises(BadInputError, match="stopped here by the test"):
+        export_onnx(pruned_llama_dir, tmp_path / "out", OnnxExportConfig(runtime="genai"))
+    assert events == ["builder"]
