@@ -2,23 +2,20 @@
 caller measured (:func:`compress.model.preflight.float32_weights`, ``free_ram``), so a refusal is
 testable with made-up sizes.
 
-A route's peak resident memory is modelled as ``BASE + factor x weights``, ``weights`` being the
-bytes of the model's weights in float32 (every route loads and computes in float32). The figures
-come from ``compress export onnx`` on the embedded SmolLM2-135M (538 MB of float32 weights), the
-summed RSS of the command and its model-builder child sampled every 0.1 s: ``BASE`` is a
-process that has only imported torch, transformers and both ONNX runtimes (335 MB), each factor
-is (peak - ``BASE``) / weights:
+A route's peak resident memory is modelled as ``fixed + factor x weights``, ``weights`` being
+the bytes of the model's weights in float32 (every route loads and computes in float32). The
+figures are the peak summed RSS of ``compress export onnx`` and its model-builder child,
+sampled every 0.1 s, for two models: the tests' tiny Llama (13 MB of float32 weights) and the
+embedded SmolLM2-135M (538 MB); ``factor`` is the slope between them, ``fixed`` the rest (the
+libraries, the tokenizer, the runtimes' own buffers, the builder's process):
 
-- genai fp32 (1.66 GB peak): the builder loads the Hugging Face model in float32 and streams
-  the graph to disk; the PyTorch reference is freed before the fp32 build loads;
-- genai int4 (3.30 GB): the builder holds the model and the whole float graph
+- genai fp32 (0.98 and 1.66 GB): the builder loads the Hugging Face model in float32 and
+  streams the graph to disk; the PyTorch reference is freed before the fp32 build loads;
+- genai int4 (1.09 and 3.30 GB): the builder holds the model and the whole float graph
   (``ir.to_proto``) while it quantizes;
-- optimum fp32 (3.69 GB): torch.onnx.export holds the traced graph and its serialized copy
-  beside the model. The quantized optimum routes run that export first, so they take at
+- optimum fp32 (0.75 and 3.69 GB): torch.onnx.export holds the traced graph and its serialized
+  copy beside the model. The quantized optimum routes run that export first, so they take at
   least as much (their own peak was not measured).
-
-At one size the embedding and the runtimes' own buffers weigh more than in a larger model, so
-the factors err towards refusing.
 """
 
 from __future__ import annotations
@@ -28,38 +25,35 @@ from dataclasses import dataclass
 from compress.core.errors import BadInputError
 
 GIB = 1024**3
-BASE = 335 * 10**6  # the libraries imported, before any model loads
+MB = 10**6
 
 
 @dataclass(frozen=True)
 class Route:
     what: str  # "the fp32 ONNX export"
     flags: str  # the flags that select it
-    factor: float  # peak RSS above BASE per byte of float32 weights
+    fixed: int  # peak RSS bytes that do not grow with the model
+    factor: float  # peak RSS per byte of float32 weights, above ``fixed``
 
 
-OPTIMUM_FACTOR = 6.24
+def _optimum(quantize: str | None) -> Route:
+    flags = "--runtime optimum" + (f" --quantize {quantize}" if quantize else "")
+    return Route(f"the {quantize or 'fp32'} ONNX export", flags, 682 * MB, 5.59)
+
+
 # keyed by (route, quantize)
 ROUTES: dict[tuple[str, str | None], Route] = {
-    ("genai", None): Route("the fp32 onnxruntime-genai build", "--runtime genai", 2.47),
+    ("genai", None): Route("the fp32 onnxruntime-genai build", "--runtime genai", 966 * MB, 1.29),
     ("genai", "int4"): Route(
-        "the int4 onnxruntime-genai build", "--runtime genai --quantize int4", 5.51
+        "the int4 onnxruntime-genai build", "--runtime genai --quantize int4", 1036 * MB, 4.21
     ),
-    ("optimum", None): Route("the fp32 ONNX export", "--runtime optimum", OPTIMUM_FACTOR),
-    **{
-        ("optimum", quantize): Route(
-            f"the {quantize} ONNX export",
-            f"--runtime optimum --quantize {quantize}",
-            OPTIMUM_FACTOR,
-        )
-        for quantize in ("int8", "int8-weights", "int4")
-    },
+    **{("optimum", q): _optimum(q) for q in (None, "int8", "int8-weights", "int4")},
 }
 
 
 def need(route: Route, weights: int) -> int:
     """Peak RAM ``route`` takes for ``weights`` bytes of float32 weights."""
-    return int(BASE + route.factor * weights)
+    return int(route.fixed + route.factor * weights)
 
 
 def gib(size: float) -> str:
@@ -95,7 +89,7 @@ def killed_line(signal: str, route: str, quantize: str | None, weights: int, fre
 
 def _helps(weights: int, free: int, closing: bool = False) -> str:
     """The cheapest route where it fits, else the RAM it needs."""
-    cheapest = min(ROUTES.values(), key=lambda route: route.factor)
+    cheapest = min(ROUTES.values(), key=lambda route: need(route, weights))
     needed = gib(need(cheapest, weights))
     close = "close other programs or " if closing else ""
     if need(cheapest, weights) <= free:

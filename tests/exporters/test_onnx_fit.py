@@ -15,8 +15,8 @@ from exporters.onnx.fit import GIB, ROUTES, check_fits, gib, killed_line, need
 from tests.compress.test_refusals import refused
 
 SEVEN_B = 27 * GIB  # the float32 weights of a 7B-shaped model
-CHEAPEST = min(ROUTES.values(), key=lambda route: route.factor)
-DEAREST = max(ROUTES.values(), key=lambda route: route.factor)
+CHEAPEST = min(ROUTES.values(), key=lambda route: need(route, SEVEN_B))
+DEAREST = max(ROUTES.values(), key=lambda route: need(route, SEVEN_B))
 
 
 def test_a_route_that_fits_is_not_refused():
@@ -26,8 +26,8 @@ def test_a_route_that_fits_is_not_refused():
 
 def test_a_route_that_does_not_fit_names_one_that_does():
     free = need(CHEAPEST, SEVEN_B)  # exactly what the cheapest route needs
-    refused_routes = [key for key, route in ROUTES.items() if route.factor > CHEAPEST.factor]
-    assert refused_routes  # the factors differ: some route is dearer than the cheapest
+    refused_routes = [key for key, route in ROUTES.items() if need(route, SEVEN_B) > free]
+    assert refused_routes  # the routes differ: some is dearer than the cheapest
     for route, quantize in refused_routes:
         with pytest.raises(BadInputError) as error:
             check_fits(route, quantize, SEVEN_B, free)
