@@ -147,15 +147,36 @@ def _gguf_error(path: Path, exc: Exception) -> BadInputError:
 def _damaged_safetensors(folder: str) -> str:
     """The first ``*.safetensors`` file in ``folder`` that fails to open (safetensors' error
     names none), else ``folder`` itself (e.g. a Hub id)."""
+    damaged = _unopenable(Path(folder))
+    return str(damaged[0]) if damaged else folder
+
+
+def _unopenable(folder: Path) -> tuple[Path, SafetensorError] | None:
+    """The first ``*.safetensors`` file in ``folder`` whose header does not open, with the error."""
     from safetensors import safe_open
 
-    for file in sorted(Path(folder).glob("*.safetensors")):
+    for file in sorted(folder.glob("*.safetensors")):
         try:
             with safe_open(file, framework="pt"):
                 pass
-        except SafetensorError:
-            return str(file)
-    return folder
+        except SafetensorError as exc:
+            return file, exc
+    return None
+
+
+def check_safetensors(folder: Path) -> None:
+    """Refuse, before a tool that loads the folder on its own (an exporter's child process), a
+    ``*.safetensors`` file that is damaged or truncated.
+
+    Raises:
+        BadInputError: naming the file and what to do.
+    """
+    damaged = _unopenable(folder)
+    if damaged:
+        file, exc = damaged
+        raise BadInputError(
+            f"{file} is damaged or truncated ({exc}); save or download the model again"
+        )
 
 
 def _load_weights(

@@ -33,6 +33,20 @@ def shape(config_file: Path) -> tuple[int, int]:
     return blocks, ITEMSIZE.get(stored.removeprefix("torch."), 4)
 
 
+def float32_weights(folder: Path) -> int:
+    """Bytes of a saved model folder's weights in float32 (the dtype an export computes in),
+    from the stored files' sizes and the dtype config.json records."""
+    stored = weights_bytes(folder_sizes(folder))
+    _, itemsize = shape(folder / "config.json")
+    return stored // itemsize * ITEMSIZE["float32"]
+
+
+def free_ram() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
 def free_disk(folder: Path) -> tuple[int, int]:
     """(free bytes, filesystem id) of the nearest existing folder at or above ``folder``."""
     folder = folder.absolute()
@@ -43,9 +57,7 @@ def free_disk(folder: Path) -> tuple[int, int]:
 
 def memory(device: torch.device) -> tuple[int, int]:
     """(free bytes where the model runs, free RAM)."""
-    import psutil
-
-    ram = psutil.virtual_memory().available
+    ram = free_ram()
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0], ram
     return ram, ram

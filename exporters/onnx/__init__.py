@@ -7,6 +7,7 @@ onnxruntime-genai's model builder (``--runtime genai``).
   :func:`export_onnx`;
 - :mod:`~exporters.onnx.optimum` and :mod:`~exporters.onnx.genai_route`: the two routes, each
   returning export_report.json built by :mod:`~exporters.onnx.record`;
+- :mod:`~exporters.onnx.fit`: the RAM each route needs, checked before the work;
 - their parts: ``parity``, ``quantize``, ``tied``, ``timing``, ``files``, ``context``,
   ``summary``; ``genai`` (the onnxruntime-genai runtime), ``builder`` and ``genai_quant`` (its
   model builder).

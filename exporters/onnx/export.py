@@ -38,8 +38,12 @@ class OnnxExporter(Exporter):
         return config.target  # default: DIR/onnx
 
     def check(self, source: Path, target: Path, config: ExportOnnxConfig) -> None:
+        from compress.model.preflight import float32_weights, free_ram
+        from exporters.onnx.fit import check_fits
+
         _check_paths(source.resolve(), target.resolve(), config.overwrite)
         config.onnx.require_runtime()
+        check_fits(config.onnx.route, config.onnx.quantize, float32_weights(source), free_ram())
 
     def export(self, source: Path, staging: Path, config: ExportOnnxConfig) -> ArtifactRecord:
         from exporters.onnx import genai_route, optimum

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -70,8 +71,12 @@ def build(
     (:func:`int4_quant_config`) for int4.
 
     Raises:
-        BadInputError: the builder fails (an unsupported architecture, say); its last lines.
+        BadInputError: the builder fails (an unsupported architecture, say): its last line; or
+            it is killed (out of memory): the weights, the free RAM and what helps.
     """
+    from compress.model.preflight import float32_weights, free_ram
+    from exporters.onnx.fit import killed_line
+
     root = Path(__file__).resolve().parents[2]
     command = [
         sys.executable,
@@ -95,7 +100,14 @@ def build(
         "HF_HUB_OFFLINE": "1",
         "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
     }
+    free = free_ram()
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if result.returncode < 0:  # ended by a signal: SIGKILL from the out-of-memory killer
+        signal_name = signal.Signals(-result.returncode).name
+        quantize = "int4" if precision == "int4" else None
+        raise BadInputError(
+            killed_line(signal_name, "genai", quantize, float32_weights(folder), free)
+        )
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
         raise BadInputError(f"onnxruntime-genai's model builder failed: {' '.join(tail)}")

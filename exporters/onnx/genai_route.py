@@ -4,39 +4,51 @@ optimum route, and for int4 its perplexity against PyTorch's on the shared proto
 
 from __future__ import annotations
 
+import gc
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import torch
 
 from compress.core.errors import ExportParityError
 from exporters.onnx.config import OnnxExportConfig
 from exporters.onnx.files import MODEL_FILE, model_bytes
 from exporters.onnx.optimum import pad_token_id
+from exporters.onnx.quantize import window_perplexity
 from exporters.onnx.record import export_report, measured_perplexity
 
 if TYPE_CHECKING:
     from exporters.onnx.genai import GenaiLM
-    from exporters.onnx.parity import ParityResult
+    from exporters.onnx.parity import ParityResult, Reference
 
 
 def build_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> dict:
     """Build with onnxruntime-genai's model builder; parity (and for int4 perplexity against
-    PyTorch's) through its generator."""
-    from compress.model.loading import load_model
+    PyTorch's) through its generator.
+
+    One copy of the model at a time: the builder runs with nothing loaded here, then the PyTorch
+    reference is computed (onloaded block by block where float32 does not fit in RAM,
+    :func:`compress.model.loading.load_model`) and freed before the build is loaded.
+    """
+    from transformers import AutoConfig
+
+    from compress.model.loading import check_model_folder, check_safetensors
     from exporters.onnx import genai
     from exporters.onnx.genai_quant import check_eight_bit, int4_quant_config
-    from exporters.onnx.quantize import eval_windows, window_perplexity
 
-    precision = "int4" if config.quantize == "int4" else "fp32"
+    check_model_folder(folder)
+    check_safetensors(folder)
+    int4 = config.quantize == "int4"
+    precision = "int4" if int4 else "fp32"
     provider = genai.execution_provider()
-    loaded = load_model(str(folder), device="cpu", dtype="float32")  # refuses damaged weights
-    int4 = precision == "int4"
-    layers = loaded.model.config.num_hidden_layers
+    layers = AutoConfig.from_pretrained(folder).num_hidden_layers
     int8 = config.int8_projections if int4 else ()
     quant = int4_quant_config(config.genai_algo, config.block_size, int8, layers) if int4 else None
     genai.build(folder, staging, precision, provider, quant)
     eight_bit = check_eight_bit(staging, int8, layers) if int4 else {}
-    loaded.tokenizer.save_pretrained(staging)  # the ids PyTorch saw, for run-onnx too
-    model, parity = genai_parity(staging, loaded, config, int4)
+    reference = pytorch_reference(folder, staging, config, int4)
+    model, parity = genai_parity(staging, reference, config, int4)
     size = model_bytes(staging)
     report = export_report(
         folder,
@@ -52,14 +64,11 @@ def build_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> di
         size={f"{precision}_bytes": size},
     )
     if parity.passed and int4:
-        windows = eval_windows(
-            loaded.tokenizer, config.eval_source, config.eval_windows, config.eval_seqlen
-        )
-        before = window_perplexity(loaded.model, windows)
-        after = window_perplexity(model, windows)
+        after = window_perplexity(model, reference.windows)
+        before = reference.perplexity
         report["perplexity"] = measured_perplexity(
             config,
-            windows,
+            reference.windows,
             pytorch_fp32=before,
             int4=after,
             relative_change=(after - before) / before,
@@ -67,26 +76,64 @@ def build_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> di
     return report
 
 
+@dataclass
+class PytorchReference:
+    """What the float32 PyTorch model computed, kept once the model itself is freed."""
+
+    outputs: list[Reference]  # per parity prompt
+    pad_token_id: int
+    windows: torch.Tensor | None = None  # int4: the perplexity windows
+    perplexity: float | None = None  # int4: PyTorch's perplexity on them
+
+
+def pytorch_reference(
+    folder: Path, staging: Path, config: OnnxExportConfig, int4: bool
+) -> PytorchReference:
+    """Load ``folder`` in float32 (refusing damaged weights), save its tokenizer into
+    ``staging`` (the ids PyTorch saw, for run-onnx too) and compute the reference; the model is
+    freed on return."""
+    from compress.model.loading import load_model
+    from compress.model.placement import release_free_memory
+    from exporters.onnx.parity import encode_prompts, reference_outputs
+    from exporters.onnx.quantize import eval_windows
+
+    loaded = load_model(str(folder), device="cpu", dtype="float32")
+    tokenizer = loaded.tokenizer
+    tokenizer.save_pretrained(staging)
+    pad = pad_token_id(tokenizer)
+    outputs = reference_outputs(loaded.model, encode_prompts(tokenizer), config.max_new_tokens, pad)
+    reference = PytorchReference(outputs, pad)
+    if int4:
+        windows = eval_windows(
+            tokenizer, config.eval_source, config.eval_windows, config.eval_seqlen
+        )
+        reference.windows = windows
+        reference.perplexity = window_perplexity(loaded.model, windows)
+    del loaded
+    gc.collect()
+    release_free_memory()
+    return reference
+
+
 def genai_parity(
-    staging: Path, loaded, config: OnnxExportConfig, int4: bool
+    staging: Path, reference: PytorchReference, config: OnnxExportConfig, int4: bool
 ) -> tuple[GenaiLM, ParityResult]:
-    """The build loaded in onnxruntime-genai and its parity check against PyTorch.
+    """The build loaded in onnxruntime-genai and its parity check against PyTorch's outputs.
 
     Raises:
         ExportParityError: the runtime fails inside the check; the first line of its message.
     """
     from exporters.onnx import genai
-    from exporters.onnx.parity import check_parity, encode_prompts
+    from exporters.onnx.parity import compare_parity
 
     try:
         model = genai.GenaiLM(staging)
-        parity = check_parity(
-            loaded.model,
+        parity = compare_parity(
+            reference.outputs,
             model,
-            encode_prompts(loaded.tokenizer),
             config.max_new_tokens,
             config.int4_atol if int4 else config.atol,
-            pad_token_id(loaded.tokenizer),
+            reference.pad_token_id,
             quantized=int4,
         )
     except RuntimeError as error:

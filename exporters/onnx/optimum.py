@@ -30,11 +30,12 @@ def export_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> d
     """Export ``folder`` into ``staging`` and check it; returns its export_report.json."""
     from optimum.exporters.onnx import main_export
 
-    from compress.model.loading import load_model
+    from compress.model.loading import check_model_folder, check_safetensors, load_model
     from exporters.onnx.parity import check_parity, encode_prompts
 
-    loaded = load_model(str(folder), device="cpu", dtype="float32")
-    main_export(
+    check_model_folder(folder)
+    check_safetensors(folder)
+    main_export(  # loads its own copy of the model: nothing is loaded here until it returns
         str(folder),
         staging,
         task=config.task,
@@ -44,6 +45,7 @@ def export_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> d
         library_name="transformers",
     )
     tied = share_in_file(staging / MODEL_FILE)
+    loaded = load_model(str(folder), device="cpu", dtype="float32")
     loaded.tokenizer.save_pretrained(staging)
     pad_id = pad_token_id(loaded.tokenizer)
     ort_model = load_ort(staging, MODEL_FILE)

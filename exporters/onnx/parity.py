@@ -7,7 +7,9 @@ Two checks, both on the same fixed prompts, in float32:
   past-key-values path when the export has one);
 - tokens: greedy generation gives the same new tokens in ONNX Runtime as in PyTorch.
 
-Both models only need ``__call__(input_ids=, attention_mask=) -> .logits`` and ``generate``, which
+The PyTorch side can be computed first (:func:`reference_outputs`) and the model freed before the
+ONNX model loads (:func:`compare_parity`), so a large model is never held twice. Both models only
+need ``__call__(input_ids=, attention_mask=) -> .logits`` and ``generate``, which
 ``transformers`` models and ``optimum``'s ``ORTModelForCausalLM`` share.
 """
 
@@ -87,7 +89,66 @@ def _decode_diff(torch_steps, ort_steps, torch_tokens, ort_tokens) -> float:
     return worst
 
 
+@dataclass
+class Reference:
+    """What the PyTorch model computed on one prompt: computed first, so the PyTorch model can be
+    freed before the ONNX model loads (two copies of a large model need not fit at once)."""
+
+    ids: torch.Tensor  # (1, T)
+    logits: torch.Tensor  # (1, T, V) prefill logits
+    tokens: list[int]  # greedy new tokens
+    steps: list[torch.Tensor]  # the logits each greedy token was chosen from
+
+
 @torch.no_grad()
+def reference_outputs(
+    torch_model, prompts: list[torch.Tensor], max_new_tokens: int, pad_token_id: int
+) -> list[Reference]:
+    """The PyTorch side of the check on ``prompts`` (each ``(1, T)``)."""
+    references = []
+    for ids in prompts:
+        logits = torch_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.float()
+        tokens, steps = _greedy(torch_model, ids, max_new_tokens, pad_token_id)
+        references.append(Reference(ids, logits, tokens, steps))
+    return references
+
+
+@torch.no_grad()
+def compare_parity(
+    references: list[Reference],
+    ort_model,
+    max_new_tokens: int,
+    atol: float,
+    pad_token_id: int,
+    quantized: bool = False,
+) -> ParityResult:
+    """Compare ``ort_model`` against the PyTorch ``references`` of :func:`reference_outputs`."""
+    prefill = decode = total = 0.0
+    count = 0
+    mismatches = []
+    for index, ref in enumerate(references):
+        got = ort_model(input_ids=ref.ids, attention_mask=torch.ones_like(ref.ids)).logits.float()
+        difference = (ref.logits - got).abs()
+        prefill = max(prefill, difference.max().item())
+        total, count = total + difference.sum().item(), count + difference.numel()
+        ort_tokens, ort_steps = _greedy(ort_model, ref.ids, max_new_tokens, pad_token_id)
+        decode = max(decode, _decode_diff(ref.steps, ort_steps, ref.tokens, ort_tokens))
+        if ref.tokens != ort_tokens:
+            mismatches.append({"prompt": index, "torch": ref.tokens, "ort": ort_tokens})
+    return ParityResult(
+        atol=atol,
+        max_abs_logit_diff=prefill,
+        max_abs_decode_logit_diff=decode,
+        prompts=len(references),
+        prompt_tokens=sum(ref.ids.shape[1] for ref in references),
+        max_new_tokens=max_new_tokens,
+        tokens_equal=not mismatches,
+        mismatches=mismatches,
+        mean_abs_logit_diff=total / count,
+        quantized=quantized,
+    )
+
+
 def check_parity(
     torch_model,
     ort_model,
@@ -98,30 +159,5 @@ def check_parity(
     quantized: bool = False,
 ) -> ParityResult:
     """Compare ``ort_model`` against ``torch_model`` on ``prompts`` (each ``(1, T)``)."""
-    prefill = decode = total = 0.0
-    count = 0
-    mismatches = []
-    for index, ids in enumerate(prompts):
-        mask = torch.ones_like(ids)
-        expected = torch_model(input_ids=ids, attention_mask=mask).logits.float()
-        got = ort_model(input_ids=ids, attention_mask=mask).logits.float()
-        difference = (expected - got).abs()
-        prefill = max(prefill, difference.max().item())
-        total, count = total + difference.sum().item(), count + difference.numel()
-        torch_tokens, torch_steps = _greedy(torch_model, ids, max_new_tokens, pad_token_id)
-        ort_tokens, ort_steps = _greedy(ort_model, ids, max_new_tokens, pad_token_id)
-        decode = max(decode, _decode_diff(torch_steps, ort_steps, torch_tokens, ort_tokens))
-        if torch_tokens != ort_tokens:
-            mismatches.append({"prompt": index, "torch": torch_tokens, "ort": ort_tokens})
-    return ParityResult(
-        atol=atol,
-        max_abs_logit_diff=prefill,
-        max_abs_decode_logit_diff=decode,
-        prompts=len(prompts),
-        prompt_tokens=sum(ids.shape[1] for ids in prompts),
-        max_new_tokens=max_new_tokens,
-        tokens_equal=not mismatches,
-        mismatches=mismatches,
-        mean_abs_logit_diff=total / count,
-        quantized=quantized,
-    )
+    references = reference_outputs(torch_model, prompts, max_new_tokens, pad_token_id)
+    return compare_parity(references, ort_model, max_new_tokens, atol, pad_token_id, quantized)

@@ -206,6 +206,7 @@ def test_genai_fp32_build_matches_pytorch_and_streams(genai_llama):
     assert parity["passed"] and parity["tokens_equal"] and parity["mismatches"] == []
     assert parity["max_abs_logit_diff"] <= 1e-4 and parity["max_abs_decode_logit_diff"] <= 1e-4
     assert (output / "genai_config.json").is_file()
+    assert (output / "model.onnx.data").is_file()  # every weight outside the graph: no 2 GB limit
 
     from exporters.onnx.genai import stream_text
 
@@ -416,7 +417,7 @@ def test_genai_int4_options_reach_the_model_builder(
 ):
     import subprocess
 
-    folder = pruned_llama_dir  # a real folder: the genai route loads the model before building
+    folder = pruned_llama_dir  # a real folder: the genai route reads its config before building
     commands = []
 
     def builder(command, **_):
