@@ -186,10 +186,11 @@ def push(folder: Path, repo_id: str, hub: FakeHub, env: dict, kill_when=None) ->
 
 def run(args: argparse.Namespace) -> dict:
     work = args.work.resolve()
-    folder = work / f"folder-{args.shape}-{args.shard_gb:g}gb"
+    folder = args.folder or work / f"folder-{args.shape}-{args.shard_gb:g}gb"
     tiny = work / "folder-tiny"
     started = time.perf_counter()
-    make_folder(folder, args.shape, int(args.shard_gb * 1e9))
+    if args.folder is None:
+        make_folder(folder, args.shape, int(args.shard_gb * 1e9))
     make_folder(tiny, "tiny", 10_000_000)
     made = time.perf_counter() - started
     files = sorted(p for p in folder.iterdir() if p.is_file())
@@ -234,7 +235,7 @@ def run(args: argparse.Namespace) -> dict:
         "question": "resume of a killed push: only the missing objects, in flat memory?",
         "machine": machine(),
         "load_average": load_average(),
-        "shape": args.shape,
+        "shape": str(args.folder) if args.folder else args.shape,
         "folder_gb": round(total / 1e9, 2),
         "shards": sum(p.suffix == ".safetensors" for p in files),
         "folder_seconds_to_write": round(made, 1),
@@ -253,6 +254,11 @@ def main() -> None:
     parser.add_argument("--kill-at", type=float, help="kill at this fraction of bytes received")
     parser.add_argument("--part-mb", type=float, help="multipart LFS uploads in parts of this")
     parser.add_argument("--work", type=Path, default=REPO / "out" / "push-scale")
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        help="push this model folder (e.g. a pruned 7B) instead of building one",
+    )
     args = parser.parse_args()
     result = run(args)
     rows = [[name, r["seconds"], r["peak_rss_mib"], r.get("objects_stored", r.get("objects_sent", ""))]
@@ -262,7 +268,7 @@ def main() -> None:
     resumed = result["runs"]["resumed"]
     print(f"resume sent {resumed['sent_gb']} GB, {resumed['resent_already_stored']} objects the"
           f" Hub already held; bit-identical: {result['bit_identical']}")  # fmt: skip
-    save(args.work / f"push_scale-{args.shape}.json", result)
+    save(args.work / f"push_scale-{'folder' if args.folder else args.shape}.json", result)
 
 
 if __name__ == "__main__":
