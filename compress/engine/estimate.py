@@ -49,6 +49,7 @@ class ModelShape:
     head_weights: int  # the LM head's weights (evaluation only)
     pruner_fixed: float  # the pruner's work per block, forward-equivalent flops
     pruner_per_token: float  # ... and its work per calibration token
+    pruner_needs_data: bool = True  # False: no statistics forward (magnitude)
 
     def flops_per_token(self, seqlen: int) -> float:
         """One block's forward flops per token at ``seqlen`` tokens a sequence."""
@@ -60,10 +61,13 @@ def throughput(shape: ModelShape, seconds: float, rows: int, seqlen: int) -> flo
     return rows * seqlen * shape.flops_per_token(seqlen) / max(seconds, 1e-9)
 
 
-def block_forwards(config: PruneConfig, blocks: int, one_pass: bool) -> tuple[int, int]:
+def block_forwards(
+    config: PruneConfig, blocks: int, one_pass: bool, statistics: bool = True
+) -> tuple[int, int]:
     """Forwards of one block over the whole calibration set, and over the held-out set, summed
     over the blocks (the engine's steps 1, 2, 5 and the errors measured before training;
-    :mod:`compress.engine.steps`)."""
+    :mod:`compress.engine.steps`); ``statistics``: whether the pruner sees data (one forward
+    more per block)."""
     if one_pass:  # statistics, prune and propagate in one forward
         return blocks, blocks
     recon = config.reconstruct
@@ -79,8 +83,7 @@ def block_forwards(config: PruneConfig, blocks: int, one_pass: bool) -> tuple[in
             extra += blocks - 1  # the cross-block targets
         if technique.trains:
             extra += 1  # the last block trained alone, then propagated again
-    stats = int(config.method.value != "magnitude")  # pruners that see data: one more forward
-    calibration = blocks * (per_block + stats) + extra
+    calibration = blocks * (per_block + int(statistics)) + extra
     return calibration, blocks * per_block + extra
 
 
@@ -135,7 +138,7 @@ def estimate(
     def block_seconds(sequences: float, length: int) -> float:
         return sequences * length * shape.flops_per_token(length) / fps
 
-    calibration, held_out = block_forwards(config, blocks, facts.one_pass)
+    calibration, held_out = block_forwards(config, blocks, facts.one_pass, shape.pruner_needs_data)
     trained, early_stop = training_forwards(config, blocks, nsamples)
     tokens = nsamples * seqlen
     prune = block_seconds(calibration * nsamples + trained, seqlen)

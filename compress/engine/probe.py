@@ -57,6 +57,7 @@ def model_shape(adapter: BlockAdapter, config: PruneConfig) -> ModelShape:
         head_weights=0 if head is None else head.weight.numel(),
         pruner_fixed=sum(fixed for fixed, _ in work),
         pruner_per_token=sum(per_token for _, per_token in work),
+        pruner_needs_data=pruner_cls.needs_data,
     )
 
 

@@ -82,8 +82,9 @@ def test_block_forwards_follow_the_engine(technique, calibration, held_out):
     assert block_forwards(config(technique), 3, one_pass=False) == (calibration, held_out)
 
 
-def test_one_pass_is_one_forward_per_block():
+def test_one_pass_is_one_forward_per_block_and_a_pruner_without_data_skips_statistics():
     assert block_forwards(config(), 3, one_pass=True) == (3, 3)
+    assert block_forwards(config(), 3, one_pass=False, statistics=False) == (3, 3)
 
 
 def test_run_under_an_hour_suggests_nothing():
