@@ -11,8 +11,9 @@ counted in the same currency and divided by it:
   :func:`training_forwards`): it depends on the reconstruction technique, the measured errors,
   early stopping, ``--one-pass`` and the non-uniform profiles' first pass;
 * a training step: forward and backward, three forwards' worth (two with SAM's second one: six);
-* the pruner's own work: each pruner states it per distinct layer input in forward-equivalent
-  flops (``Pruner.work``), split into a part fixed per block and a part per calibration token;
+* the pruner's own work: its statistics, timed per calibration sequence (:mod:`.probe`) and
+  given here as forward-equivalent flops per token, and its decision, which each pruner states
+  per distinct layer input in forward-equivalent flops (``Pruner.work``);
 * the non-uniform profiles' first pass: per block one forward with the statistics, then per
   candidate sparsity (``errors``) the pruner's decision and one forward more;
 * evaluation (``--eval``): the model's forward, twice (before and after), head included;
@@ -47,8 +48,8 @@ class ModelShape:
     linear_weights: int  # weights of one block's linear layers
     hidden: int
     head_weights: int  # the LM head's weights (evaluation only)
-    pruner_fixed: float  # the pruner's work per block, forward-equivalent flops
-    pruner_per_token: float  # ... and its work per calibration token
+    pruner_fixed: float  # the pruner's decision per block, forward-equivalent flops
+    pruner_per_token: float  # its statistics per calibration token, the same
     pruner_needs_data: bool = True  # False: no statistics forward (magnitude)
 
     def flops_per_token(self, seqlen: int) -> float:

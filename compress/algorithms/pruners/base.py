@@ -78,12 +78,12 @@ class Pruner(ABC):
         """Release accumulated statistics."""
 
     @classmethod
-    def work(cls, width: int, rows: int, options: object) -> tuple[float, float]:
-        """This pruner's own work on one distinct layer input ``width`` wide, read by ``rows``
+    def work(cls, width: int, rows: int, options: object) -> float:
+        """This pruner's decision on one distinct layer input ``width`` wide, read by ``rows``
         output rows (siblings together), in forward-equivalent flops (the run's estimate,
-        :mod:`compress.engine.estimate`): (the part fixed per block, the part per calibration
-        token). Here: choosing the mask."""
-        return MASK_FLOPS * width * rows, 0.0
+        :mod:`compress.engine.estimate`; its statistics are timed there instead). Here:
+        choosing the mask."""
+        return MASK_FLOPS * width * rows
 
 
 def sequences(inp: torch.Tensor, dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:

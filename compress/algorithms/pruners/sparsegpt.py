@@ -41,11 +41,11 @@ from compress.core.errors import NumericsError
 from compress.core.methods import SparseGPTOptions
 
 MAX_DAMPING_TRIES = 5
-# The share of a block forward's flops per second the work below reaches (the run's estimate):
-# the Gram bands' short inner dimension, the factorisations (LAPACK) and the column loop's
-# many small ops run below the forward's large matrix products. Fitted to a 7B-shaped run on
-# a CPU (docs/results.md, the Llama-2-7B shape against llm-compressor).
-WORK_EFFICIENCY = 0.5
+# The share of a block forward's flops per second :meth:`SparseGPTPruner.work` reaches (the
+# run's estimate): the factorisations (LAPACK) and the column loop's many small ops run below
+# the forward's large matrix products. Fitted to a 7B-shaped run on a CPU (docs/results.md,
+# the Llama-2-7B shape against llm-compressor).
+WORK_EFFICIENCY = 0.4
 
 
 def column_loop_threads(cores: int, load: float, allowed: int) -> int:
@@ -368,15 +368,11 @@ class SparseGPTPruner(Pruner):
         self.factor.clear()
 
     @classmethod
-    def work(cls, width: int, rows: int, options: SparseGPTOptions) -> tuple[float, float]:
-        """In flops, ``d`` = ``width``, ``B`` = the blocksize: per token, the lower triangle of
-        ``x x^T`` (5/8 of ``2 d^2``, :func:`lower_gram`); per block, the factorisations (a
-        Cholesky ``d^3/3``, its inverse ``2 d^3/3``, the inverse's Cholesky ``d^3/3``), the
-        lazy-block updates (``2 B rows`` per column left, ``rows d^2`` in all) and the updates
-        inside each block (``rows d B``), all at :data:`WORK_EFFICIENCY`, plus the mask. The
-        exact sums of each sequence's term are memory traffic of ``d^2`` per sequence, small
-        next to the Gram products at a few hundred tokens a sequence (folded into the
-        efficiency)."""
-        d, blocksize = float(width), options.blocksize
-        fixed = (4 / 3 * d**3 + rows * d**2 + rows * d * blocksize) / WORK_EFFICIENCY
-        return fixed + super().work(width, rows, options)[0], 1.25 * d**2 / WORK_EFFICIENCY
+    def work(cls, width: int, rows: int, options: SparseGPTOptions) -> float:
+        """In flops, ``d`` = ``width``, ``B`` = the blocksize: the factorisations (a Cholesky
+        ``d^3/3``, its inverse ``2 d^3/3``, the inverse's Cholesky ``d^3/3``), the lazy-block
+        updates (``2 B rows`` per column left, ``rows d^2`` in all) and the updates inside each
+        block (``rows d B``), at :data:`WORK_EFFICIENCY`, plus the mask."""
+        d = float(width)
+        flops = 4 / 3 * d**3 + rows * d**2 + rows * d * options.blocksize
+        return flops / WORK_EFFICIENCY + super().work(width, rows, options)

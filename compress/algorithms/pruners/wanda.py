@@ -53,8 +53,3 @@ class WandaPruner(Pruner):
 
     def free(self) -> None:
         self.scaler_row.free()
-
-    @classmethod
-    def work(cls, width: int, rows: int, options: object) -> tuple[float, float]:
-        """The mask, and ``sum x_j^2`` per token: two flops per input feature."""
-        return super().work(width, rows, options)[0], 2.0 * width
