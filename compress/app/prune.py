@@ -53,6 +53,8 @@ from compress.data.calibration import (
     windows_from_stream,
 )
 from compress.engine import SELFGEN, Engine, PruneOutcome, WorkFolder
+from compress.engine.one_pass import one_pass_applies
+from compress.engine.probe import plan_run
 from compress.model.loading import (
     LoadedModel,
     check_seqlen,
@@ -228,6 +230,26 @@ def _prune_and_save(
     )
     generated, generation = self_generated_windows(loaded, config, work, log)
     holdout = holdout_windows(loaded, config)
+    accelerator = resolve_device(device_name)
+    estimate = None
+    if main and not config.resume:  # a resumed run's remaining work is known only later
+        plan = plan_run(
+            loaded.model,
+            config,
+            accelerator,
+            elapsed=time.perf_counter() - started,
+            one_pass=one_pass_applies(
+                config,
+                statistics_samples(config, windows, generated),
+                loaded.model.config,
+                calib.nsamples,
+                calib.seqlen,
+                accelerator,
+            ),
+            holdout_nsamples=0 if holdout is None else len(holdout.ids),
+        )
+        log(plan.line)
+        estimate = plan.section
     text = evaluation_text(config) if config.evaluation.enabled else None
     if text and main:
         log(f"perplexity before pruning on {text.source} ({text.split} split)")
@@ -236,7 +258,6 @@ def _prune_and_save(
     log(
         f"pruning {config.method.value} {config.pattern} at {config.sparsity:.0%}, reconstruction {config.reconstruct.technique.value}"
     )
-    accelerator = resolve_device(device_name)
     outcome = run_engine(loaded, config, windows, generated, holdout, work, accelerator, on_block)
 
     evaluation = evaluation_section()
@@ -247,6 +268,8 @@ def _prune_and_save(
     report = build_report(
         loaded, config, (windows, generated, generation), holdout, outcome, evaluation, started
     )
+    if estimate is not None:
+        report["estimate"] = estimate
     if main:
         save_output(loaded, config, report, target, work)
         work.remove()
@@ -317,6 +340,17 @@ def self_generated_windows(
     return windows, generation
 
 
+def statistics_samples(
+    config: PruneConfig, windows: Windows | None, generated: Windows | None
+) -> int | None:
+    """How many calibration sequences feed the pruners' statistics: the real windows only
+    with ``--stats-from real`` beside self-generated ones, else all (None)."""
+    real_only = (
+        config.calibration.stats_from == "real" and windows is not None and generated is not None
+    )
+    return len(windows.ids) if real_only else None
+
+
 def run_engine(
     loaded: LoadedModel,
     config: PruneConfig,
@@ -333,10 +367,7 @@ def run_engine(
     they feed the pruners' statistics."""
     parts = [w.ids for w in (windows, generated) if w is not None]
     calib_ids, holdout_ids = torch.cat(parts), None if holdout is None else holdout.ids
-    real_only = (
-        config.calibration.stats_from == "real" and windows is not None and generated is not None
-    )
-    stats_samples = len(windows.ids) if real_only else None
+    stats_samples = statistics_samples(config, windows, generated)
     if distributed.world_size() > 1 and stats_samples is not None:
         raise BadInputError("--distributed with self-generated text needs --stats-from all")
     engine = Engine(loaded.model, config, work, stats_samples, accelerator, keep_masks=False)

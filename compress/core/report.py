@@ -206,6 +206,25 @@ class SummarySection(TypedDict):
     device: str
 
 
+class EstimateSuggestion(TypedDict):
+    nsamples: int
+    seqlen: int
+    seconds: float
+    fits: bool  # under an hour (False: the smallest settings tried, still over)
+
+
+class EstimateSection(TypedDict):
+    """The plan made before pruning (compress/engine/estimate.py), beside ``summary``'s actual
+    ``seconds`` and ``prune_seconds``."""
+
+    seconds: float  # the whole run, loading to saving
+    prune_seconds: float
+    forward_seconds: float  # the timed forward of block 0
+    forward_shape: list[int]  # its [sequences, tokens each]
+    flops_per_second: float
+    suggestion: EstimateSuggestion | None  # calibration under an hour; None: already under
+
+
 class PerplexityProtocol(TypedDict):
     dataset: str
     split: str
@@ -327,6 +346,7 @@ class Report(TypedDict):
     artifacts: NotRequired[dict[str, ArtifactRecord]]
     finetune: NotRequired[FinetuneSection]
     hub: NotRequired[HubSection]
+    estimate: NotRequired[EstimateSection]
 
 
 # -- one builder per section ----------------------------------------------------------------------
@@ -452,6 +472,26 @@ def summary_section(
         "peak_rss_bytes": peak_rss_bytes,
         "peak_accelerator_bytes": max(peaks, default=0) or None,
         "device": device,
+    }
+
+
+def estimate_section(
+    *,
+    seconds: float,
+    prune_seconds: float,
+    forward_seconds: float,
+    forward_shape: tuple[int, int],
+    flops_per_second: float,
+    suggestion: EstimateSuggestion | None,
+) -> EstimateSection:
+    """The run's estimate, made before pruning from one timed forward."""
+    return {
+        "seconds": round(seconds, 1),
+        "prune_seconds": round(prune_seconds, 1),
+        "forward_seconds": round(forward_seconds, 4),
+        "forward_shape": list(forward_shape),
+        "flops_per_second": float(f"{flops_per_second:.4g}"),
+        "suggestion": suggestion,
     }
 
 

@@ -16,7 +16,9 @@ import psutil
 import torch
 from torch import nn
 
+from compress.algorithms import distributed
 from compress.algorithms.pruners import Pruner
+from compress.core.config import PruneConfig
 
 PruneGroup = Callable[[list[str]], None]
 
@@ -40,6 +42,25 @@ def fits_one_batch(config: object, nsamples: int, seqlen: int, device: torch.dev
     else:
         free = psutil.virtual_memory().available
     return one_batch_bytes(config, nsamples, seqlen) < free // 2
+
+
+def one_pass_applies(
+    config: PruneConfig,
+    stats_samples: int | None,
+    model_config: object,
+    nsamples: int,
+    seqlen: int,
+    device: torch.device,
+) -> bool:
+    """``--one-pass`` where it keeps its promise: nothing trained or measured against the
+    dense block, one process (ranks could not keep equal to it), every sequence feeding the
+    statistics (``stats_samples`` None), and the whole calibration set fitting one batch."""
+    recon = config.reconstruct
+    if not config.one_pass or recon.technique.trains or recon.errors:
+        return False
+    if distributed.is_distributed() or stats_samples is not None:
+        return False
+    return fits_one_batch(model_config, nsamples, seqlen, device)
 
 
 def hooked_forward(

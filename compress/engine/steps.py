@@ -50,7 +50,7 @@ from compress.core.report import (
     layer_entry,
 )
 from compress.engine.activations import ActivationStore, Stream, Streams
-from compress.engine.one_pass import fits_one_batch, hooked_forward
+from compress.engine.one_pass import hooked_forward, one_pass_applies
 from compress.engine.profile_pass import first_pass
 from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
@@ -466,16 +466,6 @@ class Engine:
         else:
             self.plan = owl_plan(self.ratios, sizes, t, lam)
 
-    def _one_pass_applies(self, ids: torch.Tensor) -> bool:
-        """``--one-pass`` where it keeps its promise: nothing trained or measured against the
-        dense block, one process (ranks could not keep equal to it), every sequence feeding
-        the statistics, and the whole calibration set fitting one batch."""
-        if not self.config.one_pass or self.technique.trains or self.recon.errors:
-            return False
-        if distributed.is_distributed() or self.stats_samples is not None:
-            return False
-        return fits_one_batch(self.model.config, *ids.shape, self.accelerator)
-
     def _streams(self, ids: torch.Tensor) -> Streams:
         need_dense = self.technique.global_targets or self.recon.errors
         batch_size = len(ids) if self.one_pass else self.config.calibration.batch_size
@@ -549,7 +539,9 @@ class Engine:
         tokens = calib_ids.numel() + (0 if holdout_ids is None else holdout_ids.numel())
         streams = 3 if self.technique.trains else 2  # sparse, dense, and targets or CR inputs
         self.activations.place(tokens, hidden, streams)
-        self.one_pass = self._one_pass_applies(calib_ids)
+        self.one_pass = one_pass_applies(
+            self.config, self.stats_samples, self.model.config, *calib_ids.shape, self.accelerator
+        )
         self._check_finite_outside_blocks()
         if self.config.sparsity_profile is not SparsityProfile.uniform:
             self._plan(calib_ids)

@@ -17,6 +17,10 @@ import torch
 from compress.algorithms.distributed import ExactSum
 from compress.algorithms.masks import SparsityPattern
 
+# Choosing a mask, per weight, in forward-equivalent flops: a selection over the scores runs
+# about as long as this many flops of a block's forward (matrix products) on the same machine.
+MASK_FLOPS = 2000.0
+
 
 @dataclass
 class PruneResult:
@@ -72,6 +76,14 @@ class Pruner(ABC):
 
     def free(self) -> None:
         """Release accumulated statistics."""
+
+    @classmethod
+    def work(cls, width: int, rows: int, options: object) -> float:
+        """This pruner's decision on one distinct layer input ``width`` wide, read by ``rows``
+        output rows (siblings together), in forward-equivalent flops (the run's estimate,
+        :mod:`compress.engine.estimate`; its statistics are timed there instead). Here:
+        choosing the mask."""
+        return MASK_FLOPS * width * rows
 
 
 def sequences(inp: torch.Tensor, dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:

@@ -41,6 +41,11 @@ from compress.core.errors import NumericsError
 from compress.core.methods import SparseGPTOptions
 
 MAX_DAMPING_TRIES = 5
+# The share of a block forward's flops per second :meth:`SparseGPTPruner.work` reaches (the
+# run's estimate): the factorisations (LAPACK) and the column loop's many small ops run below
+# the forward's large matrix products. Fitted to a 7B-shaped run on a CPU (docs/results.md,
+# the Llama-2-7B shape against llm-compressor).
+WORK_EFFICIENCY = 0.4
 
 
 def column_loop_threads(cores: int, load: float, allowed: int) -> int:
@@ -361,3 +366,13 @@ class SparseGPTPruner(Pruner):
     def free(self) -> None:
         self.xxt.free()
         self.factor.clear()
+
+    @classmethod
+    def work(cls, width: int, rows: int, options: SparseGPTOptions) -> float:
+        """In flops, ``d`` = ``width``, ``B`` = the blocksize: the factorisations (a Cholesky
+        ``d^3/3``, its inverse ``2 d^3/3``, the inverse's Cholesky ``d^3/3``), the lazy-block
+        updates (``2 B rows`` per column left, ``rows d^2`` in all) and the updates inside each
+        block (``rows d B``), at :data:`WORK_EFFICIENCY`, plus the mask."""
+        d = float(width)
+        flops = 4 / 3 * d**3 + rows * d**2 + rows * d * options.blocksize
+        return flops / WORK_EFFICIENCY + super().work(width, rows, options)
