@@ -151,12 +151,15 @@ def ours(folder: Path, method: str, pattern: str, out: Path, args) -> dict:
     """``compress prune`` as a user runs it: whole-process seconds, peak RSS, the folder written."""
     calibration = (args.nsamples, args.seqlen)
     run = run_compress_prune(str(folder), method, pattern, calibration, out, "--dtype", args.dtype)
-    summary = json.loads((out / "report.json").read_text())["summary"]
+    report = json.loads((out / "report.json").read_text())
+    summary, estimate = report["summary"], report.get("estimate", {})
     written = folder_bytes(out)
     shutil.rmtree(out)  # a 7B folder is 13.5 GB: keep one at a time
     return {
         "seconds": run["seconds"],
         "prune_seconds": summary["prune_seconds"],
+        "estimate_seconds": estimate.get("seconds"),
+        "estimate_prune_seconds": estimate.get("prune_seconds"),
         "peak_rss_bytes": run["peak_rss_bytes"],
         "disk_bytes": written,
         "sparsity": summary["sparsity"],
@@ -226,6 +229,12 @@ def table(rows: list[dict], args) -> str:
             line += (
                 f" | {other['seconds']:8.1f} {other['peak_rss_bytes'] / GIB:8.2f}G | "
                 f"{row['x_peer_seconds']:6.2f} {row['x_peer_rss']:6.2f}"
+            )
+        if row.get("estimate_prune_seconds"):
+            line += (
+                f" | estimate {row['estimate_seconds']:.0f} s, prune "
+                f"{row['estimate_prune_seconds']:.0f} s "
+                f"({row['estimate_prune_seconds'] / row['prune_seconds']:.2f} x actual)"
             )
         if "x_shard_rss" in row:
             line += (
