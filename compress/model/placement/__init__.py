@@ -37,9 +37,11 @@ from compress.model.placement.memory import (
 from compress.model.placement.onload import (
     execution_device,
     holds_offloaded,
+    offload_stores,
     onloaded,
     stored_parameters,
 )
+from compress.model.placement.save import WeightTally, save_model
 
 __all__ = [
     "DeviceMap",
@@ -50,6 +52,7 @@ __all__ = [
     "holds_offloaded",
     "load_placed",
     "measure_peak",
+    "offload_stores",
     "onloaded",
     "parse_device_map",
     "parse_max_memory",
@@ -59,4 +62,6 @@ __all__ = [
     "stored_parameters",
     "release_free_memory",
     "resolve_device_map",
+    "save_model",
+    "WeightTally",
 ]
