@@ -67,6 +67,7 @@ from compress.model.placement import (
     save_model,
     stored_parameters,
 )
+from compress.model.plan import Workload
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -135,6 +136,21 @@ def holdout_windows(loaded: LoadedModel, config: PruneConfig) -> Windows | None:
         )
     nsamples = min(recon.holdout_nsamples, available)
     return windows_from_stream(stream, nsamples, calib.seqlen, calib.seed, source, "validation")
+
+
+def workload(config: PruneConfig) -> Workload:
+    """What the run holds in RAM beside the weights (for ``--max-memory cpu=`` and the planner's
+    RAM bound): its calibration tokens, one batch's, and the pruner's statistics."""
+    from compress.algorithms.pruners import PRUNERS
+
+    calib = config.calibration
+    generated = int(calib.self_gen) if calib.self_gen and calib.self_gen.isdigit() else 0
+    sequences = calib.nsamples + generated
+    return Workload(
+        tokens=sequences * calib.seqlen,
+        batch_tokens=calib.batch_size * calib.seqlen,
+        gram_bytes=PRUNERS[config.method.value].gram_bytes,
+    )
 
 
 def checkpoint_recipe(config: PruneConfig) -> dict:
@@ -206,7 +222,10 @@ def _prune_and_save(
     main = distributed.is_main()
     target = Path(config.output)
     log(f"loading {config.model or 'the embedded SmolLM2-135M-Instruct'}")
-    placement = Placement.from_flags(config.device_map, config.max_memory, config.offload_folder)
+    load = workload(config)
+    placement = Placement.from_flags(
+        config.device_map, config.max_memory, config.offload_folder, load
+    )
     device_name = str(device) if device is not None else config.device
     loaded = load_model(
         config.model,
@@ -216,6 +235,7 @@ def _prune_and_save(
         placement,
         output=config.output,
         log=log,
+        workload=load,
     )
     calib = config.calibration
     check_seqlen(loaded, calib.seqlen)
