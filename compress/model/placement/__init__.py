@@ -1,6 +1,6 @@
 """Where the weights live: accelerate device maps, offload, sequential onloading, peak memory.
 
-Three jobs, one idea (placing a model that may not fit one device):
+Four jobs, one idea (placing a model that may not fit one device):
 
 - ``--device-map {auto,balanced,balanced_low_0,sequential,JSON}`` and ``--max-memory
   "0=20GiB,1=20GiB,cpu=64GiB"`` are parsed into a :class:`Placement`; the device map is resolved
@@ -13,6 +13,11 @@ Three jobs, one idea (placing a model that may not fit one device):
   accelerator without offloading, and the updated (pruned, reconstructed) values are written
   back to the CPU map or the disk files when the block's turn ends.
 - :func:`measure_peak` records ``torch.cuda.max_memory_allocated`` for one block's turn.
+- :func:`save_model` writes the model in one read of its weights, counting zeros and refusing
+  NaN/Inf on the way; an offloaded model is streamed into its files one tensor at a time.
+
+With a workload (:class:`compress.model.plan.Workload`), ``--max-memory cpu=`` bounds the whole
+process: the run's working set is set aside before accelerate places weights in RAM.
 
 Pruning needs the dense weights, so 8-/4-bit loading is refused (:func:`refuse_quantized`).
 """
