@@ -11,12 +11,12 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from compress.algorithms import distributed
-from compress.algorithms.finite import refuse_non_finite
 from compress.algorithms.masks import zero_count
 from compress.core.claim import output_lock
 from compress.core.config import PruneConfig, SaveFormat
@@ -66,8 +66,10 @@ from compress.model.placement import (
     Placement,
     peak_rss_bytes,
     refuse_quantized,
+    save_model,
     stored_parameters,
 )
+from compress.model.plan import Workload
 
 ProgressFn = Callable[[int, int, float], None]
 
@@ -136,6 +138,21 @@ def holdout_windows(loaded: LoadedModel, config: PruneConfig) -> Windows | None:
         )
     nsamples = min(recon.holdout_nsamples, available)
     return windows_from_stream(stream, nsamples, calib.seqlen, calib.seed, source, "validation")
+
+
+def workload(config: PruneConfig) -> Workload:
+    """What the run holds in RAM beside the weights (for ``--max-memory cpu=`` and the planner's
+    RAM bound): its calibration tokens, one batch's, and the pruner's statistics."""
+    from compress.algorithms.pruners import PRUNERS
+
+    calib = config.calibration
+    generated = int(calib.self_gen) if calib.self_gen and calib.self_gen.isdigit() else 0
+    sequences = calib.nsamples + generated
+    return Workload(
+        tokens=sequences * calib.seqlen,
+        batch_tokens=calib.batch_size * calib.seqlen,
+        gram_bytes=PRUNERS[config.method.value].gram_bytes,
+    )
 
 
 def checkpoint_recipe(config: PruneConfig) -> dict:
@@ -207,7 +224,10 @@ def _prune_and_save(
     main = distributed.is_main()
     target = Path(config.output)
     log(f"loading {config.model or 'the embedded SmolLM2-135M-Instruct'}")
-    placement = Placement.from_flags(config.device_map, config.max_memory, config.offload_folder)
+    load = workload(config)
+    placement = Placement.from_flags(
+        config.device_map, config.max_memory, config.offload_folder, load
+    )
     device_name = str(device) if device is not None else config.device
     loaded = load_model(
         config.model,
@@ -217,6 +237,7 @@ def _prune_and_save(
         placement,
         output=config.output,
         log=log,
+        workload=load,
     )
     calib = config.calibration
     check_seqlen(loaded, calib.seqlen)
@@ -265,13 +286,14 @@ def _prune_and_save(
         log("perplexity after pruning")
         after = evaluate_perplexity(loaded, config, text)
         evaluation = evaluation_section(perplexity_section(after, before["perplexity"]))
-    report = build_report(
-        loaded, config, (windows, generated, generation), holdout, outcome, evaluation, started
+    calibration = (windows, generated, generation)
+    finish = partial(
+        build_report, loaded, config, calibration, holdout, outcome, evaluation, started
     )
     if estimate is not None:
         report["estimate"] = estimate
     if main:
-        save_output(loaded, config, report, target, work)
+        report = save_output(loaded, config, finish, target, work)
         work.remove()
         if config.push_to_hub:
             from exporters.hub import push_folder
@@ -279,6 +301,8 @@ def _prune_and_save(
             log(f"pushing {target} to the Hub as {config.hub_repo_id}")
             commit = push_folder(target, config.hub_repo_id)
             report["hub"] = hub_section(config.hub_repo_id, commit)
+    else:
+        report = finish(model_sparsity(loaded.model))
     distributed.barrier()
     return report
 
@@ -396,9 +420,11 @@ def build_report(
     outcome: PruneOutcome,
     evaluation: EvaluationSection,
     started: float,
+    sparsity: float,
 ) -> Report:
     """report.json: what was done and measured (schema in :mod:`compress.core.report`);
-    ``calibration`` is (real windows, self-generated windows, the generation's stats)."""
+    ``calibration`` is (real windows, self-generated windows, the generation's stats);
+    ``sparsity``: zeros over all parameters, counted as the weights were saved."""
     blocks = [block_entry(**block) for block in outcome.blocks]
     return {
         "format": REPORT_FORMAT,
@@ -418,7 +444,7 @@ def build_report(
             target_sparsity=config.sparsity,
             layers=outcome.layers,
             blocks=blocks,
-            model_sparsity=model_sparsity(loaded.model),
+            model_sparsity=sparsity,
             prune_seconds=outcome.seconds,
             seconds=time.perf_counter() - started,
             peak_rss_bytes=peak_rss_bytes(),
@@ -431,32 +457,44 @@ def build_report(
 
 
 def save_output(
-    loaded: LoadedModel, config: PruneConfig, report: dict, target: Path, work: WorkFolder
-) -> None:
-    """Write model, tokenizer, recipe, report and model card to a staging folder, then publish.
+    loaded: LoadedModel,
+    config: PruneConfig,
+    finish: Callable[[float], Report],
+    target: Path,
+    work: WorkFolder,
+) -> Report:
+    """Write model, tokenizer, recipe, report and model card to a staging folder, then publish;
+    return the report, which ``finish`` builds from the model's sparsity once the weights are
+    written (counted, and refused if one holds NaN or Inf, in the pass that writes them:
+    :func:`compress.model.placement.save_model`).
 
     With ``--save-format compressed`` the dense staging folder is converted to compressed-tensors
     (and checked bit-identical) before the card is written, so the card, the published folder
     and the Hub push all hold what was saved. A failed write removes the staging folder and keeps
     the work folder, whose last checkpoint lets ``--resume`` finish without pruning again."""
-    refuse_non_finite(stored_parameters(loaded.model))
     staging = staging_folder(target)
     shutil.rmtree(staging, ignore_errors=True)
     then = "free space or choose another --output, then rerun with --resume to save without pruning again"
     try:
         with reported_writes(target, then):
-            _write_staging(loaded, config, report, staging, work)
+            report = _write_staging(loaded, config, finish, staging, work)
             check_target(target, config.overwrite)
             publish(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return report
 
 
 def _write_staging(
-    loaded: LoadedModel, config: PruneConfig, report: dict, staging: Path, work: WorkFolder
-) -> None:
-    loaded.model.save_pretrained(staging, safe_serialization=True)
+    loaded: LoadedModel,
+    config: PruneConfig,
+    finish: Callable[[float], Report],
+    staging: Path,
+    work: WorkFolder,
+) -> Report:
+    staging.mkdir(parents=True)
+    report = finish(save_model(loaded.model, staging).sparsity)
     loaded.tokenizer.save_pretrained(staging)
     write_json_atomic(staging / RECIPE_NAME, {**config.to_dict(), "versions": report["versions"]})
     write_report(staging, report)
@@ -471,3 +509,4 @@ def _write_staging(
 
     target = Path(config.output)
     write_card(staging, config.hub_repo_id if config.push_to_hub else None, published_as=target)
+    return report

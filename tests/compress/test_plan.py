@@ -3,7 +3,17 @@
 import pytest
 
 from compress.core.errors import BadInputError
-from compress.model.plan import GIB, DiskNeed, check_disk, plan_memory
+from compress.model.plan import (
+    GIB,
+    RUNTIME_BYTES,
+    BlockShape,
+    DiskNeed,
+    Workload,
+    check_disk,
+    plan_memory,
+    weights_budget,
+    working_set_bytes,
+)
 
 SEVEN_B = 6_738_000_000  # Llama-2-7b's parameters
 BLOCKS = 32
@@ -72,3 +82,39 @@ def test_local_folder_is_planned_before_loading(tiny_model_dir, monkeypatch):
     assert next(load_model(str(tiny_model_dir), "cpu", "auto").model.parameters()).dtype == (
         torch.float32
     )
+
+
+# the 7B shape of benchmarks/scale_7b.py: one block's weights in bfloat16, its largest matrix
+BLOCK_7B = BlockShape(
+    bytes=2 * (4 * 4096**2 + 3 * 4096 * 11008),
+    largest_layer=4096 * 11008,
+    columns_squared=6 * 4096**2 + 11008**2,
+    hidden=4096,
+    inner=11008,
+)
+
+
+def test_working_set_adds_runtime_block_pruning_and_activations():
+    """Wanda, 8 x 128 in batches of 1: each term from the shapes."""
+    load = Workload(tokens=8 * 128, batch_tokens=128)
+    activations = 8 * 1024 * 4096 + 4 * 128 * (3 * 11008 + 8 * 4096)
+    want = RUNTIME_BYTES + 2 * BLOCK_7B.bytes + 16 * 4096 * 11008 + activations
+    assert working_set_bytes(BLOCK_7B, load) == want
+    assert 2.1 * GIB < want < 2.3 * GIB
+
+
+def test_second_order_statistics_grow_the_working_set():
+    wanda = working_set_bytes(BLOCK_7B, Workload(1024, 128))
+    sparsegpt = working_set_bytes(BLOCK_7B, Workload(1024, 128, gram_bytes=8))
+    assert sparsegpt - wanda == 8 * (6 * 4096**2 + 11008**2)
+
+
+def test_the_weights_get_what_the_working_set_leaves():
+    assert weights_budget(6 * GIB, 2 * GIB) == 4 * GIB
+
+
+def test_a_bound_below_the_working_set_is_refused_in_one_line():
+    with pytest.raises(
+        BadInputError, match=r"cpu=1\.0 GiB cannot hold .* \(2\.2 GiB: .*above 2\.2 GiB"
+    ):
+        weights_budget(1 * GIB, working_set_bytes(BLOCK_7B, Workload(1024, 128)))

@@ -35,6 +35,7 @@ class Pruner(ABC):
 
     needs_data: bool = True
     shares: tuple[str, ...] = ()  # attributes holding the statistics (see :meth:`share`)
+    gram_bytes: int = 0  # bytes its statistics hold per squared input column (0: a vector)
     options: type  # its options dataclass (compress/core/methods.py), set by :func:`register`
 
     def __init__(self, weight: torch.Tensor, name: str = "layer") -> None:

@@ -180,6 +180,7 @@ def _packed_diagonal(cols: int, device: torch.device) -> torch.Tensor:
 @register(SparseGPTOptions)
 class SparseGPTPruner(Pruner):
     shares = ("xxt", "count", "factor")
+    gram_bytes = 8  # H's packed lower triangle in float64 with its compensation (ExactSum)
 
     def __init__(
         self, weight: torch.Tensor, name: str = "layer", options: SparseGPTOptions | None = None

@@ -1,6 +1,6 @@
 """Where the weights live: accelerate device maps, offload, sequential onloading, peak memory.
 
-Three jobs, one idea (placing a model that may not fit one device):
+Four jobs, one idea (placing a model that may not fit one device):
 
 - ``--device-map {auto,balanced,balanced_low_0,sequential,JSON}`` and ``--max-memory
   "0=20GiB,1=20GiB,cpu=64GiB"`` are parsed into a :class:`Placement`; the device map is resolved
@@ -13,6 +13,11 @@ Three jobs, one idea (placing a model that may not fit one device):
   accelerator without offloading, and the updated (pruned, reconstructed) values are written
   back to the CPU map or the disk files when the block's turn ends.
 - :func:`measure_peak` records ``torch.cuda.max_memory_allocated`` for one block's turn.
+- :func:`save_model` writes the model in one read of its weights, counting zeros and refusing
+  NaN/Inf on the way; an offloaded model is streamed into its files one tensor at a time.
+
+With a workload (:class:`compress.model.plan.Workload`), ``--max-memory cpu=`` bounds the whole
+process: the run's working set is set aside before accelerate places weights in RAM.
 
 Pruning needs the dense weights, so 8-/4-bit loading is refused (:func:`refuse_quantized`).
 """
@@ -37,9 +42,11 @@ from compress.model.placement.memory import (
 from compress.model.placement.onload import (
     execution_device,
     holds_offloaded,
+    offload_stores,
     onloaded,
     stored_parameters,
 )
+from compress.model.placement.save import WeightTally, save_model
 
 __all__ = [
     "DeviceMap",
@@ -50,6 +57,7 @@ __all__ = [
     "holds_offloaded",
     "load_placed",
     "measure_peak",
+    "offload_stores",
     "onloaded",
     "parse_device_map",
     "parse_max_memory",
@@ -59,4 +67,6 @@ __all__ = [
     "stored_parameters",
     "release_free_memory",
     "resolve_device_map",
+    "save_model",
+    "WeightTally",
 ]

@@ -12,7 +12,9 @@ import torch
 from torch import nn
 
 from compress.core.errors import BadInputError
+from compress.model.blocks import BlockAdapter
 from compress.model.compat import no_split_modules
+from compress.model.plan import BlockShape, Workload, weights_budget, working_set_bytes
 
 PRESETS = ("auto", "balanced", "balanced_low_0", "sequential")
 UNITS = {
@@ -104,11 +106,15 @@ def _gpu_index(device: int | str) -> int | None:
 
 @dataclass
 class Placement:
-    """Where to put a model: an accelerate device map, a memory budget, an offload folder."""
+    """Where to put a model: an accelerate device map, a memory budget, an offload folder.
+
+    With ``workload``, ``max_memory["cpu"]`` bounds the whole process: accelerate places weights
+    in what is left of it once the run's working set is set aside (:func:`cpu_budget`)."""
 
     device_map: str | DeviceMap = "auto"
     max_memory: dict[int | str, int] | None = None
     offload_folder: str | None = None
+    workload: Workload | None = None
 
     def __post_init__(self) -> None:
         gpus = torch.cuda.device_count()
@@ -125,7 +131,11 @@ class Placement:
 
     @classmethod
     def from_flags(
-        cls, device_map: str | None, max_memory: str | None, offload_folder: str | None
+        cls,
+        device_map: str | None,
+        max_memory: str | None,
+        offload_folder: str | None,
+        workload: Workload | None = None,
     ) -> Placement | None:
         """The placement the CLI flags ask for; None when none of them is given.
 
@@ -142,6 +152,7 @@ class Placement:
             parse_device_map(device_map),
             parse_max_memory(max_memory) if max_memory else None,
             offload_folder,
+            workload,
         )
 
 
@@ -162,7 +173,7 @@ def resolve_device_map(model: nn.Module, placement: Placement, dtype: torch.dtyp
             raise BadInputError(f"--device-map does not cover the model: {exc}") from exc
     else:
         no_split = no_split_modules(model)
-        budget = placement.max_memory
+        budget = cpu_budget(model, placement, dtype)
         if placement.device_map != "sequential":
             budget = get_balanced_memory(
                 model,
@@ -184,6 +195,39 @@ def resolve_device_map(model: nn.Module, placement: Placement, dtype: torch.dtyp
             "(or a larger --max-memory)"
         )
     return device_map
+
+
+def block_shape(model: nn.Module, dtype: torch.dtype) -> BlockShape:
+    """The largest decoder block of ``model`` (real or on ``meta``) in ``dtype``."""
+    blocks = BlockAdapter(model).blocks
+    itemsize = torch.finfo(dtype).bits // 8
+    matrices = [[p for p in block.parameters() if p.dim() == 2] for block in blocks]
+    config = model.config
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", 0)
+    inner = getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None)
+    return BlockShape(
+        bytes=max(sum(p.numel() for p in block.parameters()) for block in blocks) * itemsize,
+        largest_layer=max(p.numel() for layers in matrices for p in layers),
+        columns_squared=max(sum(p.shape[1] ** 2 for p in layers) for layers in matrices),
+        hidden=hidden,
+        inner=inner or 4 * hidden,
+    )
+
+
+def cpu_budget(
+    model: nn.Module, placement: Placement, dtype: torch.dtype
+) -> dict[int | str, int] | None:
+    """``placement.max_memory`` with its ``cpu`` entry lowered by the run's working set, so
+    that the process (weights placed in RAM and working set) stays within it.
+
+    Raises:
+        BadInputError: the bound cannot hold even the working set.
+    """
+    budget = placement.max_memory
+    if budget is None or "cpu" not in budget or placement.workload is None:
+        return budget
+    working = working_set_bytes(block_shape(model, dtype), placement.workload)
+    return {**budget, "cpu": weights_budget(budget["cpu"], working)}
 
 
 def load_placed(

@@ -128,16 +128,24 @@ def onloaded(blocks: nn.Module | Iterable[nn.Module], device: torch.device | str
             step()
 
 
-def stored_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every parameter of ``model`` (a tied one once) with its values, one at a time: a parameter
-    accelerate offloaded (its slot holds a ``meta`` tensor) is read back from its offload store,
-    memory-mapped on disk or held in CPU memory, so no more than one offloaded tensor is loaded."""
+def offload_stores(model: nn.Module) -> dict[str, tuple[object, str]]:
+    """Where each tensor accelerate offloaded lives: qualified name -> (the hook's
+    ``weights_map``, its key there); read ``weights_map[key]`` for the values."""
     stores: dict[str, tuple[object, str]] = {}
     for prefix, module in model.named_modules():
         for hook in _align_hooks(module):
             if hook.offload:
-                for _, _, _, key in _tensor_slots(module, hook.place_submodules, buffers=False):
+                slots = _tensor_slots(module, hook.place_submodules, hook.offload_buffers)
+                for _, _, _, key in slots:
                     stores[f"{prefix}.{key}" if prefix else key] = (hook.weights_map, key)
+    return stores
+
+
+def stored_parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every parameter of ``model`` (a tied one once) with its values, one at a time: a parameter
+    accelerate offloaded (its slot holds a ``meta`` tensor) is read back from its offload store,
+    memory-mapped on disk or held in CPU memory, so no more than one offloaded tensor is loaded."""
+    stores = offload_stores(model)
     for name, parameter in model.named_parameters():
         if parameter.device.type == "meta" and name in stores:
             weights_map, key = stores[name]
