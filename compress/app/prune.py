@@ -287,11 +287,16 @@ def _prune_and_save(
         after = evaluate_perplexity(loaded, config, text)
         evaluation = evaluation_section(perplexity_section(after, before["perplexity"]))
     calibration = (windows, generated, generation)
-    finish = partial(
+    built = partial(
         build_report, loaded, config, calibration, holdout, outcome, evaluation, started
     )
-    if estimate is not None:
-        report["estimate"] = estimate
+
+    def finish(model_sparsity: float) -> Report:
+        report = built(model_sparsity)
+        if estimate is not None:
+            report["estimate"] = estimate
+        return report
+
     if main:
         report = save_output(loaded, config, finish, target, work)
         work.remove()
