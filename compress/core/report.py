@@ -484,10 +484,11 @@ def estimate_section(
     flops_per_second: float,
     suggestion: EstimateSuggestion | None,
 ) -> EstimateSection:
-    """The run's estimate, made before pruning from one timed forward."""
+    """The run's estimate, made before pruning from one timed forward (three significant
+    figures: a tiny model's pruning is estimated in hundredths of a second)."""
     return {
-        "seconds": round(seconds, 1),
-        "prune_seconds": round(prune_seconds, 1),
+        "seconds": float(f"{seconds:.3g}"),
+        "prune_seconds": float(f"{prune_seconds:.3g}"),
         "forward_seconds": round(forward_seconds, 4),
         "forward_shape": list(forward_shape),
         "flops_per_second": float(f"{flops_per_second:.4g}"),
