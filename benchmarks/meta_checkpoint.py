@@ -28,15 +28,16 @@ TEXT = [
 ] * 20
 
 
-def sentencepiece_model() -> bytes:
-    """A small BPE SentencePiece model with Meta's special ids (unk 0, bos 1, eos 2)."""
+def sentencepiece_model(texts: list[str] = TEXT, vocab_size: int = 64) -> bytes:
+    """A small BPE SentencePiece model with Meta's special ids (unk 0, bos 1, eos 2), trained
+    on ``texts``."""
     import sentencepiece as spm
 
     out = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TEXT),
+        sentence_iterator=iter(texts),
         model_writer=out,
-        vocab_size=64,
+        vocab_size=vocab_size,
         model_type="bpe",
         unk_id=0,
         bos_id=1,

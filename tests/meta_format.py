@@ -4,12 +4,12 @@ with a small SentencePiece ``tokenizer.model`` trained here."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import torch
 
+from benchmarks.meta_checkpoint import sentencepiece_model as benchmarks_sentencepiece_model
 from compress.model.convert_meta import LAYER_NAMES, TOP_NAMES
 
 TEXT = [
@@ -21,23 +21,8 @@ TEXT = [
 
 
 def sentencepiece_model() -> bytes:
-    """A BPE SentencePiece model with Meta's special ids (unk 0, bos 1, eos 2)."""
-    import sentencepiece as spm
-
-    out = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(TEXT),
-        model_writer=out,
-        vocab_size=96,
-        model_type="bpe",
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        pad_id=-1,
-        hard_vocab_limit=False,
-        minloglevel=2,
-    )
-    return out.getvalue()
+    """A BPE SentencePiece model with Meta's special ids (unk 0, bos 1, eos 2), on :data:`TEXT`."""
+    return benchmarks_sentencepiece_model(TEXT, vocab_size=96)
 
 
 def vocab_size(model: bytes) -> int:
