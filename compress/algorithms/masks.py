@@ -72,10 +72,9 @@ def _rowwise_keep(score: np.ndarray, base: int, extra: int) -> np.ndarray:
     del ordered
     threshold = threshold[:, None]
     keep = score > threshold
-    at = score == threshold
     surplus = cols - np.count_nonzero(keep, axis=1) - drops  # ties beyond what the row drops
     for row in np.flatnonzero(surplus > 0):
-        tied = np.flatnonzero(at[row])
+        tied = np.flatnonzero(score[row] == threshold[row])
         keep[row, tied[len(tied) - surplus[row] :]] = True  # keep the highest-column ties
     return keep
 
