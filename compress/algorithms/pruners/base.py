@@ -28,6 +28,7 @@ class PruneResult:
 
     mask: torch.Tensor  # bool, weight-shaped, True = kept
     seconds: float
+    scales: torch.Tensor | None = None  # quantized: float16 (out, groups) of its grid
 
 
 class Pruner(ABC):

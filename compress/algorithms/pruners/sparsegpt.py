@@ -35,6 +35,7 @@ import torch
 
 from compress.algorithms.distributed import ExactSum
 from compress.algorithms.masks import SparsityPattern
+from compress.algorithms.quant.grid import QuantGrid
 from compress.algorithms.pruners.base import Pruner, PruneResult, register, sequences
 from compress.core.dtypes import emulated_on_this_cpu
 from compress.core.errors import NumericsError
@@ -256,14 +257,41 @@ class SparseGPTPruner(Pruner):
     @classmethod
     @torch.no_grad()
     def prune_group(
-        cls, pruners: list[Pruner], sparsities: list[float], pattern: SparsityPattern
+        cls,
+        pruners: list[Pruner],
+        sparsities: list[float],
+        pattern: SparsityPattern,
+        grid: QuantGrid | None = None,
     ) -> list[PruneResult]:
         """Siblings (one factor, shared) in one column loop: their transposed weights side by
         side, each a segment of the rows with its own mask. OBS updates each output row on its
         own, so the weights are those of one loop per layer (within float rounding) and the
         masks the same; the loop's cost is mostly the ops it dispatches per column, so q/k/v
         take one loop instead of three, gate/up one instead of two. Each layer's seconds are
-        the loop's, shared by rows."""
+        the loop's, shared by rows. With ``grid``, the kept weights are quantized in the same
+        loop (joint pruning and quantization, the paper's section on joint compression)."""
+        return cls._run_loop(pruners, sparsities, pattern, None, grid)
+
+    @classmethod
+    @torch.no_grad()
+    def quantize_group(
+        cls, pruners: list[Pruner], keeps: list[torch.Tensor], grid: QuantGrid
+    ) -> list[PruneResult]:
+        """GPTQ with the masks held fixed: each layer's kept weights (``keeps``, bool,
+        weight-shaped) quantized to ``grid`` column by column, each column's error pushed into
+        the columns not yet visited; pruned weights stay exactly zero."""
+        fixed = torch.cat([~keep.t() for keep in keeps], dim=1)
+        return cls._run_loop(pruners, [0.0] * len(pruners), SparsityPattern(), fixed, grid)
+
+    @classmethod
+    def _run_loop(
+        cls,
+        pruners: list[Pruner],
+        sparsities: list[float],
+        pattern: SparsityPattern,
+        fixed: torch.Tensor | None,
+        grid: QuantGrid | None,
+    ) -> list[PruneResult]:
         start = time.perf_counter()
         leader = pruners[0]
         # the transpose, contiguous: each input column is one contiguous row of WT, and the
@@ -272,14 +300,18 @@ class SparseGPTPruner(Pruner):
         edges = [0, *accumulate(p.weight.shape[0] for p in pruners)]
         segments = list(zip(edges, edges[1:], sparsities))
         with _threads_for_column_loop(leader.weight.device):
-            prunedT = leader._column_loop(WT, segments, pattern)
+            prunedT, scales = leader._column_loop(WT, segments, pattern, fixed, grid)
         masks = []
         for p, (first, last, _) in zip(pruners, segments):
             masks.append(~prunedT[:, first:last].t())
             p.weight.data.copy_((WT[:, first:last].t() * masks[-1]).to(p.weight.dtype))
         seconds = time.perf_counter() - start
         return [
-            PruneResult(mask, seconds * (last - first) / edges[-1])
+            PruneResult(
+                mask,
+                seconds * (last - first) / edges[-1],
+                None if scales is None else scales[first:last].clone(),
+            )
             for mask, (first, last, _) in zip(masks, segments)
         ]
 
@@ -313,37 +345,62 @@ class SparseGPTPruner(Pruner):
         return self.factor["scaled"], self.factor["columns"]
 
     def _column_loop(
-        self, WT: torch.Tensor, segments: list[tuple[int, int, float]], pattern: SparsityPattern
-    ) -> torch.Tensor:
+        self,
+        WT: torch.Tensor,
+        segments: list[tuple[int, int, float]],
+        pattern: SparsityPattern,
+        fixed: torch.Tensor | None = None,
+        grid: QuantGrid | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """OBS over the columns of ``WT`` (``(cols, rows)``, updated in place); ``segments``:
         ``(first, last, sparsity)`` per layer, the rows an unstructured mask is chosen over.
-        Returns the pruned positions, ``WT``-shaped."""
-        cols = WT.shape[0]
+        ``fixed``: the pruned positions, ``WT``-shaped, instead of choosing them. ``grid``: the
+        kept weights quantized too, each group's float16 scales taken from its kept weights
+        (those of its columns whose mask is chosen by then) when the loop reaches its first
+        column, as GPTQ does. Returns the pruned positions, ``WT``-shaped, and the scales
+        ``(rows, groups)`` (None without ``grid``)."""
+        cols, rows = WT.shape
         dead, Hinv = self._factorised()
         scaled, spread = self._columns(Hinv)
         WT[dead] = 0.0
-        prunedT = torch.zeros_like(WT, dtype=torch.bool)
+        prunedT = fixed.clone() if fixed is not None else torch.zeros_like(WT, dtype=torch.bool)
+        group = grid.group_of(cols) if grid is not None else 0
+        scales = None
+        if grid is not None:
+            scales = torch.empty(rows, cols // group, dtype=torch.float16, device=WT.device)
+            scale = torch.empty(rows, device=WT.device)
 
         for i1 in range(0, cols, self.blocksize):
             i2 = min(i1 + self.blocksize, cols)
             W1, prune1 = WT[i1:i2], prunedT[i1:i2]  # (count, rows) views, updated in place
             Err1 = torch.empty_like(W1)  # every row written below: w - q, undivided
             d2 = Hinv.diagonal()[i1:i2].pow(2)
-            if not pattern.structured:
+            if fixed is None and not pattern.structured:
                 for first, last, sparsity in segments:
                     prune1[:, first:last] = self._block_mask(W1[:, first:last], d2, sparsity)
             w_rows, err_rows, prune_rows = W1.unbind(), Err1.unbind(), prune1.unbind()
             for i in range(i2 - i1):
-                if pattern.structured and i % pattern.m == 0:
+                if fixed is None and pattern.structured and i % pattern.m == 0:
                     score = W1[i : i + pattern.m].t().pow(2) / d2[i : i + pattern.m]
                     low = torch.topk(score, pattern.m - pattern.n, dim=1, largest=False).indices
                     prune1[i : i + pattern.m].t().scatter_(1, low, True)
-                err1 = err_rows[i]  # w - q: w where pruned, else 0
-                torch.mul(w_rows[i], prune_rows[i], out=err1)
+                err1 = err_rows[i]  # w - q: w where pruned, else 0 (unquantized)
+                if grid is None:
+                    torch.mul(w_rows[i], prune_rows[i], out=err1)
+                    W1[i:].addr_(spread[i1 + i], err1, alpha=-1.0)
+                    continue
+                c = i1 + i
+                if c % group == 0:
+                    kept = WT[c : c + group] * ~prunedT[c : c + group]
+                    scales[:, c // group] = grid.scales(kept.t())
+                    scale.copy_(scales[:, c // group])
+                q = grid.quantize(w_rows[i], scale).masked_fill_(prune_rows[i], 0.0)
+                torch.sub(w_rows[i], q, out=err1)
                 W1[i:].addr_(spread[i1 + i], err1, alpha=-1.0)
+                w_rows[i].copy_(q)  # exactly its grid value (the update above left w - err)
             # kept weights are q already (their error is 0); pruned ones ~0, zeroed by the mask
             WT[i2:] -= (Err1.t().contiguous() @ scaled[i1:i2, i2:]).t()
-        return prunedT
+        return prunedT, scales
 
     @staticmethod
     def _block_mask(W1: torch.Tensor, d2: torch.Tensor, sparsity: float) -> torch.Tensor:
