@@ -35,8 +35,8 @@ import torch
 
 from compress.algorithms.distributed import ExactSum
 from compress.algorithms.masks import SparsityPattern
-from compress.algorithms.quant.grid import QuantGrid
 from compress.algorithms.pruners.base import Pruner, PruneResult, register, sequences
+from compress.algorithms.quant.grid import QuantGrid
 from compress.core.dtypes import emulated_on_this_cpu
 from compress.core.errors import NumericsError
 from compress.core.methods import SparseGPTOptions
