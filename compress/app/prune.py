@@ -18,6 +18,8 @@ import torch
 
 from compress.algorithms import distributed
 from compress.algorithms.masks import zero_count
+from compress.algorithms.quant.grid import QuantGrid
+from compress.algorithms.quant.record import RECORD, QuantRecord, write_record
 from compress.core.claim import output_lock
 from compress.core.config import PruneConfig, SaveFormat
 from compress.core.errors import BadInputError, Interrupted, signal_exit_code
@@ -32,6 +34,7 @@ from compress.core.report import (
     RECIPE_NAME,
     REPORT_FORMAT,
     EvaluationSection,
+    QuantizationSection,
     Report,
     block_entry,
     evaluation_section,
@@ -39,6 +42,7 @@ from compress.core.report import (
     now_iso,
     package_versions,
     perplexity_section,
+    quantization_section,
     summary_section,
     write_json_atomic,
     write_report,
@@ -55,6 +59,7 @@ from compress.data.calibration import (
 from compress.engine import SELFGEN, Engine, PruneOutcome, WorkFolder
 from compress.engine.one_pass import one_pass_applies
 from compress.engine.probe import plan_run
+from compress.engine.quantize_step import joint
 from compress.model.loading import (
     LoadedModel,
     check_seqlen,
@@ -295,10 +300,12 @@ def _prune_and_save(
         report = built(model_sparsity)
         if estimate is not None:
             report["estimate"] = estimate
+        if config.quantize.enabled:
+            report["quantization"] = quantization_report(config, outcome)
         return report
 
     if main:
-        report = save_output(loaded, config, finish, target, work)
+        report = save_output(loaded, config, finish, target, work, outcome.scales)
         work.remove()
         if config.push_to_hub:
             from exporters.hub import push_folder
@@ -461,17 +468,42 @@ def build_report(
     }
 
 
+def quantization_report(config: PruneConfig, outcome: PruneOutcome) -> QuantizationSection:
+    q = config.quantize
+    return quantization_section(
+        q.bits.value,
+        q.bit_count,
+        q.group_size,
+        q.quantizer.value,
+        joint(config),
+        outcome.layers,
+        RECORD,
+    )
+
+
+def write_quantization_record(
+    folder: Path, config: PruneConfig, scales: dict[str, torch.Tensor]
+) -> None:
+    """``quantization.safetensors``: each quantized layer's scales under its weight's name."""
+    q = config.quantize
+    named = {f"{name}.weight": s for name, s in scales.items()}
+    grid = QuantGrid(q.bit_count, q.group_size)
+    write_record(folder, QuantRecord(grid, q.quantizer.value, named))
+
+
 def save_output(
     loaded: LoadedModel,
     config: PruneConfig,
     finish: Callable[[float], Report],
     target: Path,
     work: WorkFolder,
+    scales: dict[str, torch.Tensor] | None = None,
 ) -> Report:
     """Write model, tokenizer, recipe, report and model card to a staging folder, then publish;
     return the report, which ``finish`` builds from the model's sparsity once the weights are
     written (counted, and refused if one holds NaN or Inf, in the pass that writes them:
-    :func:`compress.model.placement.save_model`).
+    :func:`compress.model.placement.save_model`). A quantized run's ``scales`` (by layer) go
+    beside the weights in the quantization record the exporters read the integers back with.
 
     With ``--save-format compressed`` the dense staging folder is converted to compressed-tensors
     (and checked bit-identical) before the card is written, so the card, the published folder
@@ -482,7 +514,7 @@ def save_output(
     then = "free space or choose another --output, then rerun with --resume to save without pruning again"
     try:
         with reported_writes(target, then):
-            report = _write_staging(loaded, config, finish, staging, work)
+            report = _write_staging(loaded, config, finish, staging, work, scales or {})
             check_target(target, config.overwrite)
             publish(staging, target)
     except BaseException:
@@ -497,9 +529,12 @@ def _write_staging(
     finish: Callable[[float], Report],
     staging: Path,
     work: WorkFolder,
+    scales: dict[str, torch.Tensor],
 ) -> Report:
     staging.mkdir(parents=True)
     report = finish(save_model(loaded.model, staging).sparsity)
+    if scales:
+        write_quantization_record(staging, config, scales)
     loaded.tokenizer.save_pretrained(staging)
     write_json_atomic(staging / RECIPE_NAME, {**config.to_dict(), "versions": report["versions"]})
     write_report(staging, report)

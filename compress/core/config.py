@@ -16,6 +16,7 @@ from compress.core.errors import BadInputError
 from compress.core.methods import METHODS, methods_help
 from compress.core.options import flag_of, option, options_of, value_at
 from compress.core.patterns import SparsityPattern
+from compress.core.quantization import QUANTIZATION, QuantizeConfig
 from compress.core.shared_options import (
     DType,
     device_option,
@@ -347,6 +348,7 @@ class PruneConfig:
         PROFILE,
         CALIBRATION,
         RECONSTRUCTION,
+        QUANTIZATION,
         EVALUATION,
         PLACEMENT,
         OUTPUT,
@@ -443,6 +445,7 @@ class PruneConfig:
         panel=PRUNING,
     )
     reconstruct: ReconstructConfig = field(default_factory=ReconstructConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     resume: bool = option(
         False,
         flags="--resume",
@@ -522,6 +525,12 @@ class PruneConfig:
             raise BadInputError(
                 f"--checkpoint-every is {self.checkpoint_every}; give seconds >= 0 (0: every block)"
             )
+        if self.quantize.enabled and self.save_format is SaveFormat.compressed:
+            raise BadInputError(
+                "--save-format compressed writes the legacy sparse format, which holds no "
+                "integers; save dense and export the quantized model with compress export "
+                "gguf, onnx or compressed"
+            )
         for where, value in [("--sparsity", self.sparsity), *self.layer_sparsity.items()]:
             if not 0.0 <= value < 1.0:
                 raise BadInputError(f"sparsity for {where} is {value}; it must lie in [0, 1)")
@@ -570,6 +579,8 @@ class PruneConfig:
             parts.append(self.sparsity_profile.value)
         if self.reconstruct.technique is not Technique.none:
             parts.append(self.reconstruct.technique.value.replace("+", "-"))
+        if self.quantize.enabled:
+            parts.append(self.quantize.label())
         return "-".join(parts)
 
     def sparsity_for(self, layer: str) -> float:

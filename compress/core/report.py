@@ -163,6 +163,8 @@ class LayerEntry(LayerCounts):
     target_sparsity: float
     numel: int
     seconds: float
+    # quantized runs: ||W_q - W|| / ||W|| of the rounding step (None: rounded in the pruner)
+    quant_error: NotRequired[float | None]
 
 
 class BlockErrors(TypedDict):
@@ -331,6 +333,22 @@ class HubSection(TypedDict):
     url: str  # the repository's page
 
 
+class QuantizationSection(TypedDict):
+    """The grid a quantized run rounded its kept weights to, and what that rounding changed."""
+
+    grid: str  # int4, int8
+    bits: int
+    group_size: int  # input columns per scale (0: one per output row)
+    scale_dtype: str
+    quantizer: str  # gptq, rtn
+    joint: bool  # rounded inside SparseGPT's pruning loop
+    layers: int
+    # ||W_q - W|| / ||W|| of the rounding step over the layers (None: joint)
+    mean_error: float | None
+    max_error: float | None
+    file: str  # the record beside the weights (scales and grid)
+
+
 class Report(TypedDict):
     format: str
     model: ModelSection
@@ -347,6 +365,7 @@ class Report(TypedDict):
     finetune: NotRequired[FinetuneSection]
     hub: NotRequired[HubSection]
     estimate: NotRequired[EstimateSection]
+    quantization: NotRequired[QuantizationSection]
 
 
 # -- one builder per section ----------------------------------------------------------------------
@@ -443,6 +462,31 @@ def pruned_sparsity(layers: Collection[LayerEntry]) -> float:
     """Zeros over weights of ``layers`` together."""
     numel = sum(layer["numel"] for layer in layers)
     return sum(layer["zeros"] for layer in layers) / numel if numel else 0.0
+
+
+def quantization_section(
+    grid: str,
+    bits: int,
+    group_size: int,
+    quantizer: str,
+    joint: bool,
+    layers: Mapping[str, LayerEntry],
+    file: str,
+) -> QuantizationSection:
+    """report.json's ``quantization``: the grid and the rounding's relative weight errors."""
+    errors = [e for e in (layer.get("quant_error") for layer in layers.values()) if e is not None]
+    return {
+        "grid": grid,
+        "bits": bits,
+        "group_size": group_size,
+        "scale_dtype": "float16",
+        "quantizer": quantizer,
+        "joint": joint,
+        "layers": sum(1 for layer in layers.values() if "quant_error" in layer),
+        "mean_error": sum(errors) / len(errors) if errors else None,
+        "max_error": max(errors) if errors else None,
+        "file": file,
+    }
 
 
 def summary_section(
@@ -595,7 +639,8 @@ def upgrade_report(report: dict) -> dict:
     """``report`` with the sections written before ``artifacts`` existed moved into it (in
     place): ``deploy.FORMAT`` -> ``artifacts.FORMAT``, ``export.onnx`` (``onnx_files``) ->
     ``artifacts.onnx``, ``export.onnx_genai`` (``onnx_genai_files``) -> ``artifacts.onnx-genai``,
-    ``quantization`` -> ``artifacts.SCHEME``. What they did not record (a deploy record's file
+    ``quantization`` with a ``scheme`` (a bitsandbytes deploy's, before a quantized run's
+    section took the name) -> ``artifacts.SCHEME``. What they did not record (a deploy record's file
     list, an ONNX export's loading code and parity, which stay in its export_report.json) is
     left empty."""
     artifacts = report.get("artifacts", {})
@@ -612,8 +657,9 @@ def upgrade_report(report: dict) -> dict:
         if export.get(key):
             files = export.get(f"{key}_files") or {}
             artifacts[name] = artifact_record(format=name, path=export[key], files=files, load=[])
-    old = report.pop("quantization", None)
-    if old:
+    old = report.get("quantization")
+    if old and "scheme" in old:
+        del report["quantization"]
         scheme = old["scheme"]
         details = {key: old[key] for key in ("description", "source", "device", "source_bytes")}
         artifacts[scheme] = {

@@ -53,10 +53,10 @@ def one_pass_applies(
     device: torch.device,
 ) -> bool:
     """``--one-pass`` where it keeps its promise: nothing trained or measured against the
-    dense block, one process (ranks could not keep equal to it), every sequence feeding the
+    dense block, no rounding step (:mod:`.quantize_step`), one process (ranks could not keep equal to it), every sequence feeding the
     statistics (``stats_samples`` None), and the whole calibration set fitting one batch."""
     recon = config.reconstruct
-    if not config.one_pass or recon.technique.trains or recon.errors:
+    if not config.one_pass or recon.technique.trains or recon.errors or config.quantize.enabled:
         return False
     if distributed.is_distributed() or stats_samples is not None:
         return False

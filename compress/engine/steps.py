@@ -7,7 +7,9 @@ Per block ``i``, in this order:
      feeding its pruner (stopping each batch once the last layer has seen its input);
   3. prune: each pruner returns a keep-mask (SparseGPT also updates the weights: LR);
   4. reconstruct (BR variants): train the window — block ``i``, or blocks ``i-1, i`` for CR —
-     against the targets, masks held exact;
+     against the targets, masks held exact; then, with ``--quantize``, round each block that
+     no later window trains to the grid (:mod:`.quantize_step`; SparseGPT under LR rounds in
+     step 3 instead);
   5. propagate the sparse stream (and the held-out streams) through the updated window;
   6. measure the normalized error against the dense model before and after step 4;
   7. checkpoint the changed blocks, the streams and the outcome so far (``--resume``).
@@ -35,6 +37,8 @@ from compress.algorithms import distributed
 from compress.algorithms.finite import check_finite_stream, check_finite_weights
 from compress.algorithms.masks import zero_count
 from compress.algorithms.pruners import PRUNERS, Pruner
+from compress.algorithms.pruners.sparsegpt import SparseGPTPruner
+from compress.algorithms.quant.grid import check_grid
 from compress.algorithms.reconstruct import Batches, normalized_error, reconstruct
 from compress.algorithms.sparsity_profile import allocate_by_errors, candidates, carried, owl_plan
 from compress.core.config import PruneConfig, SparsityProfile, Technique
@@ -52,6 +56,7 @@ from compress.core.report import (
 from compress.engine.activations import ActivationStore, Stream, Streams
 from compress.engine.one_pass import hooked_forward, one_pass_applies
 from compress.engine.profile_pass import first_pass
+from compress.engine.quantize_step import grid_of, joint, quantize_block
 from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
 from compress.model.blocks import BlockAdapter, BlockCall, weight_view
@@ -73,6 +78,7 @@ class PruneOutcome:
 
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     layers: dict[str, dict] = field(default_factory=dict)
+    scales: dict[str, torch.Tensor] = field(default_factory=dict)  # quantized layers' float16
     blocks: list[dict] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -96,11 +102,15 @@ def zeros_entry(weight: torch.Tensor) -> LayerCounts:
 def check_layers(adapter: BlockAdapter, config: PruneConfig) -> None:
     """Fail before any work if an N:M pattern does not tile some layer's input width, or a
     layer's unstructured target rounds to all of its weights (``round(s * numel)`` of them are
-    dropped: 0.999999 empties a 576 x 576 layer while 1.0 is refused)."""
+    dropped: 0.999999 empties a 576 x 576 layer while 1.0 is refused), or a quantization
+    group size does not divide it."""
+    grid = grid_of(config)
     for index in range(len(adapter)):
         for name, module in adapter.prunable_layers(index, config.skip).items():
             weight = weight_view(module)
             config.parsed_pattern.check_width(weight.shape[1], name)
+            if grid is not None:
+                check_grid(grid, weight.shape[1], name)
             target, size = config.sparsity_for(name), weight.numel()
             if not config.parsed_pattern.structured and round(target * size) >= size:
                 raise BadInputError(
@@ -109,6 +119,7 @@ def check_layers(adapter: BlockAdapter, config: PruneConfig) -> None:
                 )
 
 
+SCALES_KEY = "quantization-scales:"  # a checkpointed block's scales, beside its weights
 DAMAGED_CHECKPOINT = "the checkpoint is damaged: repair it or download it again"
 
 
@@ -143,6 +154,8 @@ class Engine:
         self.dtype = next(model.parameters()).dtype
         self.accelerator = accelerator or self.device
         self.keep_masks = keep_masks
+        self.grid = grid_of(config)
+        self.joint = joint(config)  # SparseGPT rounds as it prunes (step 3)
         self.activations = ActivationStore(
             self.recon.activations_device,
             torch_dtype(self.recon.activations_dtype, self.dtype),
@@ -254,9 +267,12 @@ class Engine:
         """Step 3 for one group of siblings: their masks, their weights, their entries in
         ``outcome``."""
         members = [pruners[name] for name in group]
-        results = type(members[0]).prune_group(
-            members, [targets[name] for name in group], self.config.parsed_pattern
-        )
+        sparsities = [targets[name] for name in group]
+        pattern = self.config.parsed_pattern
+        if self.joint:
+            results = SparseGPTPruner.prune_group(members, sparsities, pattern, self.grid)
+        else:
+            results = type(members[0]).prune_group(members, sparsities, pattern)
         for name, result in zip(group, results):
             weight = weight_view(layers[name])
             if name in dense:  # "none": keep the mask, undo the pruner's weight update
@@ -266,6 +282,9 @@ class Engine:
             self.outcome.layers[name] = layer_entry(
                 weight.shape, targets[name], zero_count(weight), result.seconds
             )
+            if result.scales is not None:
+                self.outcome.scales[name] = result.scales.cpu()
+                self.outcome.layers[name]["quant_error"] = None
 
     def _prune(self, i: int, s: Streams) -> None:
         """Steps 2-3 for block ``i``."""
@@ -314,6 +333,40 @@ class Engine:
         for j in window:
             for name, module in self.adapter.prunable_layers(j, self.config.skip).items():
                 self.outcome.layers[name].update(zeros_entry(weight_view(module)))
+
+    def _quantize(self, j: int, stream: Stream, calls: list[list[BlockCall]]) -> None:
+        """Step 4's rounding of block ``j`` (no later window trains it), fed ``stream``, its
+        inputs now: scales and errors into ``outcome``, zeros counted again (a kept weight may
+        round to 0)."""
+        layers = self.adapter.prunable_layers(j, self.config.skip)
+        keeps = {
+            name: self.outcome.masks[name] if name in self.outcome.masks else weight_view(m) != 0
+            for name, m in layers.items()
+        }
+        quantized = quantize_block(
+            layers,
+            self.adapter.sibling_groups(j, layers),
+            keeps,
+            self.grid,
+            self.config.quantize.quantizer,
+            self.config.pruner.sparsegpt,
+            lambda leaders: self._collect(j, leaders, layers, stream, calls),
+        )
+        for name, q in quantized.items():
+            self.outcome.scales[name] = q.scales
+            self.outcome.layers[name]["quant_error"] = q.error
+        self._measure([j])
+
+    def _quantize_finished(self, i: int, window: list[int], sets: dict[str, Streams]) -> None:
+        """Round the blocks step ``i`` finishes training (with CR, block ``i`` is trained again
+        in the next window; the last one is rounded after its final window, in :meth:`step`)."""
+        if self.grid is None or self.joint:
+            return
+        calib = sets["calibration"]
+        if len(window) == 2:
+            self._quantize(window[0], calib.prev_sparse, calib.calls)
+        elif not self.technique.cross_block or i == len(self.adapter) - 1:
+            self._quantize(i, calib.sparse, calib.calls)
 
     def _forget_masks(self, j: int) -> None:
         prefix = self.adapter.block_name(j) + "."
@@ -417,11 +470,14 @@ class Engine:
         trained = []
         if self.technique.trains:
             trained.append(self._train(i, window, sets))
+        self._quantize_finished(i, window, sets)
         ends = {name: self._propagate(window, s) for name, s in sets.items()}
         if self.technique.trains and len(window) == 2 and i == len(self.adapter) - 1:
             for name, s in sets.items():  # the paper's last window: the final block alone
                 s.sparse, s.prev_sparse = ends[name][0], None
             trained.append(self._train(i, [i], sets))
+            if self.grid is not None:
+                self._quantize(i, sets["calibration"].sparse, sets["calibration"].calls)
             ends = {name: self._propagate([i], s) for name, s in sets.items()}
         errors = None
         if self.recon.errors:
@@ -495,7 +551,7 @@ class Engine:
 
     def _checkpoint(self, i: int, sets: dict[str, Streams], recipe: dict) -> None:
         """The state after step ``i``, with every block changed since the last checkpoint."""
-        blocks = {j: self.adapter.blocks[j].state_dict() for j in sorted(self._unsaved)}
+        blocks = {j: self._block_state(j) for j in sorted(self._unsaved)}
         prefix = self.adapter.block_name(i) + "."  # masks a later CR window still trains
         live = {name: mask for name, mask in self.outcome.masks.items() if name.startswith(prefix)}
         outcome = {"layers": self.outcome.layers, "blocks": self.outcome.blocks}
@@ -504,12 +560,23 @@ class Engine:
         self._unsaved.clear()
         self._saved_at = time.perf_counter()
 
+    def _block_state(self, j: int) -> dict[str, torch.Tensor]:
+        """Block ``j``'s weights for a checkpoint, with its layers' quantization scales."""
+        state = dict(self.adapter.blocks[j].state_dict())
+        prefix = self.adapter.block_name(j) + "."
+        for name, scales in self.outcome.scales.items():
+            if name.startswith(prefix):
+                state[SCALES_KEY + name] = scales
+        return state
+
     def _restore(self, recipe: dict, sets: dict[str, Streams]) -> int:
         loaded = self.work.load_step(recipe)
         if loaded is None:
             return 0
         state, blocks, streams, masks = loaded
         for index, block_state in blocks.items():
+            for key in [key for key in block_state if key.startswith(SCALES_KEY)]:
+                self.outcome.scales[key.removeprefix(SCALES_KEY)] = block_state.pop(key)
             self.adapter.blocks[index].load_state_dict(block_state)
         self.activations.restore(sets, streams)
         self.outcome.masks.update({k: v.to(self.device) for k, v in masks.items()})

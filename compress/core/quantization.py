@@ -1,0 +1,80 @@
+"""The quantization options of a pruning run (recipe.json's ``quantize``), declared without
+torch: ``--quantize`` (the integer grid), ``--group-size`` and ``--quantizer``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import ClassVar
+
+from compress.core.errors import BadInputError
+from compress.core.options import option
+
+QUANTIZATION = "Quantization"
+
+
+class QuantBits(str, Enum):
+    """The integer grid the kept weights are rounded to (none: leave them as they are)."""
+
+    none = "none"
+    int8 = "int8"
+    int4 = "int4"
+
+
+class Quantizer(str, Enum):
+    """gptq: each column's rounding error pushed into the columns not yet rounded (OBS, the mask
+    held fixed; inside SparseGPT's own loop under ``--reconstruct lr``); rtn: round to nearest."""
+
+    gptq = "gptq"
+    rtn = "rtn"
+
+
+@dataclass(kw_only=True)
+class QuantizeConfig:
+    PANEL: ClassVar[str] = QUANTIZATION
+
+    bits: QuantBits = option(
+        QuantBits.none,
+        flags="--quantize",
+        metavar="GRID",
+        help="none, int8 or int4: symmetric integers per group with float16 scales, zero exact (pruned weights stay 0); evaluated and saved as the dequantized values, the integers exported exactly (GGUF, ONNX MatMulNBits, compressed-tensors).",
+    )
+    group_size: int = option(
+        32,
+        flags="--group-size",
+        help="Input columns sharing one scale (0: one per output row); 32 is GGUF's Q4_0/Q8_0 block and must divide every layer's input width.",
+    )
+    quantizer: Quantizer = option(
+        Quantizer.gptq,
+        flags="--quantizer",
+        metavar="QUANTIZER",
+        help="gptq (errors compensated on calibration data; joint with SparseGPT's pruning under --reconstruct lr) or rtn (round to nearest, no data).",
+    )
+
+    def __post_init__(self) -> None:
+        for enum, attr, flag in [
+            (QuantBits, "bits", "--quantize"),
+            (Quantizer, "quantizer", "--quantizer"),
+        ]:
+            try:
+                setattr(self, attr, enum(getattr(self, attr)))
+            except ValueError:
+                choices = ", ".join(member.value for member in enum)
+                raise BadInputError(f"{flag} {getattr(self, attr)!r}: choose {choices}") from None
+        if self.group_size < 0:
+            raise BadInputError(
+                f"--group-size is {self.group_size}; give a count of input columns such as 32 "
+                f"(0: one scale per output row)"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.bits is not QuantBits.none
+
+    @property
+    def bit_count(self) -> int:
+        return {QuantBits.int8: 8, QuantBits.int4: 4}[self.bits]
+
+    def label(self) -> str:
+        """e.g. ``int4-g32`` (``int8-channel`` per output row): the default folder name's part."""
+        return f"{self.bits.value}-" + (f"g{self.group_size}" if self.group_size else "channel")
