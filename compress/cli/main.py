@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from compress import __version__
-from compress.cli import bench, eval_tasks, export, finetune, inspect, prune, sharpness
+from compress.cli import bench, eval_tasks, export, finetune, inspect, prune, quantize, sharpness
 from compress.cli.base import StackedHelpCommand, new_app
 from compress.cli.calib import app as calib_app
 from compress.cli.cbm import app as cbm_app
@@ -14,6 +14,7 @@ app = new_app("Prune, reconstruct, fine-tune, evaluate and ship causal language 
 eval_app = new_app("Evaluate a model: perplexity, zero-shot tasks, sharpness.")
 app.add_typer(eval_app, name="eval")
 app.command("prune", cls=StackedHelpCommand)(prune.prune)
+app.command("quantize", cls=StackedHelpCommand)(quantize.quantize)
 app.command("info")(inspect.info)
 eval_app.command("ppl")(inspect.ppl)
 eval_app.command("tasks")(eval_tasks.tasks)

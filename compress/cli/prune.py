@@ -73,6 +73,15 @@ def summary_table(report: dict) -> str:
         ["peak RSS", gib(s["peak_rss_bytes"])],
         ["peak accelerator memory", gib(s["peak_accelerator_bytes"])],
     ]
+    q = report.get("quantization")
+    if q:
+        grouping = f"groups of {q['group_size']}" if q["group_size"] else "per output row"
+        how = "joint with pruning" if q["joint"] else q["quantizer"]
+        rows.append(["quantization", f"{q['grid']}, {grouping}, {how}"])
+        if q["mean_error"] is not None:
+            rows.append(
+                ["rounding error (mean, max)", f"{q['mean_error']:.4f}, {q['max_error']:.4f}"]
+            )
     if ppl:
         rows.append(
             [

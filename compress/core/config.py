@@ -525,6 +525,8 @@ class PruneConfig:
             raise BadInputError(
                 f"--checkpoint-every is {self.checkpoint_every}; give seconds >= 0 (0: every block)"
             )
+        if self.method.value == "none":
+            self._check_quantize_only()
         if self.quantize.enabled and self.save_format is SaveFormat.compressed:
             raise BadInputError(
                 "--save-format compressed writes the legacy sparse format, which holds no "
@@ -534,6 +536,27 @@ class PruneConfig:
         for where, value in [("--sparsity", self.sparsity), *self.layer_sparsity.items()]:
             if not 0.0 <= value < 1.0:
                 raise BadInputError(f"sparsity for {where} is {value}; it must lie in [0, 1)")
+
+    def _check_quantize_only(self) -> None:
+        """``--method none`` keeps the weights' zeros and rounds them: nothing to prune, train
+        or profile, so it needs ``--quantize`` and refuses what would have nothing to act on."""
+        if not self.quantize.enabled:
+            raise BadInputError("--method none prunes nothing: add --quantize int4 or int8")
+        if self.reconstruct.technique.trains:
+            raise BadInputError(
+                f"--method none keeps the weights as they are; --reconstruct "
+                f"{self.reconstruct.technique.value} would train them: use --reconstruct lr"
+            )
+        if (
+            self.parsed_pattern.structured
+            or self.layer_sparsity
+            or self.sparsity_profile is not SparsityProfile.uniform
+        ):
+            raise BadInputError(
+                "--method none prunes nothing: drop --pattern, --layer-sparsity and "
+                "--sparsity-profile"
+            )
+        self.sparsity = 0.0  # the zeros already there are kept; none are added
 
     def _check_pruner_options(self) -> None:
         """Refuse an option of a method other than ``--method``'s set to other than its default
@@ -574,6 +597,8 @@ class PruneConfig:
         amount = f"{round(self.sparsity * 100)}"
         if self.parsed_pattern.structured:
             amount = self.pattern.replace(":", "of")
+        if self.method.value == "none":  # quantize only
+            return f"{model}-{self.quantize.label()}"
         parts = [model, self.method.value, amount]
         if self.sparsity_profile is not SparsityProfile.uniform:
             parts.append(self.sparsity_profile.value)

@@ -85,6 +85,12 @@ class SparseGPTOptions:
             )
 
 
+@method("none", "existing zeros kept")
+@dataclass(kw_only=True)
+class KeepOptions:
+    """Prunes nothing (quantize only): the weights' own zeros are the mask."""
+
+
 def methods_help() -> str:
     """``--method``'s help, each method with its summary: "magnitude (|W|), ... or ..."."""
     named = [f"{name} ({cls.SUMMARY})" for name, cls in METHODS.items()]

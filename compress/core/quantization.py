@@ -11,6 +11,9 @@ from compress.core.errors import BadInputError
 from compress.core.options import option
 
 QUANTIZATION = "Quantization"
+BITS_HELP = "none, int8 or int4: symmetric integers per group with float16 scales, zero exact (pruned weights stay 0); evaluated and saved as the dequantized values, the integers exported exactly (GGUF, ONNX MatMulNBits, compressed-tensors)."
+GROUP_HELP = "Input columns sharing one scale (0: one per output row); 32 is GGUF's Q4_0/Q8_0 block and must divide every layer's input width."
+QUANTIZER_HELP = "gptq (errors compensated on calibration data; joint with SparseGPT's pruning under --reconstruct lr) or rtn (round to nearest, no data)."
 
 
 class QuantBits(str, Enum):
@@ -37,18 +40,18 @@ class QuantizeConfig:
         QuantBits.none,
         flags="--quantize",
         metavar="GRID",
-        help="none, int8 or int4: symmetric integers per group with float16 scales, zero exact (pruned weights stay 0); evaluated and saved as the dequantized values, the integers exported exactly (GGUF, ONNX MatMulNBits, compressed-tensors).",
+        help=BITS_HELP,
     )
     group_size: int = option(
         32,
         flags="--group-size",
-        help="Input columns sharing one scale (0: one per output row); 32 is GGUF's Q4_0/Q8_0 block and must divide every layer's input width.",
+        help=GROUP_HELP,
     )
     quantizer: Quantizer = option(
         Quantizer.gptq,
         flags="--quantizer",
         metavar="QUANTIZER",
-        help="gptq (errors compensated on calibration data; joint with SparseGPT's pruning under --reconstruct lr) or rtn (round to nearest, no data).",
+        help=QUANTIZER_HELP,
     )
 
     def __post_init__(self) -> None:
