@@ -54,14 +54,21 @@ def require_pack_quantized() -> None:
         "the quantized folder as gguf or onnx"
     )
     try:
-        from compressed_tensors import ModelCompressor, __version__
+        from compressed_tensors import __version__
     except ImportError:
         raise BadInputError(f"pack-quantized checkpoints need compressed-tensors: {hint}") from None
-    if not hasattr(ModelCompressor, "compress_model"):
+    if _release(__version__) < _release(NEEDED_VERSION):
         raise BadInputError(
             f"compressed-tensors {__version__} is the legacy release of the sparse formats; "
             f"pack-quantized checkpoints need {NEEDED_VERSION} or later: {hint}"
         )
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """``(major, minor)`` of a version string such as ``0.14.0.1`` or ``0.20.1``."""
+    return tuple(
+        int("".join(c for c in part if c.isdigit()) or 0) for part in version.split(".")[:2]
+    )
 
 
 def format_name(bits: int) -> str:
@@ -214,11 +221,16 @@ def folder_tensors(folder: Path, names: set[str] | None = None):
 def load_packed(folder: Path) -> nn.Module:
     """A pack-quantized folder dequantized at load by transformers and compressed-tensors, from
     the scales as stored (exact for every model dtype)."""
+    import warnings
+
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
 
-    return AutoModelForCausalLM.from_pretrained(
-        folder, dtype="auto", quantization_config=CompressedTensorsConfig(dequantize=True)
-    ).eval()
+    with warnings.catch_warnings():  # "the model already has a quantization_config": intended
+        warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype="auto", quantization_config=CompressedTensorsConfig(dequantize=True)
+        )
+    return model.eval()
 
 
 def differing_from_folder(model: nn.Module, folder: Path) -> list[str]:
