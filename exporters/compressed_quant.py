@@ -50,8 +50,8 @@ def require_pack_quantized() -> None:
         BadInputError: compressed-tensors is missing or older than 0.15.
     """
     hint = (
-        f"pip install 'compressed-tensors>={NEEDED_VERSION}' (with transformers 5), or export "
-        "the quantized folder as gguf or onnx"
+        f"pip install 'compressed-tensors>={NEEDED_VERSION}' (with transformers 5), or use the "
+        "quantized folder as it is (dequantized safetensors)"
     )
     try:
         from compressed_tensors import __version__
@@ -119,7 +119,7 @@ def quantized_linears(model: nn.Module, record: QuantRecord) -> dict[str, nn.Lin
             kind = type(module).__name__ if module is not None else "missing from the model"
             raise BadInputError(
                 f"compressed-tensors pack-quantized holds nn.Linear weights; {weight} is {kind}: "
-                "export this folder as gguf or onnx instead"
+                "use the quantized folder as it is (dequantized safetensors)"
             )
         linears[name] = module
     return linears
@@ -298,13 +298,13 @@ def deploy_record(
         path=".",
         files=files,
         parity={"round_trip": "bit-identical weights"},
-        load=load_snippets(stored),
+        load=load_snippets(stored, default_exact=dtype != torch.bfloat16),
         details={
             "bits": grid.bits,
             "group_size": grid.group_size,
             "strategy": "group" if grid.group_size else "channel",
             "scale_dtype": stored,
-            "default_load_exact": dtype != torch.bfloat16,
+            "default_load_exact": dtype != torch.bfloat16,  # see the module docstring
             "vllm_marlin_group_size": grid.group_size in VLLM_GROUP_SIZES,
             "dense_bytes": dense,
             "ratio": sum(files.values()) / dense,
@@ -317,28 +317,31 @@ def deploy_record(
     )
 
 
-def load_snippets(stored: str) -> list[dict]:
-    """How to load the folder (``{REPO}`` stands for the repo id or folder)."""
-    transformers = 'from transformers import AutoModelForCausalLM\n\nmodel = AutoModelForCausalLM.from_pretrained("{REPO}", dtype="auto")'
-    exact = (
-        "from transformers import AutoModelForCausalLM, CompressedTensorsConfig\n\n"
-        "model = AutoModelForCausalLM.from_pretrained(\n"
-        '    "{REPO}", dtype="auto", quantization_config=CompressedTensorsConfig(dequantize=True)\n'
-        ")"
+def load_snippets(stored: str, default_exact: bool) -> list[dict]:
+    """How to load the folder (``{REPO}`` stands for the repo id or folder): transformers'
+    default load (exact unless a bfloat16 model rounds its scales), the exact dequantizing
+    load, vLLM."""
+    default = (
+        "exact"
+        if default_exact
+        else "not exact: the float16 scales are rounded to bfloat16 in this bfloat16 model"
     )
     return [
         {
             "runtime": "transformers 5 + compressed-tensors>=0.15 (decompresses on the first "
-            "forward; scales in the model's dtype)",
-            "code": transformers,
+            f"forward, in the model's dtype; {default})",
+            "code": 'from transformers import AutoModelForCausalLM\n\nmodel = AutoModelForCausalLM.from_pretrained("{REPO}", dtype="auto")',
         },
         {
             "runtime": f"transformers 5, dequantized at load from the {stored} scales (the "
             "weights the model was evaluated with, bit for bit)",
-            "code": exact,
+            "code": "from transformers import AutoModelForCausalLM, CompressedTensorsConfig\n\n"
+            "model = AutoModelForCausalLM.from_pretrained(\n"
+            '    "{REPO}", dtype="auto", quantization_config=CompressedTensorsConfig(dequantize=True)\n'
+            ")",
         },
         {
-            "runtime": "vLLM (W4A16/W8A16 kernels; not run here)",
+            "runtime": "vLLM (W4A16/W8A16 kernels, scales in the model's dtype; not run here)",
             "code": 'from vllm import LLM\n\nllm = LLM(model="{REPO}")',
         },
     ]
