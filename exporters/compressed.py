@@ -1,6 +1,8 @@
-"""Sparse checkpoints in the compressed-tensors format (the one llm-compressor writes and
-transformers and vLLM read): ``sparse-24-bitmask`` for 2:4, ``sparse-bitmask`` for any other
-zero pattern (unstructured, 4:8, ...).
+"""Checkpoints in the compressed-tensors format (the one llm-compressor writes and transformers
+and vLLM read). A quantized folder (one with a quantization record) is written as
+``pack-quantized`` W4A16 / W8A16 by :mod:`exporters.compressed_quant` (compressed-tensors 0.15 or
+later); a pruned one in the legacy sparse formats written here: ``sparse-24-bitmask`` for 2:4,
+``sparse-bitmask`` for any other zero pattern (unstructured, 4:8, ...).
 
 The weights are compressed by the package's own compressors (``ModelCompressor`` with a
 ``SparsityCompressionConfig``), the config entries are the package's own (``targets``,
@@ -43,7 +45,9 @@ WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "config.js
 class CompressedExportConfig:
     """``compress export compressed``."""
 
-    folder: Path = option(argument=True, help="Dense model folder written by compress prune.")
+    folder: Path = option(
+        argument=True, help="Pruned or quantized model folder written by compress prune."
+    )
     output: Path = output_option(
         MISSING, "Folder for the compressed-tensors checkpoint", short=True, lock=True
     )
@@ -52,13 +56,15 @@ class CompressedExportConfig:
 
 @register
 class CompressedExporter(Exporter):
-    """A pruned folder rewritten in the compressed-tensors format, read back bit-identical
-    before it is published, its card re-rendered with the new record."""
+    """A pruned or quantized folder rewritten in the compressed-tensors format, read back
+    bit-identical before it is published, its card re-rendered with the new record."""
 
     name = "compressed"
     config = CompressedExportConfig
-    doc = """Rewrite a pruned folder in the compressed-tensors format (sparse-24-bitmask for 2:4,
-    sparse-bitmask otherwise); it is read back bit-identical before it is published."""
+    doc = """Rewrite a folder in the compressed-tensors format: pack-quantized W4A16/W8A16 for a
+    quantized folder (compressed-tensors>=0.15), sparse-24-bitmask for 2:4 and sparse-bitmask for
+    other patterns (compressed-tensors 0.14.0.1); it is read back bit-identical before it is
+    published."""
     formats = ("compressed-tensors",)
 
     def check(self, source: Path, target: Path, config: CompressedExportConfig) -> None:
@@ -66,6 +72,7 @@ class CompressedExporter(Exporter):
         check_target(target, config.overwrite)
         if source.resolve() == target.resolve():
             raise BadInputError("--output must differ from the dense folder it is written from")
+        require_writer(is_quantized(source))
 
     def export(self, source: Path, staging: Path, config: CompressedExportConfig) -> ArtifactRecord:
         return compress_into(source, staging)
@@ -91,6 +98,24 @@ def format_for(pattern: str) -> str:
     """The compressed-tensors format that holds ``pattern`` with the fewest bytes: the 2:4
     compressor for 2:4; the bitmask one (which stores any zero pattern) for everything else."""
     return SPARSE_24 if pattern == "2:4" else SPARSE_BITMASK
+
+
+def is_quantized(folder: Path) -> bool:
+    """Whether ``folder`` holds quantized weights (a quantization record beside them)."""
+    from compress.algorithms.quant.record import RECORD
+
+    return (Path(folder) / RECORD).is_file()
+
+
+def require_writer(quantized: bool) -> None:
+    """Refuse early, in one line, when the installed compressed-tensors cannot write the
+    format of a quantized (``pack-quantized``) or a pruned (sparse) folder."""
+    if quantized:
+        from exporters.compressed_quant import require_pack_quantized
+
+        require_pack_quantized()
+    else:
+        require_sparse_compressors()
 
 
 def require_sparse_compressors() -> None:
@@ -191,14 +216,19 @@ def differing_tensors(a: nn.Module, b: nn.Module) -> list[str]:
     ]
 
 
-def tensor_bytes(folder: Path, prefixes: set[str]) -> tuple[int, int]:
-    """Bytes of every tensor in ``folder``'s safetensors files, and of those that belong to
-    the modules in ``prefixes`` (``weight``, ``bias``, or the compressed ``compressed``,
-    ``bitmask``, ``shape``, ``row_offsets``)."""
+def tensor_bytes(
+    folder: Path, prefixes: set[str], exclude: tuple[str, ...] = ()
+) -> tuple[int, int]:
+    """Bytes of every tensor in ``folder``'s safetensors files but ``exclude``, and of those that
+    belong to the modules in ``prefixes`` (``weight``, ``bias``, or the compressed
+    ``compressed``, ``bitmask``, ``shape``, ``row_offsets``, ``weight_packed``, ``weight_scale``,
+    ``weight_shape``)."""
     from safetensors import safe_open
 
     total = pruned = 0
     for path in sorted(Path(folder).glob("*.safetensors")):
+        if path.name in exclude:
+            continue
         with safe_open(path, framework="pt") as f:
             for name in f.keys():
                 info = f.get_slice(name)
@@ -259,7 +289,8 @@ def compress_into(source: Path, staging: Path) -> dict:
     """Fill the empty folder ``staging`` with ``source`` in the compressed-tensors format and
     record it in the report's ``artifacts`` section; return that record.
 
-    ``staging`` gets the compressed weights and ``config.json`` with its
+    A quantized ``source`` is written as ``pack-quantized``
+    (:func:`exporters.compressed_quant.write_pack_quantized`). Otherwise ``staging`` gets the compressed weights and ``config.json`` with its
     ``quantization_config.sparsity_config``, plus every other file of ``source`` (tokenizer,
     recipe, report, card). It is read back and compared with the dense model bit for bit.
 
@@ -268,6 +299,11 @@ def compress_into(source: Path, staging: Path) -> dict:
             pruned layer is not ``nn.Linear``, or the read-back differs.
     """
     report = read_report(source)
+    if is_quantized(source):
+        from compress.algorithms.quant.record import read_record
+        from exporters.compressed_quant import write_pack_quantized
+
+        return write_pack_quantized(source, staging, read_record(source))
     require_sparse_compressors()
     from compressed_tensors import ModelCompressor
 
