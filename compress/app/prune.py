@@ -192,9 +192,9 @@ def run_prune(
     """
     refuse_quantized(config.load_in_8bit, config.load_in_4bit)
     if config.save_format is SaveFormat.compressed:
-        from exporters.compressed import require_sparse_compressors
+        from exporters.compressed import require_writer
 
-        require_sparse_compressors()
+        require_writer(quantized=config.quantize.enabled)
     target = Path(config.output)
     check_target(target, config.overwrite)
     device = distributed.init_from_env() if config.distributed else None

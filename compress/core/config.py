@@ -527,12 +527,6 @@ class PruneConfig:
             )
         if self.method.value == "none":
             self._check_quantize_only()
-        if self.quantize.enabled and self.save_format is SaveFormat.compressed:
-            raise BadInputError(
-                "--save-format compressed writes the legacy sparse format, which holds no "
-                "integers; save dense and export the quantized model with compress export "
-                "gguf, onnx or compressed"
-            )
         for where, value in [("--sparsity", self.sparsity), *self.layer_sparsity.items()]:
             if not 0.0 <= value < 1.0:
                 raise BadInputError(f"sparsity for {where} is {value}; it must lie in [0, 1)")

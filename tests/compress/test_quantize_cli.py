@@ -86,7 +86,6 @@ def test_prune_with_joint_quantization_writes_the_record(tiny_model_dir, tmp_pat
         (["--quantize", "int4", "--group-size", "-1"], "--group-size is -1"),
         (["--method", "none"], "--method none prunes nothing: add --quantize"),
         (["--method", "none", "--quantize", "int4"], "would train them: use --reconstruct lr"),
-        (["--quantize", "int4", "--save-format", "compressed"], "legacy sparse format"),
     ],
 )
 def test_bad_grids_are_one_line(tiny_model_dir, tmp_path, args, message):
@@ -96,3 +95,27 @@ def test_bad_grids_are_one_line(tiny_model_dir, tmp_path, args, message):
     assert message in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_compressed_save_format_of_a_quantized_run_is_pack_quantized(tiny_model_dir, tmp_path):
+    """With --quantize, --save-format compressed writes compressed-tensors' pack-quantized
+    (current compressed-tensors); a stack without it refuses before pruning, in one line."""
+    from compress.core.errors import BadInputError
+    from exporters.compressed_quant import require_pack_quantized
+
+    try:
+        require_pack_quantized()
+        available = True
+    except BadInputError:
+        available = False
+    out = tmp_path / "c"
+    args = ["prune", str(tiny_model_dir), "--method", "wanda", "--reconstruct", "lr"]
+    args += ["--quantize", "int4", "--save-format", "compressed", "--output", str(out), *FAST]
+    result = CliRunner().invoke(app, args)
+    if not available:
+        assert result.exit_code != 0 and "compressed-tensors" in result.output
+        assert "Traceback" not in result.output and not out.exists()
+        return
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization_config"]["format"] == "pack-quantized"
