@@ -168,6 +168,7 @@ def _render(records: Records, model_name: str, repo: str) -> str:
         hub_base_model,
         pct_targets,
         perplexity_row,
+        quantization,
         quantized_graphs,
         reconstruction,
         reproduce_command,
@@ -193,6 +194,8 @@ def _render(records: Records, model_name: str, repo: str) -> str:
         recipe={"skip": [], **report["recipe"]},
         reconstruction=reconstruction(report["recipe"]),
         sam=sharpness_aware(report["recipe"]),
+        quantization=quantization(report),
+        quantization_grid=report.get("quantization", {}).get("grid"),
         layers=report["layers"],
         layer_rows=sparsity_by_type(report["layers"]),
         block_rows=[

@@ -216,6 +216,8 @@ def tags(report: dict, export: dict | None) -> list[str]:
     result = ["pruned", "sparse", "compress", str(summary["method"]), f"sparsity-{structure}"]
     if sharpness_aware(report["recipe"]) != "none":
         result.append("sam")
+    if report.get("quantization"):
+        result += ["quantized", report["quantization"]["grid"]]
     if export:
         result.append("onnx")
     return result
@@ -256,3 +258,26 @@ def deployment(report: dict, repo: str) -> list[dict]:
         if row is not None:
             rows.append(row)
     return rows
+
+
+def quantization(report: dict) -> str | None:
+    """The card's Quantization row: the grid, how it was rounded and the measured rounding
+    error (None: not quantized)."""
+    q = report.get("quantization")
+    if not q:
+        return None
+    groups = f"groups of {q['group_size']} input columns" if q["group_size"] else "per output row"
+    how = (
+        "GPTQ inside SparseGPT's pruning loop (joint)"
+        if q["joint"]
+        else {
+            "gptq": "GPTQ, pruned weights held at zero",
+            "rtn": "round to nearest",
+        }[q["quantizer"]]
+    )
+    text = f"{q['grid']} symmetric, {groups}, {q['scale_dtype']} scales; {how}"
+    if q["mean_error"] is not None:
+        text += (
+            f"; relative weight error {fixed(q['mean_error'])} mean, {fixed(q['max_error'])} max"
+        )
+    return text + f"; the integers' scales in `{q['file']}`"

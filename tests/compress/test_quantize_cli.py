@@ -61,6 +61,11 @@ def test_quantize_keeps_a_pruned_folders_zeros(pruned_dir, tmp_path, quantizer):
     assert q["layers"] == 14 and 0 < q["mean_error"] <= q["max_error"] < 0.5
     assert report["recipe"]["method"] == "none" and report["summary"]["sparsity"] >= 0.5
     assert "int4, groups of 32" in result.output
+    card = (out / "README.md").read_text()
+    assert "| Quantization | int4 symmetric, groups of 32 input columns, float16 scales" in card
+    assert "- quantized\n" in card and "and quantized (int4)" in card
+    check = CliRunner().invoke(app, ["card", str(out), "--check"])
+    assert check.exit_code == 0, check.output
 
 
 def test_prune_with_joint_quantization_writes_the_record(tiny_model_dir, tmp_path):
