@@ -68,7 +68,8 @@ class QuantizeRunConfig:
     overwrite: bool = overwrite_option(panel=OUTPUT)
 
     def to_prune_config(self) -> PruneConfig:
-        """The prune run that does it: nothing pruned, nothing trained, every block rounded."""
+        """The prune run that does it: nothing pruned, nothing trained, every block rounded,
+        in one forward per block where the calibration set fits one batch (``--one-pass``)."""
         return PruneConfig(
             model=self.model,
             method="none",
@@ -76,6 +77,7 @@ class QuantizeRunConfig:
                 bits=self.bits, group_size=self.group_size, quantizer=self.quantizer
             ),
             reconstruct=ReconstructConfig(technique=Technique.lr),
+            one_pass=True,  # GPTQ's order: each layer on the rounded ones before it
             calibration=self.calibration,
             evaluation=self.evaluation,
             device=self.device,

@@ -19,6 +19,7 @@ from torch import nn
 from compress.algorithms import distributed
 from compress.algorithms.pruners import Pruner
 from compress.core.config import PruneConfig
+from compress.engine.quantize_step import rounds_in_prune_step
 
 PruneGroup = Callable[[list[str]], None]
 
@@ -53,10 +54,12 @@ def one_pass_applies(
     device: torch.device,
 ) -> bool:
     """``--one-pass`` where it keeps its promise: nothing trained or measured against the
-    dense block, no rounding step (:mod:`.quantize_step`), one process (ranks could not keep equal to it), every sequence feeding the
+    dense block, no rounding step after the pruning one (:mod:`.quantize_step`), one process (ranks could not keep equal to it), every sequence feeding the
     statistics (``stats_samples`` None), and the whole calibration set fitting one batch."""
     recon = config.reconstruct
-    if not config.one_pass or recon.technique.trains or recon.errors or config.quantize.enabled:
+    if not config.one_pass or recon.technique.trains or recon.errors:
+        return False
+    if config.quantize.enabled and not rounds_in_prune_step(config):
         return False
     if distributed.is_distributed() or stats_samples is not None:
         return False

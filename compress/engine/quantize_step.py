@@ -42,6 +42,24 @@ def grid_of(config: PruneConfig) -> QuantGrid | None:
     return QuantGrid(q.bit_count, q.group_size) if q.enabled else None
 
 
+def quantizes_only(config: PruneConfig) -> bool:
+    """``--method none`` with GPTQ: step 3 is the rounding itself (SparseGPT's loop with the
+    weights' zeros as the fixed mask), fed the statistics the pruners' step collects."""
+    q = config.quantize
+    return q.enabled and q.quantizer is Quantizer.gptq and config.method.value == "none"
+
+
+def rounds_in_prune_step(config: PruneConfig) -> bool:
+    """Whether each layer is rounded in step 3, right after its mask is chosen (nothing
+    trains it afterwards): inside SparseGPT's loop, as ``--method none``'s GPTQ, or to nearest;
+    otherwise a rounding step runs after reconstruction (Wanda and magnitude with GPTQ need the
+    Hessian their own statistics do not hold)."""
+    q = config.quantize
+    if not q.enabled or config.reconstruct.technique.trains:
+        return False
+    return joint(config) or quantizes_only(config) or q.quantizer is Quantizer.rtn
+
+
 def joint(config: PruneConfig) -> bool:
     """Whether SparseGPT's column loop rounds the kept weights as it prunes (one OBS pass)."""
     q = config.quantize

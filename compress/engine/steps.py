@@ -38,7 +38,7 @@ from compress.algorithms.finite import check_finite_stream, check_finite_weights
 from compress.algorithms.masks import zero_count
 from compress.algorithms.pruners import PRUNERS, Pruner
 from compress.algorithms.pruners.sparsegpt import SparseGPTPruner
-from compress.algorithms.quant.grid import check_grid
+from compress.algorithms.quant.grid import check_grid, round_to_nearest
 from compress.algorithms.reconstruct import Batches, normalized_error, reconstruct
 from compress.algorithms.sparsity_profile import allocate_by_errors, candidates, carried, owl_plan
 from compress.core.config import PruneConfig, SparsityProfile, Technique
@@ -56,7 +56,14 @@ from compress.core.report import (
 from compress.engine.activations import ActivationStore, Stream, Streams
 from compress.engine.one_pass import hooked_forward, one_pass_applies
 from compress.engine.profile_pass import first_pass
-from compress.engine.quantize_step import grid_of, joint, quantize_block
+from compress.engine.quantize_step import (
+    grid_of,
+    joint,
+    quantize_block,
+    quantizes_only,
+    relative_error,
+    rounds_in_prune_step,
+)
 from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
 from compress.model.blocks import BlockAdapter, BlockCall, weight_view
@@ -156,6 +163,10 @@ class Engine:
         self.keep_masks = keep_masks
         self.grid = grid_of(config)
         self.joint = joint(config)  # SparseGPT rounds as it prunes (step 3)
+        self.quantizes_only = quantizes_only(config)  # step 3 is GPTQ with the zeros kept
+        self.rounds_in_step3 = rounds_in_prune_step(config)
+        # SparseGPT's statistics feed --method none's GPTQ
+        self.pruner_cls = SparseGPTPruner if self.quantizes_only else PRUNERS[config.method.value]
         self.activations = ActivationStore(
             self.recon.activations_device,
             torch_dtype(self.recon.activations_dtype, self.dtype),
@@ -240,8 +251,10 @@ class Engine:
     def _pruners(self, groups: list[list[str]], layers: dict[str, nn.Module]) -> dict[str, Pruner]:
         """One pruner per layer; siblings share the first one's statistics, so they are fed,
         reduced and factorised once per group (a sibling's own empty sums go as it shares)."""
-        pruner_cls = PRUNERS[self.config.method.value]
-        options = self.config.pruner_options()
+        pruner_cls = self.pruner_cls
+        options = (
+            self.config.pruner.sparsegpt if self.quantizes_only else self.config.pruner_options()
+        )
         pruners: dict[str, Pruner] = {}
         for group in groups:
             for name in group:
@@ -251,8 +264,9 @@ class Engine:
         return pruners
 
     def _dense_copies(self, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-        """``none`` keeps the masks only: the dense weights to put back under them."""
-        if self.technique is not Technique.none:
+        """``none`` keeps the masks only: the dense weights to put back under them (nothing to put
+        back where nothing is pruned: ``--method none``)."""
+        if self.technique is not Technique.none or self.config.method.value == "none":
             return {}
         return {name: weight_view(m).detach().clone() for name, m in layers.items()}
 
@@ -271,6 +285,10 @@ class Engine:
         pattern = self.config.parsed_pattern
         if self.joint:
             results = SparseGPTPruner.prune_group(members, sparsities, pattern, self.grid)
+        elif self.quantizes_only:
+            keeps = [member.weight != 0 for member in members]
+            before = {name: member.weight.detach().clone() for name, member in zip(group, members)}
+            results = SparseGPTPruner.quantize_group(members, keeps, self.grid)
         else:
             results = type(members[0]).prune_group(members, sparsities, pattern)
         for name, result in zip(group, results):
@@ -278,18 +296,33 @@ class Engine:
             if name in dense:  # "none": keep the mask, undo the pruner's weight update
                 with torch.no_grad():
                     weight.copy_(dense[name] * result.mask)
+            error = None  # rounded in SparseGPT's loop as it pruned: no error of its own
+            if self.quantizes_only:
+                error = relative_error(weight, before.pop(name))
+            elif self.rounds_in_step3 and result.scales is None:  # to nearest, mask kept
+                result.scales, error = self._round_to_nearest(weight, result.mask)
             self.outcome.masks[name] = result.mask.cpu()  # off the accelerator: 1 byte/weight
             self.outcome.layers[name] = layer_entry(
                 weight.shape, targets[name], zero_count(weight), result.seconds
             )
             if result.scales is not None:
                 self.outcome.scales[name] = result.scales.cpu()
-                self.outcome.layers[name]["quant_error"] = None
+                self.outcome.layers[name]["quant_error"] = error
+
+    @torch.no_grad()
+    def _round_to_nearest(
+        self, weight: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, float]:
+        """Step 3's rounding to nearest of one pruned layer, in place: its scales and error."""
+        values, scales = round_to_nearest(weight, self.grid, mask.to(weight.device))
+        error = relative_error(values, weight)
+        weight.copy_(values.to(weight.dtype))
+        return scales, error
 
     def _prune(self, i: int, s: Streams) -> None:
         """Steps 2-3 for block ``i``."""
         layers = self.adapter.prunable_layers(i, self.config.skip)
-        pruner_cls = PRUNERS[self.config.method.value]
+        pruner_cls = self.pruner_cls
         dense = self._dense_copies(layers)
         groups = self.adapter.sibling_groups(i, layers)
         pruners = self._pruners(groups, layers)
@@ -360,7 +393,7 @@ class Engine:
     def _quantize_finished(self, i: int, window: list[int], sets: dict[str, Streams]) -> None:
         """Round the blocks step ``i`` finishes training (with CR, block ``i`` is trained again
         in the next window; the last one is rounded after its final window, in :meth:`step`)."""
-        if self.grid is None or self.joint:
+        if self.grid is None or self.rounds_in_step3:
             return
         calib = sets["calibration"]
         if len(window) == 2:
