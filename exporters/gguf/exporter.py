@@ -52,7 +52,9 @@ class GgufExporter(Exporter):
     def check(self, source: Path, target: Path, config: GgufExportConfig) -> None:
         from exporters.gguf.convert import check_source
 
-        if target.resolve() == source.resolve() or source.resolve().is_relative_to(target.resolve()):
+        if target.resolve() == source.resolve() or source.resolve().is_relative_to(
+            target.resolve()
+        ):
             raise BadInputError(f"--output {target} would replace the model folder; pick another")
         check_target(target, config.overwrite)
         check_source(source)

@@ -60,7 +60,9 @@ def family_of(config) -> Family:
 def rope_parameters(config) -> dict:
     """``rope_theta`` and ``rope_type``, from either transformers' config layout (4.57 keeps
     ``rope_theta`` and ``rope_scaling``, 5 one ``rope_parameters`` dict)."""
-    params = dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    params = dict(
+        getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    )
     if "rope_type" not in params and "type" in params:
         params["rope_type"] = params["type"]
     if "rope_theta" not in params:
@@ -74,7 +76,8 @@ def head_dim(config) -> int:
 
 def add_hparams(writer, config, name: str) -> None:
     """The hyperparameters llama.cpp reads for these families (``{arch}.*`` keys)."""
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or heads
+    heads = config.num_attention_heads
+    kv_heads = config.num_key_value_heads or heads
     writer.add_name(name)
     writer.add_context_length(config.max_position_embeddings)
     writer.add_embedding_length(config.hidden_size)

@@ -26,7 +26,7 @@ def dequantized(tensor) -> torch.Tensor:
     from gguf import dequantize
 
     shape = tuple(int(d) for d in reversed(tensor.shape))
-    return torch.from_numpy(np.ascontiguousarray(dequantize(tensor.data, tensor.tensor_type))).reshape(shape)
+    return torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type))).reshape(shape)
 
 
 def differing_tensors(path: Path, source: Source) -> list[str]:
