@@ -168,3 +168,22 @@ def test_weight_off_its_grid_refused(tmp_path, bpe):
     assert result.exit_code == 2 and len(errors) == 1, result.output
     assert "model.layers.1.mlp.up_proj.weight is not on its recorded int4 grid" in errors[0]
     assert not (folder / "gguf").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_embedded_model_q4_0(embedded_dir, tmp_path, tokenizer):
+    """SmolLM2-135M pruned and rounded to int4, exported, loaded back: the same logits."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_dir, dtype=torch.float32).eval()
+    folder = tmp_path / "smollm2-int4"
+    save_quantized(model, folder, QuantGrid(4, 32), tokenizer)
+    record, target = export(folder)
+    assert record["details"]["pre_tokenizer"] == "gpt-2"  # the embedded folder's tokenizer.json
+    assert record["details"]["tensors"] == {"F32": 62, "Q4_0": 210}
+    name = record["details"]["file"]
+    loaded = AutoModelForCausalLM.from_pretrained(target, gguf_file=name, dtype=torch.float32)
+    ids = torch.tensor([tokenizer("The capital of France is").input_ids])
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(ids).logits, model(ids).logits)
