@@ -4,7 +4,7 @@ A new format is one module with an :class:`~exporters.base.Exporter` subclass de
 :func:`~exporters.base.register`, and its import here.
 """
 
-from exporters import bnb, compressed, onnx  # noqa: F401  (fill the registry)
+from exporters import bnb, compressed, gguf, onnx  # noqa: F401  (fill the registry)
 from exporters.base import EXPORTERS, Exporter, exporter_of, register, run_export
 
 __all__ = ["EXPORTERS", "Exporter", "exporter_of", "register", "run_export"]
