@@ -105,8 +105,11 @@ class OnnxExportConfig:
             raise BadInputError(
                 f"--runtime {self.runtime!r} is not supported: use auto, optimum or genai"
             )
-        if self.runtime == "genai" and self.quantize not in (None, "int4"):
-            raise BadInputError("--runtime genai builds fp32 or int4: drop --quantize or use int4")
+        if self.runtime == "genai" and self.quantize == "int8":
+            raise BadInputError(
+                "--runtime genai builds fp32 or int4 (int8-weights from a folder quantized to "
+                "int8): drop --quantize or use int4"
+            )
         if self.genai_algo not in GENAI_ALGOS:
             choices = ", ".join(GENAI_ALGOS)
             raise BadInputError(f"--genai-algo {self.genai_algo!r} is not supported: use {choices}")

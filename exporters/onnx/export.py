@@ -42,8 +42,12 @@ class OnnxExporter(Exporter):
         from exporters.onnx.fit import check_fits
 
         _check_paths(source.resolve(), target.resolve(), config.overwrite)
+        exact = _check_record(source, config.onnx)
         config.onnx.require_runtime()
-        check_fits(config.onnx.route, config.onnx.quantize, float32_weights(source), free_ram())
+        route, quantize = config.onnx.route, config.onnx.quantize
+        if exact and route == "genai":
+            quantize = "exact"  # built from the record's integers: no float graph
+        check_fits(route, quantize, float32_weights(source), free_ram())
 
     def export(self, source: Path, staging: Path, config: ExportOnnxConfig) -> ArtifactRecord:
         from exporters.onnx import genai_route, optimum
@@ -95,9 +99,27 @@ def read_export_report(output: Path) -> dict:
 
 
 def _parities(report: dict) -> list[dict]:
-    """Every parity check the export ran: the float graph's, then the int4 graph's."""
-    int4 = report.get("int4", {}).get("parity")
-    return [report["parity"], *([int4] if int4 else [])]
+    """Every parity check the export ran: the float graph's, then the quantized graph's."""
+    quantized = [report.get(tag, {}).get("parity") for tag in ("int8", "int4")]
+    return [report["parity"], *(parity for parity in quantized if parity)]
+
+
+def _check_record(folder: Path, config: OnnxExportConfig) -> bool:
+    """Refuse, before any work, a ``--quantize`` a quantized folder cannot be written with
+    exactly (:func:`exporters.onnx.exact.check_record`); whether the export writes a record's
+    integers."""
+    from compress.algorithms.quant.record import read_record
+    from exporters.onnx.exact import check_record
+
+    record = read_record(folder)
+    if record is not None:
+        check_record(record.grid, config.quantize, folder)
+    elif config.quantize == "int8-weights" and config.route == "genai":
+        raise BadInputError(
+            "--runtime genai builds fp32 or int4 (int8-weights only from a folder quantized to "
+            "int8): drop --quantize, use int4, or --runtime optimum"
+        )
+    return record is not None and config.quantize is not None
 
 
 def _check_paths(folder: Path, output: Path, overwrite: bool) -> None:

@@ -91,7 +91,7 @@ def genai_lines(report: dict, target: Path) -> list[str]:
     if ppl:
         lines.append(
             f"perplexity on {ppl['dataset']} ({ppl['windows']} x {ppl['seqlen']} tokens): "
-            f"{ppl['int4']:.2f} vs PyTorch fp32 {ppl['pytorch_fp32']:.2f} "
+            f"{ppl[report['precision']]:.2f} vs PyTorch fp32 {ppl['pytorch_fp32']:.2f} "
             f"({100 * ppl['relative_change']:+.2f}%)"
         )
     return lines
