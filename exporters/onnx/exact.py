@@ -62,6 +62,24 @@ def check_record(grid, quantize: str | None, folder: Path) -> None:
         )
 
 
+def checkpoint_bytes(folder: Path, record) -> int:
+    """Bytes of the folder's weights as an exact build reads them: the recorded ones packed at
+    the record's bits, the others in float32 (what :mod:`exporters.onnx.fit` plans with)."""
+    from safetensors import safe_open
+
+    from compress.algorithms.quant.record import RECORD
+
+    total = 0
+    for path in Path(folder).glob("*.safetensors"):
+        if path.name == RECORD:
+            continue
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                numel = int(np.prod(f.get_slice(name).get_shape()))
+                total += numel * record.grid.bits // 8 if name in record.scales else numel * 4
+    return total
+
+
 def pack(q: torch.Tensor, bits: int, block_size: int) -> np.ndarray:
     """MatMulNBits' ``B`` ``[N, K / block_size, blob]`` uint8 from integers ``q`` ``(N, K)``
     (``nn.Linear``'s orientation) in ``[-2^(bits-1), 2^(bits-1))``."""

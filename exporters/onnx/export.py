@@ -39,15 +39,17 @@ class OnnxExporter(Exporter):
 
     def check(self, source: Path, target: Path, config: ExportOnnxConfig) -> None:
         from compress.model.preflight import float32_weights, free_ram
+        from exporters.onnx.exact import checkpoint_bytes
         from exporters.onnx.fit import check_fits
 
         _check_paths(source.resolve(), target.resolve(), config.overwrite)
-        exact = _check_record(source, config.onnx)
+        record = _check_record(source, config.onnx)
         config.onnx.require_runtime()
-        route, quantize = config.onnx.route, config.onnx.quantize
-        if exact and route == "genai":
-            quantize = "exact"  # built from the record's integers: no float graph
-        check_fits(route, quantize, float32_weights(source), free_ram())
+        route = config.onnx.route
+        if record is not None and route == "genai":  # the record's integers: no float graph
+            check_fits(route, "exact", checkpoint_bytes(source, record), free_ram())
+        else:
+            check_fits(route, config.onnx.quantize, float32_weights(source), free_ram())
 
     def export(self, source: Path, staging: Path, config: ExportOnnxConfig) -> ArtifactRecord:
         from exporters.onnx import genai_route, optimum
@@ -104,10 +106,10 @@ def _parities(report: dict) -> list[dict]:
     return [report["parity"], *(parity for parity in quantized if parity)]
 
 
-def _check_record(folder: Path, config: OnnxExportConfig) -> bool:
+def _check_record(folder: Path, config: OnnxExportConfig):
     """Refuse, before any work, a ``--quantize`` a quantized folder cannot be written with
-    exactly (:func:`exporters.onnx.exact.check_record`); whether the export writes a record's
-    integers."""
+    exactly (:func:`exporters.onnx.exact.check_record`); the record whose integers the export
+    writes (None: it rounds nothing of a record)."""
     from compress.algorithms.quant.record import read_record
     from exporters.onnx.exact import check_record
 
@@ -119,7 +121,7 @@ def _check_record(folder: Path, config: OnnxExportConfig) -> bool:
             "--runtime genai builds fp32 or int4 (int8-weights only from a folder quantized to "
             "int8): drop --quantize, use int4, or --runtime optimum"
         )
-    return record is not None and config.quantize is not None
+    return record if config.quantize is not None else None
 
 
 def _check_paths(folder: Path, output: Path, overwrite: bool) -> None:

@@ -179,3 +179,23 @@ def test_genai_build_holds_the_folders_integers(quantized_dir, eval_text, tmp_pa
     assert "exact" in report["method"] and np.isfinite(report["perplexity"][f"int{bits}"])
     assert not (output / ".checkpoint").exists()
     assert onnx_artifact(report, str(output))["details"]["method"] == report["method"]
+
+
+def test_the_exact_build_is_planned_on_what_the_builder_reads(quantized_dir):
+    """The checkpoint a 7B-shaped int4 folder becomes (~3.3 GB packed blocks, ~1 GB float32
+    embedding and head) is planned within 24 GiB, where the float builds are refused; a folder
+    without a record is never told to use the exact build."""
+    from exporters.onnx.exact import checkpoint_bytes
+    from exporters.onnx.fit import GIB, check_fits
+
+    folder, bits = quantized_dir
+    weights = load_file(str(folder / "model.safetensors"))
+    recorded = sum(w.numel() for n, w in weights.items() if ".layers." in n and w.dim() == 2)
+    floats = sum(w.numel() for w in weights.values()) - recorded
+    from compress.algorithms.quant.record import read_record
+
+    assert checkpoint_bytes(folder, read_record(folder)) == floats * 4 + recorded * bits // 8
+    check_fits("genai", "exact", int(4.3 * GIB), 24 * GIB)
+    with pytest.raises(BadInputError) as error:
+        check_fits("genai", "int4", 27 * GIB, 24 * GIB)
+    assert "quantized folder" not in str(error.value)
