@@ -51,7 +51,7 @@ def build_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> di
         fields = _build(folder, staging, config, provider)
     quantized = config.quantize is not None
     reference = pytorch_reference(folder, staging, config, quantized)
-    model, parity = genai_parity(staging, reference, config, quantized and record is None)
+    model, parity = genai_parity(staging, reference, config, quantized, exact=record is not None)
     size = model_bytes(staging)
     report = export_report(
         folder,
@@ -161,9 +161,15 @@ def pytorch_reference(
 
 
 def genai_parity(
-    staging: Path, reference: PytorchReference, config: OnnxExportConfig, int4: bool
+    staging: Path,
+    reference: PytorchReference,
+    config: OnnxExportConfig,
+    int4: bool,
+    exact: bool = False,
 ) -> tuple[GenaiLM, ParityResult]:
-    """The build loaded in onnxruntime-genai and its parity check against PyTorch's outputs.
+    """The build loaded in onnxruntime-genai and its parity check against PyTorch's outputs:
+    an fp32 build's, an int4 build's (judged on the mean), or with ``exact`` a quantized
+    folder's build from its own integers (the max and the tokens, within ``exact_atol``).
 
     Raises:
         ExportParityError: the runtime fails inside the check; the first line of its message.
@@ -177,9 +183,9 @@ def genai_parity(
             reference.outputs,
             model,
             config.max_new_tokens,
-            config.int4_atol if int4 else config.atol,
+            config.exact_atol if exact else config.int4_atol if int4 else config.atol,
             reference.pad_token_id,
-            quantized=int4,
+            quantized=int4 and not exact,
         )
     except RuntimeError as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]

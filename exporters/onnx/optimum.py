@@ -119,7 +119,7 @@ def _quantize_and_measure(
             quantized,
             encode_prompts(tokenizer),
             config.max_new_tokens,
-            config.atol if record else config.int4_atol,
+            config.exact_atol if record else config.int4_atol,
             pad_token_id(tokenizer),
             quantized=record is None,
         )

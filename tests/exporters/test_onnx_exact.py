@@ -159,7 +159,7 @@ def test_optimum_graph_holds_the_folders_integers(quantized_dir, eval_text, tmp_
     assert_holds_the_folder(output / graph["file"], folder, bits)
     parity = graph["parity"]  # judged as strictly as the fp32 graph: same weights
     assert parity["passed"] and parity["tokens_equal"] and not parity["quantized"]
-    assert parity["max_abs_logit_diff"] <= 1e-4 and graph["block_size"] == (32 if bits == 4 else 16)
+    assert parity["atol"] == config.exact_atol and graph["block_size"] == (32 if bits == 4 else 16)
     assert graph["method"].startswith(f"int{bits} (exact: the model's grid)")
     assert onnx_artifact(report, str(output))["details"]["method"] == graph["method"]
 
