@@ -162,6 +162,9 @@ def test_optimum_graph_holds_the_folders_integers(quantized_dir, eval_text, tmp_
     assert parity["atol"] == config.exact_atol and graph["block_size"] == (32 if bits == 4 else 16)
     assert graph["method"].startswith(f"int{bits} (exact: the model's grid)")
     assert onnx_artifact(report, str(output))["details"]["method"] == graph["method"]
+    from exporters.onnx.summary import summary_lines
+
+    assert f"{tag} weights: {graph['method']}" in summary_lines(report, output)
 
 
 @pytest.mark.slow
@@ -179,6 +182,9 @@ def test_genai_build_holds_the_folders_integers(quantized_dir, eval_text, tmp_pa
     assert "exact" in report["method"] and np.isfinite(report["perplexity"][f"int{bits}"])
     assert not (output / ".checkpoint").exists()
     assert onnx_artifact(report, str(output))["details"]["method"] == report["method"]
+    from exporters.onnx.summary import genai_lines
+
+    assert f"int{bits} weights: {report['method']}" in genai_lines(report, output)
 
 
 def test_the_exact_build_is_planned_on_what_the_builder_reads(quantized_dir):
