@@ -59,7 +59,11 @@ class OnnxExportConfig:
         from_cli=_enum_value,
     )
     opset: int | None = option(None, help="ONNX opset (default: optimum's for the architecture).")
-    block_size: int = option(32, help="int4: weights per quantization block.")
+    block_size: int = option(
+        32,
+        help="int4: weights per quantization block (a quantized folder: its own group size, "
+        "its integers kept as they are).",
+    )
     runtime: str = option(
         "auto",
         help="optimum: optimum-onnx export (the onnx-optimum extra, transformers 4.57); genai: "
