@@ -39,11 +39,17 @@ class OnnxExporter(Exporter):
 
     def check(self, source: Path, target: Path, config: ExportOnnxConfig) -> None:
         from compress.model.preflight import float32_weights, free_ram
+        from exporters.onnx.exact import checkpoint_bytes
         from exporters.onnx.fit import check_fits
 
         _check_paths(source.resolve(), target.resolve(), config.overwrite)
+        record = _check_record(source, config.onnx)
         config.onnx.require_runtime()
-        check_fits(config.onnx.route, config.onnx.quantize, float32_weights(source), free_ram())
+        route = config.onnx.route
+        if record is not None and route == "genai":  # the record's integers: no float graph
+            check_fits(route, "exact", checkpoint_bytes(source, record), free_ram())
+        else:
+            check_fits(route, config.onnx.quantize, float32_weights(source), free_ram())
 
     def export(self, source: Path, staging: Path, config: ExportOnnxConfig) -> ArtifactRecord:
         from exporters.onnx import genai_route, optimum
@@ -95,9 +101,27 @@ def read_export_report(output: Path) -> dict:
 
 
 def _parities(report: dict) -> list[dict]:
-    """Every parity check the export ran: the float graph's, then the int4 graph's."""
-    int4 = report.get("int4", {}).get("parity")
-    return [report["parity"], *([int4] if int4 else [])]
+    """Every parity check the export ran: the float graph's, then the quantized graph's."""
+    quantized = [report.get(tag, {}).get("parity") for tag in ("int8", "int4")]
+    return [report["parity"], *(parity for parity in quantized if parity)]
+
+
+def _check_record(folder: Path, config: OnnxExportConfig):
+    """Refuse, before any work, a ``--quantize`` a quantized folder cannot be written with
+    exactly (:func:`exporters.onnx.exact.check_record`); the record whose integers the export
+    writes (None: it rounds nothing of a record)."""
+    from compress.algorithms.quant.record import read_record
+    from exporters.onnx.exact import check_record
+
+    record = read_record(folder)
+    if record is not None:
+        check_record(record.grid, config.quantize, folder)
+    elif config.quantize == "int8-weights" and config.route == "genai":
+        raise BadInputError(
+            "--runtime genai builds fp32 or int4 (int8-weights only from a folder quantized to "
+            "int8): drop --quantize, use int4, or --runtime optimum"
+        )
+    return record if config.quantize is not None else None
 
 
 def _check_paths(folder: Path, output: Path, overwrite: bool) -> None:

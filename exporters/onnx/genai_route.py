@@ -1,6 +1,8 @@
 """The genai route of ``export onnx``: onnxruntime-genai's model builder (:mod:`exporters.onnx.genai`,
-fp32 or int4), checked against PyTorch through its generator by the same parity check as the
-optimum route, and for int4 its perplexity against PyTorch's on the shared protocol."""
+fp32 or int4; a quantized folder's own int4 or int8 integers through
+:mod:`exporters.onnx.genai_exact`), checked against PyTorch through its generator by the same
+parity check as the optimum route, and for a quantized build its perplexity against PyTorch's
+on the shared protocol."""
 
 from __future__ import annotations
 
@@ -24,56 +26,99 @@ if TYPE_CHECKING:
 
 
 def build_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> dict:
-    """Build with onnxruntime-genai's model builder; parity (and for int4 perplexity against
-    PyTorch's) through its generator.
+    """Build with onnxruntime-genai's model builder; parity (and for a quantized build
+    perplexity against PyTorch's) through its generator.
+
+    A quantized folder (one with a quantization record) is built from its own integers
+    (:mod:`exporters.onnx.genai_exact`), and then computes what PyTorch computes on the folder:
+    its parity is judged as strictly as an fp32 build's.
 
     One copy of the model at a time: the builder runs with nothing loaded here, then the PyTorch
     reference is computed (onloaded block by block where float32 does not fit in RAM,
     :func:`compress.model.loading.load_model`) and freed before the build is loaded.
     """
-    from transformers import AutoConfig
-
+    from compress.algorithms.quant.record import read_record
     from compress.model.loading import check_model_folder, check_safetensors
     from exporters.onnx import genai
-    from exporters.onnx.genai_quant import check_eight_bit, int4_quant_config
 
     check_model_folder(folder)
     check_safetensors(folder)
-    int4 = config.quantize == "int4"
-    precision = "int4" if int4 else "fp32"
+    record = read_record(folder) if config.quantize else None
     provider = genai.execution_provider()
-    layers = AutoConfig.from_pretrained(folder).num_hidden_layers
-    int8 = config.int8_projections if int4 else ()
-    quant = int4_quant_config(config.genai_algo, config.block_size, int8, layers) if int4 else None
-    genai.build(folder, staging, precision, provider, quant)
-    eight_bit = check_eight_bit(staging, int8, layers) if int4 else {}
-    reference = pytorch_reference(folder, staging, config, int4)
-    model, parity = genai_parity(staging, reference, config, int4)
+    if record is not None:
+        fields = _build_exact(folder, staging, record, provider)
+    else:
+        fields = _build(folder, staging, config, provider)
+    quantized = config.quantize is not None
+    reference = pytorch_reference(folder, staging, config, quantized)
+    model, parity = genai_parity(staging, reference, config, quantized, exact=record is not None)
     size = model_bytes(staging)
     report = export_report(
         folder,
         config,
         runtime="onnxruntime-genai",
-        precision=precision,
-        algorithm=config.genai_algo if int4 else None,
-        int8_projections=list(int8),
-        int8_matmuls=eight_bit,
+        **fields,
         execution_provider=provider,
         files={MODEL_FILE: size},
         parity=parity.to_dict(),
-        size={f"{precision}_bytes": size},
+        size={f"{fields['precision']}_bytes": size},
     )
-    if parity.passed and int4:
+    if parity.passed and quantized:
         after = window_perplexity(model, reference.windows)
         before = reference.perplexity
         report["perplexity"] = measured_perplexity(
             config,
             reference.windows,
             pytorch_fp32=before,
-            int4=after,
+            **{fields["precision"]: after},
             relative_change=(after - before) / before,
         )
     return report
+
+
+def _build(folder: Path, staging: Path, config: OnnxExportConfig, provider: str) -> dict:
+    """The builder's fp32 or int4 build (its own rounding); the report's fields about it."""
+    from transformers import AutoConfig
+
+    from exporters.onnx import genai
+    from exporters.onnx.genai_quant import check_eight_bit, int4_quant_config
+
+    int4 = config.quantize == "int4"
+    precision = "int4" if int4 else "fp32"
+    layers = AutoConfig.from_pretrained(folder).num_hidden_layers
+    int8 = config.int8_projections if int4 else ()
+    quant = int4_quant_config(config.genai_algo, config.block_size, int8, layers) if int4 else None
+    genai.build(folder, staging, precision, provider, quant)
+    eight_bit = check_eight_bit(staging, int8, layers) if int4 else {}
+    return {
+        "precision": precision,
+        "algorithm": config.genai_algo if int4 else None,
+        "int8_projections": list(int8),
+        "int8_matmuls": eight_bit,
+    }
+
+
+def _build_exact(folder: Path, staging: Path, record, provider: str) -> dict:
+    """The build of a quantized folder from its recorded integers, through a GPTQ checkpoint
+    written beside the build and removed after it; the report's fields about it."""
+    import shutil
+
+    from exporters.onnx import genai, genai_exact
+    from exporters.onnx.exact import record_method
+
+    checkpoint = staging / ".checkpoint"
+    genai_exact.write_checkpoint(folder, checkpoint, record)
+    grid = record.grid
+    genai.build(checkpoint, staging, grid.name, provider, genai_exact.quant_config(grid))
+    shutil.rmtree(checkpoint)
+    return {
+        "precision": grid.name,
+        "algorithm": "exact",
+        "method": record_method(grid.bits, grid.group_size),
+        "block_size": grid.group_size,
+        "int8_projections": [],
+        "int8_matmuls": {},
+    }
 
 
 @dataclass
@@ -82,12 +127,12 @@ class PytorchReference:
 
     outputs: list[Reference]  # per parity prompt
     pad_token_id: int
-    windows: torch.Tensor | None = None  # int4: the perplexity windows
-    perplexity: float | None = None  # int4: PyTorch's perplexity on them
+    windows: torch.Tensor | None = None  # quantized builds: the perplexity windows
+    perplexity: float | None = None  # quantized builds: PyTorch's perplexity on them
 
 
 def pytorch_reference(
-    folder: Path, staging: Path, config: OnnxExportConfig, int4: bool
+    folder: Path, staging: Path, config: OnnxExportConfig, quantized: bool
 ) -> PytorchReference:
     """Load ``folder`` in float32 (refusing damaged weights), save its tokenizer into
     ``staging`` (the ids PyTorch saw, for run-onnx too) and compute the reference; the model is
@@ -103,7 +148,7 @@ def pytorch_reference(
     pad = pad_token_id(tokenizer)
     outputs = reference_outputs(loaded.model, encode_prompts(tokenizer), config.max_new_tokens, pad)
     reference = PytorchReference(outputs, pad)
-    if int4:
+    if quantized:
         windows = eval_windows(
             tokenizer, config.eval_source, config.eval_windows, config.eval_seqlen
         )
@@ -116,9 +161,15 @@ def pytorch_reference(
 
 
 def genai_parity(
-    staging: Path, reference: PytorchReference, config: OnnxExportConfig, int4: bool
+    staging: Path,
+    reference: PytorchReference,
+    config: OnnxExportConfig,
+    int4: bool,
+    exact: bool = False,
 ) -> tuple[GenaiLM, ParityResult]:
-    """The build loaded in onnxruntime-genai and its parity check against PyTorch's outputs.
+    """The build loaded in onnxruntime-genai and its parity check against PyTorch's outputs:
+    an fp32 build's, an int4 build's (judged on the mean), or with ``exact`` a quantized
+    folder's build from its own integers (the max and the tokens, within ``exact_atol``).
 
     Raises:
         ExportParityError: the runtime fails inside the check; the first line of its message.
@@ -132,9 +183,9 @@ def genai_parity(
             reference.outputs,
             model,
             config.max_new_tokens,
-            config.int4_atol if int4 else config.atol,
+            config.exact_atol if exact else config.int4_atol if int4 else config.atol,
             reference.pad_token_id,
-            quantized=int4,
+            quantized=int4 and not exact,
         )
     except RuntimeError as error:
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]

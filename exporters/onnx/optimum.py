@@ -72,18 +72,33 @@ def export_and_check(folder: Path, staging: Path, config: OnnxExportConfig) -> d
     )
     if parity.passed and config.quantize:
         tag = label(config.quantize)
-        report[tag] = _quantize_and_measure(staging, ort_model, loaded, config)
+        report[tag] = _quantize_and_measure(folder, staging, ort_model, loaded, config)
         report["files"][quantized_file(tag)] = report[tag]["bytes"][tag]
     return report
 
 
-def _quantize_and_measure(staging: Path, ort_model, loaded, config: OnnxExportConfig) -> dict:
+def _quantize_and_measure(
+    folder: Path, staging: Path, ort_model, loaded, config: OnnxExportConfig
+) -> dict:
+    """The quantized graph, measured: ORT's own rounding of the fp32 graph, or for a quantized
+    folder its recorded integers (:mod:`exporters.onnx.exact`), then parity-checked as strictly
+    as the fp32 graph (both compute with the folder's weights)."""
+    from compress.algorithms.quant.record import read_record
+    from exporters.onnx import exact
     from exporters.onnx.parity import check_parity, encode_prompts
     from exporters.onnx.quantize import METHODS, compare_int8, eval_windows, quantize_int8
 
     tokenizer, tag = loaded.tokenizer, label(config.quantize)
     windows = eval_windows(tokenizer, config.eval_source, config.eval_windows, config.eval_seqlen)
-    quantize_int8(staging, config.quantize, config.block_size)
+    record = read_record(folder)
+    if record is None:
+        quantize_int8(staging, config.quantize, config.block_size)
+        method = METHODS[config.quantize].format(block_size=config.block_size)
+        block_size = config.block_size
+    else:
+        exact.write_graph(staging, folder, record, tag)
+        method = exact.record_method(record.grid.bits, record.grid.group_size)
+        block_size = record.grid.group_size
     quantized = load_ort(staging, quantized_file(tag))
     latency_ids = windows[:1, : config.latency_tokens]
     result = compare_int8(
@@ -98,19 +113,18 @@ def _quantize_and_measure(staging: Path, ort_model, loaded, config: OnnxExportCo
         tag,
     )
     result["perplexity"] = measured_perplexity(config, windows, **result["perplexity"])
-    method = METHODS[config.quantize].format(block_size=config.block_size)
-    if tag == "int4":
+    if tag == "int4" or record is not None:
         parity = check_parity(
             loaded.model,
             quantized,
             encode_prompts(tokenizer),
             config.max_new_tokens,
-            config.int4_atol,
+            config.exact_atol if record else config.int4_atol,
             pad_token_id(tokenizer),
-            quantized=True,
+            quantized=record is None,
         )
         result["parity"] = parity.to_dict()
-        result["block_size"] = config.block_size
+        result["block_size"] = block_size
     return {"quantize": config.quantize, "method": method, **result}
 
 

@@ -36,8 +36,8 @@ class QuantizedGraph(TypedDict):
     machine: str
     latency: dict[str, Any]
     perplexity: dict[str, Any]
-    block_size: NotRequired[int]  # int4 only
-    parity: NotRequired[dict[str, Any]]  # int4 only
+    block_size: NotRequired[int]  # int4, or a quantized folder's graph
+    parity: NotRequired[dict[str, Any]]  # int4, or a quantized folder's graph
 
 
 class OnnxExportReport(TypedDict):
@@ -64,6 +64,8 @@ class OnnxExportReport(TypedDict):
     algorithm: NotRequired[str | None]
     int8_projections: NotRequired[list[str]]
     int8_matmuls: NotRequired[dict[str, Any]]
+    method: NotRequired[str]  # a quantized folder's build: its integers, from the record
+    block_size: NotRequired[int]  # its group size
     execution_provider: NotRequired[str]
     perplexity: NotRequired[dict[str, Any]]
 
@@ -119,7 +121,7 @@ def onnx_artifact(report: dict, path: str) -> ArtifactRecord:
     measured = report.get("perplexity") if genai else tag and report[tag]["perplexity"]
     perplexity: PerplexitySection | None = None
     if measured:
-        before, after = ("pytorch_fp32", "int4") if genai else ("fp32", tag)
+        before, after = ("pytorch_fp32", report["precision"]) if genai else ("fp32", tag)
         windows, seqlen = measured["windows"], measured["seqlen"]
         tokens = measured.get("tokens", windows * seqlen)
         protocol = perplexity_protocol(
@@ -128,9 +130,10 @@ def onnx_artifact(report: dict, path: str) -> ArtifactRecord:
         perplexity = {**protocol, "before": measured[before], "after": measured[after]}
     if genai:
         keys = ("precision", "algorithm", "execution_provider")
-        details = {key: report[key] for key in keys}
+        details = {key: report[key] for key in keys} | _method(report.get("method"))
     else:
         details = {key: report[key] for key in ("task", "opset", "dtype")} | {"quantized": tag}
+        details |= _method(tag and report[tag]["method"])
     return artifact_record(
         format="onnx-genai" if genai else "onnx",
         path=path,
@@ -140,6 +143,11 @@ def onnx_artifact(report: dict, path: str) -> ArtifactRecord:
         load=_load_snippets(genai, path, tag and quantized_file(tag)),
         details={**details, "report": EXPORT_REPORT},
     )
+
+
+def _method(method: str | None) -> dict:
+    """How the quantized weights were made, where they were: ORT's rounding or the record's."""
+    return {"method": method} if method else {}
 
 
 def _load_snippets(genai: bool, path: str, quantized: str | None) -> list[dict]:

@@ -44,7 +44,7 @@ def _int4_lines(int4: dict | None) -> list[str]:
         f"(fp32 {lat['fp32']['tokens_per_second']:.1f})",
         f"int4 perplexity on {ppl['dataset']} ({ppl['windows']} x {ppl['seqlen']} tokens): "
         f"{ppl['int4']:.2f} vs fp32 {ppl['fp32']:.2f} ({100 * ppl['relative_change']:+.2f}%)",
-        _parity_line(int4["parity"], "int4"),
+        *(_exact_lines(int4, "int4") or [_parity_line(int4["parity"], "int4")]),
     ]
 
 
@@ -71,8 +71,16 @@ def summary_lines(report: dict, target: Path) -> list[str]:
             f"{lat['fp32']['tokens_per_second']:.1f})",
             f"int8 perplexity on {ppl['dataset']} ({ppl['windows']} x {ppl['seqlen']} tokens): "
             f"{ppl['int8']:.2f} vs fp32 {ppl['fp32']:.2f} ({100 * ppl['relative_change']:+.2f}%)",
+            *_exact_lines(int8, "int8"),
         ]
     return lines + extra_lines(report)
+
+
+def _exact_lines(graph: dict, tag: str) -> list[str]:
+    """A quantized folder's graph: where its integers came from, and its parity."""
+    if "exact" not in graph["method"]:
+        return []
+    return [f"{tag} weights: {graph['method']}", _parity_line(graph["parity"], tag)]
 
 
 def genai_lines(report: dict, target: Path) -> list[str]:
@@ -86,12 +94,13 @@ def genai_lines(report: dict, target: Path) -> list[str]:
         f"for onnxruntime-genai ({report['execution_provider']}) "
         f"to {target}: {report['files']['model.onnx'] / 2**20:.1f} MiB",
         _parity_line(report["parity"], "onnxruntime-genai"),
+        *([f"{report['precision']} weights: {report['method']}"] if report.get("method") else []),
     ]
     ppl = report.get("perplexity")
     if ppl:
         lines.append(
             f"perplexity on {ppl['dataset']} ({ppl['windows']} x {ppl['seqlen']} tokens): "
-            f"{ppl['int4']:.2f} vs PyTorch fp32 {ppl['pytorch_fp32']:.2f} "
+            f"{ppl[report['precision']]:.2f} vs PyTorch fp32 {ppl['pytorch_fp32']:.2f} "
             f"({100 * ppl['relative_change']:+.2f}%)"
         )
     return lines
