@@ -1,7 +1,10 @@
 """The peer of the project's int4 quantization: llm-compressor's GPTQ (W4A16, symmetric int4 in
 groups of input columns) run through ``shared/bench/llmc_cpu_peer.py`` in its own venv, and its
 compressed-tensors ``pack-quantized`` folder read back into dense float weights, so the
-project's evaluator scores the peer's weights in the project's own model and tokenizer.
+project's evaluator scores the peer's weights in the project's own model and tokenizer. Scoring
+through the peer's stack is not comparable: transformers 5.17 tokenizes the embedded model's
+evaluation text into other (and more) token ids than the project's stack, which multiplies the
+perplexity of the dense and the quantized model alike.
 
 The read-back is this module's own, not compressed-tensors' (which needs the peer's stack): each
 Linear's ``weight_packed`` holds ``num_bits``-bit integers, offset by ``2**(num_bits-1)`` to be
