@@ -49,6 +49,7 @@ from common import (  # noqa: E402
 )
 
 SPARSITIES = ("dense", "50%", "2:4")
+PEER_FOLDER = "peer-gptq"
 GRIDS = ("none", "int8", "int4-rtn", "int4")
 
 
@@ -82,12 +83,11 @@ def folder_perplexity(folder: str, args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
     if folder == "dense":
         model = load_model(None, "cpu", "float32").model
-    elif (Path(folder) / "config.json").is_file() and "quantization_config" in json.loads(
-        (Path(folder) / "config.json").read_text()
-    ):
-        from peer_gptq import dense_model_from_packed
+    elif Path(folder).name == PEER_FOLDER:  # the peer's integers in the embedded model
+        from peer_gptq import load_pack_quantized
 
-        model = dense_model_from_packed(Path(folder), embedded_model_dir())
+        model = load_model(None, "cpu", "float32").model
+        load_pack_quantized(model, Path(folder))
     else:
         model = load_model(folder, "cpu", "float32").model
     with torch.no_grad():
@@ -157,17 +157,23 @@ def peer(setup: dict, work: Path, args) -> dict:
     """The peer's GPTQ W4A16: whole-process seconds, peak RSS, its folder's bytes, perplexity."""
     from peer_gptq import run_peer_gptq
 
-    out = work / "peer-gptq"
+    out = work / PEER_FOLDER
     run = run_peer_gptq(
         args.peer_python,
-        args.peer_script,
         Path(setup["model_dir"]),
         Path(setup["windows"]),
+        out,
         args.group_size,
         "float32",
-        out,
+        args.peer_script,
     )
-    row = {"sparsity": "dense", "grid": "peer GPTQ W4A16", **run}
+    row = {
+        "sparsity": "dense",
+        "grid": "peer GPTQ W4A16",
+        "process_seconds": run.seconds,
+        "peak_rss_bytes": run.peak_rss_bytes,
+        "peer": run.line,
+    }
     row["folder_bytes"] = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
     row |= run_isolated(__file__, ["--ppl-of", str(out), *common_args(args)])
     return row
