@@ -66,7 +66,7 @@ def command_of(sparsity: str, grid: str, out: Path, args) -> list[str] | None:
             return None
         return [*base, "quantize", *quant, *calibration, "--output", str(out)]
     pattern = ["--pattern", "2:4"] if sparsity == "2:4" else ["--sparsity", "0.5"]
-    prune = ["prune", "--method", "sparsegpt", *pattern, "--reconstruct", "lr", "--batch-size", "8"]
+    prune = ["prune", "--method", "sparsegpt", *pattern, "--reconstruct", "lr", "--one-pass"]
     return [*base, *prune, *quant, *calibration, "--output", str(out)]
 
 
