@@ -392,7 +392,7 @@ class PruneConfig:
         SaveFormat.dense,
         flags="--save-format",
         metavar="FORMAT",
-        help="dense (safetensors holding the zeros) or compressed (legacy: compressed-tensors sparse-24-bitmask for 2:4, sparse-bitmask for other patterns; read only by compressed-tensors <= 0.14, vLLM <= 0.19.0, transformers <= 5.9; writing it needs the legacy environment, pip install 'compress[legacy-sparse]').",
+        help="dense (safetensors holding the zeros) or compressed (legacy sparse compressed-tensors, read by compressed-tensors <= 0.14, vLLM <= 0.19.0, transformers <= 5.9; needs the legacy-sparse extra).",
         panel=OUTPUT,
     )
     device: str = device_option(PLACEMENT)
