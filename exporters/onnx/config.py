@@ -66,7 +66,7 @@ class OnnxExportConfig:
     )
     runtime: str = option(
         "auto",
-        help="optimum: optimum-onnx export (the onnx-optimum extra, transformers 4.57); genai: "
+        help="optimum: optimum-onnx export (legacy: the legacy-onnx extra, transformers 4.57); genai: "
         "onnxruntime-genai's model builder (fp32, or int4 with --quantize int4; run with its "
         "generator); auto: optimum where it is installed, else genai.",
         cli_type=Runtime,
@@ -199,8 +199,9 @@ def require_optimum(what: str) -> None:
 
     raise BadInputError(
         f"{what} needs optimum-onnx, which needs transformers 4.57 (installed: "
-        f"{transformers.__version__}): pip install 'compress[onnx-optimum]' "
-        "'transformers>=4.57,<4.58' 'huggingface_hub<1.0'; or use --runtime genai (fp32 or int4)"
+        f"{transformers.__version__}): pip install 'compress[legacy-onnx]' in a separate "
+        "environment (it pins 'transformers>=4.57,<4.58' 'huggingface_hub<1.0'); or use "
+        "--runtime genai (fp32 or int4)"
     )
 
 

@@ -10,6 +10,9 @@ import sys
 import pytest
 
 from compress.model.compat import hub_network_errors, is_hub_network_error, no_split_modules
+from tests.stacks import legacy
+
+pytestmark = legacy  # each stack's side of each difference: both stacks
 
 
 def test_decoder_blocks_are_kept_whole_by_device_maps(tiny_llama):

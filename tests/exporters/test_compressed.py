@@ -20,23 +20,11 @@ from compress.core.errors import BadInputError
 from compress.core.io import write_json_atomic
 from compress.core.report import check_report, check_section
 from exporters import compressed
+from tests.compress.test_refusals import refused
 from tests.exporters.conftest import minimal_report, prunable, prune_and_save
+from tests.stacks import has_sparse_compressors, needs_sparse_compressors
 from tests.tiny_models import family_configs, random_model
 
-
-def has_sparse_compressors() -> bool:
-    try:
-        compressed.require_sparse_compressors()
-    except BadInputError:
-        return False
-    return True
-
-
-needs_sparse = pytest.mark.skipif(
-    not has_sparse_compressors(),
-    reason="needs compressed-tensors 0.14.0.1 (extra compressed; 0.15+ dropped its sparse "
-    "compressors), which needs transformers<5",
-)
 runner = CliRunner()
 
 
@@ -66,7 +54,7 @@ def logits(model, tokens):
         return model(tokens).logits
 
 
-@needs_sparse
+@needs_sparse_compressors
 @pytest.mark.slow
 @pytest.mark.parametrize("pattern", ["unstructured", "2:4"])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "opt"])
@@ -100,7 +88,7 @@ def test_round_trip_bit_identical(family, pattern, tmp_path, tokenizer):
     assert record["parity"] == {"round_trip": "bit-identical weights"}
 
 
-@needs_sparse
+@needs_sparse_compressors
 def test_config_read_back_by_compressed_tensors_without_warnings(tmp_path, tokenizer, caplog):
     from compressed_tensors import ModelCompressor
     from compressed_tensors.config import Sparse24BitMaskConfig
@@ -122,7 +110,7 @@ def test_config_read_back_by_compressed_tensors_without_warnings(tmp_path, token
     assert compressor.sparsity_compressor is not None
 
 
-@needs_sparse
+@needs_sparse_compressors
 def test_unstructured_is_not_read_by_transformers_from_pretrained(tmp_path, tokenizer):
     """The documented limit behind load_compressed: transformers 4.57 runs the bitmask
     compressor on its meta-device model. If this starts passing, load with from_pretrained."""
@@ -134,7 +122,7 @@ def test_unstructured_is_not_read_by_transformers_from_pretrained(tmp_path, toke
         AutoModelForCausalLM.from_pretrained(tmp_path / "ct", dtype="auto")
 
 
-@needs_sparse
+@needs_sparse_compressors
 def test_other_n_m_falls_back_to_bitmask(tmp_path, tokenizer):
     source, _ = pruned_folder(tmp_path, tokenizer, "llama", "4:8")
     record = compressed.write_compressed(source, tmp_path / "ct")
@@ -144,7 +132,7 @@ def test_other_n_m_falls_back_to_bitmask(tmp_path, tokenizer):
     assert compressed.differing_tensors(dense, compressed.load_compressed(tmp_path / "ct")) == []
 
 
-@needs_sparse
+@needs_sparse_compressors
 def test_non_linear_layers_refused_in_one_line(tmp_path, tokenizer):
     source, _ = pruned_folder(tmp_path, tokenizer, "gpt2", "unstructured")
     out = tmp_path / "ct"
@@ -162,7 +150,7 @@ def test_missing_sparse_compressors_refused(monkeypatch):
     BaseCompressor = compressors.BaseCompressor
 
     monkeypatch.setattr(BaseCompressor, "registered_names", classmethod(lambda cls: ["dense"]))
-    with pytest.raises(BadInputError, match="compressed-tensors==0.14.0.1"):
+    with pytest.raises(BadInputError, match=r"is legacy: .* compressed-tensors 0\.14\.0\.1 only"):
         compressed.require_sparse_compressors()
 
 
@@ -171,11 +159,24 @@ def test_missing_package_names_the_extra_and_the_transformers_it_needs(monkeypat
     with pytest.raises(BadInputError) as refused:
         compressed.require_sparse_compressors()
     message = str(refused.value)
-    assert "compress[compressed]" in message and "transformers>=4.57,<4.58" in message
+    assert "compress[legacy-sparse]" in message and "transformers>=4.57,<4.58" in message
+    assert "is legacy" in message and "(not installed)" in message
     assert "--save-format dense" in message and "\n" not in message
 
 
-@needs_sparse
+@pytest.mark.skipif(
+    has_sparse_compressors(), reason="this stack has compressed-tensors 0.14.0.1, which writes it"
+)
+def test_prune_save_format_compressed_refused_as_legacy(tiny_model_dir, tmp_path):
+    """Where compressed-tensors 0.14.0.1 is missing (the default stack), --save-format
+    compressed is refused in one line before the model loads, saying it is legacy and how to
+    get it."""
+    args = ["prune", tiny_model_dir, "--pattern", "2:4", "--save-format", "compressed"]
+    words = ["is legacy", "compressed-tensors 0.14.0.1", "compress[legacy-sparse]"]
+    refused([*args, "--output", tmp_path / "out"], tmp_path, *words, "--save-format dense")
+
+
+@needs_sparse_compressors
 @pytest.mark.slow
 def test_prune_save_format_compressed(tiny_model_dir, tmp_path):
     out = tmp_path / "out"

@@ -292,5 +292,5 @@ def test_optimum_route_without_optimum_onnx_is_one_line(args, pruned_llama_dir, 
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
-    assert "compress[onnx-optimum]" in lines[0] and "transformers>=4.57,<4.58" in lines[0]
+    assert "compress[legacy-onnx]" in lines[0] and "transformers>=4.57,<4.58" in lines[0]
     assert "--runtime genai" in lines[0] and not out.exists()

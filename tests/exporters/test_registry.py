@@ -21,6 +21,7 @@ from compress.core.report import ArtifactRecord, artifact_record, check_section
 from compress.core.shared_options import output_option, overwrite_option
 from exporters.base import EXPORTERS, FOLDER_HELP, Exporter, exporter_of, register, run_export
 from exporters.registry import EXPORTERS as REGISTERED
+from tests.stacks import needs_sparse_compressors
 
 runner = CliRunner()
 
@@ -120,14 +121,9 @@ def test_onnx_records_are_not_deployment_rows():
     assert deployment({"artifacts": {"onnx": record}}, "me/model") == []
 
 
+@needs_sparse_compressors
 @pytest.mark.slow
 def test_compressed_export_returns_a_valid_record(pruned_llama_dir, tmp_path):
-    from exporters.compressed import require_sparse_compressors
-
-    try:
-        require_sparse_compressors()
-    except BadInputError:
-        pytest.skip("needs compressed-tensors 0.14.0.1")
     out = tmp_path / "ct"
     result = runner.invoke(app, ["export", "compressed", str(pruned_llama_dir), "-o", str(out)])
     assert result.exit_code == 0, result.output
