@@ -11,9 +11,9 @@ from compress.core.errors import BadInputError
 from compress.core.options import option
 
 QUANTIZATION = "Quantization"
-BITS_HELP = "none, int8 or int4: symmetric integers per group with float16 scales, zero exact (pruned weights stay 0); evaluated and saved as the dequantized values, the integers exported exactly (GGUF, ONNX MatMulNBits, compressed-tensors)."
-GROUP_HELP = "Input columns sharing one scale (0: one per output row); 32 is GGUF's Q4_0/Q8_0 block and must divide every layer's input width."
-QUANTIZER_HELP = "gptq (errors compensated on calibration data; joint with SparseGPT's pruning under --reconstruct lr) or rtn (round to nearest, no data)."
+BITS_HELP = "none, int8 or int4: symmetric integers per group, float16 scales, zero exact; evaluated as saved (dequantized), exported exactly."
+GROUP_HELP = "Input columns per scale (0: one per output row); 32 is GGUF's block."
+QUANTIZER_HELP = "gptq (error compensation on calibration data) or rtn (round to nearest)."
 
 
 class QuantBits(str, Enum):
