@@ -22,6 +22,7 @@ from compress.core.config import (
 )
 from compress.core.methods import METHODS
 from compress.core.options import Option, options_of, to_argv
+from compress.core.quantization import QuantizeConfig
 
 PANELS = (
     "Pruning",
@@ -289,7 +290,10 @@ def test_a_recipe_with_the_earlier_top_level_magnitude_scope_still_loads(tmp_pat
 
 def test_a_recorded_command_names_only_its_method_s_options():
     for method in METHODS:
-        argv = to_argv(PruneConfig(method=method).to_dict(), PruneConfig, complete=True)
+        quantize = QuantizeConfig(bits="int4") if method == "none" else QuantizeConfig()
+        recon = ReconstructConfig(technique="lr")
+        config = PruneConfig(method=method, quantize=quantize, reconstruct=recon)
+        argv = to_argv(config.to_dict(), PruneConfig, complete=True)
         flags = {opt.flag for opt in options_of(METHODS[method])}
         others = {opt.flag for m in METHODS if m != method for opt in options_of(METHODS[m])}
         assert flags <= set(argv) and not others & set(argv), (method, argv)
