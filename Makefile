@@ -27,7 +27,8 @@ LEGACY_EXTRAS := legacy-onnx,legacy-sparse,dev
 # need a legacy package or check what transformers 4.57 reads differently.
 LEGACY_TESTS := tests/exporters/test_onnx_export.py tests/exporters/test_onnx_deploy.py \
 	tests/exporters/test_compressed.py tests/exporters/test_registry.py tests/compress/test_refusals.py \
-	tests/compress/test_compat.py
+	tests/compress/test_compat.py tests/exporters/test_onnx_exact.py \
+	tests/exporters/test_compressed_quant.py
 
 .PHONY: setup demo test test-default test-legacy test-fast lint format results-doc clean
 

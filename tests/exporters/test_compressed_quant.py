@@ -20,6 +20,7 @@ from compress.core.report import check_section
 from exporters import compressed, compressed_quant
 from tests.exporters.conftest import minimal_report
 from tests.quantized_folders import block_linears, save_quantized
+from tests.stacks import legacy
 from tests.tiny_models import random_llama
 
 
@@ -214,6 +215,7 @@ def test_weight_off_its_grid_refused(tmp_path, tokenizer):
         compressed.write_compressed(source, tmp_path / "ct")
 
 
+@legacy
 @pytest.mark.skipif(has_pack_quantized(), reason="the legacy stack's refusal")
 def test_legacy_compressed_tensors_refuses_the_quantized_folder(tmp_path, tokenizer):
     source = quantized_folder(tmp_path / "q", tokenizer, QuantGrid(4, 32))
