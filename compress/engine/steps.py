@@ -251,10 +251,9 @@ class Engine:
     def _pruners(self, groups: list[list[str]], layers: dict[str, nn.Module]) -> dict[str, Pruner]:
         """One pruner per layer; siblings share the first one's statistics, so they are fed,
         reduced and factorised once per group (a sibling's own empty sums go as it shares)."""
-        pruner_cls = self.pruner_cls
-        options = (
-            self.config.pruner.sparsegpt if self.quantizes_only else self.config.pruner_options()
-        )
+        only = quantizes_only(self.config)  # --method none's GPTQ on SparseGPT's statistics
+        pruner_cls = SparseGPTPruner if only else PRUNERS[self.config.method.value]
+        options = self.config.pruner.sparsegpt if only else self.config.pruner_options()
         pruners: dict[str, Pruner] = {}
         for group in groups:
             for name in group:
