@@ -239,6 +239,7 @@ VALUES = {
     "hub_repo_id": ["me/pruned"],
     "sparsegpt_blocksize": ["64"],
     "sparsegpt_damp": ["0.05"],
+    "group_size": ["64"],
 }
 # options that only apply together with another one
 NEEDS = {
