@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from compress.core.errors import BadInputError
 from compress.core.methods import METHODS, methods_help
-from compress.core.options import flag_of, option, options_of, value_at
+from compress.core.options import choice, flag_of, option, options_of, value_at
 from compress.core.patterns import SparsityPattern
 from compress.core.quantization import QUANTIZATION, QuantizeConfig
 from compress.core.shared_options import (
@@ -35,15 +35,6 @@ PLACEMENT, OUTPUT = "Placement", "Output and Hub"
 QUANTIZED_HELP = (
     "Refused: pruning needs the dense weights (quantize the result with compress export bnb)."
 )
-
-
-def _choice(enum: type[Enum], value: object, flag: str) -> Enum:
-    """``value`` as a member of ``enum``, or a one-line error naming ``flag`` and the choices."""
-    try:
-        return enum(value)
-    except ValueError:
-        choices = ", ".join(member.value for member in enum)
-        raise BadInputError(f"{flag} {value!r}: choose {choices}") from None
 
 
 # --method's choices: the methods of compress/core/methods.py, in their order
@@ -192,10 +183,10 @@ class ReconstructConfig:
 
     def __post_init__(self) -> None:
         self.technique = Technique(self.technique)
-        self.optimizer = _choice(ReconOptimizer, self.optimizer, "--recon-optimizer")
-        self.schedule = _choice(ReconSchedule, self.schedule, "--recon-schedule")
-        self.activations_dtype = _choice(DType, self.activations_dtype, "--activations-dtype")
-        self.activations_device = _choice(
+        self.optimizer = choice(ReconOptimizer, self.optimizer, "--recon-optimizer")
+        self.schedule = choice(ReconSchedule, self.schedule, "--recon-schedule")
+        self.activations_dtype = choice(DType, self.activations_dtype, "--activations-dtype")
+        self.activations_device = choice(
             ActivationsDevice, self.activations_device, "--activations-device"
         )
         if self.steps is not None and self.steps < 1:
@@ -510,8 +501,8 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         self.method = Method(self.method)
-        self.dtype = _choice(DType, self.dtype, "--dtype")
-        self.save_format = _choice(SaveFormat, self.save_format, "--save-format")
+        self.dtype = choice(DType, self.dtype, "--dtype")
+        self.save_format = choice(SaveFormat, self.save_format, "--save-format")
         self._check_pruner_options()
         self.parsed_pattern = SparsityPattern.parse(self.pattern)
         self.pattern = str(self.parsed_pattern)
@@ -568,9 +559,7 @@ class PruneConfig:
                 raise BadInputError(f"{', '.join(set_)} applies to --method {f.name} only")
 
     def _check_profile(self) -> None:
-        self.sparsity_profile = _choice(
-            SparsityProfile, self.sparsity_profile, "--sparsity-profile"
-        )
+        self.sparsity_profile = choice(SparsityProfile, self.sparsity_profile, "--sparsity-profile")
         if self.sparsity_profile is SparsityProfile.uniform:
             return
         flag = f"--sparsity-profile {self.sparsity_profile.value}"

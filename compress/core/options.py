@@ -70,6 +70,15 @@ class OptionSpec:
     panel: str | None = None
 
 
+def choice(enum: type[Enum], value: object, flag: str) -> Enum:
+    """``value`` as a member of ``enum``, or a one-line error naming ``flag`` and the choices."""
+    try:
+        return enum(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in enum)
+        raise BadInputError(f"{flag} {value!r}: choose {choices}") from None
+
+
 def option(
     default: Any = MISSING,
     *,

@@ -8,7 +8,7 @@ from enum import Enum
 from typing import ClassVar
 
 from compress.core.errors import BadInputError
-from compress.core.options import option
+from compress.core.options import choice, option
 
 QUANTIZATION = "Quantization"
 BITS_HELP = "none, int8 or int4: symmetric integers per group, float16 scales, zero exact; evaluated as saved (dequantized), exported exactly."
@@ -55,15 +55,8 @@ class QuantizeConfig:
     )
 
     def __post_init__(self) -> None:
-        for enum, attr, flag in [
-            (QuantBits, "bits", "--quantize"),
-            (Quantizer, "quantizer", "--quantizer"),
-        ]:
-            try:
-                setattr(self, attr, enum(getattr(self, attr)))
-            except ValueError:
-                choices = ", ".join(member.value for member in enum)
-                raise BadInputError(f"{flag} {getattr(self, attr)!r}: choose {choices}") from None
+        self.bits = choice(QuantBits, self.bits, "--quantize")
+        self.quantizer = choice(Quantizer, self.quantizer, "--quantizer")
         if self.group_size < 0:
             raise BadInputError(
                 f"--group-size is {self.group_size}; give a count of input columns such as 32 "
