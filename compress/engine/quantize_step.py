@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from compress.algorithms.pruners import Pruner
+from compress.algorithms.pruners import PRUNERS, Pruner, PruneResult
 from compress.algorithms.pruners.sparsegpt import SparseGPTPruner
 from compress.algorithms.quant.grid import QuantGrid, round_to_nearest
 from compress.core.config import PruneConfig, Technique
@@ -76,6 +76,50 @@ def relative_error(after: torch.Tensor, before: torch.Tensor) -> float:
     return float((after.float() - before.float()).norm()) / norm if norm else 0.0
 
 
+def pruner_of(config: PruneConfig) -> tuple[type[Pruner], object]:
+    """The pruner class step 3 builds and its options: ``--method``'s, or SparseGPT's for
+    ``--method none`` with GPTQ (its statistics are the Hessian GPTQ needs)."""
+    if quantizes_only(config):
+        return SparseGPTPruner, config.pruner.sparsegpt
+    return PRUNERS[config.method.value], config.pruner_options()
+
+
+def sibling_pruners(
+    cls: type[Pruner], options: object, groups: list[list[str]], layers: dict[str, nn.Module]
+) -> dict[str, Pruner]:
+    """One pruner per layer; siblings share the first one's statistics, so they are fed,
+    reduced and factorised once per group (a sibling's own empty sums go as it shares)."""
+    pruners: dict[str, Pruner] = {}
+    for group in groups:
+        for name in group:
+            pruners[name] = cls(weight_view(layers[name]), name, options)
+            if name != group[0]:
+                pruners[name].share(pruners[group[0]])
+    return pruners
+
+
+@torch.no_grad()
+def round_layer(weight: torch.Tensor, grid: QuantGrid, keep: torch.Tensor) -> Quantized:
+    """``weight`` rounded to nearest on ``grid`` in place, its pruned positions (``keep``
+    False) left zero."""
+    values, scales = round_to_nearest(weight, grid, keep.to(weight.device))
+    error = relative_error(values, weight)
+    weight.copy_(values.to(weight.dtype))
+    return Quantized(scales.cpu(), error)
+
+
+@torch.no_grad()
+def gptq_group(
+    members: list[Pruner], keeps: list[torch.Tensor], grid: QuantGrid
+) -> tuple[list[PruneResult], list[float]]:
+    """GPTQ on one group of siblings (SparseGPT pruners fed their statistics), masks held
+    fixed: their results and each layer's relative weight change."""
+    before = [member.weight.detach().clone() for member in members]
+    keeps = [keep.to(member.weight.device) for keep, member in zip(keeps, members)]
+    results = SparseGPTPruner.quantize_group(members, keeps, grid)
+    return results, [relative_error(m.weight, old) for m, old in zip(members, before)]
+
+
 @torch.no_grad()
 def quantize_block(
     layers: dict[str, nn.Module],
@@ -88,30 +132,18 @@ def quantize_block(
 ) -> dict[str, Quantized]:
     """Round the weights of ``layers`` (one block; ``groups``: siblings reading one input) to
     ``grid``, the positions ``keeps`` (bool, weight-shaped) marks as pruned left exactly zero."""
-    out: dict[str, Quantized] = {}
     if quantizer is Quantizer.rtn:
-        for name, module in layers.items():
-            weight = weight_view(module)
-            keep = keeps[name].to(weight.device)
-            values, scales = round_to_nearest(weight, grid, keep)
-            error = relative_error(values, weight)
-            weight.copy_(values.to(weight.dtype))
-            out[name] = Quantized(scales.cpu(), error)
-        return out
-    pruners: dict[str, SparseGPTPruner] = {}
-    for group in groups:
-        for name in group:
-            pruners[name] = SparseGPTPruner(weight_view(layers[name]), name, options)
-            if name != group[0]:
-                pruners[name].share(pruners[group[0]])
+        return {
+            name: round_layer(weight_view(module), grid, keeps[name])
+            for name, module in layers.items()
+        }
+    pruners = sibling_pruners(SparseGPTPruner, options, groups, layers)
     collect({group[0]: pruners[group[0]] for group in groups})
+    out: dict[str, Quantized] = {}
     for group in groups:
-        before = [weight_view(layers[name]).detach().clone() for name in group]
         members = [pruners[name] for name in group]
-        masks = [keeps[name].to(m.weight.device) for name, m in zip(group, members)]
-        results = SparseGPTPruner.quantize_group(members, masks, grid)
-        for name, result, old in zip(group, results, before):
-            error = relative_error(weight_view(layers[name]), old)
+        results, errors = gptq_group(members, [keeps[name] for name in group], grid)
+        for name, result, error in zip(group, results, errors):
             out[name] = Quantized(result.scales.cpu(), error)
         pruners[group[0]].free()
     return out

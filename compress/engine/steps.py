@@ -36,9 +36,9 @@ from torch import nn
 from compress.algorithms import distributed
 from compress.algorithms.finite import check_finite_stream, check_finite_weights
 from compress.algorithms.masks import zero_count
-from compress.algorithms.pruners import PRUNERS, Pruner
+from compress.algorithms.pruners import Pruner
 from compress.algorithms.pruners.sparsegpt import SparseGPTPruner
-from compress.algorithms.quant.grid import check_grid, round_to_nearest
+from compress.algorithms.quant.grid import check_grid
 from compress.algorithms.reconstruct import Batches, normalized_error, reconstruct
 from compress.algorithms.sparsity_profile import allocate_by_errors, candidates, carried, owl_plan
 from compress.core.config import PruneConfig, SparsityProfile, Technique
@@ -57,12 +57,15 @@ from compress.engine.activations import ActivationStore, Stream, Streams
 from compress.engine.one_pass import hooked_forward, one_pass_applies
 from compress.engine.profile_pass import first_pass
 from compress.engine.quantize_step import (
+    gptq_group,
     grid_of,
     joint,
+    pruner_of,
     quantize_block,
     quantizes_only,
-    relative_error,
+    round_layer,
     rounds_in_prune_step,
+    sibling_pruners,
 )
 from compress.engine.statistics import collect_statistics
 from compress.engine.workfolder import WorkFolder
@@ -165,8 +168,6 @@ class Engine:
         self.joint = joint(config)  # SparseGPT rounds as it prunes (step 3)
         self.quantizes_only = quantizes_only(config)  # step 3 is GPTQ with the zeros kept
         self.rounds_in_step3 = rounds_in_prune_step(config)
-        # SparseGPT's statistics feed --method none's GPTQ
-        self.pruner_cls = SparseGPTPruner if self.quantizes_only else PRUNERS[config.method.value]
         self.activations = ActivationStore(
             self.recon.activations_device,
             torch_dtype(self.recon.activations_dtype, self.dtype),
@@ -249,18 +250,8 @@ class Engine:
         return dict.fromkeys(names, carried(self.plan[: i + 1], self.block_sizes, zeros))
 
     def _pruners(self, groups: list[list[str]], layers: dict[str, nn.Module]) -> dict[str, Pruner]:
-        """One pruner per layer; siblings share the first one's statistics, so they are fed,
-        reduced and factorised once per group (a sibling's own empty sums go as it shares)."""
-        only = quantizes_only(self.config)  # --method none's GPTQ on SparseGPT's statistics
-        pruner_cls = SparseGPTPruner if only else PRUNERS[self.config.method.value]
-        options = self.config.pruner.sparsegpt if only else self.config.pruner_options()
-        pruners: dict[str, Pruner] = {}
-        for group in groups:
-            for name in group:
-                pruners[name] = pruner_cls(weight_view(layers[name]), name, options)
-                if name != group[0]:
-                    pruners[name].share(pruners[group[0]])
-        return pruners
+        """Step 3's pruners, siblings sharing statistics (:func:`sibling_pruners`)."""
+        return sibling_pruners(*pruner_of(self.config), groups, layers)
 
     def _dense_copies(self, layers: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
         """``none`` keeps the masks only: the dense weights to put back under them (nothing to put
@@ -282,24 +273,23 @@ class Engine:
         members = [pruners[name] for name in group]
         sparsities = [targets[name] for name in group]
         pattern = self.config.parsed_pattern
+        # errors of the rounding alone (None: rounded in SparseGPT's loop as it pruned)
+        errors: list[float | None] = [None] * len(group)
         if self.joint:
             results = SparseGPTPruner.prune_group(members, sparsities, pattern, self.grid)
         elif self.quantizes_only:
             keeps = [member.weight != 0 for member in members]
-            before = {name: member.weight.detach().clone() for name, member in zip(group, members)}
-            results = SparseGPTPruner.quantize_group(members, keeps, self.grid)
+            results, errors = gptq_group(members, keeps, self.grid)
         else:
             results = type(members[0]).prune_group(members, sparsities, pattern)
-        for name, result in zip(group, results):
+        for name, result, error in zip(group, results, errors):
             weight = weight_view(layers[name])
             if name in dense:  # "none": keep the mask, undo the pruner's weight update
                 with torch.no_grad():
                     weight.copy_(dense[name] * result.mask)
-            error = None  # rounded in SparseGPT's loop as it pruned: no error of its own
-            if self.quantizes_only:
-                error = relative_error(weight, before.pop(name))
-            elif self.rounds_in_step3 and result.scales is None:  # to nearest, mask kept
-                result.scales, error = self._round_to_nearest(weight, result.mask)
+            if self.rounds_in_step3 and result.scales is None:  # to nearest, mask kept
+                rounded = round_layer(weight, self.grid, result.mask)
+                result.scales, error = rounded.scales, rounded.error
             self.outcome.masks[name] = result.mask.cpu()  # off the accelerator: 1 byte/weight
             self.outcome.layers[name] = layer_entry(
                 weight.shape, targets[name], zero_count(weight), result.seconds
@@ -308,20 +298,10 @@ class Engine:
                 self.outcome.scales[name] = result.scales.cpu()
                 self.outcome.layers[name]["quant_error"] = error
 
-    @torch.no_grad()
-    def _round_to_nearest(
-        self, weight: torch.Tensor, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, float]:
-        """Step 3's rounding to nearest of one pruned layer, in place: its scales and error."""
-        values, scales = round_to_nearest(weight, self.grid, mask.to(weight.device))
-        error = relative_error(values, weight)
-        weight.copy_(values.to(weight.dtype))
-        return scales, error
-
     def _prune(self, i: int, s: Streams) -> None:
         """Steps 2-3 for block ``i``."""
         layers = self.adapter.prunable_layers(i, self.config.skip)
-        pruner_cls = self.pruner_cls
+        pruner_cls, _ = pruner_of(self.config)
         dense = self._dense_copies(layers)
         groups = self.adapter.sibling_groups(i, layers)
         pruners = self._pruners(groups, layers)
