@@ -11,6 +11,7 @@ from compress.core.errors import BadInputError
 from compress.core.options import choice, option
 
 QUANTIZATION = "Quantization"
+GROUP_SIZE = 32  # --group-size's default: GGUF's Q4_0/Q8_0 block, and it divides 576
 BITS_HELP = "none, int8 or int4: symmetric integers per group, float16 scales, zero exact; evaluated as saved (dequantized), exported exactly."
 GROUP_HELP = "Input columns per scale (0: one per output row); 32 is GGUF's block."
 QUANTIZER_HELP = "gptq (error compensation on calibration data) or rtn (round to nearest)."
@@ -43,7 +44,7 @@ class QuantizeConfig:
         help=BITS_HELP,
     )
     group_size: int = option(
-        32,
+        GROUP_SIZE,
         flags="--group-size",
         help=GROUP_HELP,
     )

@@ -21,6 +21,7 @@ from compress.core.options import option
 from compress.core.quantization import (
     BITS_HELP,
     GROUP_HELP,
+    GROUP_SIZE,
     QUANTIZATION,
     QUANTIZER_HELP,
     QuantBits,
@@ -48,9 +49,9 @@ class QuantizeRunConfig:
     bits: QuantBits = option(
         QuantBits.int4, flags="--quantize", metavar="GRID", help=BITS_HELP, panel=QUANTIZATION
     )
-    group_size: int = option(32, flags="--group-size", help=GROUP_HELP, panel=QUANTIZATION)
+    group_size: int = option(GROUP_SIZE, flags="--group-size", help=GROUP_HELP, panel=QUANTIZATION)
     quantizer: Quantizer = option(
-        Quantizer.gptq,
+        QuantizeConfig.quantizer,
         flags="--quantizer",
         metavar="QUANTIZER",
         help=QUANTIZER_HELP,
